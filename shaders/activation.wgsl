@@ -1,0 +1,55 @@
+// activation: GELU with the tanh approximation (SigLIP's MLP), and the gated form
+// gelu_tanh(gate) * up (Gemma's MLP).
+//
+//   gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+//
+// Bindings: 0 params, 1 a [n] (x or gate), 2 up [n] (gated only), 3 out [n].
+// One invocation per element; dispatch ceil(n / 256) workgroups through `Gpu::grid`.
+
+struct Params {
+    n: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> up: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+/// tanh that cannot overflow: drivers may lower tanh(x) as a ratio of exponentials, which is
+/// inf / inf = NaN for large |x|.
+fn tanh_stable(v: f32) -> f32 {
+    let e = exp(-2.0 * abs(v));
+    return sign(v) * (1.0 - e) / (1.0 + e);
+}
+
+fn gelu_tanh_of(v: f32) -> f32 {
+    let c = 0.7978845608028654; // sqrt(2 / pi)
+    return 0.5 * v * (1.0 + tanh_stable(c * (v + 0.044715 * v * v * v)));
+}
+
+fn index(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * 256u + li;
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh(@builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    let i = index(wid, nwg, li);
+    if (i < p.n) {
+        out[i] = gelu_tanh_of(a[i]);
+    }
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh_gated(@builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) li: u32) {
+    let i = index(wid, nwg, li);
+    if (i < p.n) {
+        out[i] = gelu_tanh_of(a[i]) * up[i];
+    }
+}

@@ -1,0 +1,42 @@
+// embedding: out[t] = table[ids[t]] * scale, for the ids that fall in this table chunk.
+//
+// The vocabulary table (257216 x 2048 for PaliGemma, over 1 GiB in 16 bits) is split into
+// chunks that each fit one storage binding; the host dispatches once per chunk and each
+// dispatch writes only the rows whose id lies in [row_start, row_start + row_count).
+//
+// Bindings: 0 params, 1 ids [n_tokens] u32, 2 table chunk [row_count, hidden] in W_DTYPE,
+// 3 out [n_tokens, hidden] f32. One invocation per output element; dispatch
+// ceil(n_tokens * hidden / 256) workgroups through `Gpu::grid`.
+
+struct Params {
+    n_tokens: u32,
+    hidden: u32,
+    row_start: u32,
+    row_count: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(256)
+fn gather(@builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let g = (wid.x + wid.y * nwg.x) * 256u + li;
+    if (g >= p.n_tokens * p.hidden) {
+        return;
+    }
+    let t = g / p.hidden;
+    let d = g % p.hidden;
+    let id = ids[t];
+    if (id >= p.row_start && id - p.row_start < p.row_count) {
+        let wi = (id - p.row_start) * p.hidden + d;
+        out[g] = w_value(w[w_word(wi)], wi) * p.scale;
+    }
+}

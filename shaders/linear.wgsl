@@ -1,0 +1,128 @@
+// linear: y = x W^T (+ b), the workhorse of every projection and of the logits.
+//
+// Bindings: 0 params, 1 x [m, k] f32 (rows at x_offset + r * x_stride), 2 W [n, k] in W_DTYPE
+// (see weight_format.wgsl), 3 b [n] f32 (read only when has_bias = 1), 4 y f32 written at
+// y_offset + r * y_stride + c. The offsets let one kernel write K/V straight into a KV-cache
+// row, project only the last prompt row, or fill one vocabulary chunk of the logits.
+//
+// Entry points:
+// - `matmul` (many rows, prefill): 64x64 output tile per workgroup of 16x16 invocations, each
+//   computing a 4x4 block; x and W tiles of depth 16 are staged in workgroup memory.
+//   Dispatch (ceil(n / 64), ceil(m / 64), 1).
+// - `gemv` (one row, decode): 8 output features per workgroup of 256 invocations, 32 lanes per
+//   feature striding over k, then a tree reduction in workgroup memory (no subgroup feature
+//   needed). Dispatch ceil(n / 8) workgroups, split over x and y by `Gpu::grid`.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    x_offset: u32,
+    x_stride: u32,
+    y_offset: u32,
+    y_stride: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+
+var<workgroup> xs: array<f32, 1024>; // [TM][TK]
+var<workgroup> ws: array<f32, 1024>; // [TN][TK]
+
+@compute @workgroup_size(16, 16)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(local_invocation_id) lid: vec3<u32>,
+          @builtin(local_invocation_index) li: u32) {
+    let row0 = wid.y * TM;
+    let col0 = wid.x * TN;
+    var acc: array<f32, 16>;
+    for (var k0 = 0u; k0 < p.k; k0 += TK) {
+        for (var i = 0u; i < 4u; i++) {
+            let e = li + i * 256u;
+            let r = e / TK;
+            let c = k0 + e % TK;
+            var xv = 0.0;
+            if (row0 + r < p.m && c < p.k) {
+                xv = x[p.x_offset + (row0 + r) * p.x_stride + c];
+            }
+            xs[e] = xv;
+            var wv = 0.0;
+            if (col0 + r < p.n && c < p.k) {
+                let wi = (col0 + r) * p.k + c;
+                wv = w_value(w[w_word(wi)], wi);
+            }
+            ws[e] = wv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            var a: array<f32, 4>;
+            var bw: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = xs[(lid.y * 4u + i) * TK + kk];
+                bw[i] = ws[(lid.x * 4u + i) * TK + kk];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] = fma(a[i], bw[j], acc[i * 4u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let r = row0 + lid.y * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let c = col0 + lid.x * 4u + j;
+            if (r < p.m && c < p.n) {
+                var v = acc[i * 4u + j];
+                if (p.has_bias == 1u) {
+                    v += b[c];
+                }
+                y[p.y_offset + r * p.y_stride + c] = v;
+            }
+        }
+    }
+}
+
+const LANES: u32 = 32u;
+const ROWS_PER_WG: u32 = 8u;
+var<workgroup> red: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn gemv(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let row = (wid.x + wid.y * nwg.x) * ROWS_PER_WG + li / LANES;
+    let lane = li % LANES;
+    var acc = 0.0;
+    if (row < p.n) {
+        let base = row * p.k;
+        for (var kk = lane; kk < p.k; kk += LANES) {
+            let wi = base + kk;
+            acc = fma(x[p.x_offset + kk], w_value(w[w_word(wi)], wi), acc);
+        }
+    }
+    red[li] = acc;
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            red[li] += red[li + s];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && row < p.n) {
+        var v = red[li];
+        if (p.has_bias == 1u) {
+            v += b[row];
+        }
+        y[p.y_offset + row] = v;
+    }
+}

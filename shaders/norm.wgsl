@@ -1,0 +1,84 @@
+// norm: SigLIP's LayerNorm and Gemma's RMSNorm, one row per workgroup, f32 throughout.
+//
+//   layer_norm: y = (x - mean) / sqrt(var + eps) * w + b   (biased variance, two passes)
+//   rms_norm:   y = x / sqrt(mean(x^2) + eps) * (1 + w)    (Gemma stores w - 1)
+//
+// Bindings: 0 params, 1 x [rows, n], 2 w [n], 3 b [n] (layer_norm only), 4 y [rows, n].
+// 256 invocations stride over the row and reduce in workgroup memory.
+// Dispatch `rows` workgroups through `Gpu::grid`.
+
+struct Params {
+    rows: u32,
+    n: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> red: array<f32, 256>;
+
+/// Sum of `v` over the workgroup; every invocation gets the total.
+fn workgroup_sum(li: u32, v: f32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (li < s) {
+            red[li] += red[li + s];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(256)
+fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) li: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.n;
+    var s = 0.0;
+    for (var i = li; i < p.n; i += WG) {
+        s += x[base + i];
+    }
+    let mean = workgroup_sum(li, s) / f32(p.n);
+    var q = 0.0;
+    for (var i = li; i < p.n; i += WG) {
+        let d = x[base + i] - mean;
+        q += d * d;
+    }
+    let inv = inverseSqrt(workgroup_sum(li, q) / f32(p.n) + p.eps);
+    for (var i = li; i < p.n; i += WG) {
+        y[base + i] = (x[base + i] - mean) * inv * w[i] + b[i];
+    }
+}
+
+@compute @workgroup_size(256)
+fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.n;
+    var q = 0.0;
+    for (var i = li; i < p.n; i += WG) {
+        let v = x[base + i];
+        q += v * v;
+    }
+    let inv = inverseSqrt(workgroup_sum(li, q) / f32(p.n) + p.eps);
+    for (var i = li; i < p.n; i += WG) {
+        y[base + i] = x[base + i] * inv * (1.0 + w[i]);
+    }
+}

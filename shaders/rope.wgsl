@@ -1,0 +1,51 @@
+// rope: rotary position embedding, half-split ("rotate_half") as in transformers' Gemma,
+// applied in place to `rows` rows of `heads` vectors of `head_dim`.
+//
+// For each head vector with halves (a, b) and element i < head_dim / 2 at position pos:
+//   a' = a cos - b sin,  b' = b cos + a sin,  angle = pos * theta^(-2i / head_dim).
+// cos and sin come from tables the host builds once in f64 (`rope_tables`), so the result does
+// not depend on a driver's cos/sin accuracy for large angles (positions reach 4100+).
+//
+// Bindings: 0 params, 1 cos [max_pos, head_dim / 2], 2 sin [same], 3 x (read-write); row r
+// starts at offset + r * stride and has position pos0 + r (PaliGemma's positions are 1-based,
+// so the host passes pos0 = 1 for the first prompt token).
+// One invocation per (row, head, i); dispatch ceil(rows * heads * head_dim / 2 / 256)
+// workgroups through `Gpu::grid`.
+
+struct Params {
+    rows: u32,
+    heads: u32,
+    head_dim: u32,
+    stride: u32,
+    offset: u32,
+    pos0: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> cos_t: array<f32>;
+@group(0) @binding(2) var<storage, read> sin_t: array<f32>;
+@group(0) @binding(3) var<storage, read_write> x: array<f32>;
+
+@compute @workgroup_size(256)
+fn rope(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let half = p.head_dim / 2u;
+    let g = (wid.x + wid.y * nwg.x) * 256u + li;
+    if (g >= p.rows * p.heads * half) {
+        return;
+    }
+    let i = g % half;
+    let h = (g / half) % p.heads;
+    let r = g / (half * p.heads);
+    let o = p.offset + r * p.stride + h * p.head_dim + i;
+    let t = (p.pos0 + r) * half + i;
+    let c = cos_t[t];
+    let s = sin_t[t];
+    let a = x[o];
+    let b = x[o + half];
+    x[o] = a * c - b * s;
+    x[o + half] = b * c + a * s;
+}

@@ -1,0 +1,136 @@
+//! `shaders/linear.wgsl`: y = x W^T (+ b) for many rows (`matmul`, prefill) or one row (`gemv`,
+//! decode), with W in f32, f16 or bf16; and the logits projection over a chunked vocabulary.
+
+use super::{ChunkedTable, Rows, Weight, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::{Recorder, bind};
+use crate::shaders::LINEAR;
+
+/// Mirrors `Params` in linear.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    x_offset: u32,
+    x_stride: u32,
+    y_offset: u32,
+    y_stride: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+/// Which entry point computes the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearKernel {
+    /// Tiled in workgroup memory; for many rows.
+    Matmul,
+    /// One workgroup per 8 output features; for a single row.
+    Gemv,
+}
+
+/// y[r, c] = sum_k x[r, k] W[c, k] (+ b[c]) for r < m, with x and y rows placed by `x_at`,
+/// `y_at`. Picks `gemv` for one row and `matmul` otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    rec: &mut Recorder,
+    x: &wgpu::Buffer,
+    x_at: Rows,
+    w: &Weight,
+    b: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+    y_at: Rows,
+    m: usize,
+) -> Result<()> {
+    let kernel = if m == 1 {
+        LinearKernel::Gemv
+    } else {
+        LinearKernel::Matmul
+    };
+    linear_with(rec, kernel, x, x_at, w, b, y, y_at, m)
+}
+
+/// [`linear`] with an explicit kernel choice (tests run both on every shape).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_with(
+    rec: &mut Recorder,
+    kernel: LinearKernel,
+    x: &wgpu::Buffer,
+    x_at: Rows,
+    w: &Weight,
+    b: Option<&wgpu::Buffer>,
+    y: &wgpu::Buffer,
+    y_at: Rows,
+    m: usize,
+) -> Result<()> {
+    if kernel == LinearKernel::Gemv && m != 1 {
+        return Err(Error::invalid(format!("gemv computes one row, not {m}")));
+    }
+    let params = Params {
+        m: u32_of("rows", m)?,
+        n: u32_of("out features", w.rows)?,
+        k: u32_of("in features", w.cols)?,
+        has_bias: b.is_some() as u32,
+        x_offset: u32_of("x offset", x_at.offset)?,
+        x_stride: u32_of("x stride", x_at.stride)?,
+        y_offset: u32_of("y offset", y_at.offset)?,
+        y_stride: u32_of("y stride", y_at.stride)?,
+    };
+    let gpu = rec.gpu().clone();
+    let constants = [("W_DTYPE", w.format.shader_code())];
+    let (entry, groups) = match kernel {
+        LinearKernel::Matmul => (
+            "matmul",
+            [w.rows.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
+        ),
+        LinearKernel::Gemv => ("gemv", gpu.grid(w.rows.div_ceil(8) as u32)),
+    };
+    let pipeline = gpu.pipeline(&LINEAR, entry, &constants)?;
+    let binds = vec![
+        bind(1, x),
+        bind(2, &w.buffer),
+        bind(3, b.unwrap_or(gpu.dummy())),
+        bind(4, y),
+    ];
+    rec.dispatch(pipeline, &params, binds, groups);
+    Ok(())
+}
+
+/// Logits for `m` rows of `x` against a tied, chunked embedding table: y[r, v] = x[r] . E[v],
+/// written at `y_at` with one row per input row (stride = vocabulary size for full rows).
+pub fn logits(
+    rec: &mut Recorder,
+    x: &wgpu::Buffer,
+    x_at: Rows,
+    table: &ChunkedTable,
+    y: &wgpu::Buffer,
+    y_at: Rows,
+    m: usize,
+) -> Result<()> {
+    for (start, chunk) in &table.chunks {
+        let at = Rows {
+            offset: y_at.offset + start,
+            stride: y_at.stride,
+        };
+        linear(rec, x, x_at, chunk, None, y, at, m)?;
+    }
+    Ok(())
+}
+
+/// CPU reference: y [m, n] = x [m, k] W^T [k, n] (+ b [n]), f64 accumulation.
+pub fn linear_ref(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    for r in 0..m {
+        let xr = &x[r * k..(r + 1) * k];
+        for c in 0..n {
+            let wr = &w[c * k..(c + 1) * k];
+            let mut acc: f64 = xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum();
+            if let Some(b) = b {
+                acc += b[c] as f64;
+            }
+            y[r * n + c] = acc as f32;
+        }
+    }
+    y
+}

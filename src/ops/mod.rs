@@ -1,0 +1,217 @@
+//! The kernel set: for each `shaders/<name>.wgsl`, its host side and its CPU reference live in
+//! `ops/<name>.rs` under the same names (`rms_norm` dispatches, `rms_norm_ref` is the oracle).
+//! References are plain loops with f64 accumulators, public so tests can reach them.
+
+pub mod activation;
+pub mod add;
+pub mod argmax;
+pub mod attention;
+pub mod embedding;
+pub mod linear;
+pub mod norm;
+pub mod patch_embed;
+pub mod rope;
+pub mod softmax;
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+/// How a weight matrix is stored on the GPU (the `W_DTYPE` override in weight_format.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightFormat {
+    /// The value of the shaders' `W_DTYPE` override constant.
+    pub fn shader_code(self) -> f64 {
+        match self {
+            WeightFormat::F32 => 0.0,
+            WeightFormat::F16 => 1.0,
+            WeightFormat::Bf16 => 2.0,
+        }
+    }
+
+    pub fn bytes_per_element(self) -> usize {
+        match self {
+            WeightFormat::F32 => 4,
+            WeightFormat::F16 | WeightFormat::Bf16 => 2,
+        }
+    }
+
+    /// Encodes f32 values in this format (round to nearest even for 16-bit formats).
+    pub fn encode(self, data: &[f32]) -> Vec<u8> {
+        match self {
+            WeightFormat::F32 => bytemuck::cast_slice(data).to_vec(),
+            WeightFormat::F16 => data
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            WeightFormat::Bf16 => data
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        }
+    }
+
+    /// What the GPU will read back for `data` after encoding: the values a reference must use.
+    pub fn round_trip(self, data: &[f32]) -> Vec<f32> {
+        match self {
+            WeightFormat::F32 => data.to_vec(),
+            WeightFormat::F16 => data
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_f32())
+                .collect(),
+            WeightFormat::Bf16 => data
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect(),
+        }
+    }
+}
+
+/// A weight matrix [rows, cols] (row-major, PyTorch's `[out_features, in_features]`) on the GPU.
+#[derive(Clone, Debug)]
+pub struct Weight {
+    pub buffer: wgpu::Buffer,
+    pub format: WeightFormat,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Weight {
+    /// Uploads raw bytes already in `format`.
+    pub fn from_bytes(
+        gpu: &Gpu,
+        label: &str,
+        bytes: &[u8],
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Weight> {
+        if bytes.len() != rows * cols * format.bytes_per_element() {
+            return Err(Error::Tensor {
+                name: label.to_string(),
+                message: format!(
+                    "{} bytes do not hold [{rows}, {cols}] in {format:?}",
+                    bytes.len()
+                ),
+            });
+        }
+        Ok(Weight {
+            buffer: gpu.storage_init(label, bytes)?,
+            format,
+            rows,
+            cols,
+        })
+    }
+
+    /// Encodes f32 values in `format` and uploads them.
+    pub fn from_f32(
+        gpu: &Gpu,
+        label: &str,
+        data: &[f32],
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Weight> {
+        Self::from_bytes(gpu, label, &format.encode(data), format, rows, cols)
+    }
+}
+
+/// A [rows, cols] table split into row chunks that each fit one storage binding: PaliGemma's
+/// 257216 x 2048 embedding is over 1 GiB in 16 bits, more than many devices can bind at once
+/// (128 MiB on lavapipe). Used both for the token embedding and, tied, for the logits.
+#[derive(Clone, Debug)]
+pub struct ChunkedTable {
+    /// (first row, chunk) in row order.
+    pub chunks: Vec<(usize, Weight)>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl ChunkedTable {
+    /// The most rows one chunk may hold on `gpu`.
+    pub fn max_chunk_rows(gpu: &Gpu, cols: usize, format: WeightFormat) -> usize {
+        let row_bytes = (cols * format.bytes_per_element()) as u64;
+        // Keep a word of slack: 16-bit chunks are padded to whole u32 words.
+        ((gpu.max_binding_bytes() - 4) / row_bytes).max(1) as usize
+    }
+
+    /// Uploads `bytes` (a [rows, cols] table in `format`) in chunks of at most `chunk_rows`.
+    pub fn from_bytes(
+        gpu: &Gpu,
+        label: &str,
+        bytes: &[u8],
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        chunk_rows: usize,
+    ) -> Result<ChunkedTable> {
+        let row_bytes = cols * format.bytes_per_element();
+        if bytes.len() != rows * row_bytes {
+            return Err(Error::Tensor {
+                name: label.to_string(),
+                message: format!(
+                    "{} bytes do not hold [{rows}, {cols}] in {format:?}",
+                    bytes.len()
+                ),
+            });
+        }
+        let chunk_rows = chunk_rows.max(1);
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = chunk_rows.min(rows - start);
+            let part = &bytes[start * row_bytes..(start + n) * row_bytes];
+            let w = Weight::from_bytes(
+                gpu,
+                &format!("{label}[{start}..{}]", start + n),
+                part,
+                format,
+                n,
+                cols,
+            )?;
+            chunks.push((start, w));
+            start += n;
+        }
+        Ok(ChunkedTable { chunks, rows, cols })
+    }
+}
+
+/// Where rows of a [m, width] operand live inside a buffer: row r starts at `offset + r * stride`
+/// (in f32 elements). Lets kernels read or write a slice of a larger buffer without copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub offset: usize,
+    pub stride: usize,
+}
+
+impl Rows {
+    /// Rows packed back to back from the start of the buffer.
+    pub fn packed(width: usize) -> Rows {
+        Rows {
+            offset: 0,
+            stride: width,
+        }
+    }
+    /// Packed rows starting at row `first`.
+    pub fn from_row(first: usize, width: usize) -> Rows {
+        Rows {
+            offset: first * width,
+            stride: width,
+        }
+    }
+}
+
+/// Checks that a size fits the u32 the shaders index with.
+pub(crate) fn u32_of(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::invalid(format!("{what} = {v} does not fit in u32")))
+}
+
+/// Workgroups for `n` invocations in groups of 256, spread over x and y.
+pub(crate) fn grid_256(gpu: &Gpu, n: usize) -> [u32; 3] {
+    gpu.grid(n.div_ceil(256) as u32)
+}

@@ -1,0 +1,95 @@
+//! `shaders/patch_embed.wgsl`: SigLIP's patch embedding (Conv2d with kernel = stride = patch)
+//! plus the learned position embedding.
+
+use super::{grid_256, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::{Recorder, bind};
+use crate::shaders::PATCH_EMBED;
+
+/// Mirrors `Params` in patch_embed.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    image_size: u32,
+    patch_size: u32,
+    channels: u32,
+    dim: u32,
+    grid: u32,
+    _pad: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+/// The geometry of a patch embedding.
+#[derive(Clone, Copy, Debug)]
+pub struct PatchGeometry {
+    pub image_size: usize,
+    pub patch: usize,
+    pub channels: usize,
+    pub dim: usize,
+}
+
+impl PatchGeometry {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch
+    }
+    pub fn n_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+}
+
+/// out [n_patches, dim] = conv(pixels [channels, size, size], w [dim, channels, patch, patch]) + b + pos.
+#[allow(clippy::too_many_arguments)]
+pub fn patch_embed(
+    rec: &mut Recorder,
+    g: &PatchGeometry,
+    pixels: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    b: &wgpu::Buffer,
+    pos: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+) -> Result<()> {
+    if g.patch == 0 || g.image_size % g.patch != 0 {
+        return Err(Error::invalid(format!(
+            "image size {} is not a multiple of the patch size {}",
+            g.image_size, g.patch
+        )));
+    }
+    let pipeline = rec.gpu().pipeline(&PATCH_EMBED, "patch_embed", &[])?;
+    let params = Params {
+        image_size: u32_of("image size", g.image_size)?,
+        patch_size: u32_of("patch", g.patch)?,
+        channels: u32_of("channels", g.channels)?,
+        dim: u32_of("dim", g.dim)?,
+        grid: u32_of("grid", g.grid())?,
+        _pad: [0; 3],
+    };
+    let groups = grid_256(rec.gpu(), g.n_patches() * g.dim);
+    let binds = vec![bind(1, pixels), bind(2, w), bind(3, b), bind(4, pos), bind(5, out)];
+    rec.dispatch(pipeline, &params, binds, groups);
+    Ok(())
+}
+
+/// CPU reference for [`patch_embed`].
+pub fn patch_embed_ref(g: &PatchGeometry, pixels: &[f32], w: &[f32], b: &[f32], pos: &[f32]) -> Vec<f32> {
+    let (s, p, c, d, grid) = (g.image_size, g.patch, g.channels, g.dim, g.grid());
+    let mut out = vec![0f32; g.n_patches() * d];
+    for py in 0..grid {
+        for px in 0..grid {
+            let pi = py * grid + px;
+            for o in 0..d {
+                let mut acc = b[o] as f64;
+                for ch in 0..c {
+                    for ky in 0..p {
+                        for kx in 0..p {
+                            let wv = w[((o * c + ch) * p + ky) * p + kx] as f64;
+                            let xv = pixels[(ch * s + py * p + ky) * s + px * p + kx] as f64;
+                            acc += wv * xv;
+                        }
+                    }
+                }
+                out[pi * d + o] = (acc + pos[pi * d + o] as f64) as f32;
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,127 @@
+//! `shaders/rope.wgsl`: rotary position embedding, half-split, from precomputed cos/sin tables.
+
+use super::{Rows, grid_256, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Recorder, bind};
+use crate::shaders::ROPE;
+
+/// Mirrors `Params` in rope.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    heads: u32,
+    head_dim: u32,
+    stride: u32,
+    offset: u32,
+    pos0: u32,
+    _pad: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+/// cos and sin of pos * inv_freq[i], [max_pos, head_dim / 2] each, on the GPU.
+#[derive(Clone, Debug)]
+pub struct RopeTables {
+    pub cos: wgpu::Buffer,
+    pub sin: wgpu::Buffer,
+    pub head_dim: usize,
+    pub max_pos: usize,
+}
+
+/// inv_freq[i] = 1 / theta^(2i / head_dim), rounded as transformers computes it in f32
+/// (the exponent is an f32 division; the power is correctly rounded here).
+pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let e = (2 * i) as f32 / head_dim as f32;
+            1.0f32 / ((theta as f64).powf(e as f64) as f32)
+        })
+        .collect()
+}
+
+/// The cos and sin tables for positions 0..max_pos: the angle is the f32 product
+/// pos * inv_freq (as transformers forms it), its cos and sin evaluated in f64.
+pub fn rope_tables_ref(head_dim: usize, theta: f32, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
+    let f = inv_freq(head_dim, theta);
+    let mut c = Vec::with_capacity(max_pos * f.len());
+    let mut s = Vec::with_capacity(max_pos * f.len());
+    for pos in 0..max_pos {
+        for &fi in &f {
+            let angle = (pos as f32 * fi) as f64;
+            c.push(angle.cos() as f32);
+            s.push(angle.sin() as f32);
+        }
+    }
+    (c, s)
+}
+
+impl RopeTables {
+    pub fn new(gpu: &Gpu, head_dim: usize, theta: f32, max_pos: usize) -> Result<RopeTables> {
+        if head_dim % 2 != 0 {
+            return Err(Error::invalid(format!("RoPE needs an even head_dim, got {head_dim}")));
+        }
+        let (c, s) = rope_tables_ref(head_dim, theta, max_pos);
+        Ok(RopeTables {
+            cos: gpu.upload_f32("rope cos", &c)?,
+            sin: gpu.upload_f32("rope sin", &s)?,
+            head_dim,
+            max_pos,
+        })
+    }
+}
+
+/// Rotates, in place, `rows` rows of `heads` head vectors in `x` (placed by `at`); row r has
+/// position `pos0 + r`.
+pub fn rope(
+    rec: &mut Recorder,
+    x: &wgpu::Buffer,
+    at: Rows,
+    tables: &RopeTables,
+    rows: usize,
+    heads: usize,
+    pos0: usize,
+) -> Result<()> {
+    if pos0 + rows > tables.max_pos {
+        return Err(Error::invalid(format!(
+            "positions up to {} exceed the RoPE table's {}",
+            pos0 + rows,
+            tables.max_pos
+        )));
+    }
+    let pipeline = rec.gpu().pipeline(&ROPE, "rope", &[])?;
+    let params = Params {
+        rows: u32_of("rows", rows)?,
+        heads: u32_of("heads", heads)?,
+        head_dim: u32_of("head_dim", tables.head_dim)?,
+        stride: u32_of("stride", at.stride)?,
+        offset: u32_of("offset", at.offset)?,
+        pos0: u32_of("position", pos0)?,
+        _pad: [0; 2],
+    };
+    let groups = grid_256(rec.gpu(), rows * heads * tables.head_dim / 2);
+    let binds = vec![bind(1, &tables.cos), bind(2, &tables.sin), bind(3, x)];
+    rec.dispatch(pipeline, &params, binds, groups);
+    Ok(())
+}
+
+/// CPU reference: x [rows, heads * head_dim] rotated with positions pos0.., as transformers'
+/// `apply_rotary_pos_emb` (q * cos + rotate_half(q) * sin), in f64 from the f32 angles.
+pub fn rope_ref(x: &[f32], rows: usize, heads: usize, head_dim: usize, pos0: usize, theta: f32) -> Vec<f32> {
+    let f = inv_freq(head_dim, theta);
+    let half = head_dim / 2;
+    let mut y = x.to_vec();
+    for r in 0..rows {
+        for h in 0..heads {
+            let o = (r * heads + h) * head_dim;
+            for i in 0..half {
+                let angle = ((pos0 + r) as f32 * f[i]) as f64;
+                let (s, c) = angle.sin_cos();
+                let a = x[o + i] as f64;
+                let b = x[o + i + half] as f64;
+                y[o + i] = (a * c - b * s) as f32;
+                y[o + i + half] = (b * c + a * s) as f32;
+            }
+        }
+    }
+    y
+}
