@@ -1,0 +1,113 @@
+//! Every shader translated with naga to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL ES
+//! 3.1 (GL / WebGL-class devices), for every entry point and weight format. A shader that only
+//! one backend accepts fails here, without a Mac or a Windows machine.
+
+use naga::back::PipelineConstants;
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+use paligemma::shaders::{ALL, Shader};
+
+fn overrides_of(module: &naga::Module) -> Vec<PipelineConstants> {
+    let has_dtype = module.overrides.iter().any(|(_, o)| o.name.as_deref() == Some("W_DTYPE"));
+    if !has_dtype {
+        return vec![PipelineConstants::default()];
+    }
+    (0..3)
+        .map(|code| {
+            let mut c = PipelineConstants::default();
+            c.insert("W_DTYPE".to_string(), code as f64);
+            c
+        })
+        .collect()
+}
+
+fn translate(shader: &Shader) -> Vec<String> {
+    let mut failures = Vec::new();
+    let module = match naga::front::wgsl::parse_str(shader.source) {
+        Ok(m) => m,
+        Err(e) => return vec![format!("{}: parse: {}", shader.name, e.emit_to_string(shader.source))],
+    };
+    // Only what every backend has. `unpack2x16float` (16-bit weights) is core WGSL; naga names
+    // it SHADER_FLOAT16_IN_FLOAT32, which wgpu grants on Vulkan, Metal, DX12 and GL ES 3.1.
+    let mut validator = Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32);
+    let info = match validator.validate(&module) {
+        Ok(i) => i,
+        Err(e) => return vec![format!("{}: validate: {e:?}", shader.name)],
+    };
+    for constants in overrides_of(&module) {
+        for ep in &module.entry_points {
+            let what = format!("{}::{} {:?}", shader.name, ep.name, constants);
+            let stage = ep.stage;
+            let (module, info) =
+                match naga::back::pipeline_constants::process_overrides(&module, &info, Some((stage, &ep.name)), &constants) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        failures.push(format!("{what}: overrides: {e:?}"));
+                        continue;
+                    }
+                };
+            let spv = naga::back::spv::write_vec(
+                &module,
+                &info,
+                &naga::back::spv::Options::default(),
+                Some(&naga::back::spv::PipelineOptions { shader_stage: stage, entry_point: ep.name.clone() }),
+            );
+            if let Err(e) = spv {
+                failures.push(format!("{what}: SPIR-V: {e:?}"));
+            }
+            let msl = naga::back::msl::write_string(
+                &module,
+                &info,
+                &naga::back::msl::Options::default(),
+                &naga::back::msl::PipelineOptions { entry_point: Some((stage, ep.name.clone())), ..Default::default() },
+            );
+            if let Err(e) = msl {
+                failures.push(format!("{what}: MSL: {e:?}"));
+            }
+            let mut hlsl = String::new();
+            let hlsl_options = naga::back::hlsl::Options::default();
+            let hlsl_pipeline = naga::back::hlsl::PipelineOptions { entry_point: Some((stage, ep.name.clone())) };
+            if let Err(e) = naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline).write(&module, &info, None) {
+                failures.push(format!("{what}: HLSL: {e:?}"));
+            }
+            let mut glsl = String::new();
+            let glsl_options = naga::back::glsl::Options::default();
+            let glsl_pipeline = naga::back::glsl::PipelineOptions {
+                shader_stage: stage,
+                entry_point: ep.name.clone(),
+                multiview: None,
+            };
+            let result = naga::back::glsl::Writer::new(
+                &mut glsl,
+                &module,
+                &info,
+                &glsl_options,
+                &glsl_pipeline,
+                naga::proc::BoundsCheckPolicies::default(),
+            )
+            .and_then(|mut w| w.write());
+            if let Err(e) = result {
+                failures.push(format!("{what}: GLSL: {e:?}"));
+            }
+        }
+    }
+    failures
+}
+
+#[test]
+fn every_shader_translates_to_every_backend() {
+    let failures: Vec<String> = ALL.iter().flat_map(|s| translate(s)).collect();
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn every_shader_file_is_registered() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let stem = name.trim_end_matches(".wgsl");
+        assert!(
+            stem == "weight_format" || ALL.iter().any(|s| s.name == stem),
+            "shaders/{name} is not in shaders::ALL, so no test translates it"
+        );
+    }
+}
