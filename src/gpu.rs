@@ -91,13 +91,15 @@ impl Gpu {
                         ))
                     })?
             }
-            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::from_env()
-                    .unwrap_or(wgpu::PowerPreference::HighPerformance),
-                force_fallback_adapter: false,
-                compatible_surface: None,
-                apply_limit_buckets: false,
-            }))
+            None => pollster::block_on(
+                instance.request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env()
+                        .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                    apply_limit_buckets: false,
+                }),
+            )
             .map_err(|e| {
                 Error::NoAdapter(format!(
                     "{e} (is a Vulkan, Metal or DX12 driver installed? on Linux without a GPU, \
@@ -225,8 +227,14 @@ impl Gpu {
     /// Runs `f` inside validation and out-of-memory error scopes; any error becomes `Err` naming `op`.
     pub fn scoped<T>(&self, op: &str, f: impl FnOnce() -> T) -> Result<T> {
         self.check_lost()?;
-        let oom = self.inner.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let val = self.inner.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = self
+            .inner
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self
+            .inner
+            .device
+            .push_error_scope(wgpu::ErrorFilter::Validation);
         let out = f();
         let v = pollster::block_on(val.pop());
         let o = pollster::block_on(oom.pop());
@@ -251,7 +259,13 @@ impl Gpu {
         for (k, v) in constants {
             key.push_str(&format!(" {k}={v}"));
         }
-        if let Some(p) = self.inner.pipelines.lock().expect("pipeline cache").get(&key) {
+        if let Some(p) = self
+            .inner
+            .pipelines
+            .lock()
+            .expect("pipeline cache")
+            .get(&key)
+        {
             return Ok(p.clone());
         }
         let missing = shader.features - self.features();
@@ -336,17 +350,20 @@ impl Gpu {
         } else {
             bytes
         };
-        self.scoped(&format!("uploading `{label}` ({} bytes)", bytes.len()), || {
-            self.inner
-                .device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(label),
-                    contents,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                })
-        })
+        self.scoped(
+            &format!("uploading `{label}` ({} bytes)", bytes.len()),
+            || {
+                self.inner
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some(label),
+                        contents,
+                        usage: wgpu::BufferUsages::STORAGE
+                            | wgpu::BufferUsages::COPY_SRC
+                            | wgpu::BufferUsages::COPY_DST,
+                    })
+            },
+        )
     }
 
     /// A storage buffer holding `data` as f32.
@@ -379,7 +396,10 @@ impl Gpu {
             })
         })?;
         self.scoped("reading a buffer back", || {
-            let mut enc = self.inner.device.create_command_encoder(&Default::default());
+            let mut enc = self
+                .inner
+                .device
+                .create_command_encoder(&Default::default());
             enc.copy_buffer_to_buffer(buf, offset, &staging, 0, padded);
             self.inner.queue.submit([enc.finish()]);
         })?;
@@ -441,7 +461,11 @@ impl Gpu {
     /// Splits `n` workgroups over x and y so no dimension exceeds the device limit; shaders
     /// rebuild the linear index as `wid.x + wid.y * nwg.x` and drop the overhang.
     pub fn grid(&self, n: u32) -> [u32; 3] {
-        let max = self.inner.limits.max_compute_workgroups_per_dimension.max(1);
+        let max = self
+            .inner
+            .limits
+            .max_compute_workgroups_per_dimension
+            .max(1);
         if n <= max {
             [n.max(1), 1, 1]
         } else {
@@ -551,9 +575,8 @@ impl Recorder<'_> {
                     usage: wgpu::BufferUsages::UNIFORM,
                 })
             });
-            let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some(op),
-            });
+            let mut enc =
+                device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
             let mut i = 0;
             while i < self.cmds.len() {
                 if let Cmd::Copy {

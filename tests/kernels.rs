@@ -66,9 +66,20 @@ fn linear_matches_reference() {
             let wq = format.round_trip(&w);
             let b = rand_vec(&mut r, n, 1.0);
             // x rows with a leading offset and a stride wider than k; y likewise.
-            let (x_at, y_at) = (Rows { offset: 3, stride: k + 2 }, Rows { offset: 5, stride: n + 1 });
+            let (x_at, y_at) = (
+                Rows {
+                    offset: 3,
+                    stride: k + 2,
+                },
+                Rows {
+                    offset: 5,
+                    stride: n + 1,
+                },
+            );
             let x = rand_vec(&mut r, 3 + m * (k + 2), 1.0);
-            let xs: Vec<f32> = (0..m).flat_map(|i| x[3 + i * (k + 2)..][..k].to_vec()).collect();
+            let xs: Vec<f32> = (0..m)
+                .flat_map(|i| x[3 + i * (k + 2)..][..k].to_vec())
+                .collect();
             let want = linear_ref(&xs, &wq, Some(&b), m, n, k);
             let wbuf = Weight::from_f32(g, "w", &w, format, n, k).unwrap();
             let (xb, bb) = (up(g, &x), up(g, &b));
@@ -81,8 +92,15 @@ fn linear_matches_reference() {
                 let yb = out(g, 5 + m * (n + 1));
                 run(|rec| linear_with(rec, kernel, &xb, x_at, &wbuf, Some(&bb), &yb, y_at, m));
                 let y = read(g, &yb, 5 + m * (n + 1));
-                let got: Vec<f32> = (0..m).flat_map(|i| y[5 + i * (n + 1)..][..n].to_vec()).collect();
-                assert_close(&format!("linear {kernel:?} {format:?} m={m} n={n} k={k}"), &got, &want, TOL);
+                let got: Vec<f32> = (0..m)
+                    .flat_map(|i| y[5 + i * (n + 1)..][..n].to_vec())
+                    .collect();
+                assert_close(
+                    &format!("linear {kernel:?} {format:?} m={m} n={n} k={k}"),
+                    &got,
+                    &want,
+                    TOL,
+                );
             }
         }
     }
@@ -103,8 +121,24 @@ fn linear_real_model_sizes() {
         let want = linear_ref(&x, &format.round_trip(&w), None, m, n, k);
         let wbuf = Weight::from_f32(g, "w", &w, format, n, k).unwrap();
         let (xb, yb) = (up(g, &x), out(g, m * n));
-        run(|rec| linear(rec, &xb, Rows::packed(k), &wbuf, None, &yb, Rows::packed(n), m));
-        assert_close(&format!("linear {m}x{n}x{k} {format:?}"), &read(g, &yb, m * n), &want, TOL);
+        run(|rec| {
+            linear(
+                rec,
+                &xb,
+                Rows::packed(k),
+                &wbuf,
+                None,
+                &yb,
+                Rows::packed(n),
+                m,
+            )
+        });
+        assert_close(
+            &format!("linear {m}x{n}x{k} {format:?}"),
+            &read(g, &yb, m * n),
+            &want,
+            TOL,
+        );
     }
 }
 
@@ -117,16 +151,49 @@ fn logits_and_embedding_over_a_split_table() {
     for format in [WeightFormat::F32, WeightFormat::Bf16] {
         let tq = format.round_trip(&table);
         // 97 rows per chunk: 11 chunks, the last one partial.
-        let t = ChunkedTable::from_bytes(g, "table", &format.encode(&table), format, vocab, hidden, 97)
-            .unwrap();
+        let t = ChunkedTable::from_bytes(
+            g,
+            "table",
+            &format.encode(&table),
+            format,
+            vocab,
+            hidden,
+            97,
+        )
+        .unwrap();
         assert_eq!(t.chunks.len(), 11);
         let m = 5;
         let x = rand_vec(&mut r, m * hidden, 1.0);
         let (xb, yb) = (up(g, &x), out(g, m * vocab));
-        run(|rec| logits(rec, &xb, Rows::packed(hidden), &t, &yb, Rows::packed(vocab), m));
-        assert_close("logits (5 rows)", &read(g, &yb, m * vocab), &linear_ref(&x, &tq, None, m, vocab, hidden), TOL);
+        run(|rec| {
+            logits(
+                rec,
+                &xb,
+                Rows::packed(hidden),
+                &t,
+                &yb,
+                Rows::packed(vocab),
+                m,
+            )
+        });
+        assert_close(
+            "logits (5 rows)",
+            &read(g, &yb, m * vocab),
+            &linear_ref(&x, &tq, None, m, vocab, hidden),
+            TOL,
+        );
         let y1 = out(g, vocab);
-        run(|rec| logits(rec, &xb, Rows::from_row(4, hidden), &t, &y1, Rows::packed(vocab), 1));
+        run(|rec| {
+            logits(
+                rec,
+                &xb,
+                Rows::from_row(4, hidden),
+                &t,
+                &y1,
+                Rows::packed(vocab),
+                1,
+            )
+        });
         let want1 = linear_ref(&x[4 * hidden..], &tq, None, 1, vocab, hidden);
         assert_close("logits (last row)", &read(g, &y1, vocab), &want1, TOL);
 
@@ -134,7 +201,12 @@ fn logits_and_embedding_over_a_split_table() {
         let idb = g.storage_init("ids", bytemuck::cast_slice(&ids)).unwrap();
         let eb = out(g, ids.len() * hidden);
         run(|rec| gather(rec, &idb, ids.len(), &t, 8.0, &eb));
-        assert_close("embedding gather", &read(g, &eb, ids.len() * hidden), &gather_ref(&ids, &tq, hidden, 8.0), 0.0);
+        assert_close(
+            "embedding gather",
+            &read(g, &eb, ids.len() * hidden),
+            &gather_ref(&ids, &tq, hidden, 8.0),
+            0.0,
+        );
     }
 }
 
@@ -150,19 +222,45 @@ fn logits_real_vocabulary_split_across_bindings() {
         .map(|_| half::bf16::from_f32(rand::Rng::random_range(&mut r, -0.05f32..0.05)))
         .collect();
     let chunk_rows = ChunkedTable::max_chunk_rows(g, hidden, format);
-    let t = ChunkedTable::from_bytes(g, "embed", bytemuck::cast_slice(&bits), format, vocab, hidden, chunk_rows)
-        .unwrap();
+    let t = ChunkedTable::from_bytes(
+        g,
+        "embed",
+        bytemuck::cast_slice(&bits),
+        format,
+        vocab,
+        hidden,
+        chunk_rows,
+    )
+    .unwrap();
     eprintln!("{} chunks of up to {chunk_rows} rows", t.chunks.len());
     let x = rand_vec(&mut r, hidden, 1.0);
     let (xb, yb) = (up(g, &x), out(g, vocab));
-    run(|rec| logits(rec, &xb, Rows::packed(hidden), &t, &yb, Rows::packed(vocab), 1));
+    run(|rec| {
+        logits(
+            rec,
+            &xb,
+            Rows::packed(hidden),
+            &t,
+            &yb,
+            Rows::packed(vocab),
+            1,
+        )
+    });
     let want: Vec<f32> = (0..vocab)
         .map(|v| {
             let row = &bits[v * hidden..(v + 1) * hidden];
-            row.iter().zip(&x).map(|(w, x)| w.to_f64() * *x as f64).sum::<f64>() as f32
+            row.iter()
+                .zip(&x)
+                .map(|(w, x)| w.to_f64() * *x as f64)
+                .sum::<f64>() as f32
         })
         .collect();
-    assert_close("logits 257216 x 2048 bf16", &read(g, &yb, vocab), &want, TOL);
+    assert_close(
+        "logits 257216 x 2048 bf16",
+        &read(g, &yb, vocab),
+        &want,
+        TOL,
+    );
     // The last id and the ids either side of every chunk boundary gather the right rows.
     let mut ids = vec![0u32, (vocab - 1) as u32, 257_152];
     for (start, _) in t.chunks.iter().skip(1) {
@@ -173,9 +271,18 @@ fn logits_real_vocabulary_split_across_bindings() {
     run(|rec| gather(rec, &idb, ids.len(), &t, 45.254834, &eb));
     let want: Vec<f32> = ids
         .iter()
-        .flat_map(|&id| bits[id as usize * hidden..][..hidden].iter().map(|w| w.to_f32() * 45.254834))
+        .flat_map(|&id| {
+            bits[id as usize * hidden..][..hidden]
+                .iter()
+                .map(|w| w.to_f32() * 45.254834)
+        })
         .collect();
-    assert_close("embedding gather (real vocabulary)", &read(g, &eb, ids.len() * hidden), &want, 0.0);
+    assert_close(
+        "embedding gather (real vocabulary)",
+        &read(g, &eb, ids.len() * hidden),
+        &want,
+        0.0,
+    );
 }
 
 #[test]
@@ -184,12 +291,20 @@ fn layer_norm_matches_reference() {
     let mut r = rng(5);
     for &(rows, n) in &[(1, 1), (3, 7), (5, 257), (13, 1000), (256, 1152)] {
         // A large common offset checks the two-pass variance.
-        let x: Vec<f32> = rand_vec(&mut r, rows * n, 1.0).iter().map(|v| v + 3.0).collect();
+        let x: Vec<f32> = rand_vec(&mut r, rows * n, 1.0)
+            .iter()
+            .map(|v| v + 3.0)
+            .collect();
         let (w, b) = (rand_vec(&mut r, n, 1.0), rand_vec(&mut r, n, 1.0));
         let (xb, wb, bb, yb) = (up(g, &x), up(g, &w), up(g, &b), out(g, rows * n));
         run(|rec| layer_norm(rec, &xb, &wb, &bb, &yb, rows, n, 1e-6));
         let want = layer_norm_ref(&x, &w, &b, rows, n, 1e-6);
-        assert_close(&format!("layer_norm {rows}x{n}"), &read(g, &yb, rows * n), &want, TOL);
+        assert_close(
+            &format!("layer_norm {rows}x{n}"),
+            &read(g, &yb, rows * n),
+            &want,
+            TOL,
+        );
     }
 }
 
@@ -203,12 +318,17 @@ fn rms_norm_matches_reference() {
         let (xb, wb, yb) = (up(g, &x), up(g, &w), out(g, rows * n));
         run(|rec| rms_norm(rec, &xb, &wb, &yb, rows, n, 1e-6));
         let want = rms_norm_ref(&x, &w, rows, n, 1e-6);
-        assert_close(&format!("rms_norm {rows}x{n}"), &read(g, &yb, rows * n), &want, TOL);
+        assert_close(
+            &format!("rms_norm {rows}x{n}"),
+            &read(g, &yb, rows * n),
+            &want,
+            TOL,
+        );
     }
 }
 
 #[test]
-fn gelu_tanh_matches_reference() {
+fn activation_matches_reference() {
     let g = gpu();
     let mut r = rng(7);
     for &n in &[1usize, 7, 1000, 256 * 4304] {
@@ -219,13 +339,30 @@ fn gelu_tanh_matches_reference() {
             x[1] = -60.0;
         }
         let up_v = rand_vec(&mut r, n, 2.0);
-        let (xb, ub, yb, zb) = (up(g, &x), up(g, &up_v), out(g, n), out(g, n));
+        let (xb, ub, yb, cb) = (up(g, &x), up(g, &up_v), out(g, n), up(g, &x));
         run(|rec| {
             gelu_tanh(rec, &xb, &yb, n)?;
-            gelu_tanh_gated(rec, &xb, &ub, &zb, n)
+            gelu_tanh_gated(rec, &xb, &ub, n)?;
+            softcap(rec, &cb, n, 3.0)
         });
-        assert_close(&format!("gelu_tanh n={n}"), &read(g, &yb, n), &gelu_tanh_ref(&x), TOL);
-        assert_close(&format!("gelu_tanh_gated n={n}"), &read(g, &zb, n), &gelu_tanh_gated_ref(&x, &up_v), TOL);
+        assert_close(
+            &format!("gelu_tanh n={n}"),
+            &read(g, &yb, n),
+            &gelu_tanh_ref(&x),
+            TOL,
+        );
+        assert_close(
+            &format!("gelu_tanh_gated n={n}"),
+            &read(g, &ub, n),
+            &gelu_tanh_gated_ref(&x, &up_v),
+            TOL,
+        );
+        assert_close(
+            &format!("softcap n={n}"),
+            &read(g, &cb, n),
+            &softcap_ref(&x, 3.0),
+            TOL,
+        );
     }
 }
 
@@ -237,7 +374,12 @@ fn add_matches_reference() {
         let (x, y) = (rand_vec(&mut r, n, 1.0), rand_vec(&mut r, n, 1.0));
         let (xb, yb) = (up(g, &x), up(g, &y));
         run(|rec| add_inplace(rec, &xb, &yb, n));
-        assert_close(&format!("add n={n}"), &read(g, &xb, n), &add_ref(&x, &y), 0.0);
+        assert_close(
+            &format!("add n={n}"),
+            &read(g, &xb, n),
+            &add_ref(&x, &y),
+            0.0,
+        );
     }
 }
 
@@ -258,21 +400,43 @@ fn rope_matches_reference() {
         let tables = RopeTables::new(g, hd, 10000.0, pos0 + rows + 3).unwrap();
         let x = rand_vec(&mut r, rows * heads * hd, 1.0);
         let xb = up(g, &x);
-        run(|rec| rope(rec, &xb, Rows::packed(heads * hd), &tables, rows, heads, pos0));
+        run(|rec| {
+            rope(
+                rec,
+                &xb,
+                Rows::packed(heads * hd),
+                &tables,
+                rows,
+                heads,
+                pos0,
+            )
+        });
         let want = rope_ref(&x, rows, heads, hd, pos0, 10000.0);
-        assert_close(&format!("rope {rows}x{heads}x{hd} @{pos0}"), &read(g, &xb, x.len()), &want, 1e-6);
+        assert_close(
+            &format!("rope {rows}x{heads}x{hd} @{pos0}"),
+            &read(g, &xb, x.len()),
+            &want,
+            1e-6,
+        );
     }
     // Rows placed inside a wider buffer (a K projection written into a KV-cache row).
     let (rows, heads, hd) = (3, 2, 8);
-    let at = Rows { offset: 7, stride: heads * hd + 5 };
+    let at = Rows {
+        offset: 7,
+        stride: heads * hd + 5,
+    };
     let x = rand_vec(&mut r, 7 + rows * at.stride, 1.0);
     let tables = RopeTables::new(g, hd, 10000.0, 16).unwrap();
     let xb = up(g, &x);
     run(|rec| rope(rec, &xb, at, &tables, rows, heads, 2));
     let y = read(g, &xb, x.len());
-    let packed: Vec<f32> = (0..rows).flat_map(|i| x[7 + i * at.stride..][..heads * hd].to_vec()).collect();
+    let packed: Vec<f32> = (0..rows)
+        .flat_map(|i| x[7 + i * at.stride..][..heads * hd].to_vec())
+        .collect();
     let want = rope_ref(&packed, rows, heads, hd, 2, 10000.0);
-    let got: Vec<f32> = (0..rows).flat_map(|i| y[7 + i * at.stride..][..heads * hd].to_vec()).collect();
+    let got: Vec<f32> = (0..rows)
+        .flat_map(|i| y[7 + i * at.stride..][..heads * hd].to_vec())
+        .collect();
     assert_close("rope strided", &got, &want, 1e-6);
     assert_eq!(y[..7], x[..7], "rope wrote outside its rows");
 }
@@ -299,12 +463,22 @@ fn check_attention(seed: u64, p: AttentionParams, capacity: usize, tol: f64) {
     let hd = p.head_dim as usize;
     let width = p.n_heads as usize * hd;
     let pick = |x: &[f32]| -> Vec<f32> {
-        (0..p.q_rows as usize).flat_map(|i| x[i * p.o_stride as usize..][..width].to_vec()).collect()
+        (0..p.q_rows as usize)
+            .flat_map(|i| x[i * p.o_stride as usize..][..width].to_vec())
+            .collect()
     };
     assert_close(&format!("attention {p:?}"), &pick(&got), &pick(&want), tol);
 }
 
-fn attn(q_rows: u32, heads: u32, kv_heads: u32, hd: u32, kv_len: u32, q_pos0: u32, prefix: u32) -> AttentionParams {
+fn attn(
+    q_rows: u32,
+    heads: u32,
+    kv_heads: u32,
+    hd: u32,
+    kv_len: u32,
+    q_pos0: u32,
+    prefix: u32,
+) -> AttentionParams {
     AttentionParams {
         q_rows,
         n_heads: heads,
@@ -363,11 +537,7 @@ fn attention_real_model_sizes() {
     check_attention(22, attn(1, 8, 1, 256, 273, 272, 261), 300, TOL);
     // head_dim beyond the kernel's limit is an error, not a wrong answer.
     let g = gpu();
-    let b = g.storage(
-        "x",
-        4 * 512,
-    )
-    .unwrap();
+    let b = g.storage("x", 4 * 512).unwrap();
     let mut rec = g.recorder();
     let err = attention(&mut rec, &b, &b, &b, &b, &attn(1, 1, 1, 512, 1, 0, 1)).unwrap_err();
     assert!(err.to_string().contains("head_dim"), "{err}");
@@ -381,7 +551,12 @@ fn softmax_matches_reference() {
         let x = rand_vec(&mut r, rows * n, 20.0);
         let (xb, yb) = (up(g, &x), out(g, rows * n));
         run(|rec| softmax(rec, &xb, &yb, rows, n, t));
-        assert_close(&format!("softmax {rows}x{n} T={t}"), &read(g, &yb, rows * n), &softmax_ref(&x, rows, n, t), TOL);
+        assert_close(
+            &format!("softmax {rows}x{n} T={t}"),
+            &read(g, &yb, rows * n),
+            &softmax_ref(&x, rows, n, t),
+            TOL,
+        );
     }
     let b = g.storage("x", 16).unwrap();
     assert!(softmax(&mut g.recorder(), &b, &b, 1, 1, 0.0).is_err());
@@ -395,7 +570,10 @@ fn argmax_matches_reference() {
     let mut big = rand_vec(&mut r, 257_216, 10.0);
     big[257_215] = 11.0; // the very last id
     cases.push(big);
-    let mut neg: Vec<f32> = rand_vec(&mut r, 1001, 1.0).iter().map(|v| v - 5.0).collect();
+    let mut neg: Vec<f32> = rand_vec(&mut r, 1001, 1.0)
+        .iter()
+        .map(|v| v - 5.0)
+        .collect();
     neg[500] = -0.5;
     neg[700] = -0.5; // a tie: the first wins
     cases.push(neg);
@@ -416,18 +594,44 @@ fn patch_embed_matches_reference() {
     let g = gpu();
     let mut r = rng(40);
     for geo in [
-        PatchGeometry { image_size: 30, patch: 6, channels: 3, dim: 7 },
-        PatchGeometry { image_size: 32, patch: 8, channels: 3, dim: 48 },
-        PatchGeometry { image_size: 224, patch: 14, channels: 3, dim: 1152 },
+        PatchGeometry {
+            image_size: 30,
+            patch: 6,
+            channels: 3,
+            dim: 7,
+        },
+        PatchGeometry {
+            image_size: 32,
+            patch: 8,
+            channels: 3,
+            dim: 48,
+        },
+        PatchGeometry {
+            image_size: 224,
+            patch: 14,
+            channels: 3,
+            dim: 1152,
+        },
     ] {
-        let (s, p, c, d, n) = (geo.image_size, geo.patch, geo.channels, geo.dim, geo.n_patches());
+        let (s, p, c, d, n) = (
+            geo.image_size,
+            geo.patch,
+            geo.channels,
+            geo.dim,
+            geo.n_patches(),
+        );
         let px = rand_vec(&mut r, c * s * s, 1.0);
         let w = rand_vec(&mut r, d * c * p * p, 0.1);
         let (b, pos) = (rand_vec(&mut r, d, 1.0), rand_vec(&mut r, n * d, 1.0));
         let (pb, wb, bb, posb, ob) = (up(g, &px), up(g, &w), up(g, &b), up(g, &pos), out(g, n * d));
         run(|rec| patch_embed(rec, &geo, &pb, &wb, &bb, &posb, &ob));
         let want = patch_embed_ref(&geo, &px, &w, &b, &pos);
-        assert_close(&format!("patch_embed {geo:?}"), &read(g, &ob, n * d), &want, TOL);
+        assert_close(
+            &format!("patch_embed {geo:?}"),
+            &read(g, &ob, n * d),
+            &want,
+            TOL,
+        );
     }
 }
 
@@ -445,7 +649,10 @@ fn gpu_errors_are_err_not_panics() {
     let mut rec = g.recorder();
     add_inplace(&mut rec, &ok, &bad, 16).unwrap();
     let err = rec.submit("adding into a mapped buffer").unwrap_err();
-    assert!(err.to_string().contains("adding into a mapped buffer"), "{err}");
+    assert!(
+        err.to_string().contains("adding into a mapped buffer"),
+        "{err}"
+    );
     // Too large a buffer is refused with its name.
     let err = g.storage("huge", u64::MAX / 2).unwrap_err();
     assert!(err.to_string().contains("huge"), "{err}");
@@ -459,20 +666,31 @@ fn gpu_errors_are_err_not_panics() {
 #[test]
 fn runs_on_a_device_the_caller_owns() {
     // A game engine creates its own device; the library borrows it.
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-        .expect("no adapter");
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
-        .expect("no device");
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .expect("no adapter");
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
+            .expect("no device");
     let g = Gpu::from_device(device, queue, Some(adapter.get_info()));
     let mut r = rng(50);
     let (rows, n) = (4, 300);
     let x = rand_vec(&mut r, rows * n, 1.0);
     let w = rand_vec(&mut r, n, 1.0);
-    let (xb, wb) = (g.upload_f32("x", &x).unwrap(), g.upload_f32("w", &w).unwrap());
+    let (xb, wb) = (
+        g.upload_f32("x", &x).unwrap(),
+        g.upload_f32("w", &w).unwrap(),
+    );
     let yb = g.storage("y", (rows * n * 4) as u64).unwrap();
     let mut rec = g.recorder();
     rms_norm(&mut rec, &xb, &wb, &yb, rows, n, 1e-6).unwrap();
     rec.submit("rms_norm on the caller's device").unwrap();
-    assert_close("rms_norm (caller's device)", &g.read_f32(&yb, 0, rows * n).unwrap(), &rms_norm_ref(&x, &w, rows, n, 1e-6), TOL);
+    assert_close(
+        "rms_norm (caller's device)",
+        &g.read_f32(&yb, 0, rows * n).unwrap(),
+        &rms_norm_ref(&x, &w, rows, n, 1e-6),
+        TOL,
+    );
 }

@@ -7,7 +7,10 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 use paligemma::shaders::{ALL, Shader};
 
 fn overrides_of(module: &naga::Module) -> Vec<PipelineConstants> {
-    let has_dtype = module.overrides.iter().any(|(_, o)| o.name.as_deref() == Some("W_DTYPE"));
+    let has_dtype = module
+        .overrides
+        .iter()
+        .any(|(_, o)| o.name.as_deref() == Some("W_DTYPE"));
     if !has_dtype {
         return vec![PipelineConstants::default()];
     }
@@ -24,11 +27,20 @@ fn translate(shader: &Shader) -> Vec<String> {
     let mut failures = Vec::new();
     let module = match naga::front::wgsl::parse_str(shader.source) {
         Ok(m) => m,
-        Err(e) => return vec![format!("{}: parse: {}", shader.name, e.emit_to_string(shader.source))],
+        Err(e) => {
+            return vec![format!(
+                "{}: parse: {}",
+                shader.name,
+                e.emit_to_string(shader.source)
+            )];
+        }
     };
     // Only what every backend has. `unpack2x16float` (16-bit weights) is core WGSL; naga names
     // it SHADER_FLOAT16_IN_FLOAT32, which wgpu grants on Vulkan, Metal, DX12 and GL ES 3.1.
-    let mut validator = Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16_IN_FLOAT32);
+    let mut validator = Validator::new(
+        ValidationFlags::all(),
+        Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+    );
     let info = match validator.validate(&module) {
         Ok(i) => i,
         Err(e) => return vec![format!("{}: validate: {e:?}", shader.name)],
@@ -37,19 +49,26 @@ fn translate(shader: &Shader) -> Vec<String> {
         for ep in &module.entry_points {
             let what = format!("{}::{} {:?}", shader.name, ep.name, constants);
             let stage = ep.stage;
-            let (module, info) =
-                match naga::back::pipeline_constants::process_overrides(&module, &info, Some((stage, &ep.name)), &constants) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        failures.push(format!("{what}: overrides: {e:?}"));
-                        continue;
-                    }
-                };
+            let (module, info) = match naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((stage, &ep.name)),
+                &constants,
+            ) {
+                Ok(x) => x,
+                Err(e) => {
+                    failures.push(format!("{what}: overrides: {e:?}"));
+                    continue;
+                }
+            };
             let spv = naga::back::spv::write_vec(
                 &module,
                 &info,
                 &naga::back::spv::Options::default(),
-                Some(&naga::back::spv::PipelineOptions { shader_stage: stage, entry_point: ep.name.clone() }),
+                Some(&naga::back::spv::PipelineOptions {
+                    shader_stage: stage,
+                    entry_point: ep.name.clone(),
+                }),
             );
             if let Err(e) = spv {
                 failures.push(format!("{what}: SPIR-V: {e:?}"));
@@ -58,15 +77,22 @@ fn translate(shader: &Shader) -> Vec<String> {
                 &module,
                 &info,
                 &naga::back::msl::Options::default(),
-                &naga::back::msl::PipelineOptions { entry_point: Some((stage, ep.name.clone())), ..Default::default() },
+                &naga::back::msl::PipelineOptions {
+                    entry_point: Some((stage, ep.name.clone())),
+                    ..Default::default()
+                },
             );
             if let Err(e) = msl {
                 failures.push(format!("{what}: MSL: {e:?}"));
             }
             let mut hlsl = String::new();
             let hlsl_options = naga::back::hlsl::Options::default();
-            let hlsl_pipeline = naga::back::hlsl::PipelineOptions { entry_point: Some((stage, ep.name.clone())) };
-            if let Err(e) = naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline).write(&module, &info, None) {
+            let hlsl_pipeline = naga::back::hlsl::PipelineOptions {
+                entry_point: Some((stage, ep.name.clone())),
+            };
+            if let Err(e) = naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline)
+                .write(&module, &info, None)
+            {
                 failures.push(format!("{what}: HLSL: {e:?}"));
             }
             let mut glsl = String::new();
@@ -96,7 +122,12 @@ fn translate(shader: &Shader) -> Vec<String> {
 #[test]
 fn every_shader_translates_to_every_backend() {
     let failures: Vec<String> = ALL.iter().flat_map(|s| translate(s)).collect();
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

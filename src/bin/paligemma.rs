@@ -1,1 +1,160 @@
-fn main(){}
+//! `paligemma`: caption, answer, detect: one image and one prompt through PaliGemma on the GPU.
+//!
+//! paligemma --model DIR --image FILE --prompt TEXT [--max-new-tokens N] [--temperature T]
+//!           [--top-p P] [--top-k K] [--seed S] [--precision f32|f16] [--json]
+//!           [--dump-logits FILE]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use paligemma::sampling::SamplingOptions;
+use paligemma::tokenizer::parse_detections;
+use paligemma::{GenerateOptions, GpuOptions, LoadOptions, PaliGemma, Precision};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    F16,
+}
+
+/// Run PaliGemma (SigLIP + Gemma) on an image and a prompt, on any GPU through wgpu.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// A PaliGemma folder as published on the hub (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// The image (any format the `image` crate reads).
+    #[arg(long)]
+    image: PathBuf,
+    /// The task prompt, e.g. "caption en", "detect cat", "answer en what is this?".
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// 0 = greedy (default); above 0 samples from softmax(logits / T).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling: keep the most probable tokens up to this mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep at most this many most probable tokens (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Seed of the sampling RNG, for reproducible runs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Weights in f32 (verification) or 16 bits (default where the adapter has SHADER_F16).
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
+    /// Print one JSON object (ids, text, timings) as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write the logits each token was chosen from to a safetensors file (`step_logits`).
+    #[arg(long)]
+    dump_logits: Option<PathBuf>,
+    /// Substring of the adapter name to use (also WGPU_ADAPTER_NAME); WGPU_BACKEND picks the API.
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        bail!(
+            "--temperature must be a finite number >= 0, got {}",
+            args.temperature
+        );
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1], got {}", args.top_p);
+    }
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    if !args.model.is_dir() {
+        bail!("--model {}: not a folder", args.model.display());
+    }
+    let image = paligemma::preprocess::load_image(&args.image)?;
+    let opts = LoadOptions {
+        precision: args.precision.map(|p| match p {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::F16 => Precision::F16,
+        }),
+        gpu: GpuOptions {
+            adapter_name: args.adapter.clone(),
+            ..Default::default()
+        },
+    };
+    let model = PaliGemma::load(&args.model, &opts)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let gen_opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling: SamplingOptions {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: args.top_k,
+            seed: args.seed,
+        },
+        stop_at_eos: true,
+        keep_logits: args.dump_logits.is_some(),
+    };
+    let mut stdout = std::io::stdout();
+    let out = model.generate(&image, &args.prompt, &gen_opts, |_, piece| {
+        let _ = write!(stdout, "{piece}");
+        let _ = stdout.flush();
+        true
+    })?;
+    println!();
+    let detections = parse_detections(&out.text, image.width(), image.height());
+    for d in &detections {
+        println!(
+            "box {:?}: x {:.1}..{:.1}, y {:.1}..{:.1}",
+            d.label, d.x_min, d.x_max, d.y_min, d.y_max
+        );
+    }
+    if let Some(path) = &args.dump_logits {
+        let logits = out.step_logits.as_deref().unwrap_or_default();
+        let vocab = model.config().text.vocab_size;
+        let bytes: &[u8] = bytemuck::cast_slice(logits);
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            vec![out.generated_ids.len(), vocab],
+            bytes,
+        )
+        .context("building step_logits")?;
+        safetensors::serialize_to_file([("step_logits", view)], None, path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        let json = serde_json::json!({
+            "prompt": args.prompt,
+            "prompt_ids": out.prompt_ids,
+            "generated_ids": out.generated_ids,
+            "text": out.text,
+            "detections": detections.iter().map(|d| serde_json::json!({
+                "label": d.label, "x_min": d.x_min, "y_min": d.y_min, "x_max": d.x_max, "y_max": d.y_max,
+            })).collect::<Vec<_>>(),
+            "timings": out.timings,
+            "adapter": model.gpu().adapter_name(),
+            "precision": format!("{:?}", model.precision()).to_lowercase(),
+        });
+        println!("{json}");
+    }
+    Ok(())
+}

@@ -1,4 +1,5 @@
-//! `shaders/activation.wgsl`: GELU (tanh approximation) and the gated form used by Gemma.
+//! `shaders/activation.wgsl`: GELU (tanh approximation), the gated form used by Gemma, and
+//! Gemma 2's logit soft-cap.
 
 use super::{grid_256, u32_of};
 use crate::error::Result;
@@ -10,7 +11,8 @@ use crate::shaders::ACTIVATION;
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     n: u32,
-    _pad: [u32; 3],
+    cap: f32,
+    _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
@@ -18,25 +20,51 @@ const _: () = assert!(std::mem::size_of::<Params>() == 16);
 pub fn gelu_tanh(rec: &mut Recorder, x: &wgpu::Buffer, out: &wgpu::Buffer, n: usize) -> Result<()> {
     let pipeline = rec.gpu().pipeline(&ACTIVATION, "gelu_tanh", &[])?;
     let groups = grid_256(rec.gpu(), n);
-    let params = Params { n: u32_of("n", n)?, _pad: [0; 3] };
+    let params = Params {
+        n: u32_of("n", n)?,
+        cap: 0.0,
+        _pad: [0; 2],
+    };
     rec.dispatch(pipeline, &params, vec![bind(1, x), bind(3, out)], groups);
     Ok(())
 }
 
-/// out[i] = gelu_tanh(gate[i]) * up[i] for i < n.
+/// up[i] = gelu_tanh(gate[i]) * up[i] for i < n (in place over `up`).
 pub fn gelu_tanh_gated(
     rec: &mut Recorder,
     gate: &wgpu::Buffer,
     up: &wgpu::Buffer,
-    out: &wgpu::Buffer,
     n: usize,
 ) -> Result<()> {
     let pipeline = rec.gpu().pipeline(&ACTIVATION, "gelu_tanh_gated", &[])?;
     let groups = grid_256(rec.gpu(), n);
-    let params = Params { n: u32_of("n", n)?, _pad: [0; 3] };
-    let binds = vec![bind(1, gate), bind(2, up), bind(3, out)];
-    rec.dispatch(pipeline, &params, binds, groups);
+    let params = Params {
+        n: u32_of("n", n)?,
+        cap: 0.0,
+        _pad: [0; 2],
+    };
+    rec.dispatch(pipeline, &params, vec![bind(1, gate), bind(3, up)], groups);
     Ok(())
+}
+
+/// x[i] = cap * tanh(x[i] / cap) for i < n (in place); `cap` > 0.
+pub fn softcap(rec: &mut Recorder, x: &wgpu::Buffer, n: usize, cap: f32) -> Result<()> {
+    let pipeline = rec.gpu().pipeline(&ACTIVATION, "softcap", &[])?;
+    let groups = grid_256(rec.gpu(), n);
+    let params = Params {
+        n: u32_of("n", n)?,
+        cap,
+        _pad: [0; 2],
+    };
+    rec.dispatch(pipeline, &params, vec![bind(3, x)], groups);
+    Ok(())
+}
+
+/// CPU reference for [`softcap`].
+pub fn softcap_ref(x: &[f32], cap: f32) -> Vec<f32> {
+    x.iter()
+        .map(|&v| (cap as f64 * (v as f64 / cap as f64).tanh()) as f32)
+        .collect()
 }
 
 /// CPU reference for one value, in f64.

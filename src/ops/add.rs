@@ -18,7 +18,10 @@ const _: () = assert!(std::mem::size_of::<Params>() == 16);
 pub fn add_inplace(rec: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
     let pipeline = rec.gpu().pipeline(&ADD, "add_inplace", &[])?;
     let groups = grid_256(rec.gpu(), n);
-    let params = Params { n: u32_of("n", n)?, _pad: [0; 3] };
+    let params = Params {
+        n: u32_of("n", n)?,
+        _pad: [0; 3],
+    };
     rec.dispatch(pipeline, &params, vec![bind(1, y), bind(2, x)], groups);
     Ok(())
 }

@@ -91,7 +91,8 @@ pub fn attention_ref(q: &[f32], k: &[f32], v: &[f32], p: &AttentionParams) -> Ve
     let hd = p.head_dim as usize;
     let group = (p.n_heads / p.n_kv_heads) as usize;
     let rows = p.q_rows as usize;
-    let mut out = vec![0f32; rows.saturating_sub(1) * p.o_stride as usize + p.n_heads as usize * hd];
+    let mut out =
+        vec![0f32; rows.saturating_sub(1) * p.o_stride as usize + p.n_heads as usize * hd];
     for r in 0..rows {
         let qpos = p.q_pos0 as usize + r;
         for h in 0..p.n_heads as usize {
@@ -111,8 +112,14 @@ pub fn attention_ref(q: &[f32], k: &[f32], v: &[f32], p: &AttentionParams) -> Ve
                     })
                 })
                 .collect();
-            let mx = scores.iter().flatten().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-            let e: Vec<f64> = scores.iter().map(|s| s.map_or(0.0, |s| (s - mx).exp())).collect();
+            let mx = scores
+                .iter()
+                .flatten()
+                .fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            let e: Vec<f64> = scores
+                .iter()
+                .map(|s| s.map_or(0.0, |s| (s - mx).exp()))
+                .collect();
             let sum: f64 = e.iter().sum();
             for d in 0..hd {
                 let acc: f64 = e

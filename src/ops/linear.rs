@@ -119,7 +119,14 @@ pub fn logits(
 }
 
 /// CPU reference: y [m, n] = x [m, k] W^T [k, n] (+ b [n]), f64 accumulation.
-pub fn linear_ref(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, n: usize, k: usize) -> Vec<f32> {
+pub fn linear_ref(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
     for r in 0..m {
         let xr = &x[r * k..(r + 1) * k];

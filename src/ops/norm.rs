@@ -62,7 +62,14 @@ pub fn rms_norm(
 }
 
 /// CPU reference for [`layer_norm`]: x [rows, n] -> [rows, n].
-pub fn layer_norm_ref(x: &[f32], w: &[f32], b: &[f32], rows: usize, n: usize, eps: f32) -> Vec<f32> {
+pub fn layer_norm_ref(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    rows: usize,
+    n: usize,
+    eps: f32,
+) -> Vec<f32> {
     let mut y = vec![0f32; rows * n];
     for r in 0..rows {
         let xr = &x[r * n..(r + 1) * n];

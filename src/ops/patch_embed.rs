@@ -64,13 +64,25 @@ pub fn patch_embed(
         _pad: [0; 3],
     };
     let groups = grid_256(rec.gpu(), g.n_patches() * g.dim);
-    let binds = vec![bind(1, pixels), bind(2, w), bind(3, b), bind(4, pos), bind(5, out)];
+    let binds = vec![
+        bind(1, pixels),
+        bind(2, w),
+        bind(3, b),
+        bind(4, pos),
+        bind(5, out),
+    ];
     rec.dispatch(pipeline, &params, binds, groups);
     Ok(())
 }
 
 /// CPU reference for [`patch_embed`].
-pub fn patch_embed_ref(g: &PatchGeometry, pixels: &[f32], w: &[f32], b: &[f32], pos: &[f32]) -> Vec<f32> {
+pub fn patch_embed_ref(
+    g: &PatchGeometry,
+    pixels: &[f32],
+    w: &[f32],
+    b: &[f32],
+    pos: &[f32],
+) -> Vec<f32> {
     let (s, p, c, d, grid) = (g.image_size, g.patch, g.channels, g.dim, g.grid());
     let mut out = vec![0f32; g.n_patches() * d];
     for py in 0..grid {

@@ -58,7 +58,9 @@ pub fn rope_tables_ref(head_dim: usize, theta: f32, max_pos: usize) -> (Vec<f32>
 impl RopeTables {
     pub fn new(gpu: &Gpu, head_dim: usize, theta: f32, max_pos: usize) -> Result<RopeTables> {
         if head_dim % 2 != 0 {
-            return Err(Error::invalid(format!("RoPE needs an even head_dim, got {head_dim}")));
+            return Err(Error::invalid(format!(
+                "RoPE needs an even head_dim, got {head_dim}"
+            )));
         }
         let (c, s) = rope_tables_ref(head_dim, theta, max_pos);
         Ok(RopeTables {
@@ -106,7 +108,14 @@ pub fn rope(
 
 /// CPU reference: x [rows, heads * head_dim] rotated with positions pos0.., as transformers'
 /// `apply_rotary_pos_emb` (q * cos + rotate_half(q) * sin), in f64 from the f32 angles.
-pub fn rope_ref(x: &[f32], rows: usize, heads: usize, head_dim: usize, pos0: usize, theta: f32) -> Vec<f32> {
+pub fn rope_ref(
+    x: &[f32],
+    rows: usize,
+    heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    theta: f32,
+) -> Vec<f32> {
     let f = inv_freq(head_dim, theta);
     let half = head_dim / 2;
     let mut y = x.to_vec();

@@ -46,8 +46,17 @@ pub fn rel_error(got: &[f32], want: &[f32]) -> f64 {
 /// Fails unless every |got[i] - want[i]| <= tol * max |want| (and nothing is NaN). The message
 /// gives the number of failing elements, the worst one and its index.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}", got.len(), want.len());
-    let max_ref = want.iter().fold(0f64, |a, &b| a.max((b as f64).abs())).max(1e-30);
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs reference {}",
+        got.len(),
+        want.len()
+    );
+    let max_ref = want
+        .iter()
+        .fold(0f64, |a, &b| a.max((b as f64).abs()))
+        .max(1e-30);
     let limit = tol * max_ref;
     let mut fails = 0;
     let mut worst = (0usize, 0f64);

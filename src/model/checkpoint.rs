@@ -1,0 +1,266 @@
+//! A PaliGemma checkpoint folder: `model.safetensors`, or the shards listed in
+//! `model.safetensors.index.json`, memory-mapped; tensors found under either naming scheme.
+//!
+//! Published checkpoints name tensors `vision_tower.vision_model.*`,
+//! `multi_modal_projector.linear.*`, `language_model.model.*`; newer transformers writes
+//! `vision_tower.*` (no `vision_model.`) and `model.language_model.*`. Both map to one canonical
+//! name: `vision.<rest>`, `projector.<rest>`, `text.<rest>`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::ops::WeightFormat;
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Where the tensor data starts (8-byte length + JSON header).
+    data_start: usize,
+}
+
+/// Where one tensor lives.
+#[derive(Clone, Debug)]
+struct Entry {
+    name: String,
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    range: (usize, usize),
+}
+
+/// A tensor's bytes as stored, with its dtype and shape.
+pub struct TensorData<'a> {
+    pub name: &'a str,
+    pub dtype: Dtype,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
+impl TensorData<'_> {
+    /// The stored format, if it is one the kernels read directly.
+    pub fn format(&self) -> Result<WeightFormat> {
+        match self.dtype {
+            Dtype::F32 => Ok(WeightFormat::F32),
+            Dtype::F16 => Ok(WeightFormat::F16),
+            Dtype::BF16 => Ok(WeightFormat::Bf16),
+            other => Err(Error::Tensor {
+                name: self.name.to_string(),
+                message: format!("dtype {other:?} is not supported (f32, f16, bf16)"),
+            }),
+        }
+    }
+
+    /// The values widened to f32 (exact for f16 and bf16).
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        let b = self.bytes;
+        Ok(match self.format()? {
+            WeightFormat::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            WeightFormat::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            WeightFormat::Bf16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        })
+    }
+
+    /// The bytes in `format`: as stored when the formats agree (a bf16 checkpoint's bytes are
+    /// used as they are), otherwise converted.
+    pub fn to_format(&self, format: WeightFormat) -> Result<std::borrow::Cow<'_, [u8]>> {
+        if self.format()? == format {
+            return Ok(std::borrow::Cow::Borrowed(self.bytes));
+        }
+        Ok(std::borrow::Cow::Owned(format.encode(&self.to_f32()?)))
+    }
+}
+
+/// Maps a checkpoint tensor name to the canonical one, or `None` for tensors the engine does
+/// not use (e.g. an untied `lm_head` copy).
+pub fn canonical_name(name: &str) -> Option<String> {
+    if let Some(i) = name.find("vision_tower.") {
+        let rest = &name[i + "vision_tower.".len()..];
+        let rest = rest.strip_prefix("vision_model.").unwrap_or(rest);
+        return Some(format!("vision.{rest}"));
+    }
+    if let Some(i) = name.find("multi_modal_projector.") {
+        return Some(format!(
+            "projector.{}",
+            &name[i + "multi_modal_projector.".len()..]
+        ));
+    }
+    if let Some(i) = name.find("language_model.") {
+        let rest = &name[i + "language_model.".len()..];
+        if rest.starts_with("lm_head.") {
+            return None;
+        }
+        let rest = rest.strip_prefix("model.").unwrap_or(rest);
+        return Some(format!("text.{rest}"));
+    }
+    None
+}
+
+/// The safetensors files of a checkpoint, memory-mapped, indexed by canonical name.
+pub struct Checkpoint {
+    dir: PathBuf,
+    shards: Vec<Shard>,
+    entries: HashMap<String, Entry>,
+}
+
+impl Checkpoint {
+    /// Opens `dir/model.safetensors.index.json`'s shards, or `dir/model.safetensors`, or every
+    /// `*.safetensors` in `dir`.
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|source| Error::Io {
+                path: index.clone(),
+                source,
+            })?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+                path: index.clone(),
+                message: format!("not valid JSON: {e}"),
+            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Config {
+                    path: index.clone(),
+                    message: "has no `weight_map` object".into(),
+                })?;
+            let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|f| dir.join(f)).collect()
+        } else if dir.join("model.safetensors").exists() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|source| Error::Io {
+                    path: dir.into(),
+                    source,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            v.sort();
+            v
+        };
+        if files.is_empty() {
+            return Err(Error::Io {
+                path: dir.into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no model.safetensors, model.safetensors.index.json or *.safetensors here",
+                ),
+            });
+        }
+        let mut shards = Vec::new();
+        let mut entries = HashMap::new();
+        for path in files {
+            let file = File::open(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            // SAFETY: the file is opened read-only and mapped privately; like every
+            // safetensors loader we assume nobody truncates it while the model is loading.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            let shard = shards.len();
+            for (name, info) in metadata.tensors() {
+                let Some(canon) = canonical_name(&name) else {
+                    log::debug!("ignoring tensor {name}");
+                    continue;
+                };
+                entries.insert(
+                    canon,
+                    Entry {
+                        name,
+                        shard,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        range: info.data_offsets,
+                    },
+                );
+            }
+            shards.push(Shard {
+                path,
+                mmap,
+                data_start: 8 + header_len,
+            });
+        }
+        Ok(Checkpoint {
+            dir: dir.into(),
+            shards,
+            entries,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The tensor with canonical name `canon`, checked to have `shape`. Errors name the
+    /// checkpoint's own tensor name and file.
+    pub fn get(&self, canon: &str, shape: &[usize]) -> Result<TensorData<'_>> {
+        let e = self.entries.get(canon).ok_or_else(|| Error::Tensor {
+            name: canon.to_string(),
+            message: format!("missing from the checkpoint in {}", self.dir.display()),
+        })?;
+        let shard = &self.shards[e.shard];
+        if e.shape != shape {
+            return Err(Error::Tensor {
+                name: e.name.clone(),
+                message: format!(
+                    "shape {:?} in {} does not match the config's {:?}",
+                    e.shape,
+                    shard.path.display(),
+                    shape
+                ),
+            });
+        }
+        let t = TensorData {
+            name: &e.name,
+            dtype: e.dtype,
+            shape: &e.shape,
+            bytes: &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1],
+        };
+        t.format()?;
+        Ok(t)
+    }
+
+    /// The dtype most tensors are stored in (what "the checkpoint's dtype" means).
+    pub fn main_format(&self) -> WeightFormat {
+        let count = |d: Dtype| -> usize {
+            self.entries
+                .values()
+                .filter(|e| e.dtype == d)
+                .map(|e| e.shape.iter().product::<usize>())
+                .sum()
+        };
+        let (f32s, f16s, bf16s) = (count(Dtype::F32), count(Dtype::F16), count(Dtype::BF16));
+        if bf16s >= f32s.max(f16s) {
+            WeightFormat::Bf16
+        } else if f16s >= f32s {
+            WeightFormat::F16
+        } else {
+            WeightFormat::F32
+        }
+    }
+}

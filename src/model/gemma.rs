@@ -1,0 +1,461 @@
+//! The Gemma (PaliGemma) and Gemma 2 (PaliGemma 2) decoder, and a [`Session`]: the KV cache and
+//! scratch buffers of one sequence, resident on the GPU from prefill to the last token.
+
+use super::Loader;
+use super::config::{Decoder, TextConfig};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Recorder};
+use crate::ops::activation::{gelu_tanh_gated, softcap};
+use crate::ops::add::add_inplace;
+use crate::ops::argmax::argmax;
+use crate::ops::attention::{AttentionParams, attention};
+use crate::ops::embedding::gather;
+use crate::ops::linear::{linear, logits};
+use crate::ops::norm::rms_norm;
+use crate::ops::rope::{RopeTables, rope};
+use crate::ops::{ChunkedTable, Rows, Weight};
+
+/// One decoder layer; field names follow the checkpoint's.
+pub struct TextLayer {
+    pub input_layernorm: wgpu::Buffer, // [H]
+    pub q_proj: Weight,                // [heads * hd, H]
+    pub k_proj: Weight,                // [kv_heads * hd, H]
+    pub v_proj: Weight,                // [kv_heads * hd, H]
+    pub o_proj: Weight,                // [H, heads * hd]
+    /// Gemma: the norm before the MLP. Gemma 2: the norm of the attention output.
+    pub post_attention_layernorm: wgpu::Buffer, // [H]
+    /// Gemma 2 only: the norms before and after the MLP.
+    pub feedforward_layernorms: Option<(wgpu::Buffer, wgpu::Buffer)>,
+    pub gate_proj: Weight, // [I, H]
+    pub up_proj: Weight,   // [I, H]
+    pub down_proj: Weight, // [H, I]
+    /// Gemma 2: this layer attends within the sliding window.
+    pub sliding: bool,
+}
+
+/// The decoder's weights on the GPU.
+pub struct TextModel {
+    pub cfg: TextConfig,
+    /// [vocab, H], tied: the token embedding and the logits projection.
+    pub embed_tokens: ChunkedTable,
+    pub layers: Vec<TextLayer>,
+    pub norm: wgpu::Buffer, // [H]
+    pub rope: RopeTables,   // [max_positions + 1, hd / 2]
+    /// Text embeddings are multiplied by sqrt(hidden).
+    pub embed_scale: f32,
+}
+
+impl TextModel {
+    pub fn load(l: &Loader, cfg: &TextConfig) -> Result<Self> {
+        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (qd, kvd) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+        let g2 = cfg.decoder == Decoder::Gemma2;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for li in 0..cfg.num_hidden_layers {
+            let p = format!("text.layers.{li}");
+            let w = |name: &str, r, c| l.weight(&format!("{p}.{name}.weight"), r, c);
+            let norm = |name: &str| l.f32(&format!("{p}.{name}.weight"), &[h]);
+            layers.push(TextLayer {
+                input_layernorm: norm("input_layernorm")?,
+                q_proj: w("self_attn.q_proj", qd, h)?,
+                k_proj: w("self_attn.k_proj", kvd, h)?,
+                v_proj: w("self_attn.v_proj", kvd, h)?,
+                o_proj: w("self_attn.o_proj", h, qd)?,
+                post_attention_layernorm: norm("post_attention_layernorm")?,
+                feedforward_layernorms: if g2 {
+                    Some((
+                        norm("pre_feedforward_layernorm")?,
+                        norm("post_feedforward_layernorm")?,
+                    ))
+                } else {
+                    None
+                },
+                gate_proj: w("mlp.gate_proj", i, h)?,
+                up_proj: w("mlp.up_proj", i, h)?,
+                down_proj: w("mlp.down_proj", h, i)?,
+                sliding: cfg.sliding_layers[li],
+            });
+        }
+        Ok(TextModel {
+            embed_tokens: l.table("text.embed_tokens.weight", cfg.vocab_size, h)?,
+            layers,
+            norm: l.f32("text.norm.weight", &[h])?,
+            // Positions are 1-based, so the table has one row more than the maximum.
+            rope: RopeTables::new(l.gpu, hd, cfg.rope_theta, cfg.max_position_embeddings + 1)?,
+            embed_scale: (h as f64).sqrt() as f32,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// A new session able to hold `capacity` positions, with scratch for `max_rows` rows per
+    /// forward pass (the prompt length for prefill).
+    pub fn session(&self, gpu: &Gpu, capacity: usize, max_rows: usize) -> Result<Session> {
+        let c = &self.cfg;
+        if capacity > c.max_position_embeddings {
+            return Err(Error::invalid(format!(
+                "{capacity} positions exceed the model's max_position_embeddings {}",
+                c.max_position_embeddings
+            )));
+        }
+        let kvd = c.num_key_value_heads * c.head_dim;
+        let mut k_cache = Vec::new();
+        let mut v_cache = Vec::new();
+        for li in 0..c.num_hidden_layers {
+            k_cache.push(gpu.storage(&format!("k cache {li}"), (capacity * kvd * 4) as u64)?);
+            v_cache.push(gpu.storage(&format!("v cache {li}"), (capacity * kvd * 4) as u64)?);
+        }
+        Ok(Session {
+            k_cache,
+            v_cache,
+            capacity,
+            len: 0,
+            prefix_len: 0,
+            scratch: Scratch::new(gpu, c, max_rows.max(1))?,
+            logits: gpu.storage("logits", (c.vocab_size * 4) as u64)?,
+            token: gpu.storage("next token", 4)?,
+            ids: None,
+        })
+    }
+
+    /// Records one forward pass over `rows` new positions of `s`, whose token ids are in
+    /// `ids` (u32 [rows]); `image` rows [n, H] replace the first n embeddings. Leaves the final
+    /// normed hidden states in `s.scratch.h` and appends K, V to the cache.
+    fn record_forward(
+        &self,
+        rec: &mut Recorder,
+        s: &mut Session,
+        ids: &wgpu::Buffer,
+        rows: usize,
+        image: Option<(&wgpu::Buffer, usize)>,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let (h, hd, i) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let start = s.len;
+        if start + rows > s.capacity {
+            return Err(Error::invalid(format!(
+                "the sequence would reach {} positions, over the session's capacity {}",
+                start + rows,
+                s.capacity
+            )));
+        }
+        if rows > s.scratch.rows {
+            s.scratch = Scratch::new(rec.gpu(), c, rows)?;
+        }
+        let sc = &s.scratch;
+        let eps = c.rms_norm_eps;
+        let hp = Rows::packed(h);
+
+        gather(rec, ids, rows, &self.embed_tokens, self.embed_scale, &sc.x)?;
+        if let Some((feat, n)) = image {
+            // The image features enter as they are (transformers divides them by sqrt(H) and
+            // the embedding scale multiplies them back).
+            rec.copy(feat, 0, &sc.x, 0, (n * h * 4) as u64);
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            let (kc, vc) = (&s.k_cache[li], &s.v_cache[li]);
+            let at_cache = Rows::from_row(start, kvd);
+            rms_norm(rec, &sc.x, &layer.input_layernorm, &sc.h, rows, h, eps)?;
+            linear(
+                rec,
+                &sc.h,
+                hp,
+                &layer.q_proj,
+                None,
+                &sc.q,
+                Rows::packed(qd),
+                rows,
+            )?;
+            linear(rec, &sc.h, hp, &layer.k_proj, None, kc, at_cache, rows)?;
+            linear(rec, &sc.h, hp, &layer.v_proj, None, vc, at_cache, rows)?;
+            // transformers numbers positions from 1.
+            rope(
+                rec,
+                &sc.q,
+                Rows::packed(qd),
+                &self.rope,
+                rows,
+                nh,
+                start + 1,
+            )?;
+            rope(rec, kc, at_cache, &self.rope, rows, nkv, start + 1)?;
+            let params = AttentionParams {
+                q_rows: rows as u32,
+                n_heads: nh as u32,
+                n_kv_heads: nkv as u32,
+                head_dim: hd as u32,
+                q_stride: qd as u32,
+                kv_stride: kvd as u32,
+                kv_len: (start + rows) as u32,
+                q_pos0: start as u32,
+                prefix_len: s.prefix_len as u32,
+                window: if layer.sliding {
+                    c.sliding_window.unwrap_or(0) as u32
+                } else {
+                    0
+                },
+                o_stride: qd as u32,
+                scale: c.attention_scale(),
+                softcap: c.attn_logit_softcapping.unwrap_or(0.0),
+                ..Default::default()
+            };
+            attention(rec, &sc.q, kc, vc, &sc.a, &params)?;
+            linear(
+                rec,
+                &sc.a,
+                Rows::packed(qd),
+                &layer.o_proj,
+                None,
+                &sc.o,
+                hp,
+                rows,
+            )?;
+            let mlp_norm = match &layer.feedforward_layernorms {
+                Some((pre, _)) => {
+                    rms_norm(
+                        rec,
+                        &sc.o,
+                        &layer.post_attention_layernorm,
+                        &sc.h,
+                        rows,
+                        h,
+                        eps,
+                    )?;
+                    add_inplace(rec, &sc.x, &sc.h, rows * h)?;
+                    pre
+                }
+                None => {
+                    add_inplace(rec, &sc.x, &sc.o, rows * h)?;
+                    &layer.post_attention_layernorm
+                }
+            };
+            rms_norm(rec, &sc.x, mlp_norm, &sc.h, rows, h, eps)?;
+            // The MLP in blocks of rows, so its [rows, I] intermediates fit one binding.
+            for r0 in (0..rows).step_by(sc.mlp_rows) {
+                let n = sc.mlp_rows.min(rows - r0);
+                let ip = Rows::packed(i);
+                linear(
+                    rec,
+                    &sc.h,
+                    Rows::from_row(r0, h),
+                    &layer.gate_proj,
+                    None,
+                    &sc.gate,
+                    ip,
+                    n,
+                )?;
+                linear(
+                    rec,
+                    &sc.h,
+                    Rows::from_row(r0, h),
+                    &layer.up_proj,
+                    None,
+                    &sc.up,
+                    ip,
+                    n,
+                )?;
+                gelu_tanh_gated(rec, &sc.gate, &sc.up, n * i)?;
+                linear(
+                    rec,
+                    &sc.up,
+                    ip,
+                    &layer.down_proj,
+                    None,
+                    &sc.o,
+                    Rows::from_row(r0, h),
+                    n,
+                )?;
+            }
+            match &layer.feedforward_layernorms {
+                Some((_, post)) => {
+                    rms_norm(rec, &sc.o, post, &sc.a, rows, h, eps)?;
+                    add_inplace(rec, &sc.x, &sc.a, rows * h)?;
+                }
+                None => add_inplace(rec, &sc.x, &sc.o, rows * h)?,
+            }
+        }
+        rms_norm(rec, &sc.x, &self.norm, &sc.h, rows, h, eps)?;
+        s.len += rows;
+        Ok(())
+    }
+
+    /// Records the logits of hidden row `row` of the last forward pass into `s.logits`
+    /// (soft-capped for Gemma 2) and their argmax into `s.token`.
+    fn record_logits(&self, rec: &mut Recorder, s: &Session, row: usize) -> Result<()> {
+        let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        logits(
+            rec,
+            &s.scratch.h,
+            Rows::from_row(row, h),
+            &self.embed_tokens,
+            &s.logits,
+            Rows::packed(v),
+            1,
+        )?;
+        if let Some(cap) = self.cfg.final_logit_softcapping {
+            softcap(rec, &s.logits, v, cap)?;
+        }
+        argmax(rec, &s.logits, 0, v, &s.token, 0)
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(Error::invalid("no tokens to process"));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the prompt: `ids` (image placeholders first, replaced by the `n_image` rows of
+    /// `image`), all of it one bidirectional prefix. Leaves the last position's logits in the
+    /// session and returns the greedy next token.
+    pub fn prefill(
+        &self,
+        gpu: &Gpu,
+        s: &mut Session,
+        ids: &[u32],
+        image: Option<(&wgpu::Buffer, usize)>,
+    ) -> Result<u32> {
+        self.check_ids(ids)?;
+        if s.len != 0 {
+            return Err(Error::invalid(
+                "prefill on a session that already holds tokens",
+            ));
+        }
+        s.prefix_len = ids.len();
+        let idb = gpu.storage_init("prompt ids", bytemuck::cast_slice(ids))?;
+        let mut rec = gpu.recorder();
+        self.record_forward(&mut rec, s, &idb, ids.len(), image)?;
+        self.record_logits(&mut rec, s, ids.len() - 1)?;
+        rec.submit("the prefill")?;
+        s.ids = Some(idb);
+        Ok(gpu.read_u32(&s.token, 0, 1)?[0])
+    }
+
+    /// Appends one token and returns the greedy next token; the logits stay in the session.
+    pub fn step(&self, gpu: &Gpu, s: &mut Session, token: u32) -> Result<u32> {
+        self.check_ids(&[token])?;
+        gpu.write(&s.token, 0, bytemuck::bytes_of(&token))?;
+        let mut rec = gpu.recorder();
+        let tok = s.token.clone();
+        self.record_forward(&mut rec, s, &tok, 1, None)?;
+        self.record_logits(&mut rec, s, 0)?;
+        rec.submit("a decode step")?;
+        Ok(gpu.read_u32(&s.token, 0, 1)?[0])
+    }
+
+    /// Logits at every row of a whole sequence computed in one pass, with positions from
+    /// `prefix_len` on causal: the reference that KV-cache decoding must reproduce, and
+    /// transformers' `prefill_logits` when `prefix_len == ids.len()`. [ids.len(), vocab].
+    pub fn all_logits(
+        &self,
+        gpu: &Gpu,
+        ids: &[u32],
+        image: Option<(&wgpu::Buffer, usize)>,
+        prefix_len: usize,
+    ) -> Result<Vec<f32>> {
+        self.check_ids(ids)?;
+        let t = ids.len();
+        let mut s = self.session(gpu, t, t)?;
+        s.prefix_len = prefix_len;
+        let idb = gpu.storage_init("ids", bytemuck::cast_slice(ids))?;
+        let mut rec = gpu.recorder();
+        self.record_forward(&mut rec, &mut s, &idb, t, image)?;
+        rec.submit("a full forward pass")?;
+        let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let block = ((gpu.max_binding_bytes() / (v as u64 * 4)) as usize).clamp(1, t);
+        let out = gpu.storage("all logits", (block * v * 4) as u64)?;
+        let mut all = Vec::with_capacity(t * v);
+        for r0 in (0..t).step_by(block) {
+            let n = block.min(t - r0);
+            let mut rec = gpu.recorder();
+            logits(
+                &mut rec,
+                &s.scratch.h,
+                Rows::from_row(r0, h),
+                &self.embed_tokens,
+                &out,
+                Rows::packed(v),
+                n,
+            )?;
+            if let Some(cap) = self.cfg.final_logit_softcapping {
+                softcap(&mut rec, &out, n * v, cap)?;
+            }
+            rec.submit("logits of every row")?;
+            all.extend(gpu.read_f32(&out, 0, n * v)?);
+        }
+        Ok(all)
+    }
+}
+
+/// Per-pass scratch buffers, sized for `rows` rows.
+struct Scratch {
+    rows: usize,
+    /// Rows per MLP block: [mlp_rows, I] must fit one binding.
+    mlp_rows: usize,
+    x: wgpu::Buffer,    // [rows, H] residual stream
+    h: wgpu::Buffer,    // [rows, H] normed
+    q: wgpu::Buffer,    // [rows, heads * hd]
+    a: wgpu::Buffer,    // [rows, max(heads * hd, H)] attention output
+    o: wgpu::Buffer,    // [rows, H]
+    gate: wgpu::Buffer, // [mlp_rows, I]
+    up: wgpu::Buffer,   // [mlp_rows, I]
+}
+
+impl Scratch {
+    fn new(gpu: &Gpu, c: &TextConfig, rows: usize) -> Result<Scratch> {
+        let (h, i, qd) = (
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_attention_heads * c.head_dim,
+        );
+        let mlp_rows = ((gpu.max_binding_bytes() / (i as u64 * 4)) as usize).clamp(1, rows);
+        let f = |label: &str, n: usize| gpu.storage(label, (n * 4) as u64);
+        Ok(Scratch {
+            rows,
+            mlp_rows,
+            x: f("x", rows * h)?,
+            h: f("h", rows * h)?,
+            q: f("q", rows * qd)?,
+            a: f("attn", rows * qd.max(h))?,
+            o: f("o", rows * h)?,
+            gate: f("gate", mlp_rows * i)?,
+            up: f("up", mlp_rows * i)?,
+        })
+    }
+}
+
+/// One sequence's state on the GPU: the KV cache (`[layer][capacity, kv_heads * hd]`, row t
+/// written at position t), scratch buffers, the last logits and the next token.
+pub struct Session {
+    k_cache: Vec<wgpu::Buffer>,
+    v_cache: Vec<wgpu::Buffer>,
+    capacity: usize,
+    len: usize,
+    prefix_len: usize,
+    scratch: Scratch,
+    /// [vocab] f32: the logits the last token was chosen from.
+    pub logits: wgpu::Buffer,
+    /// u32 [1]: the greedy choice, read back by the CPU and fed to the next step.
+    pub token: wgpu::Buffer,
+    ids: Option<wgpu::Buffer>,
+}
+
+impl Session {
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}

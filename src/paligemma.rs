@@ -1,0 +1,323 @@
+//! The whole model: load a checkpoint folder, encode an image, run the prompt, generate text.
+//! Mirrors transformers' `PaliGemmaForConditionalGeneration` + `PaliGemmaProcessor`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, GpuOptions};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::PaliGemmaConfig;
+use crate::model::gemma::{Session, TextModel};
+use crate::model::siglip::VisionTower;
+use crate::model::{Loader, Precision};
+use crate::ops::linear::linear;
+use crate::ops::softmax::softmax;
+use crate::ops::{Rows, Weight};
+use crate::preprocess::preprocess;
+use crate::sampling::{Sampler, SamplingOptions};
+use crate::tokenizer::PromptTokenizer;
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// `None`: 16-bit weights where the device has `SHADER_F16`, f32 elsewhere.
+    pub precision: Option<Precision>,
+    /// Which adapter to use when the library creates the device.
+    pub gpu: GpuOptions,
+}
+
+/// Options of [`PaliGemma::generate`].
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingOptions,
+    /// Stop when the model emits `<eos>` (on by default).
+    pub stop_at_eos: bool,
+    /// Keep the logits each token was chosen from (for `--dump-logits` and parity checks).
+    pub keep_logits: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 64,
+            sampling: SamplingOptions::default(),
+            stop_at_eos: true,
+            keep_logits: false,
+        }
+    }
+}
+
+/// Wall-clock phases of one generation, in milliseconds.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Timings {
+    pub preprocess_ms: f64,
+    pub vision_ms: f64,
+    pub prefill_ms: f64,
+    pub time_to_first_token_ms: f64,
+    pub decode_ms: f64,
+    /// Tokens after the first, per second of decoding.
+    pub decode_tokens_per_s: f64,
+}
+
+/// What [`PaliGemma::generate`] returns.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// The full prompt, image placeholders included.
+    pub prompt_ids: Vec<u32>,
+    pub generated_ids: Vec<u32>,
+    /// The generated text, special tokens (`<eos>`) removed.
+    pub text: String,
+    /// [generated_ids.len(), vocab] when `keep_logits` was set.
+    pub step_logits: Option<Vec<f32>>,
+    pub timings: Timings,
+}
+
+/// An image encoded and projected: the rows that replace the `<image>` tokens, on the GPU.
+pub struct ImageFeatures {
+    /// [n, text hidden] f32.
+    pub buffer: wgpu::Buffer,
+    pub n: usize,
+}
+
+/// A loaded PaliGemma.
+pub struct PaliGemma {
+    gpu: Gpu,
+    config: PaliGemmaConfig,
+    precision: Precision,
+    vision: VisionTower,
+    /// `multi_modal_projector.linear`: [text hidden, vision hidden] and its bias.
+    projector: (Weight, wgpu::Buffer),
+    text: TextModel,
+    tokenizer: PromptTokenizer,
+}
+
+impl PaliGemma {
+    /// Loads `dir` (config.json, safetensors, tokenizer.json) on a device the library picks.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
+        let gpu = Gpu::new(&opts.gpu)?;
+        Self::load_on(gpu, dir, opts.precision)
+    }
+
+    /// Loads `dir` on `gpu` (which may wrap the caller's own device).
+    pub fn load_on(gpu: Gpu, dir: &Path, precision: Option<Precision>) -> Result<PaliGemma> {
+        let config = PaliGemmaConfig::from_file(&dir.join("config.json"))?;
+        let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        let precision = precision.unwrap_or(if gpu.has_f16() {
+            Precision::F16
+        } else {
+            Precision::F32
+        });
+        let l = Loader {
+            gpu: &gpu,
+            ckpt: &ckpt,
+            precision,
+        };
+        let vision = VisionTower::load(&l, &config.vision)?;
+        let (dv, dt) = (config.vision.hidden_size, config.text.hidden_size);
+        let projector = (
+            l.weight("projector.linear.weight", dt, dv)?,
+            l.f32("projector.linear.bias", &[dt])?,
+        );
+        let text = TextModel::load(&l, &config.text)?;
+        gpu.wait()?;
+        log::info!(
+            "loaded {} on {} with {precision:?} weights",
+            dir.display(),
+            gpu.adapter_name()
+        );
+        Ok(PaliGemma {
+            gpu,
+            config,
+            precision,
+            vision,
+            projector,
+            text,
+            tokenizer,
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+    pub fn config(&self) -> &PaliGemmaConfig {
+        &self.config
+    }
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+    pub fn tokenizer(&self) -> &PromptTokenizer {
+        &self.tokenizer
+    }
+    pub fn text_model(&self) -> &TextModel {
+        &self.text
+    }
+    /// The side of the square image the vision tower takes.
+    pub fn image_size(&self) -> usize {
+        self.config.vision.image_size
+    }
+    /// Image tokens per image: (image_size / patch_size)^2.
+    pub fn num_image_tokens(&self) -> usize {
+        self.config.vision.num_patches()
+    }
+
+    /// `<image>` * N + `<bos>` + prompt + "\n", tokenized.
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        let ids = self.tokenizer.prompt_ids(prompt, self.num_image_tokens())?;
+        let n = self.num_image_tokens();
+        if ids
+            .iter()
+            .filter(|&&t| t == self.config.image_token_index)
+            .count()
+            != n
+        {
+            return Err(Error::invalid(format!(
+                "the prompt must hold exactly {n} image tokens (id {}), at its start",
+                self.config.image_token_index
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Runs SigLIP and the projector on preprocessed pixels [3, S, S]. Returns the features on
+    /// the GPU and leaves "vision_out" in `vision_out` when given.
+    pub fn encode_pixels(
+        &self,
+        pixels: &[f32],
+        vision_out: Option<&wgpu::Buffer>,
+    ) -> Result<ImageFeatures> {
+        let (n, dv, dt) = (
+            self.num_image_tokens(),
+            self.config.vision.hidden_size,
+            self.config.text.hidden_size,
+        );
+        let owned;
+        let vout = match vision_out {
+            Some(b) => b,
+            None => {
+                owned = self.gpu.storage("vision out", (n * dv * 4) as u64)?;
+                &owned
+            }
+        };
+        self.vision.encode(&self.gpu, pixels, vout)?;
+        let buffer = self.gpu.storage("image features", (n * dt * 4) as u64)?;
+        let mut rec = self.gpu.recorder();
+        linear(
+            &mut rec,
+            vout,
+            Rows::packed(dv),
+            &self.projector.0,
+            Some(&self.projector.1),
+            &buffer,
+            Rows::packed(dt),
+            n,
+        )?;
+        rec.submit("the projector")?;
+        Ok(ImageFeatures { buffer, n })
+    }
+
+    /// A session for a prompt of `prompt_len` tokens and up to `max_new_tokens` more.
+    pub fn session(&self, prompt_len: usize, max_new_tokens: usize) -> Result<Session> {
+        self.text
+            .session(&self.gpu, prompt_len + max_new_tokens, prompt_len)
+    }
+
+    /// Runs the prompt (the image rows replace its `<image>` tokens); returns the greedy next
+    /// token. Lower-level than [`generate`](Self::generate), for callers who drive decoding.
+    pub fn prefill(&self, s: &mut Session, ids: &[u32], image: &ImageFeatures) -> Result<u32> {
+        self.text
+            .prefill(&self.gpu, s, ids, Some((&image.buffer, image.n)))
+    }
+
+    /// Appends `token`; returns the greedy next token.
+    pub fn step(&self, s: &mut Session, token: u32) -> Result<u32> {
+        self.text.step(&self.gpu, s, token)
+    }
+
+    /// The logits the session's last token was chosen from, read back: [vocab].
+    pub fn logits(&self, s: &Session) -> Result<Vec<f32>> {
+        self.gpu.read_f32(&s.logits, 0, self.config.text.vocab_size)
+    }
+
+    /// Generates text about `image` for `prompt`, calling `on_token(id, text_piece)` as each
+    /// token is chosen; returning `false` from it stops generation.
+    pub fn generate(
+        &self,
+        image: &image::DynamicImage,
+        prompt: &str,
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<Generation> {
+        let mut timings = Timings::default();
+        let t0 = Instant::now();
+        let pixels = preprocess(image, self.image_size() as u32);
+        let ids = self.prompt_ids(prompt)?;
+        timings.preprocess_ms = ms(t0);
+
+        let t1 = Instant::now();
+        let features = self.encode_pixels(&pixels, None)?;
+        self.gpu.wait()?;
+        timings.vision_ms = ms(t1);
+
+        let t2 = Instant::now();
+        let mut s = self.session(ids.len(), opts.max_new_tokens)?;
+        let mut greedy = self.prefill(&mut s, &ids, &features)?;
+        timings.prefill_ms = ms(t2);
+        timings.time_to_first_token_ms = ms(t1);
+
+        let vocab = self.config.text.vocab_size;
+        let mut sampler = Sampler::new(&opts.sampling);
+        let probs = if opts.sampling.is_greedy() {
+            None
+        } else {
+            Some(self.gpu.storage("probabilities", (vocab * 4) as u64)?)
+        };
+        let mut generated = Vec::new();
+        let mut step_logits = opts.keep_logits.then(Vec::new);
+        let mut text = String::new();
+        let t3 = Instant::now();
+        while generated.len() < opts.max_new_tokens {
+            if let Some(all) = step_logits.as_mut() {
+                all.extend(self.logits(&s)?);
+            }
+            let token = match &probs {
+                None => greedy,
+                Some(pb) => {
+                    let mut rec = self.gpu.recorder();
+                    softmax(&mut rec, &s.logits, pb, 1, vocab, opts.sampling.temperature)?;
+                    rec.submit("the sampling softmax")?;
+                    sampler.sample(&self.gpu.read_f32(pb, 0, vocab)?)
+                }
+            };
+            generated.push(token);
+            let now = self.tokenizer.decode(&generated, true)?;
+            let piece = now.strip_prefix(text.as_str()).unwrap_or("").to_string();
+            text = now;
+            let go_on = on_token(token, &piece);
+            if !go_on
+                || (opts.stop_at_eos && token == self.config.eos_token_id)
+                || generated.len() == opts.max_new_tokens
+            {
+                break;
+            }
+            greedy = self.step(&mut s, token)?;
+        }
+        timings.decode_ms = ms(t3);
+        if generated.len() > 1 {
+            timings.decode_tokens_per_s = (generated.len() - 1) as f64 / (timings.decode_ms / 1e3);
+        }
+        Ok(Generation {
+            prompt_ids: ids,
+            generated_ids: generated,
+            text,
+            step_logits,
+            timings,
+        })
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

@@ -1,0 +1,109 @@
+//! The `paligemma` binary as users and checks call it.
+
+use std::path::Path;
+use std::process::Command;
+
+fn fixture(p: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(p)
+        .display()
+        .to_string()
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_paligemma"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn json_output_matches_the_fixture() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("mqa/expected.json")).unwrap())
+            .unwrap();
+    let dump = std::env::temp_dir().join(format!(
+        "paligemma-cli-logits-{}.safetensors",
+        std::process::id()
+    ));
+    let (ok, stdout, stderr) = run(&[
+        "--model",
+        &fixture("mqa/model"),
+        "--image",
+        &fixture("mqa/image.png"),
+        "--prompt",
+        "caption en",
+        "--max-new-tokens",
+        "12",
+        "--precision",
+        "f32",
+        "--json",
+        "--dump-logits",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(ok, "stderr: {stderr}");
+    let last = stdout.lines().last().unwrap();
+    let json: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(json["prompt_ids"], expected["input_ids"]);
+    // The reference generated 12 tokens without stopping; the CLI stops at <eos> (id 1),
+    // which the fixture's greedy ids do not contain.
+    assert_eq!(json["generated_ids"], expected["generated_ids"]);
+    assert!(json["timings"]["prefill_ms"].is_number());
+    let bytes = std::fs::read(&dump).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("step_logits").unwrap();
+    assert_eq!(t.shape(), &[12, 1600]);
+}
+
+#[test]
+fn bad_input_is_one_error_line_and_a_nonzero_exit() {
+    let cases: &[&[&str]] = &[
+        &[
+            "--model",
+            "/nonexistent",
+            "--image",
+            &fixture("mqa/image.png"),
+            "--prompt",
+            "x",
+        ],
+        &[
+            "--model",
+            &fixture("mqa/model"),
+            "--image",
+            "/nonexistent.png",
+            "--prompt",
+            "x",
+        ],
+        &[
+            "--model",
+            &fixture("mqa/model"),
+            "--image",
+            &fixture("mqa/expected.json"),
+            "--prompt",
+            "x",
+        ],
+        &[
+            "--model",
+            &fixture("mqa/model"),
+            "--image",
+            &fixture("mqa/image.png"),
+            "--prompt",
+            "x",
+            "--top-p",
+            "0",
+        ],
+    ];
+    for args in cases {
+        let (ok, _, stderr) = run(args);
+        assert!(!ok, "{args:?} succeeded");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,350 @@
+//! The GPU pipeline against transformers, on every case in tests/fixtures (the two shared ones
+//! and those scripts/make_fixtures.py generates: bf16 and f16 checkpoints, the newer tensor
+//! names in shards, a Gemma 2 decoder). f32 must match within 1e-4 of max |ref| with identical
+//! tokens; 16-bit weights within 2e-2, tokens compared while the reference's top-2 margin is
+//! clear. KV-cache decoding must equal recomputing the whole sequence.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{assert_close, gpu, rel_error};
+use paligemma::{GenerateOptions, PaliGemma, Precision};
+use safetensors::SafeTensors;
+
+struct Case {
+    name: String,
+    dir: PathBuf,
+    expected: serde_json::Value,
+    tensors: Vec<u8>,
+}
+
+impl Case {
+    fn tensor(&self, name: &str) -> Vec<f32> {
+        let st = SafeTensors::deserialize(&self.tensors).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("{}: no {name}", self.name));
+        bytemuck::pod_collect_to_vec(t.data())
+    }
+    fn ids(&self, key: &str) -> Vec<u32> {
+        self.expected[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    }
+    fn load(&self, precision: Precision) -> PaliGemma {
+        PaliGemma::load_on(gpu().clone(), &self.dir.join("model"), Some(precision))
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("expected.json").exists() {
+            continue;
+        }
+        let expected =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let tensors = std::fs::read(dir.join("expected.safetensors")).unwrap();
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        out.push(Case {
+            name,
+            dir,
+            expected,
+            tensors,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    assert!(
+        out.len() >= 2,
+        "no fixture cases found in {}",
+        root.display()
+    );
+    out
+}
+
+fn greedy_opts(n: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: n,
+        stop_at_eos: false,
+        keep_logits: true,
+        ..Default::default()
+    }
+}
+
+/// Runs prefill + greedy decode from the fixture's own pixel values.
+fn decode(model: &PaliGemma, case: &Case, n: usize) -> (Vec<u32>, Vec<f32>) {
+    let pixels = case.tensor("pixel_values");
+    let ids = case.ids("input_ids");
+    let feats = model.encode_pixels(&pixels, None).unwrap();
+    let mut s = model.session(ids.len(), n).unwrap();
+    let mut next = model.prefill(&mut s, &ids, &feats).unwrap();
+    let (mut toks, mut logits) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        logits.extend(model.logits(&s).unwrap());
+        toks.push(next);
+        if i + 1 < n {
+            next = model.step(&mut s, next).unwrap();
+        }
+    }
+    (toks, logits)
+}
+
+#[test]
+fn f32_matches_transformers_on_every_fixture() {
+    const TOL: f64 = 1e-4;
+    for case in cases() {
+        let model = case.load(Precision::F32);
+        let c = model.config().clone();
+        let (n, dv, v) = (
+            model.num_image_tokens(),
+            c.vision.hidden_size,
+            c.text.vocab_size,
+        );
+        let name = &case.name;
+
+        // Tokenization of the prompt.
+        let prompt = case.expected["prompt"].as_str().unwrap();
+        let ids = model.prompt_ids(prompt).unwrap();
+        assert_eq!(ids, case.ids("input_ids"), "{name}: prompt ids");
+
+        // SigLIP and the projector, from the fixture's own pixels.
+        let vout = model
+            .gpu()
+            .storage("vision_out", (n * dv * 4) as u64)
+            .unwrap();
+        let feats = model
+            .encode_pixels(&case.tensor("pixel_values"), Some(&vout))
+            .unwrap();
+        let got = model.gpu().read_f32(&vout, 0, n * dv).unwrap();
+        assert_close(
+            &format!("{name}: vision_out"),
+            &got,
+            &case.tensor("vision_out"),
+            TOL,
+        );
+        let got = model
+            .gpu()
+            .read_f32(&feats.buffer, 0, n * c.text.hidden_size)
+            .unwrap();
+        assert_close(
+            &format!("{name}: image_features"),
+            &got,
+            &case.tensor("image_features"),
+            TOL,
+        );
+
+        // Logits at every prompt position, the prefix bidirectional.
+        let all = model
+            .text_model()
+            .all_logits(model.gpu(), &ids, Some((&feats.buffer, feats.n)), ids.len())
+            .unwrap();
+        assert_close(
+            &format!("{name}: prefill_logits"),
+            &all,
+            &case.tensor("prefill_logits"),
+            TOL,
+        );
+
+        // Greedy decoding through the KV cache.
+        let want_ids = case.ids("generated_ids");
+        let (toks, logits) = decode(&model, &case, want_ids.len());
+        assert_eq!(toks, want_ids, "{name}: greedy ids");
+        assert_close(
+            &format!("{name}: step_logits"),
+            &logits,
+            &case.tensor("step_logits"),
+            TOL,
+        );
+        assert_eq!(logits.len(), want_ids.len() * v);
+
+        // The text.
+        let text = model.tokenizer().decode(&toks, false).unwrap();
+        assert_eq!(
+            text,
+            case.expected["generated_text"].as_str().unwrap(),
+            "{name}: text"
+        );
+        eprintln!(
+            "{name}: vision_out/prefill/step rel err {:.2e}/{:.2e}/{:.2e}",
+            rel_error(
+                &model.gpu().read_f32(&vout, 0, n * dv).unwrap(),
+                &case.tensor("vision_out")
+            ),
+            rel_error(&all, &case.tensor("prefill_logits")),
+            rel_error(&logits, &case.tensor("step_logits")),
+        );
+    }
+}
+
+#[test]
+fn kv_cache_decoding_equals_recomputing_the_sequence() {
+    for case in cases() {
+        let model = case.load(Precision::F32);
+        let v = model.config().text.vocab_size;
+        let ids = case.ids("input_ids");
+        let (toks, step_logits) = decode(&model, &case, 8);
+        // The whole sequence (prompt + generated but the last) in one pass, causal after the
+        // prompt: row T-1+i must give the logits step i was chosen from.
+        let mut seq = ids.clone();
+        seq.extend(&toks[..toks.len() - 1]);
+        let feats = model
+            .encode_pixels(&case.tensor("pixel_values"), None)
+            .unwrap();
+        let all = model
+            .text_model()
+            .all_logits(model.gpu(), &seq, Some((&feats.buffer, feats.n)), ids.len())
+            .unwrap();
+        let recomputed = &all[(ids.len() - 1) * v..];
+        // Same arithmetic in a different order (GEMV vs tiled matmul): f32 rounding only.
+        assert_close(
+            &format!("{}: KV cache vs recompute", case.name),
+            &step_logits,
+            recomputed,
+            2e-5,
+        );
+    }
+}
+
+#[test]
+fn sixteen_bit_weights_within_tolerance() {
+    const TOL: f64 = 2e-2;
+    for case in cases() {
+        let model = case.load(Precision::F16);
+        let v = model.config().text.vocab_size;
+        let want_ids = case.ids("generated_ids");
+        let want = case.tensor("step_logits");
+        let (toks, logits) = decode(&model, &case, want_ids.len());
+        let max_ref = want.iter().fold(0f32, |a, &b| a.max(b.abs())) as f64;
+        // Steps are comparable while every earlier token agreed; a token must agree when the
+        // reference's top-2 margin exceeds twice the tolerance.
+        let mut checked = 0;
+        for step in 0..want_ids.len() {
+            let row = &want[step * v..(step + 1) * v];
+            let mut sorted = row.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let margin = (sorted[0] - sorted[1]) as f64;
+            assert_close(
+                &format!("{}: f16 step_logits[{step}]", case.name),
+                &logits[step * v..(step + 1) * v],
+                row,
+                TOL,
+            );
+            checked += 1;
+            if margin > 2.0 * TOL * max_ref {
+                assert_eq!(
+                    toks[step], want_ids[step],
+                    "{}: f16 token {step} (margin {margin:.3})",
+                    case.name
+                );
+            } else if toks[step] != want_ids[step] {
+                break;
+            }
+        }
+        eprintln!(
+            "{}: 16-bit ({:?}) checked {checked} steps",
+            case.name,
+            model.precision()
+        );
+    }
+}
+
+#[test]
+fn generate_streams_what_it_returns() {
+    let case = cases().into_iter().find(|c| c.name == "mqa").unwrap();
+    let model = case.load(Precision::F32);
+    let image = paligemma::preprocess::load_image(&case.dir.join("image.png")).unwrap();
+    let prompt = case.expected["prompt"].as_str().unwrap();
+    let mut streamed = Vec::new();
+    let mut text = String::new();
+    let out = model
+        .generate(&image, prompt, &greedy_opts(12), |id, piece| {
+            streamed.push(id);
+            text.push_str(piece);
+            true
+        })
+        .unwrap();
+    assert_eq!(out.generated_ids, case.ids("generated_ids"));
+    assert_eq!(streamed, out.generated_ids);
+    assert_eq!(text, out.text);
+    assert_eq!(out.prompt_ids, case.ids("input_ids"));
+    assert_close(
+        "generate step_logits",
+        out.step_logits.as_ref().unwrap(),
+        &case.tensor("step_logits"),
+        1e-4,
+    );
+    // Stopping from the callback.
+    let out = model
+        .generate(&image, prompt, &greedy_opts(12), |_, _| false)
+        .unwrap();
+    assert_eq!(out.generated_ids.len(), 1);
+    // Sampling is reproducible for a seed.
+    let mut opts = greedy_opts(8);
+    opts.sampling.temperature = 1.0;
+    opts.sampling.top_p = 0.9;
+    opts.sampling.seed = 42;
+    let a = model.generate(&image, prompt, &opts, |_, _| true).unwrap();
+    let b = model.generate(&image, prompt, &opts, |_, _| true).unwrap();
+    assert_eq!(a.generated_ids, b.generated_ids);
+}
+
+/// A copy of the mqa model folder with `edit` applied, in a fresh temporary folder.
+fn broken_copy(tag: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mqa/model");
+    let dir = std::env::temp_dir().join(format!("paligemma-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    edit(&dir);
+    dir
+}
+
+#[test]
+fn bad_checkpoints_are_errors_that_name_the_culprit() {
+    let load = |dir: &Path| {
+        PaliGemma::load_on(gpu().clone(), dir, Some(Precision::F32))
+            .err()
+            .expect("should fail")
+            .to_string()
+    };
+    // A config whose sizes disagree with the tensors: the error names the tensor.
+    let dir = broken_copy("shape", |d| {
+        let p = d.join("config.json");
+        let s = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"intermediate_size\": 128", "\"intermediate_size\": 130");
+        std::fs::write(p, s).unwrap();
+    });
+    let e = load(&dir);
+    assert!(e.contains("mlp.") && e.contains("130"), "{e}");
+    // A missing tensor file.
+    let dir = broken_copy("nofile", |d| {
+        std::fs::remove_file(d.join("model.safetensors")).unwrap()
+    });
+    let e = load(&dir);
+    assert!(e.contains("safetensors"), "{e}");
+    // Malformed JSON.
+    let dir = broken_copy("json", |d| {
+        std::fs::write(d.join("config.json"), "{ not json").unwrap()
+    });
+    let e = load(&dir);
+    assert!(e.contains("config.json"), "{e}");
+    // A truncated safetensors file.
+    let dir = broken_copy("trunc", |d| {
+        let p = d.join("model.safetensors");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    let e = load(&dir);
+    assert!(e.contains("model.safetensors"), "{e}");
+}
