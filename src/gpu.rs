@@ -8,6 +8,7 @@
 //! [`Error`] values instead of panics.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
@@ -45,6 +46,9 @@ struct Inner {
     /// Set by the device-lost callback (only on devices the library created itself).
     lost: Arc<Mutex<Option<String>>>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    /// Bytes of every buffer `storage`/`storage_init` created (never decremented): load and
+    /// session footprints are differences of this counter.
+    allocated: AtomicU64,
     /// A 16-byte buffer bound where a kernel's optional input (e.g. a bias) is absent.
     dummy: wgpu::Buffer,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
@@ -163,6 +167,7 @@ impl Gpu {
         });
         Gpu {
             inner: Arc::new(Inner {
+                allocated: AtomicU64::new(0),
                 dummy,
                 limits: device.limits(),
                 features: device.features(),
@@ -201,6 +206,11 @@ impl Gpu {
     /// Whether the device has `SHADER_F16` (then 16-bit weights are the default precision).
     pub fn has_f16(&self) -> bool {
         self.inner.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Bytes allocated through this `Gpu` so far (a cumulative counter).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.inner.allocated.load(Ordering::Relaxed)
     }
 
     /// A small buffer to bind where an optional input is absent.
@@ -313,6 +323,7 @@ impl Gpu {
     }
 
     fn check_size(&self, label: &str, size: u64) -> Result<u64> {
+        self.inner.allocated.fetch_add(size, Ordering::Relaxed);
         let max = self.inner.limits.max_buffer_size;
         if size > max {
             return Err(Error::invalid(format!(
@@ -342,7 +353,7 @@ impl Gpu {
     pub fn storage_init(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
         self.check_size(label, bytes.len() as u64)?;
         let padded;
-        let contents = if bytes.len() % 4 != 0 || bytes.is_empty() {
+        let contents = if !bytes.len().is_multiple_of(4) || bytes.is_empty() {
             let mut v = bytes.to_vec();
             v.resize(bytes.len().max(4).div_ceil(4) * 4, 0);
             padded = v;
@@ -374,7 +385,7 @@ impl Gpu {
     /// Writes `data` into `buf` at byte `offset` (queued; ordered before the next submission).
     pub fn write(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) -> Result<()> {
         self.scoped("writing a buffer", || {
-            if data.len() % 4 == 0 {
+            if data.len().is_multiple_of(4) {
                 self.inner.queue.write_buffer(buf, offset, data);
             } else {
                 let mut v = data.to_vec();

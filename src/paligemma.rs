@@ -10,7 +10,7 @@ use crate::model::checkpoint::Checkpoint;
 use crate::model::config::PaliGemmaConfig;
 use crate::model::gemma::{Session, TextModel};
 use crate::model::siglip::VisionTower;
-use crate::model::{Loader, Precision};
+use crate::model::{Loader, Precision, WeightSource};
 use crate::ops::linear::linear;
 use crate::ops::softmax::softmax;
 use crate::ops::{Rows, Weight};
@@ -90,7 +90,7 @@ pub struct PaliGemma {
     /// `multi_modal_projector.linear`: [text hidden, vision hidden] and its bias.
     projector: (Weight, wgpu::Buffer),
     text: TextModel,
-    tokenizer: PromptTokenizer,
+    tokenizer: Option<PromptTokenizer>,
 }
 
 impl PaliGemma {
@@ -105,6 +105,27 @@ impl PaliGemma {
         let config = PaliGemmaConfig::from_file(&dir.join("config.json"))?;
         let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
         let ckpt = Checkpoint::open(dir)?;
+        let source = WeightSource::Checkpoint(&ckpt);
+        let model = Self::from_source(gpu, config, source, Some(tokenizer), precision)?;
+        log::info!(
+            "loaded {} on {} with {:?} weights",
+            dir.display(),
+            model.gpu.adapter_name(),
+            model.precision
+        );
+        Ok(model)
+    }
+
+    /// Builds a model from any weight source, e.g. random weights at the published shapes
+    /// ([`WeightSource::Random`], for benchmarks). Without a tokenizer only the id-level API
+    /// (`encode_pixels`, `session`, `prefill`, `step`) works.
+    pub fn from_source(
+        gpu: Gpu,
+        config: PaliGemmaConfig,
+        source: WeightSource,
+        tokenizer: Option<PromptTokenizer>,
+        precision: Option<Precision>,
+    ) -> Result<PaliGemma> {
         let precision = precision.unwrap_or(if gpu.has_f16() {
             Precision::F16
         } else {
@@ -112,7 +133,7 @@ impl PaliGemma {
         });
         let l = Loader {
             gpu: &gpu,
-            ckpt: &ckpt,
+            source,
             precision,
         };
         let vision = VisionTower::load(&l, &config.vision)?;
@@ -123,11 +144,6 @@ impl PaliGemma {
         );
         let text = TextModel::load(&l, &config.text)?;
         gpu.wait()?;
-        log::info!(
-            "loaded {} on {} with {precision:?} weights",
-            dir.display(),
-            gpu.adapter_name()
-        );
         Ok(PaliGemma {
             gpu,
             config,
@@ -148,8 +164,11 @@ impl PaliGemma {
     pub fn precision(&self) -> Precision {
         self.precision
     }
-    pub fn tokenizer(&self) -> &PromptTokenizer {
-        &self.tokenizer
+    /// The tokenizer (absent only for models built from random weights).
+    pub fn tokenizer(&self) -> Result<&PromptTokenizer> {
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::invalid("this model was built without a tokenizer"))
     }
     pub fn text_model(&self) -> &TextModel {
         &self.text
@@ -165,7 +184,9 @@ impl PaliGemma {
 
     /// `<image>` * N + `<bos>` + prompt + "\n", tokenized.
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
-        let ids = self.tokenizer.prompt_ids(prompt, self.num_image_tokens())?;
+        let ids = self
+            .tokenizer()?
+            .prompt_ids(prompt, self.num_image_tokens())?;
         let n = self.num_image_tokens();
         if ids
             .iter()
@@ -292,7 +313,7 @@ impl PaliGemma {
                 }
             };
             generated.push(token);
-            let now = self.tokenizer.decode(&generated, true)?;
+            let now = self.tokenizer()?.decode(&generated, true)?;
             let piece = now.strip_prefix(text.as_str()).unwrap_or("").to_string();
             text = now;
             let go_on = on_token(token, &piece);

@@ -166,7 +166,7 @@ fn f32_matches_transformers_on_every_fixture() {
         assert_eq!(logits.len(), want_ids.len() * v);
 
         // The text.
-        let text = model.tokenizer().decode(&toks, false).unwrap();
+        let text = model.tokenizer().unwrap().decode(&toks, false).unwrap();
         assert_eq!(
             text,
             case.expected["generated_text"].as_str().unwrap(),

@@ -41,7 +41,7 @@ pub struct TensorData<'a> {
     pub bytes: &'a [u8],
 }
 
-impl TensorData<'_> {
+impl<'a> TensorData<'a> {
     /// The stored format, if it is one the kernels read directly.
     pub fn format(&self) -> Result<WeightFormat> {
         match self.dtype {
@@ -76,7 +76,7 @@ impl TensorData<'_> {
 
     /// The bytes in `format`: as stored when the formats agree (a bf16 checkpoint's bytes are
     /// used as they are), otherwise converted.
-    pub fn to_format(&self, format: WeightFormat) -> Result<std::borrow::Cow<'_, [u8]>> {
+    pub fn to_format(&self, format: WeightFormat) -> Result<std::borrow::Cow<'a, [u8]>> {
         if self.format()? == format {
             return Ok(std::borrow::Cow::Borrowed(self.bytes));
         }

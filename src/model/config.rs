@@ -65,6 +65,14 @@ pub struct TextConfig {
 }
 
 impl TextConfig {
+    /// Weight elements one decode step reads: every layer's matrices and the tied embedding
+    /// (for the logits). Times the bytes per element, over the bandwidth, is the decode floor.
+    pub fn decode_weight_elements(&self) -> usize {
+        let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let attn = h * hd * (2 * self.num_attention_heads + 2 * self.num_key_value_heads);
+        self.num_hidden_layers * (attn + 3 * h * i) + self.vocab_size * h
+    }
+
     /// The attention score scale.
     pub fn attention_scale(&self) -> f32 {
         let d = self.query_pre_attn_scalar.unwrap_or(self.head_dim as f32);
@@ -299,5 +307,144 @@ impl PaliGemmaConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl PaliGemmaConfig {
+    /// google/paligemma-3b-pt-{224,448,896}: SigLIP So400m/14 + Gemma 2B.
+    pub fn paligemma_3b(resolution: usize) -> Self {
+        PaliGemmaConfig {
+            vision: VisionConfig::so400m_14(resolution),
+            text: TextConfig {
+                decoder: Decoder::Gemma,
+                vocab_size: 257_216,
+                hidden_size: 2048,
+                intermediate_size: 16384,
+                num_hidden_layers: 18,
+                num_attention_heads: 8,
+                num_key_value_heads: 1,
+                head_dim: 256,
+                rms_norm_eps: 1e-6,
+                rope_theta: 10000.0,
+                max_position_embeddings: 8192,
+                query_pre_attn_scalar: None,
+                attn_logit_softcapping: None,
+                final_logit_softcapping: None,
+                sliding_window: None,
+                sliding_layers: vec![false; 18],
+            },
+            image_token_index: 257_152,
+            bos_token_id: 2,
+            eos_token_id: 1,
+        }
+    }
+
+    /// google/paligemma2-3b-pt-{224,448,896}: SigLIP So400m/14 + Gemma 2 2B.
+    pub fn paligemma2_3b(resolution: usize) -> Self {
+        let mut c = Self::paligemma_3b(resolution);
+        c.text = TextConfig {
+            decoder: Decoder::Gemma2,
+            vocab_size: 257_216,
+            hidden_size: 2304,
+            intermediate_size: 9216,
+            num_hidden_layers: 26,
+            num_attention_heads: 8,
+            num_key_value_heads: 4,
+            head_dim: 256,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_position_embeddings: 8192,
+            query_pre_attn_scalar: Some(256.0),
+            attn_logit_softcapping: Some(50.0),
+            final_logit_softcapping: Some(30.0),
+            sliding_window: Some(4096),
+            sliding_layers: (0..26).map(|i| i % 2 == 0).collect(),
+        };
+        c
+    }
+}
+
+impl VisionConfig {
+    /// SigLIP So400m with 14px patches at `resolution` px.
+    pub fn so400m_14(resolution: usize) -> Self {
+        VisionConfig {
+            hidden_size: 1152,
+            intermediate_size: 4304,
+            num_hidden_layers: 27,
+            num_attention_heads: 16,
+            num_channels: 3,
+            image_size: resolution,
+            patch_size: 14,
+            layer_norm_eps: 1e-6,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(p: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(p)
+    }
+
+    #[test]
+    fn the_published_config_resolves_with_transformers_defaults() {
+        // Most fields are absent from the hub's config.json: image_size, head_dim, eps, theta.
+        let c =
+            PaliGemmaConfig::from_file(&fixture("hub-config-paligemma-3b-pt-224.json")).unwrap();
+        assert_eq!(c, PaliGemmaConfig::paligemma_3b(224));
+        assert_eq!(c.vision.num_patches(), 256);
+        assert_eq!(c.text.attention_scale(), 1.0 / 16.0);
+    }
+
+    #[test]
+    fn transformers_5_configs_and_gemma2_resolve() {
+        let c = PaliGemmaConfig::from_file(&fixture("mqa/model/config.json")).unwrap();
+        assert_eq!(
+            (
+                c.text.hidden_size,
+                c.text.num_key_value_heads,
+                c.text.head_dim
+            ),
+            (64, 1, 16)
+        );
+        assert_eq!(c.vision.num_patches(), 16);
+        let g = PaliGemmaConfig::from_file(&fixture("gemma2/model/config.json")).unwrap();
+        assert_eq!(g.text.decoder, Decoder::Gemma2);
+        // The top-level hidden_size of PaliGemma 2 configs is stale; text_config's counts.
+        assert_eq!(g.text.hidden_size, 64);
+        assert_eq!(g.text.sliding_layers, vec![true, false, true, false]);
+        assert_eq!(g.text.sliding_window, Some(8));
+        assert_eq!(g.text.attention_scale(), 1.0 / 24f32.sqrt());
+        assert_eq!(g.text.final_logit_softcapping, Some(30.0));
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let e = PaliGemmaConfig::from_json(
+            r#"{"text_config": {"num_attention_heads": "8"}}"#,
+            "c.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("c.json") && e.contains("num_attention_heads"),
+            "{e}"
+        );
+        let e = PaliGemmaConfig::from_json(r#"{"text_config": {"model_type": "llama"}}"#, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("llama"), "{e}");
+        let e = PaliGemmaConfig::from_json(
+            r#"{"vision_config": {"image_size": 225, "patch_size": 14}}"#,
+            "c.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("225"), "{e}");
+        assert!(PaliGemmaConfig::from_json("[1]", "c.json").is_err());
     }
 }

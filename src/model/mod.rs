@@ -6,6 +6,8 @@ pub mod config;
 pub mod gemma;
 pub mod siglip;
 
+use std::borrow::Cow;
+
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::ops::{ChunkedTable, Weight, WeightFormat};
@@ -32,40 +34,77 @@ impl Precision {
     }
 }
 
-/// Uploads checkpoint tensors in the layout the kernels want.
+/// Where weights come from.
+pub enum WeightSource<'a> {
+    /// A checkpoint folder.
+    Checkpoint(&'a Checkpoint),
+    /// Uniform random values in [-0.03, 0.03), stored as `format`, seeded per tensor name: a
+    /// model at the published shapes with no download, for benchmarks.
+    Random { seed: u64, format: WeightFormat },
+}
+
+/// Uploads tensors in the layout the kernels want.
 pub struct Loader<'a> {
     pub gpu: &'a Gpu,
-    pub ckpt: &'a Checkpoint,
+    pub source: WeightSource<'a>,
     pub precision: Precision,
 }
 
 impl Loader<'_> {
     /// A small tensor (norm, bias, embedding of positions), always f32.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<wgpu::Buffer> {
-        let t = self.ckpt.get(name, shape)?;
-        self.gpu.upload_f32(name, &t.to_f32()?)
+        match &self.source {
+            WeightSource::Checkpoint(c) => {
+                self.gpu.upload_f32(name, &c.get(name, shape)?.to_f32()?)
+            }
+            WeightSource::Random { seed, .. } => {
+                let n = shape.iter().product();
+                self.gpu.upload_f32(name, &random_values(*seed, name, n))
+            }
+        }
+    }
+
+    /// The bytes of matrix `name` [rows, cols] in the format the precision gives it.
+    fn matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Cow<'_, [u8]>, WeightFormat)> {
+        match &self.source {
+            WeightSource::Checkpoint(c) => {
+                let t = c.get(name, &[rows, cols])?;
+                let format = self.precision.format_for(t.format()?);
+                Ok((t.to_format(format)?, format))
+            }
+            WeightSource::Random { seed, format } => {
+                let format = self.precision.format_for(*format);
+                let values = random_values(*seed, name, rows * cols);
+                Ok((Cow::Owned(format.encode(&values)), format))
+            }
+        }
     }
 
     /// A matrix [rows, cols] in the precision's format.
     pub fn weight(&self, name: &str, rows: usize, cols: usize) -> Result<Weight> {
-        let t = self.ckpt.get(name, &[rows, cols])?;
-        let format = self.precision.format_for(t.format()?);
-        Weight::from_bytes(self.gpu, name, &t.to_format(format)?, format, rows, cols)
+        let (bytes, format) = self.matrix(name, rows, cols)?;
+        Weight::from_bytes(self.gpu, name, &bytes, format, rows, cols)
     }
 
     /// A large [rows, cols] table split into chunks that fit one binding.
     pub fn table(&self, name: &str, rows: usize, cols: usize) -> Result<ChunkedTable> {
-        let t = self.ckpt.get(name, &[rows, cols])?;
-        let format = self.precision.format_for(t.format()?);
+        let (bytes, format) = self.matrix(name, rows, cols)?;
         let chunk_rows = ChunkedTable::max_chunk_rows(self.gpu, cols, format);
-        ChunkedTable::from_bytes(
-            self.gpu,
-            name,
-            &t.to_format(format)?,
-            format,
-            rows,
-            cols,
-            chunk_rows,
-        )
+        ChunkedTable::from_bytes(self.gpu, name, &bytes, format, rows, cols, chunk_rows)
     }
+}
+
+/// `n` values uniform in [-0.03, 0.03), from a generator seeded by `seed` and `name`.
+fn random_values(seed: u64, name: &str, n: usize) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let h = name.bytes().fold(seed ^ 0x9E37_79B9_7F4A_7C15, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01B3)
+    });
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(h);
+    (0..n).map(|_| rng.random_range(-0.03f32..0.03)).collect()
 }

@@ -50,7 +50,7 @@ impl AttentionParams {
                 self.head_dim
             )));
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(Error::invalid(format!(
                 "{} query heads cannot share {} KV heads evenly",
                 self.n_heads, self.n_kv_heads

@@ -48,7 +48,7 @@ pub fn patch_embed(
     pos: &wgpu::Buffer,
     out: &wgpu::Buffer,
 ) -> Result<()> {
-    if g.patch == 0 || g.image_size % g.patch != 0 {
+    if g.patch == 0 || !g.image_size.is_multiple_of(g.patch) {
         return Err(Error::invalid(format!(
             "image size {} is not a multiple of the patch size {}",
             g.image_size, g.patch

@@ -57,7 +57,7 @@ pub fn rope_tables_ref(head_dim: usize, theta: f32, max_pos: usize) -> (Vec<f32>
 
 impl RopeTables {
     pub fn new(gpu: &Gpu, head_dim: usize, theta: f32, max_pos: usize) -> Result<RopeTables> {
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(Error::invalid(format!(
                 "RoPE needs an even head_dim, got {head_dim}"
             )));

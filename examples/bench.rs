@@ -1,0 +1,186 @@
+//! Speed at the published shapes, with random weights (no download): weight upload, vision
+//! encode, prefill, time to first token, decode tokens/s and the bandwidth that implies.
+//!
+//!   cargo run --release --example bench                      # paligemma-3b at 224, 448, 896
+//!   cargo run --release --example bench -- --decoder gemma2  # paligemma2-3b
+//!   cargo run --release --example bench -- --small           # a small shape (lavapipe, CI)
+//!
+//! Times are host wall-clock around work the GPU has finished (`Gpu::wait`), the median of
+//! `--repeat` runs after a warm-up that builds the pipelines.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use paligemma::model::WeightSource;
+use paligemma::model::config::{PaliGemmaConfig, TextConfig, VisionConfig};
+use paligemma::ops::WeightFormat;
+use paligemma::{Gpu, GpuOptions, PaliGemma, Precision};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Resolutions to run (224, 448, 896).
+    #[arg(long, value_delimiter = ',', default_value = "224,448,896")]
+    res: Vec<usize>,
+    /// gemma (PaliGemma) or gemma2 (PaliGemma 2).
+    #[arg(long, default_value = "gemma")]
+    decoder: String,
+    /// Decode steps to time.
+    #[arg(long, default_value_t = 128)]
+    new: usize,
+    /// Timed repetitions of vision and prefill (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Text tokens after the image (the prompt "<bos>caption en\n" and padding).
+    #[arg(long, default_value_t = 5)]
+    text_tokens: usize,
+    /// A small model instead of the published shapes (for software drivers and CI).
+    #[arg(long)]
+    small: bool,
+    /// f32 weights instead of bf16.
+    #[arg(long)]
+    f32: bool,
+    /// Print one JSON object per shape instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn small_config() -> PaliGemmaConfig {
+    let mut c = PaliGemmaConfig::paligemma_3b(112);
+    c.vision = VisionConfig {
+        hidden_size: 128,
+        intermediate_size: 512,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        ..VisionConfig::so400m_14(112)
+    };
+    c.text = TextConfig {
+        vocab_size: 8192,
+        hidden_size: 256,
+        intermediate_size: 1024,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 1,
+        head_dim: 64,
+        sliding_layers: vec![false; 2],
+        ..c.text
+    };
+    c.image_token_index = 8000;
+    c
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,wgpu_hal::gles=off"),
+    )
+    .init();
+    let args = Args::parse();
+    let gpu = Gpu::new(&GpuOptions::default())?;
+    let shapes: Vec<(String, PaliGemmaConfig)> = if args.small {
+        vec![("small-112".into(), small_config())]
+    } else {
+        args.res
+            .iter()
+            .map(|&r| match args.decoder.as_str() {
+                "gemma2" => Ok((
+                    format!("paligemma2-3b-{r}"),
+                    PaliGemmaConfig::paligemma2_3b(r),
+                )),
+                "gemma" => Ok((
+                    format!("paligemma-3b-{r}"),
+                    PaliGemmaConfig::paligemma_3b(r),
+                )),
+                d => anyhow::bail!("--decoder {d}: expected gemma or gemma2"),
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let (format, precision) = if args.f32 {
+        (WeightFormat::F32, Precision::F32)
+    } else {
+        (WeightFormat::Bf16, Precision::F16)
+    };
+    if !args.json {
+        println!("adapter: {}", gpu.adapter_name());
+        println!(
+            "| model | upload s | vision ms | prefill ms (tokens) | TTFT ms | decode tok/s | decode GB/s | weights+session MiB |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+    }
+    for (name, cfg) in shapes {
+        let before = gpu.allocated_bytes();
+        let t = Instant::now();
+        let source = WeightSource::Random { seed: 1, format };
+        let model = PaliGemma::from_source(gpu.clone(), cfg.clone(), source, None, Some(precision))
+            .with_context(|| format!("building {name}"))?;
+        let upload_s = t.elapsed().as_secs_f64();
+        let weight_bytes = gpu.allocated_bytes() - before;
+        let n = model.num_image_tokens();
+        let s = cfg.vision.image_size;
+        let pixels: Vec<f32> = (0..3 * s * s)
+            .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
+            .collect();
+        let mut ids = vec![cfg.image_token_index; n];
+        ids.push(cfg.bos_token_id);
+        ids.extend((0..args.text_tokens.saturating_sub(1)).map(|i| 1000 + i as u32));
+
+        let mut vision_ms = Vec::new();
+        let mut prefill_ms = Vec::new();
+        let mut feats = None;
+        for rep in 0..=args.repeat {
+            let t = Instant::now();
+            let f = model.encode_pixels(&pixels, None)?;
+            gpu.wait()?;
+            let v = t.elapsed().as_secs_f64() * 1e3;
+            let mut session = model.session(ids.len(), args.new + 1)?;
+            let t = Instant::now();
+            model.prefill(&mut session, &ids, &f)?;
+            let p = t.elapsed().as_secs_f64() * 1e3;
+            if rep > 0 {
+                vision_ms.push(v);
+                prefill_ms.push(p);
+            }
+            feats = Some(f);
+        }
+        let feats = feats.expect("at least one run");
+        let before_session = gpu.allocated_bytes();
+        let mut session = model.session(ids.len(), args.new + 1)?;
+        let session_bytes = gpu.allocated_bytes() - before_session;
+        let mut tok = model.prefill(&mut session, &ids, &feats)?;
+        tok = model.step(&mut session, tok)?; // warm-up step
+        let t = Instant::now();
+        for _ in 0..args.new {
+            tok = model.step(&mut session, tok.min(cfg.text.vocab_size as u32 - 1))?;
+        }
+        let decode_s = t.elapsed().as_secs_f64();
+        let tps = args.new as f64 / decode_s;
+        let bytes = cfg.text.decode_weight_elements() as f64 * if args.f32 { 4.0 } else { 2.0 };
+        let gbs = bytes * tps / 1e9;
+        // Weights plus one session (KV cache, scratch); the vision tower's transient scratch
+        // is not counted.
+        let mib = (weight_bytes + session_bytes) as f64 / (1 << 20) as f64;
+        let (v, p) = (median(vision_ms), median(prefill_ms));
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "model": name, "adapter": gpu.adapter_name(), "upload_s": upload_s,
+                    "vision_ms": v, "prefill_ms": p, "prompt_tokens": ids.len(), "ttft_ms": v + p,
+                    "decode_tokens_per_s": tps, "decode_gb_per_s": gbs, "allocated_mib": mib,
+                })
+            );
+        } else {
+            println!(
+                "| {name} | {upload_s:.2} | {v:.1} | {p:.1} ({}) | {:.1} | {tps:.1} | {gbs:.1} | {mib:.0} |",
+                ids.len(),
+                v + p
+            );
+        }
+        drop(model);
+    }
+    Ok(())
+}
