@@ -11,8 +11,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
 use crate::shaders::Shader;
 
@@ -126,6 +124,9 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+        // Everything the library does runs in error scopes; anything that still escapes them
+        // is logged rather than left to wgpu's default handler, which panics.
+        device.on_uncaptured_error(Arc::new(|e| log::error!("uncaptured wgpu error: {e}")));
         let lost = Arc::new(Mutex::new(None));
         let lost_cb = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
@@ -351,30 +352,41 @@ impl Gpu {
 
     /// A storage buffer holding `bytes` (padded with zeros to a multiple of 4).
     pub fn storage_init(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
-        self.check_size(label, bytes.len() as u64)?;
-        let padded;
-        let contents = if !bytes.len().is_multiple_of(4) || bytes.is_empty() {
-            let mut v = bytes.to_vec();
-            v.resize(bytes.len().max(4).div_ceil(4) * 4, 0);
-            padded = v;
-            &padded[..]
-        } else {
-            bytes
-        };
-        self.scoped(
-            &format!("uploading `{label}` ({} bytes)", bytes.len()),
-            || {
-                self.inner
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some(label),
-                        contents,
-                        usage: wgpu::BufferUsages::STORAGE
-                            | wgpu::BufferUsages::COPY_SRC
-                            | wgpu::BufferUsages::COPY_DST,
-                    })
-            },
-        )
+        let size = self.check_size(label, bytes.len() as u64)?;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        self.buffer_with(label, bytes, size, usage)
+    }
+
+    /// Creates a buffer mapped at creation and copies `bytes` in: one copy, no staging buffer
+    /// (a 1 GiB embedding chunk is not duplicated). Unlike `DeviceExt::create_buffer_init`,
+    /// which panics when the mapping fails (a lost device), this returns `Err`.
+    fn buffer_with(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        let op = format!("uploading `{label}` ({} bytes)", bytes.len());
+        let buffer = self.scoped(&op, || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: true,
+            })
+        })?;
+        {
+            let mut view = buffer.get_mapped_range_mut(..).map_err(|e| Error::Gpu {
+                op: op.clone(),
+                message: e.to_string(),
+            })?;
+            view.slice(..bytes.len()).copy_from_slice(bytes);
+        }
+        self.scoped(&op, || buffer.unmap())?;
+        Ok(buffer)
     }
 
     /// A storage buffer holding `data` as f32.
@@ -415,9 +427,11 @@ impl Gpu {
             self.inner.queue.submit([enc.finish()]);
         })?;
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
+        self.scoped("mapping a read-back buffer", || {
+            staging.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            })
+        })?;
         self.wait()?;
         rx.recv()
             .map_err(|_| Error::DeviceLost("map callback never ran".into()))?
@@ -431,7 +445,7 @@ impl Gpu {
         })?;
         let mut out = view.to_vec();
         drop(view);
-        staging.unmap();
+        self.scoped("unmapping a read-back buffer", || staging.unmap())?;
         out.truncate(size as usize);
         Ok(out)
     }
@@ -578,14 +592,9 @@ impl Recorder<'_> {
         }
         let gpu = self.gpu;
         let device = gpu.device();
+        let size = self.params.len().max(4).div_ceil(4) as u64 * 4;
+        let uniform = gpu.buffer_with("params", &self.params, size, wgpu::BufferUsages::UNIFORM)?;
         gpu.scoped(op, || {
-            let uniform = (!self.params.is_empty()).then(|| {
-                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("params"),
-                    contents: &self.params,
-                    usage: wgpu::BufferUsages::UNIFORM,
-                })
-            });
             let mut enc =
                 device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
             let mut i = 0;
@@ -615,11 +624,10 @@ impl Recorder<'_> {
                     groups,
                 }) = self.cmds.get(i)
                 {
-                    let uniform = uniform.as_ref().expect("dispatch without params");
                     let mut entries = vec![wgpu::BindGroupEntry {
                         binding: 0,
                         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: uniform,
+                            buffer: &uniform,
                             offset: params.0,
                             size: wgpu::BufferSize::new(params.1),
                         }),

@@ -694,3 +694,61 @@ fn runs_on_a_device_the_caller_owns() {
         TOL,
     );
 }
+
+#[test]
+fn runs_without_optional_features() {
+    // The portable path: no SHADER_F16, SUBGROUP or timestamps requested.
+    let g = Gpu::new(&paligemma::GpuOptions {
+        no_optional_features: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!g.has_f16());
+    let mut r = rng(60);
+    let (m, n, k) = (3, 37, 70);
+    let w = rand_vec(&mut r, n * k, 1.0);
+    let x = rand_vec(&mut r, m * k, 1.0);
+    let wb = Weight::from_f32(&g, "w", &w, WeightFormat::F16, n, k).unwrap();
+    let xb = g.upload_f32("x", &x).unwrap();
+    let yb = g.storage("y", (m * n * 4) as u64).unwrap();
+    let mut rec = g.recorder();
+    linear(
+        &mut rec,
+        &xb,
+        Rows::packed(k),
+        &wb,
+        None,
+        &yb,
+        Rows::packed(n),
+        m,
+    )
+    .unwrap();
+    rec.submit("linear without optional features").unwrap();
+    let want = linear_ref(&x, &WeightFormat::F16.round_trip(&w), None, m, n, k);
+    assert_close(
+        "linear (no optional features)",
+        &g.read_f32(&yb, 0, m * n).unwrap(),
+        &want,
+        TOL,
+    );
+}
+
+#[test]
+fn a_lost_device_is_an_error_not_a_panic() {
+    let g = Gpu::new(&paligemma::GpuOptions::default()).unwrap();
+    let x = g.upload_f32("x", &[1.0; 64]).unwrap();
+    let y = g.upload_f32("y", &[2.0; 64]).unwrap();
+    // The same work succeeds before the device goes.
+    let mut rec = g.recorder();
+    add_inplace(&mut rec, &x, &y, 64).unwrap();
+    rec.submit("work on a live device").unwrap();
+    g.device().destroy();
+    let mut rec = g.recorder();
+    let recorded =
+        add_inplace(&mut rec, &x, &y, 64).and_then(|_| rec.submit("work on a destroyed device"));
+    let read = g.read_f32(&x, 0, 64);
+    assert!(
+        recorded.is_err() || read.is_err(),
+        "a destroyed device reported no error"
+    );
+}
