@@ -11,9 +11,9 @@ use crate::model::config::PaliGemmaConfig;
 use crate::model::gemma::{Session, TextModel};
 use crate::model::siglip::VisionTower;
 use crate::model::{Loader, Precision, WeightSource};
-use crate::ops::linear::linear;
+use crate::ops::Rows;
+use crate::ops::linear::Linear;
 use crate::ops::softmax::softmax;
-use crate::ops::{Rows, Weight};
 use crate::preprocess::preprocess;
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::tokenizer::PromptTokenizer;
@@ -87,8 +87,8 @@ pub struct PaliGemma {
     config: PaliGemmaConfig,
     precision: Precision,
     vision: VisionTower,
-    /// `multi_modal_projector.linear`: [text hidden, vision hidden] and its bias.
-    projector: (Weight, wgpu::Buffer),
+    /// `multi_modal_projector.linear`: [text hidden, vision hidden] + [text hidden].
+    projector: Linear,
     text: TextModel,
     tokenizer: Option<PromptTokenizer>,
 }
@@ -138,10 +138,7 @@ impl PaliGemma {
         };
         let vision = VisionTower::load(&l, &config.vision)?;
         let (dv, dt) = (config.vision.hidden_size, config.text.hidden_size);
-        let projector = (
-            l.weight("projector.linear.weight", dt, dv)?,
-            l.f32("projector.linear.bias", &[dt])?,
-        );
+        let projector = l.linear("projector.linear", dt, dv, true)?;
         let text = TextModel::load(&l, &config.text)?;
         gpu.wait()?;
         Ok(PaliGemma {
@@ -225,16 +222,8 @@ impl PaliGemma {
         self.vision.encode(&self.gpu, pixels, vout)?;
         let buffer = self.gpu.storage("image features", (n * dt * 4) as u64)?;
         let mut rec = self.gpu.recorder();
-        linear(
-            &mut rec,
-            vout,
-            Rows::packed(dv),
-            &self.projector.0,
-            Some(&self.projector.1),
-            &buffer,
-            Rows::packed(dt),
-            n,
-        )?;
+        let (vp, tp) = (Rows::packed(dv), Rows::packed(dt));
+        self.projector.forward(&mut rec, vout, vp, &buffer, tp, n)?;
         rec.submit("the projector")?;
         Ok(ImageFeatures { buffer, n })
     }

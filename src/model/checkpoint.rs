@@ -57,21 +57,7 @@ impl<'a> TensorData<'a> {
 
     /// The values widened to f32 (exact for f16 and bf16).
     pub fn to_f32(&self) -> Result<Vec<f32>> {
-        let b = self.bytes;
-        Ok(match self.format()? {
-            WeightFormat::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            WeightFormat::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            WeightFormat::Bf16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-        })
+        Ok(self.format()?.decode(self.bytes))
     }
 
     /// The bytes in `format`: as stored when the formats agree (a bf16 checkpoint's bytes are

@@ -10,25 +10,25 @@ use crate::ops::add::add_inplace;
 use crate::ops::argmax::argmax;
 use crate::ops::attention::{AttentionParams, attention};
 use crate::ops::embedding::gather;
-use crate::ops::linear::{linear, logits};
-use crate::ops::norm::rms_norm;
+use crate::ops::linear::{Linear, logits};
+use crate::ops::norm::RmsNorm;
 use crate::ops::rope::{RopeTables, rope};
-use crate::ops::{ChunkedTable, Rows, Weight};
+use crate::ops::{ChunkedTable, Rows};
 
 /// One decoder layer; field names follow the checkpoint's.
 pub struct TextLayer {
-    pub input_layernorm: wgpu::Buffer, // [H]
-    pub q_proj: Weight,                // [heads * hd, H]
-    pub k_proj: Weight,                // [kv_heads * hd, H]
-    pub v_proj: Weight,                // [kv_heads * hd, H]
-    pub o_proj: Weight,                // [H, heads * hd]
+    pub input_layernorm: RmsNorm, // [H]
+    pub q_proj: Linear,           // [heads * hd, H]
+    pub k_proj: Linear,           // [kv_heads * hd, H]
+    pub v_proj: Linear,           // [kv_heads * hd, H]
+    pub o_proj: Linear,           // [H, heads * hd]
     /// Gemma: the norm before the MLP. Gemma 2: the norm of the attention output.
-    pub post_attention_layernorm: wgpu::Buffer, // [H]
+    pub post_attention_layernorm: RmsNorm, // [H]
     /// Gemma 2 only: the norms before and after the MLP.
-    pub feedforward_layernorms: Option<(wgpu::Buffer, wgpu::Buffer)>,
-    pub gate_proj: Weight, // [I, H]
-    pub up_proj: Weight,   // [I, H]
-    pub down_proj: Weight, // [H, I]
+    pub feedforward_layernorms: Option<(RmsNorm, RmsNorm)>,
+    pub gate_proj: Linear, // [I, H]
+    pub up_proj: Linear,   // [I, H]
+    pub down_proj: Linear, // [H, I]
     /// Gemma 2: this layer attends within the sliding window.
     pub sliding: bool,
 }
@@ -39,28 +39,33 @@ pub struct TextModel {
     /// [vocab, H], tied: the token embedding and the logits projection.
     pub embed_tokens: ChunkedTable,
     pub layers: Vec<TextLayer>,
-    pub norm: wgpu::Buffer, // [H]
-    pub rope: RopeTables,   // [max_positions + 1, hd / 2]
+    pub norm: RmsNorm,    // [H]
+    pub rope: RopeTables, // [max_positions + 1, hd / 2]
     /// Text embeddings are multiplied by sqrt(hidden).
     pub embed_scale: f32,
 }
 
 impl TextModel {
     pub fn load(l: &Loader, cfg: &TextConfig) -> Result<Self> {
-        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (h, i, hd, eps) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.head_dim,
+            cfg.rms_norm_eps,
+        );
         let (qd, kvd) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         let g2 = cfg.decoder == Decoder::Gemma2;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for li in 0..cfg.num_hidden_layers {
             let p = format!("text.layers.{li}");
-            let w = |name: &str, r, c| l.weight(&format!("{p}.{name}.weight"), r, c);
-            let norm = |name: &str| l.f32(&format!("{p}.{name}.weight"), &[h]);
+            let lin = |name: &str, r, c| l.linear(&format!("{p}.{name}"), r, c, false);
+            let norm = |name: &str| l.rms_norm(&format!("{p}.{name}"), h, eps);
             layers.push(TextLayer {
                 input_layernorm: norm("input_layernorm")?,
-                q_proj: w("self_attn.q_proj", qd, h)?,
-                k_proj: w("self_attn.k_proj", kvd, h)?,
-                v_proj: w("self_attn.v_proj", kvd, h)?,
-                o_proj: w("self_attn.o_proj", h, qd)?,
+                q_proj: lin("self_attn.q_proj", qd, h)?,
+                k_proj: lin("self_attn.k_proj", kvd, h)?,
+                v_proj: lin("self_attn.v_proj", kvd, h)?,
+                o_proj: lin("self_attn.o_proj", h, qd)?,
                 post_attention_layernorm: norm("post_attention_layernorm")?,
                 feedforward_layernorms: if g2 {
                     Some((
@@ -70,16 +75,16 @@ impl TextModel {
                 } else {
                     None
                 },
-                gate_proj: w("mlp.gate_proj", i, h)?,
-                up_proj: w("mlp.up_proj", i, h)?,
-                down_proj: w("mlp.down_proj", h, i)?,
+                gate_proj: lin("mlp.gate_proj", i, h)?,
+                up_proj: lin("mlp.up_proj", i, h)?,
+                down_proj: lin("mlp.down_proj", h, i)?,
                 sliding: cfg.sliding_layers[li],
             });
         }
         Ok(TextModel {
             embed_tokens: l.table("text.embed_tokens.weight", cfg.vocab_size, h)?,
             layers,
-            norm: l.f32("text.norm.weight", &[h])?,
+            norm: l.rms_norm("text.norm", h, eps)?,
             // Positions are 1-based, so the table has one row more than the maximum.
             rope: RopeTables::new(l.gpu, hd, cfg.rope_theta, cfg.max_position_embeddings + 1)?,
             embed_scale: (h as f64).sqrt() as f32,
@@ -144,8 +149,7 @@ impl TextModel {
             s.scratch = Scratch::new(rec.gpu(), c, rows)?;
         }
         let sc = &s.scratch;
-        let eps = c.rms_norm_eps;
-        let hp = Rows::packed(h);
+        let (hp, qp) = (Rows::packed(h), Rows::packed(qd));
 
         gather(rec, ids, rows, &self.embed_tokens, self.embed_scale, &sc.x)?;
         if let Some((feat, n)) = image {
@@ -156,30 +160,18 @@ impl TextModel {
         for (li, layer) in self.layers.iter().enumerate() {
             let (kc, vc) = (&s.k_cache[li], &s.v_cache[li]);
             let at_cache = Rows::from_row(start, kvd);
-            rms_norm(rec, &sc.x, &layer.input_layernorm, &sc.h, rows, h, eps)?;
-            linear(
-                rec,
-                &sc.h,
-                hp,
-                &layer.q_proj,
-                None,
-                &sc.q,
-                Rows::packed(qd),
-                rows,
-            )?;
-            linear(rec, &sc.h, hp, &layer.k_proj, None, kc, at_cache, rows)?;
-            linear(rec, &sc.h, hp, &layer.v_proj, None, vc, at_cache, rows)?;
+            // h = x + o_proj(attn(input_layernorm(x))), K and V appended to the cache.
+            layer.input_layernorm.forward(rec, &sc.x, &sc.h, rows)?;
+            layer.q_proj.forward(rec, &sc.h, hp, &sc.q, qp, rows)?;
+            layer.k_proj.forward(rec, &sc.h, hp, kc, at_cache, rows)?;
+            layer.v_proj.forward(rec, &sc.h, hp, vc, at_cache, rows)?;
             // transformers numbers positions from 1.
-            rope(
-                rec,
-                &sc.q,
-                Rows::packed(qd),
-                &self.rope,
-                rows,
-                nh,
-                start + 1,
-            )?;
+            rope(rec, &sc.q, qp, &self.rope, rows, nh, start + 1)?;
             rope(rec, kc, at_cache, &self.rope, rows, nkv, start + 1)?;
+            let window = match (layer.sliding, c.sliding_window) {
+                (true, Some(w)) => w as u32,
+                _ => 0,
+            };
             let params = AttentionParams {
                 q_rows: rows as u32,
                 n_heads: nh as u32,
@@ -190,38 +182,19 @@ impl TextModel {
                 kv_len: (start + rows) as u32,
                 q_pos0: start as u32,
                 prefix_len: s.prefix_len as u32,
-                window: if layer.sliding {
-                    c.sliding_window.unwrap_or(0) as u32
-                } else {
-                    0
-                },
+                window,
                 o_stride: qd as u32,
                 scale: c.attention_scale(),
                 softcap: c.attn_logit_softcapping.unwrap_or(0.0),
                 ..Default::default()
             };
             attention(rec, &sc.q, kc, vc, &sc.a, &params)?;
-            linear(
-                rec,
-                &sc.a,
-                Rows::packed(qd),
-                &layer.o_proj,
-                None,
-                &sc.o,
-                hp,
-                rows,
-            )?;
+            layer.o_proj.forward(rec, &sc.a, qp, &sc.o, hp, rows)?;
             let mlp_norm = match &layer.feedforward_layernorms {
                 Some((pre, _)) => {
-                    rms_norm(
-                        rec,
-                        &sc.o,
-                        &layer.post_attention_layernorm,
-                        &sc.h,
-                        rows,
-                        h,
-                        eps,
-                    )?;
+                    layer
+                        .post_attention_layernorm
+                        .forward(rec, &sc.o, &sc.h, rows)?;
                     add_inplace(rec, &sc.x, &sc.h, rows * h)?;
                     pre
                 }
@@ -230,52 +203,27 @@ impl TextModel {
                     &layer.post_attention_layernorm
                 }
             };
-            rms_norm(rec, &sc.x, mlp_norm, &sc.h, rows, h, eps)?;
-            // The MLP in blocks of rows, so its [rows, I] intermediates fit one binding.
+            // x = h + down(gelu_tanh(gate(norm(h))) * up(norm(h))), in blocks of rows so the
+            // [rows, I] intermediates fit one binding.
+            mlp_norm.forward(rec, &sc.x, &sc.h, rows)?;
+            let ip = Rows::packed(i);
             for r0 in (0..rows).step_by(sc.mlp_rows) {
                 let n = sc.mlp_rows.min(rows - r0);
-                let ip = Rows::packed(i);
-                linear(
-                    rec,
-                    &sc.h,
-                    Rows::from_row(r0, h),
-                    &layer.gate_proj,
-                    None,
-                    &sc.gate,
-                    ip,
-                    n,
-                )?;
-                linear(
-                    rec,
-                    &sc.h,
-                    Rows::from_row(r0, h),
-                    &layer.up_proj,
-                    None,
-                    &sc.up,
-                    ip,
-                    n,
-                )?;
+                let at = Rows::from_row(r0, h);
+                layer.gate_proj.forward(rec, &sc.h, at, &sc.gate, ip, n)?;
+                layer.up_proj.forward(rec, &sc.h, at, &sc.up, ip, n)?;
                 gelu_tanh_gated(rec, &sc.gate, &sc.up, n * i)?;
-                linear(
-                    rec,
-                    &sc.up,
-                    ip,
-                    &layer.down_proj,
-                    None,
-                    &sc.o,
-                    Rows::from_row(r0, h),
-                    n,
-                )?;
+                layer.down_proj.forward(rec, &sc.up, ip, &sc.o, at, n)?;
             }
             match &layer.feedforward_layernorms {
                 Some((_, post)) => {
-                    rms_norm(rec, &sc.o, post, &sc.a, rows, h, eps)?;
+                    post.forward(rec, &sc.o, &sc.a, rows)?;
                     add_inplace(rec, &sc.x, &sc.a, rows * h)?;
                 }
                 None => add_inplace(rec, &sc.x, &sc.o, rows * h)?,
             }
         }
-        rms_norm(rec, &sc.x, &self.norm, &sc.h, rows, h, eps)?;
+        self.norm.forward(rec, &sc.x, &sc.h, rows)?;
         s.len += rows;
         Ok(())
     }

@@ -10,6 +10,8 @@ use std::borrow::Cow;
 
 use crate::error::Result;
 use crate::gpu::Gpu;
+use crate::ops::linear::Linear;
+use crate::ops::norm::{LayerNorm, RmsNorm};
 use crate::ops::{ChunkedTable, Weight, WeightFormat};
 use checkpoint::Checkpoint;
 
@@ -89,6 +91,37 @@ impl Loader<'_> {
     pub fn weight(&self, name: &str, rows: usize, cols: usize) -> Result<Weight> {
         let (bytes, format) = self.matrix(name, rows, cols)?;
         Weight::from_bytes(self.gpu, name, &bytes, format, rows, cols)
+    }
+
+    /// The linear layer `{name}.weight` [rows, cols] with `{name}.bias` [rows] when `bias`.
+    pub fn linear(&self, name: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.weight(&format!("{name}.weight"), rows, cols)?,
+            bias: if bias {
+                Some(self.f32(&format!("{name}.bias"), &[rows])?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The LayerNorm `{name}.weight`, `{name}.bias` [n].
+    pub fn layer_norm(&self, name: &str, n: usize, eps: f32) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: self.f32(&format!("{name}.weight"), &[n])?,
+            bias: self.f32(&format!("{name}.bias"), &[n])?,
+            n,
+            eps,
+        })
+    }
+
+    /// The RMSNorm `{name}.weight` [n].
+    pub fn rms_norm(&self, name: &str, n: usize, eps: f32) -> Result<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.f32(&format!("{name}.weight"), &[n])?,
+            n,
+            eps,
+        })
     }
 
     /// A large [rows, cols] table split into chunks that fit one binding.

@@ -141,3 +141,25 @@ pub fn linear_ref(
     }
     y
 }
+
+/// A linear layer as checkpoints store it: `weight` [out, in] and an optional `bias` [out].
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Weight,
+    pub bias: Option<wgpu::Buffer>,
+}
+
+impl Linear {
+    /// y = x W^T (+ b) for `m` rows placed by `x_at` and `y_at`.
+    pub fn forward(
+        &self,
+        rec: &mut Recorder,
+        x: &wgpu::Buffer,
+        x_at: Rows,
+        y: &wgpu::Buffer,
+        y_at: Rows,
+        m: usize,
+    ) -> Result<()> {
+        linear(rec, x, x_at, &self.weight, self.bias.as_ref(), y, y_at, m)
+    }
+}

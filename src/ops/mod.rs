@@ -56,19 +56,24 @@ impl WeightFormat {
         }
     }
 
-    /// What the GPU will read back for `data` after encoding: the values a reference must use.
-    pub fn round_trip(self, data: &[f32]) -> Vec<f32> {
+    /// Widens bytes stored in this format to f32 (exact for f16 and bf16).
+    pub fn decode(self, bytes: &[u8]) -> Vec<f32> {
         match self {
-            WeightFormat::F32 => data.to_vec(),
-            WeightFormat::F16 => data
-                .iter()
-                .map(|&v| half::f16::from_f32(v).to_f32())
+            WeightFormat::F32 => bytemuck::pod_collect_to_vec(bytes),
+            WeightFormat::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            WeightFormat::Bf16 => data
-                .iter()
-                .map(|&v| half::bf16::from_f32(v).to_f32())
+            WeightFormat::Bf16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
         }
+    }
+
+    /// What the GPU will read back for `data` after encoding: the values a reference must use.
+    pub fn round_trip(self, data: &[f32]) -> Vec<f32> {
+        self.decode(&self.encode(data))
     }
 }
 

@@ -96,3 +96,46 @@ pub fn rms_norm_ref(x: &[f32], w: &[f32], rows: usize, n: usize, eps: f32) -> Ve
     }
     y
 }
+
+/// SigLIP's LayerNorm: weight and bias [n], eps from the config.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: wgpu::Buffer,
+    pub bias: wgpu::Buffer,
+    pub n: usize,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// y [rows, n] = LayerNorm(x [rows, n]).
+    pub fn forward(
+        &self,
+        rec: &mut Recorder,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: usize,
+    ) -> Result<()> {
+        layer_norm(rec, x, &self.weight, &self.bias, y, rows, self.n, self.eps)
+    }
+}
+
+/// Gemma's RMSNorm: weight [n] (applied as 1 + w), eps from the config.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: wgpu::Buffer,
+    pub n: usize,
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    /// y [rows, n] = RMSNorm(x [rows, n]).
+    pub fn forward(
+        &self,
+        rec: &mut Recorder,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        rows: usize,
+    ) -> Result<()> {
+        rms_norm(rec, x, &self.weight, y, rows, self.n, self.eps)
+    }
+}
