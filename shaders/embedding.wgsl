@@ -21,7 +21,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(256)
@@ -36,7 +36,6 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>,
     let d = g % p.hidden;
     let id = ids[t];
     if (id >= p.row_start && id - p.row_start < p.row_count) {
-        let wi = (id - p.row_start) * p.hidden + d;
-        out[g] = w_value(w[w_word(wi)], wi) * p.scale;
+        out[g] = w_at((id - p.row_start) * p.hidden + d) * p.scale;
     }
 }

@@ -12,6 +12,9 @@
 // - `gemv` (one row, decode): 8 output features per workgroup of 256 invocations, 32 lanes per
 //   feature striding over k, then a tree reduction in workgroup memory (no subgroup feature
 //   needed). Dispatch ceil(n / 8) workgroups, split over x and y by `Gpu::grid`.
+// - `gemv_vec`: the same, each lane loading 16 bytes of W at a time (8 weights in 16 bits, 4 in
+//   f32), since decode is a stream over the weights. Needs k a multiple of 8 (16-bit) or 4 (f32)
+//   so every row starts on a 16-byte boundary.
 
 struct Params {
     m: u32,
@@ -26,7 +29,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
@@ -56,8 +59,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
             xs[e] = xv;
             var wv = 0.0;
             if (col0 + r < p.n && c < p.k) {
-                let wi = (col0 + r) * p.k + c;
-                wv = w_value(w[w_word(wi)], wi);
+                wv = w_at((col0 + r) * p.k + c);
             }
             ws[e] = wv;
         }
@@ -106,10 +108,14 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>,
     if (row < p.n) {
         let base = row * p.k;
         for (var kk = lane; kk < p.k; kk += LANES) {
-            let wi = base + kk;
-            acc = fma(x[p.x_offset + kk], w_value(w[w_word(wi)], wi), acc);
+            acc = fma(x[p.x_offset + kk], w_at(base + kk), acc);
         }
     }
+    finish_row(li, lane, row, acc);
+}
+
+/// Sums the 32 lanes' partial dot products of `row` and writes y[row] (+ bias).
+fn finish_row(li: u32, lane: u32, row: u32, acc: f32) {
     red[li] = acc;
     workgroupBarrier();
     for (var s = LANES / 2u; s > 0u; s >>= 1u) {
@@ -125,4 +131,31 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>,
         }
         y[p.y_offset + row] = v;
     }
+}
+
+@compute @workgroup_size(256)
+fn gemv_vec(@builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) li: u32) {
+    let row = (wid.x + wid.y * nwg.x) * ROWS_PER_WG + li / LANES;
+    let lane = li % LANES;
+    var acc = 0.0;
+    if (row < p.n) {
+        let per = select(8u, 4u, W_DTYPE == 0u); // weights per 16-byte load
+        let n_vec = p.k / per;
+        let base = row * n_vec;
+        for (var j = lane; j < n_vec; j += LANES) {
+            let q = w[base + j];
+            let xo = p.x_offset + j * per;
+            let x0 = vec4<f32>(x[xo], x[xo + 1u], x[xo + 2u], x[xo + 3u]);
+            if (W_DTYPE == 0u) {
+                acc += dot(bitcast<vec4<f32>>(q), x0);
+            } else {
+                let x1 = vec4<f32>(x[xo + 4u], x[xo + 5u], x[xo + 6u], x[xo + 7u]);
+                acc += dot(vec4<f32>(w_pair(q.x), w_pair(q.y)), x0)
+                     + dot(vec4<f32>(w_pair(q.z), w_pair(q.w)), x1);
+            }
+        }
+    }
+    finish_row(li, lane, row, acc);
 }

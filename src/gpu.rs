@@ -331,8 +331,9 @@ impl Gpu {
                 "buffer `{label}` needs {size} bytes, over this device's max_buffer_size {max}"
             )));
         }
-        // wgpu copies and maps in 4-byte units; a zero-sized binding is invalid.
-        Ok(size.max(4).div_ceil(4) * 4)
+        // wgpu copies and maps in 4-byte units, weights are read as 16-byte vectors, and a
+        // zero-sized binding is invalid: round up to 16.
+        Ok(size.max(16).div_ceil(16) * 16)
     }
 
     /// An uninitialised storage buffer that can also be copied to and from.
@@ -587,13 +588,42 @@ impl Recorder<'_> {
 
     /// Builds bind groups, encodes everything and submits it. `op` names the work in errors.
     pub fn submit(self, op: &str) -> Result<()> {
+        self.submit_cached(op, None)
+    }
+
+    /// Like [`submit`](Self::submit), but with `cache` the parameters go to the cache's
+    /// persistent uniform buffer and bind groups are reused when a dispatch repeats (same
+    /// pipeline, parameter slot and buffers), as it does at every decode step: steady-state
+    /// decoding then creates no GPU objects at all.
+    pub fn submit_cached(self, op: &str, mut cache: Option<&mut DispatchCache>) -> Result<()> {
         if self.cmds.is_empty() {
             return Ok(());
         }
         let gpu = self.gpu;
         let device = gpu.device();
-        let size = self.params.len().max(4).div_ceil(4) as u64 * 4;
-        let uniform = gpu.buffer_with("params", &self.params, size, wgpu::BufferUsages::UNIFORM)?;
+        let size = self.params.len().max(4).div_ceil(16) as u64 * 16;
+        let uniform = match cache.as_deref_mut() {
+            Some(c) => {
+                if c.uniform.as_ref().is_none_or(|u| u.size() < size) {
+                    c.groups.clear();
+                    c.uniform = Some(gpu.scoped("allocating the parameter buffer", || {
+                        device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("params (cached)"),
+                            size: size.next_power_of_two(),
+                            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                            mapped_at_creation: false,
+                        })
+                    })?);
+                }
+                if c.groups.len() > DispatchCache::MAX_GROUPS {
+                    c.groups.clear();
+                }
+                let u = c.uniform.clone().expect("just set");
+                gpu.write(&u, 0, &self.params)?;
+                u
+            }
+            None => gpu.buffer_with("params", &self.params, size, wgpu::BufferUsages::UNIFORM)?,
+        };
         gpu.scoped(op, || {
             let mut enc =
                 device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
@@ -624,23 +654,39 @@ impl Recorder<'_> {
                     groups,
                 }) = self.cmds.get(i)
                 {
-                    let mut entries = vec![wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &uniform,
-                            offset: params.0,
-                            size: wgpu::BufferSize::new(params.1),
-                        }),
-                    }];
-                    entries.extend(binds.iter().map(|b| wgpu::BindGroupEntry {
-                        binding: b.binding,
-                        resource: b.buffer.as_entire_binding(),
-                    }));
-                    let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: None,
-                        layout: &pipeline.get_bind_group_layout(0),
-                        entries: &entries,
-                    });
+                    let make = || {
+                        let mut entries = vec![wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &uniform,
+                                offset: params.0,
+                                size: wgpu::BufferSize::new(params.1),
+                            }),
+                        }];
+                        entries.extend(binds.iter().map(|b| wgpu::BindGroupEntry {
+                            binding: b.binding,
+                            resource: b.buffer.as_entire_binding(),
+                        }));
+                        device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: None,
+                            layout: &pipeline.get_bind_group_layout(0),
+                            entries: &entries,
+                        })
+                    };
+                    let bg = match cache.as_deref_mut() {
+                        Some(c) => {
+                            let key = BindKey {
+                                pipeline: pipeline.clone(),
+                                params: *params,
+                                buffers: binds
+                                    .iter()
+                                    .map(|b| (b.binding, b.buffer.clone()))
+                                    .collect(),
+                            };
+                            c.groups.entry(key).or_insert_with(make).clone()
+                        }
+                        None => make(),
+                    };
                     pass.set_pipeline(pipeline);
                     pass.set_bind_group(0, &bg, &[]);
                     pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -649,5 +695,34 @@ impl Recorder<'_> {
             }
             gpu.queue().submit([enc.finish()]);
         })
+    }
+}
+
+/// What a bind group was made from.
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    pipeline: wgpu::ComputePipeline,
+    params: (u64, u64),
+    buffers: Vec<(u32, wgpu::Buffer)>,
+}
+
+/// Bind groups and a parameter buffer kept across submissions of the same dispatches (see
+/// [`Recorder::submit_cached`]). One per decoding session.
+#[derive(Default)]
+pub struct DispatchCache {
+    uniform: Option<wgpu::Buffer>,
+    groups: HashMap<BindKey, wgpu::BindGroup>,
+}
+
+impl DispatchCache {
+    /// A bound on cached bind groups, in case a caller's dispatches never repeat.
+    const MAX_GROUPS: usize = 8192;
+
+    /// Bind groups currently cached.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
     }
 }

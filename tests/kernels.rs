@@ -59,6 +59,8 @@ fn linear_matches_reference() {
         (65, 64, 17),
         (2, 257, 1153),
         (1, 1031, 1152),
+        (1, 7, 8),
+        (1, 33, 24),
     ];
     for &(m, n, k) in &shapes {
         for format in [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16] {
@@ -83,12 +85,14 @@ fn linear_matches_reference() {
             let want = linear_ref(&xs, &wq, Some(&b), m, n, k);
             let wbuf = Weight::from_f32(g, "w", &w, format, n, k).unwrap();
             let (xb, bb) = (up(g, &x), up(g, &b));
-            let kernels: &[LinearKernel] = if m == 1 {
-                &[LinearKernel::Matmul, LinearKernel::Gemv]
-            } else {
-                &[LinearKernel::Matmul]
-            };
-            for &kernel in kernels {
+            let mut kernels = vec![LinearKernel::Matmul];
+            if m == 1 {
+                kernels.push(LinearKernel::Gemv);
+                if k % (16 / format.bytes_per_element()) == 0 {
+                    kernels.push(LinearKernel::GemvVec);
+                }
+            }
+            for &kernel in &kernels {
                 let yb = out(g, 5 + m * (n + 1));
                 run(|rec| linear_with(rec, kernel, &xb, x_at, &wbuf, Some(&bb), &yb, y_at, m));
                 let y = read(g, &yb, 5 + m * (n + 1));

@@ -4,7 +4,7 @@
 use super::Loader;
 use super::config::{Decoder, TextConfig};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Recorder};
+use crate::gpu::{DispatchCache, Gpu, Recorder};
 use crate::ops::activation::{gelu_tanh_gated, softcap};
 use crate::ops::add::add_inplace;
 use crate::ops::argmax::argmax;
@@ -119,6 +119,7 @@ impl TextModel {
             logits: gpu.storage("logits", (c.vocab_size * 4) as u64)?,
             token: gpu.storage("next token", 4)?,
             ids: None,
+            dispatch_cache: DispatchCache::default(),
         })
     }
 
@@ -294,7 +295,7 @@ impl TextModel {
         let tok = s.token.clone();
         self.record_forward(&mut rec, s, &tok, 1, None)?;
         self.record_logits(&mut rec, s, 0)?;
-        rec.submit("a decode step")?;
+        rec.submit_cached("a decode step", Some(&mut s.dispatch_cache))?;
         Ok(gpu.read_u32(&s.token, 0, 1)?[0])
     }
 
@@ -393,6 +394,8 @@ pub struct Session {
     /// u32 [1]: the greedy choice, read back by the CPU and fed to the next step.
     pub token: wgpu::Buffer,
     ids: Option<wgpu::Buffer>,
+    /// Decode steps repeat the same dispatches: their bind groups are made once.
+    dispatch_cache: DispatchCache,
 }
 
 impl Session {

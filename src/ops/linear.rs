@@ -1,7 +1,7 @@
 //! `shaders/linear.wgsl`: y = x W^T (+ b) for many rows (`matmul`, prefill) or one row (`gemv`,
 //! decode), with W in f32, f16 or bf16; and the logits projection over a chunked vocabulary.
 
-use super::{ChunkedTable, Rows, Weight, u32_of};
+use super::{ChunkedTable, Rows, Weight, WeightFormat, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Recorder, bind};
 use crate::shaders::LINEAR;
@@ -28,6 +28,20 @@ pub enum LinearKernel {
     Matmul,
     /// One workgroup per 8 output features; for a single row.
     Gemv,
+    /// [`Gemv`](Self::Gemv) with 16-byte weight loads; needs k a multiple of 8 (4 for f32).
+    GemvVec,
+}
+
+impl LinearKernel {
+    /// The kernel for `m` rows of a weight with `k` columns in `format`.
+    pub fn choose(m: usize, k: usize, format: WeightFormat) -> LinearKernel {
+        let per_load = 16 / format.bytes_per_element();
+        match m {
+            1 if k % per_load == 0 => LinearKernel::GemvVec,
+            1 => LinearKernel::Gemv,
+            _ => LinearKernel::Matmul,
+        }
+    }
 }
 
 /// y[r, c] = sum_k x[r, k] W[c, k] (+ b[c]) for r < m, with x and y rows placed by `x_at`,
@@ -43,11 +57,7 @@ pub fn linear(
     y_at: Rows,
     m: usize,
 ) -> Result<()> {
-    let kernel = if m == 1 {
-        LinearKernel::Gemv
-    } else {
-        LinearKernel::Matmul
-    };
+    let kernel = LinearKernel::choose(m, w.cols, w.format);
     linear_with(rec, kernel, x, x_at, w, b, y, y_at, m)
 }
 
@@ -64,8 +74,15 @@ pub fn linear_with(
     y_at: Rows,
     m: usize,
 ) -> Result<()> {
-    if kernel == LinearKernel::Gemv && m != 1 {
+    if kernel != LinearKernel::Matmul && m != 1 {
         return Err(Error::invalid(format!("gemv computes one row, not {m}")));
+    }
+    let per_load = 16 / w.format.bytes_per_element();
+    if kernel == LinearKernel::GemvVec && w.cols % per_load != 0 {
+        return Err(Error::invalid(format!(
+            "gemv_vec needs k a multiple of {per_load}, got {}",
+            w.cols
+        )));
     }
     let params = Params {
         m: u32_of("rows", m)?,
@@ -85,6 +102,7 @@ pub fn linear_with(
             [w.rows.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
         ),
         LinearKernel::Gemv => ("gemv", gpu.grid(w.rows.div_ceil(8) as u32)),
+        LinearKernel::GemvVec => ("gemv_vec", gpu.grid(w.rows.div_ceil(8) as u32)),
     };
     let pipeline = gpu.pipeline(&LINEAR, entry, &constants)?;
     let binds = vec![

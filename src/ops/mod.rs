@@ -141,8 +141,8 @@ impl ChunkedTable {
     /// The most rows one chunk may hold on `gpu`.
     pub fn max_chunk_rows(gpu: &Gpu, cols: usize, format: WeightFormat) -> usize {
         let row_bytes = (cols * format.bytes_per_element()) as u64;
-        // Keep a word of slack: 16-bit chunks are padded to whole u32 words.
-        ((gpu.max_binding_bytes() - 4) / row_bytes).max(1) as usize
+        // Keep 16 bytes of slack: buffers are padded to whole 16-byte vectors.
+        ((gpu.max_binding_bytes() - 16) / row_bytes).max(1) as usize
     }
 
     /// Uploads `bytes` (a [rows, cols] table in `format`) in chunks of at most `chunk_rows`.
