@@ -37,7 +37,7 @@ impl LinearKernel {
     pub fn choose(m: usize, k: usize, format: WeightFormat) -> LinearKernel {
         let per_load = 16 / format.bytes_per_element();
         match m {
-            1 if k % per_load == 0 => LinearKernel::GemvVec,
+            1 if k.is_multiple_of(per_load) => LinearKernel::GemvVec,
             1 => LinearKernel::Gemv,
             _ => LinearKernel::Matmul,
         }
@@ -78,7 +78,7 @@ pub fn linear_with(
         return Err(Error::invalid(format!("gemv computes one row, not {m}")));
     }
     let per_load = 16 / w.format.bytes_per_element();
-    if kernel == LinearKernel::GemvVec && w.cols % per_load != 0 {
+    if kernel == LinearKernel::GemvVec && !w.cols.is_multiple_of(per_load) {
         return Err(Error::invalid(format!(
             "gemv_vec needs k a multiple of {per_load}, got {}",
             w.cols
