@@ -1,8 +1,9 @@
-// linear: y = x W^T (+ b), the workhorse of every projection and of the logits.
+// linear: y = x W^T (+ b), or y += x W^T (+ b) to fold a residual connection into the
+// projection that feeds it; the workhorse of every projection and of the logits.
 //
 // Bindings: 0 params, 1 x [m, k] f32 (rows at x_offset + r * x_stride), 2 W [n, k] in W_DTYPE
-// (see weight_format.wgsl), 3 b [n] f32 (read only when has_bias = 1), 4 y f32 written at
-// y_offset + r * y_stride + c. The offsets let one kernel write K/V straight into a KV-cache
+// (see weight_format.wgsl), 3 b [n] f32 (read only when flags has BIAS), 4 y f32 written at
+// y_offset + r * y_stride + c (added to when flags has ACCUMULATE). The offsets let one kernel write K/V straight into a KV-cache
 // row, project only the last prompt row, or fill one vocabulary chunk of the logits.
 //
 // Entry points:
@@ -20,7 +21,7 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    has_bias: u32,
+    flags: u32, // BIAS | ACCUMULATE
     x_offset: u32,
     x_stride: u32,
     y_offset: u32,
@@ -32,6 +33,21 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+const BIAS: u32 = 1u;
+const ACCUMULATE: u32 = 2u;
+
+/// Writes one output: adds the bias and, when accumulating, what y held.
+fn store(c: u32, index: u32, value: f32) {
+    var v = value;
+    if ((p.flags & BIAS) != 0u) {
+        v += b[c];
+    }
+    if ((p.flags & ACCUMULATE) != 0u) {
+        v += y[index];
+    }
+    y[index] = v;
+}
 
 const TM: u32 = 64u;
 const TN: u32 = 64u;
@@ -84,11 +100,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
         for (var j = 0u; j < 4u; j++) {
             let c = col0 + lid.x * 4u + j;
             if (r < p.m && c < p.n) {
-                var v = acc[i * 4u + j];
-                if (p.has_bias == 1u) {
-                    v += b[c];
-                }
-                y[p.y_offset + r * p.y_stride + c] = v;
+                store(c, p.y_offset + r * p.y_stride + c, acc[i * 4u + j]);
             }
         }
     }
@@ -125,11 +137,7 @@ fn finish_row(li: u32, lane: u32, row: u32, acc: f32) {
         workgroupBarrier();
     }
     if (lane == 0u && row < p.n) {
-        var v = red[li];
-        if (p.has_bias == 1u) {
-            v += b[row];
-        }
-        y[p.y_offset + row] = v;
+        store(row, p.y_offset + row, red[li]);
     }
 }
 

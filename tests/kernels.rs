@@ -92,19 +92,40 @@ fn linear_matches_reference() {
                     kernels.push(LinearKernel::GemvVec);
                 }
             }
+            // Rows r of y live at 5 + r * (n + 1): gaps the kernel must not touch.
+            let pick = |v: &[f32]| -> Vec<f32> {
+                (0..m)
+                    .flat_map(|i| v[5 + i * (n + 1)..][..n].to_vec())
+                    .collect()
+            };
             for &kernel in &kernels {
+                let what = format!("linear {kernel:?} {format:?} m={m} n={n} k={k}");
                 let yb = out(g, 5 + m * (n + 1));
-                run(|rec| linear_with(rec, kernel, &xb, x_at, &wbuf, Some(&bb), &yb, y_at, m));
-                let y = read(g, &yb, 5 + m * (n + 1));
-                let got: Vec<f32> = (0..m)
-                    .flat_map(|i| y[5 + i * (n + 1)..][..n].to_vec())
-                    .collect();
-                assert_close(
-                    &format!("linear {kernel:?} {format:?} m={m} n={n} k={k}"),
-                    &got,
-                    &want,
-                    TOL,
-                );
+                run(|rec| {
+                    linear_with(
+                        rec,
+                        kernel,
+                        &xb,
+                        x_at,
+                        &wbuf,
+                        Some(&bb),
+                        &yb,
+                        y_at,
+                        m,
+                        false,
+                    )
+                });
+                assert_close(&what, &pick(&read(g, &yb, 5 + m * (n + 1))), &want, TOL);
+                // Accumulating: y0 + x W^T + b, and nothing written outside the rows.
+                let y0 = rand_vec(&mut r, 5 + m * (n + 1), 1.0);
+                let yb = up(g, &y0);
+                run(|rec| {
+                    linear_with(rec, kernel, &xb, x_at, &wbuf, Some(&bb), &yb, y_at, m, true)
+                });
+                let y = read(g, &yb, y0.len());
+                let want_acc: Vec<f32> = pick(&y0).iter().zip(&want).map(|(a, b)| a + b).collect();
+                assert_close(&format!("{what} (accumulate)"), &pick(&y), &want_acc, TOL);
+                assert_eq!(y[..5], y0[..5], "{what}: wrote before its first row");
             }
         }
     }

@@ -214,14 +214,14 @@ impl TextModel {
                 layer.gate_proj.forward(rec, &sc.h, at, &sc.gate, ip, n)?;
                 layer.up_proj.forward(rec, &sc.h, at, &sc.up, ip, n)?;
                 gelu_tanh_gated(rec, &sc.gate, &sc.up, n * i)?;
-                layer.down_proj.forward(rec, &sc.up, ip, &sc.o, at, n)?;
-            }
-            match &layer.feedforward_layernorms {
-                Some((_, post)) => {
-                    post.forward(rec, &sc.o, &sc.a, rows)?;
-                    add_inplace(rec, &sc.x, &sc.a, rows * h)?;
+                match &layer.feedforward_layernorms {
+                    Some(_) => layer.down_proj.forward(rec, &sc.up, ip, &sc.o, at, n)?,
+                    None => layer.down_proj.forward_add(rec, &sc.up, ip, &sc.x, at, n)?,
                 }
-                None => add_inplace(rec, &sc.x, &sc.o, rows * h)?,
+            }
+            if let Some((_, post)) = &layer.feedforward_layernorms {
+                post.forward(rec, &sc.o, &sc.a, rows)?;
+                add_inplace(rec, &sc.x, &sc.a, rows * h)?;
             }
         }
         self.norm.forward(rec, &sc.x, &sc.h, rows)?;

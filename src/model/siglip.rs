@@ -7,7 +7,6 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::Rows;
 use crate::ops::activation::gelu_tanh;
-use crate::ops::add::add_inplace;
 use crate::ops::attention::{AttentionParams, attention};
 use crate::ops::linear::Linear;
 use crate::ops::norm::LayerNorm;
@@ -128,14 +127,12 @@ impl VisionTower {
             layer.k_proj.forward(rec, &h, dp, &k, dp, n)?;
             layer.v_proj.forward(rec, &h, dp, &v, dp, n)?;
             attention(rec, &q, &k, &v, &a, &attn)?;
-            layer.out_proj.forward(rec, &a, dp, &h, dp, n)?;
-            add_inplace(rec, &x, &h, n * d)?;
+            layer.out_proj.forward_add(rec, &a, dp, &x, dp, n)?;
             // x = x + fc2(gelu_tanh(fc1(layer_norm2(x))))
             layer.layer_norm2.forward(rec, &x, &h, n)?;
             layer.fc1.forward(rec, &h, dp, &m1, ip, n)?;
             gelu_tanh(rec, &m1, &m2, n * i)?;
-            layer.fc2.forward(rec, &m2, ip, &h, dp, n)?;
-            add_inplace(rec, &x, &h, n * d)?;
+            layer.fc2.forward_add(rec, &m2, ip, &x, dp, n)?;
         }
         self.post_layernorm.forward(rec, &x, out, n)?;
         recorder.submit("the vision tower")

@@ -13,7 +13,7 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    has_bias: u32,
+    flags: u32,
     x_offset: u32,
     x_stride: u32,
     y_offset: u32,
@@ -58,10 +58,11 @@ pub fn linear(
     m: usize,
 ) -> Result<()> {
     let kernel = LinearKernel::choose(m, w.cols, w.format);
-    linear_with(rec, kernel, x, x_at, w, b, y, y_at, m)
+    linear_with(rec, kernel, x, x_at, w, b, y, y_at, m, false)
 }
 
-/// [`linear`] with an explicit kernel choice (tests run both on every shape).
+/// [`linear`] with an explicit kernel choice (tests run every kernel on every shape), adding
+/// to y instead of overwriting it when `accumulate` (a residual connection folded in).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_with(
     rec: &mut Recorder,
@@ -73,6 +74,7 @@ pub fn linear_with(
     y: &wgpu::Buffer,
     y_at: Rows,
     m: usize,
+    accumulate: bool,
 ) -> Result<()> {
     if kernel != LinearKernel::Matmul && m != 1 {
         return Err(Error::invalid(format!("gemv computes one row, not {m}")));
@@ -88,7 +90,7 @@ pub fn linear_with(
         m: u32_of("rows", m)?,
         n: u32_of("out features", w.rows)?,
         k: u32_of("in features", w.cols)?,
-        has_bias: b.is_some() as u32,
+        flags: b.is_some() as u32 | (accumulate as u32) << 1,
         x_offset: u32_of("x offset", x_at.offset)?,
         x_stride: u32_of("x stride", x_at.stride)?,
         y_offset: u32_of("y offset", y_at.offset)?,
@@ -179,5 +181,20 @@ impl Linear {
         m: usize,
     ) -> Result<()> {
         linear(rec, x, x_at, &self.weight, self.bias.as_ref(), y, y_at, m)
+    }
+
+    /// y += x W^T (+ b): the projection and the residual connection after it in one pass.
+    pub fn forward_add(
+        &self,
+        rec: &mut Recorder,
+        x: &wgpu::Buffer,
+        x_at: Rows,
+        y: &wgpu::Buffer,
+        y_at: Rows,
+        m: usize,
+    ) -> Result<()> {
+        let kernel = LinearKernel::choose(m, self.weight.cols, self.weight.format);
+        let b = self.bias.as_ref();
+        linear_with(rec, kernel, x, x_at, &self.weight, b, y, y_at, m, true)
     }
 }
