@@ -19,18 +19,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-/// tanh that cannot overflow: drivers may lower tanh(x) as a ratio of exponentials, which is
-/// inf / inf = NaN for large |x|.
-fn tanh_stable(v: f32) -> f32 {
-    let e = exp(-2.0 * abs(v));
-    return sign(v) * (1.0 - e) / (1.0 + e);
-}
-
-fn gelu_tanh_of(v: f32) -> f32 {
-    let c = 0.7978845608028654; // sqrt(2 / pi)
-    return 0.5 * v * (1.0 + tanh_stable(c * (v + 0.044715 * v * v * v)));
-}
-
 fn index(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * 256u + li;
 }

@@ -16,6 +16,8 @@
 // - `gemv_vec`: the same, each lane loading 16 bytes of W at a time (8 weights in 16 bits, 4 in
 //   f32), since decode is a stream over the weights. Needs k a multiple of 8 (16-bit) or 4 (f32)
 //   so every row starts on a 16-byte boundary.
+// - `gemv_vec_gated`: Gemma's MLP input side in one pass, y = gelu_tanh(x W^T) * (x W2^T) with
+//   W2 (the up projection) at binding 5; no bias, no accumulate. Same dispatch as `gemv_vec`.
 
 struct Params {
     m: u32,
@@ -33,6 +35,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> w2: array<vec4<u32>>;
 
 const BIAS: u32 = 1u;
 const ACCUMULATE: u32 = 2u;
@@ -141,6 +144,17 @@ fn finish_row(li: u32, lane: u32, row: u32, acc: f32) {
     }
 }
 
+/// The dot product of 16 bytes of weights `q` with x[xo..]: 8 weights in 16 bits or 4 in f32.
+fn dot_vec(q: vec4<u32>, xo: u32) -> f32 {
+    let x0 = vec4<f32>(x[xo], x[xo + 1u], x[xo + 2u], x[xo + 3u]);
+    if (W_DTYPE == 0u) {
+        return dot(bitcast<vec4<f32>>(q), x0);
+    }
+    let x1 = vec4<f32>(x[xo + 4u], x[xo + 5u], x[xo + 6u], x[xo + 7u]);
+    return dot(vec4<f32>(w_pair(q.x), w_pair(q.y)), x0)
+         + dot(vec4<f32>(w_pair(q.z), w_pair(q.w)), x1);
+}
+
 @compute @workgroup_size(256)
 fn gemv_vec(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
@@ -153,17 +167,43 @@ fn gemv_vec(@builtin(workgroup_id) wid: vec3<u32>,
         let n_vec = p.k / per;
         let base = row * n_vec;
         for (var j = lane; j < n_vec; j += LANES) {
-            let q = w[base + j];
-            let xo = p.x_offset + j * per;
-            let x0 = vec4<f32>(x[xo], x[xo + 1u], x[xo + 2u], x[xo + 3u]);
-            if (W_DTYPE == 0u) {
-                acc += dot(bitcast<vec4<f32>>(q), x0);
-            } else {
-                let x1 = vec4<f32>(x[xo + 4u], x[xo + 5u], x[xo + 6u], x[xo + 7u]);
-                acc += dot(vec4<f32>(w_pair(q.x), w_pair(q.y)), x0)
-                     + dot(vec4<f32>(w_pair(q.z), w_pair(q.w)), x1);
-            }
+            acc += dot_vec(w[base + j], p.x_offset + j * per);
         }
     }
     finish_row(li, lane, row, acc);
+}
+
+var<workgroup> red2: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn gemv_vec_gated(@builtin(workgroup_id) wid: vec3<u32>,
+                  @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) li: u32) {
+    let row = (wid.x + wid.y * nwg.x) * ROWS_PER_WG + li / LANES;
+    let lane = li % LANES;
+    var gate = 0.0;
+    var up = 0.0;
+    if (row < p.n) {
+        let per = select(8u, 4u, W_DTYPE == 0u);
+        let n_vec = p.k / per;
+        let base = row * n_vec;
+        for (var j = lane; j < n_vec; j += LANES) {
+            let xo = p.x_offset + j * per;
+            gate += dot_vec(w[base + j], xo);
+            up += dot_vec(w2[base + j], xo);
+        }
+    }
+    red[li] = gate;
+    red2[li] = up;
+    workgroupBarrier();
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            red[li] += red[li + s];
+            red2[li] += red2[li + s];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && row < p.n) {
+        y[p.y_offset + row] = gelu_tanh_of(red[li]) * red2[li];
+    }
 }

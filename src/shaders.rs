@@ -1,5 +1,5 @@
 //! The WGSL sources, embedded at compile time: one file per kernel family in `shaders/`.
-//! Shaders that read linear weights get `weight_format.wgsl` prepended (WGSL has no includes).
+//! Preludes (`weight_format.wgsl`, `math.wgsl`) are prepended where used (WGSL has no includes).
 
 /// A WGSL module and the device features it needs (none, for every shader here: optional
 /// features only ever select faster variants).
@@ -11,18 +11,11 @@ pub struct Shader {
 }
 
 macro_rules! shader {
-    ($name:literal) => {
-        Shader {
-            name: $name,
-            source: include_str!(concat!("../shaders/", $name, ".wgsl")),
-            features: wgpu::Features::empty(),
-        }
-    };
-    ($name:literal, with_weights) => {
+    ($name:literal $(, $prelude:literal)*) => {
         Shader {
             name: $name,
             source: concat!(
-                include_str!("../shaders/weight_format.wgsl"),
+                $(include_str!(concat!("../shaders/", $prelude, ".wgsl")),)*
                 include_str!(concat!("../shaders/", $name, ".wgsl"))
             ),
             features: wgpu::Features::empty(),
@@ -30,14 +23,17 @@ macro_rules! shader {
     };
 }
 
+/// Preludes (no entry points of their own), prepended to the shaders that use them.
+pub const PRELUDES: &[&str] = &["weight_format", "math"];
+
 pub const PATCH_EMBED: Shader = shader!("patch_embed");
 pub const NORM: Shader = shader!("norm");
-pub const LINEAR: Shader = shader!("linear", with_weights);
-pub const ACTIVATION: Shader = shader!("activation");
+pub const LINEAR: Shader = shader!("linear", "weight_format", "math");
+pub const ACTIVATION: Shader = shader!("activation", "math");
 pub const ROPE: Shader = shader!("rope");
-pub const ATTENTION: Shader = shader!("attention");
+pub const ATTENTION: Shader = shader!("attention", "math");
 pub const SOFTMAX: Shader = shader!("softmax");
-pub const EMBEDDING: Shader = shader!("embedding", with_weights);
+pub const EMBEDDING: Shader = shader!("embedding", "weight_format");
 pub const ADD: Shader = shader!("add");
 pub const ARGMAX: Shader = shader!("argmax");
 

@@ -168,6 +168,40 @@ fn linear_real_model_sizes() {
 }
 
 #[test]
+fn gemv_gated_matches_reference() {
+    let g = gpu();
+    let mut r = rng(70);
+    // Awkward sizes, then Gemma's decode MLP (16384 x 2048).
+    for &(n, k) in &[(1, 8), (13, 24), (257, 40), (16384, 2048)] {
+        for format in [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16] {
+            let (wg, wu) = (rand_vec(&mut r, n * k, 0.1), rand_vec(&mut r, n * k, 0.1));
+            let x = rand_vec(&mut r, 2 + k, 1.0);
+            let gate = Weight::from_f32(g, "gate", &wg, format, n, k).unwrap();
+            let upw = Weight::from_f32(g, "up", &wu, format, n, k).unwrap();
+            let (xb, yb) = (up(g, &x), out(g, 3 + n));
+            let x_at = Rows {
+                offset: 2,
+                stride: k,
+            };
+            run(|rec| gemv_gated(rec, &xb, x_at, &gate, &upw, &yb, 3));
+            let gv = linear_ref(&x[2..], &format.round_trip(&wg), None, 1, n, k);
+            let uv = linear_ref(&x[2..], &format.round_trip(&wu), None, 1, n, k);
+            let want = gelu_tanh_gated_ref(&gv, &uv);
+            assert_close(
+                &format!("gemv_gated {n}x{k} {format:?}"),
+                &read(g, &yb, 3 + n)[3..],
+                &want,
+                TOL,
+            );
+        }
+    }
+    // Mismatched or unaligned weights are refused, not miscomputed.
+    let a = Weight::from_f32(g, "a", &[0.0; 14], WeightFormat::Bf16, 2, 7).unwrap();
+    let xb = up(g, &[0.0; 7]);
+    assert!(gemv_gated(&mut g.recorder(), &xb, Rows::packed(7), &a, &a, &xb, 0).is_err());
+}
+
+#[test]
 fn logits_and_embedding_over_a_split_table() {
     let g = gpu();
     let mut r = rng(3);

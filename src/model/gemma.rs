@@ -10,7 +10,7 @@ use crate::ops::add::add_inplace;
 use crate::ops::argmax::argmax;
 use crate::ops::attention::{AttentionParams, attention};
 use crate::ops::embedding::gather;
-use crate::ops::linear::{Linear, logits};
+use crate::ops::linear::{Linear, gated_supported, gemv_gated, logits};
 use crate::ops::norm::RmsNorm;
 use crate::ops::rope::{RopeTables, rope};
 use crate::ops::{ChunkedTable, Rows};
@@ -208,12 +208,19 @@ impl TextModel {
             // [rows, I] intermediates fit one binding.
             mlp_norm.forward(rec, &sc.x, &sc.h, rows)?;
             let ip = Rows::packed(i);
+            let (gate, up) = (&layer.gate_proj.weight, &layer.up_proj.weight);
+            // Decode: gate, up and the activation in one pass over both weights.
+            let fused = rows == 1 && gated_supported(gate, up);
             for r0 in (0..rows).step_by(sc.mlp_rows) {
                 let n = sc.mlp_rows.min(rows - r0);
                 let at = Rows::from_row(r0, h);
-                layer.gate_proj.forward(rec, &sc.h, at, &sc.gate, ip, n)?;
-                layer.up_proj.forward(rec, &sc.h, at, &sc.up, ip, n)?;
-                gelu_tanh_gated(rec, &sc.gate, &sc.up, n * i)?;
+                if fused {
+                    gemv_gated(rec, &sc.h, at, gate, up, &sc.up, 0)?;
+                } else {
+                    layer.gate_proj.forward(rec, &sc.h, at, &sc.gate, ip, n)?;
+                    layer.up_proj.forward(rec, &sc.h, at, &sc.up, ip, n)?;
+                    gelu_tanh_gated(rec, &sc.gate, &sc.up, n * i)?;
+                }
                 match &layer.feedforward_layernorms {
                     Some(_) => layer.down_proj.forward(rec, &sc.up, ip, &sc.o, at, n)?,
                     None => layer.down_proj.forward_add(rec, &sc.up, ip, &sc.x, at, n)?,

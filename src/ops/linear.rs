@@ -117,6 +117,61 @@ pub fn linear_with(
     Ok(())
 }
 
+/// y = gelu_tanh(x W_gate^T) * (x W_up^T) for one row: Gemma's MLP up to `down_proj` in one
+/// dispatch (decode). Needs the two weights alike and k a multiple of 8 (4 for f32); see
+/// [`gated_supported`].
+pub fn gemv_gated(
+    rec: &mut Recorder,
+    x: &wgpu::Buffer,
+    x_at: Rows,
+    gate: &Weight,
+    up: &Weight,
+    y: &wgpu::Buffer,
+    y_offset: usize,
+) -> Result<()> {
+    if !gated_supported(gate, up) {
+        return Err(Error::invalid(format!(
+            "gemv_gated needs two [n, k] weights of one format with k a multiple of 16 bytes; got \
+             {}x{} {:?} and {}x{} {:?}",
+            gate.rows, gate.cols, gate.format, up.rows, up.cols, up.format
+        )));
+    }
+    let params = Params {
+        m: 1,
+        n: u32_of("out features", gate.rows)?,
+        k: u32_of("in features", gate.cols)?,
+        flags: 0,
+        x_offset: u32_of("x offset", x_at.offset)?,
+        x_stride: u32_of("x stride", x_at.stride)?,
+        y_offset: u32_of("y offset", y_offset)?,
+        y_stride: 0,
+    };
+    let gpu = rec.gpu().clone();
+    let constants = [("W_DTYPE", gate.format.shader_code())];
+    let pipeline = gpu.pipeline(&LINEAR, "gemv_vec_gated", &constants)?;
+    let binds = vec![
+        bind(1, x),
+        bind(2, &gate.buffer),
+        bind(4, y),
+        bind(5, &up.buffer),
+    ];
+    rec.dispatch(
+        pipeline,
+        &params,
+        binds,
+        gpu.grid(gate.rows.div_ceil(8) as u32),
+    );
+    Ok(())
+}
+
+/// Whether [`gemv_gated`] can combine `gate` and `up`.
+pub fn gated_supported(gate: &Weight, up: &Weight) -> bool {
+    (gate.rows, gate.cols, gate.format) == (up.rows, up.cols, up.format)
+        && gate
+            .cols
+            .is_multiple_of(16 / gate.format.bytes_per_element())
+}
+
 /// Logits for `m` rows of `x` against a tied, chunked embedding table: y[r, v] = x[r] . E[v],
 /// written at `y_at` with one row per input row (stride = vocabulary size for full rows).
 pub fn logits(
