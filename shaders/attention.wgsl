@@ -19,8 +19,16 @@
 //
 // Bindings: 0 params, 1 q (row r, head h at q_offset + r * q_stride + h * head_dim),
 // 2 k cache [.., kv_stride], 3 v cache [.., kv_stride] (KV head g at g * head_dim),
-// 4 out (row r, head h at r * o_stride + h * head_dim).
-// Dispatch q_rows * n_heads workgroups through `Gpu::grid`.
+// 4 out (row r, head h at r * o_stride + h * head_dim), 5 partial results (split only).
+//
+// Entry points:
+// - `attention`: one workgroup per (query row, head) over all keys. Dispatch q_rows * n_heads
+//   workgroups through `Gpu::grid`.
+// - `attention_partial` + `attention_combine` (decode, one query row): a workgroup per (head,
+//   chunk of `chunk` keys) writes its running max, sum and unnormalised output to `partial`
+//   [n_heads, n_chunks, head_dim + 2]; then one workgroup per head merges the chunks. A long
+//   cache is then read by n_heads * n_chunks workgroups instead of n_heads. Dispatch
+//   n_heads * ceil(kv_len / chunk), then n_heads, workgroups.
 
 struct Params {
     q_rows: u32,
@@ -37,8 +45,8 @@ struct Params {
     o_stride: u32,
     scale: f32,
     softcap: f32,
-    _pad0: u32,
-    _pad1: u32,
+    chunk: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -46,6 +54,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partial: array<f32>;
 
 const WG: u32 = 64u;
 const MAX_HEAD_DIM: u32 = 256u;
@@ -66,30 +75,26 @@ fn visible(j: u32, qpos: u32) -> bool {
     return j <= qpos && (p.window == 0u || qpos < j + p.window);
 }
 
-@compute @workgroup_size(64)
-fn attention(@builtin(workgroup_id) wid: vec3<u32>,
-             @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) li: u32) {
-    let g = wid.x + wid.y * nwg.x;
-    if (g >= p.q_rows * p.n_heads) {
-        return;
-    }
-    let row = g / p.n_heads;
-    let h = g % p.n_heads;
-    let kv_base = (h / (p.n_heads / p.n_kv_heads)) * p.head_dim;
-    let qpos = p.q_pos0 + row;
+// The online softmax state of one (query, head): running max, running sum of exp(s - m), and
+// the unnormalised output dimensions this invocation owns.
+var<private> m_run: f32;
+var<private> l_run: f32;
+var<private> acc: array<f32, DIMS_PER_INVOCATION>;
+
+/// Stages query row `row` of head `h` in workgroup memory.
+fn load_query(li: u32, row: u32, h: u32) {
     let q_base = p.q_offset + row * p.q_stride + h * p.head_dim;
     for (var d = li; d < p.head_dim; d += WG) {
         qs[d] = q[q_base + d];
     }
     workgroupBarrier();
+}
 
-    var m = NEG_BIG; // running max of the scores seen so far
-    var l = 0.0; // running sum of exp(score - m)
-    var acc: array<f32, DIMS_PER_INVOCATION>;
-    for (var t0 = 0u; t0 < p.kv_len; t0 += WG) {
+/// Folds keys [t_begin, t_end) into the softmax state, a tile of WG keys at a time.
+fn attend(li: u32, qpos: u32, kv_base: u32, t_begin: u32, t_end: u32) {
+    for (var t0 = t_begin; t0 < t_end; t0 += WG) {
         let j = t0 + li;
-        let ok = visible(j, qpos);
+        let ok = j < t_end && visible(j, qpos);
         var s = NEG_BIG;
         if (ok) {
             let k_base = j * p.kv_stride + kv_base;
@@ -110,16 +115,16 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>,
             }
             workgroupBarrier();
         }
-        let m_new = max(m, red[0]);
+        let m_new = max(m_run, red[0]);
         probs[li] = select(0.0, exp(s - m_new), ok);
         workgroupBarrier();
-        let correction = exp(m - m_new);
-        let n_keys = min(WG, p.kv_len - t0);
+        let correction = exp(m_run - m_new);
+        let n_keys = min(WG, t_end - t0);
         var tile_sum = 0.0;
         for (var jj = 0u; jj < n_keys; jj++) {
             tile_sum += probs[jj];
         }
-        l = l * correction + tile_sum;
+        l_run = l_run * correction + tile_sum;
         for (var i = 0u; i < DIMS_PER_INVOCATION; i++) {
             let d = li + i * WG;
             if (d < p.head_dim) {
@@ -133,15 +138,87 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>,
                 acc[i] = a;
             }
         }
-        m = m_new;
+        m_run = m_new;
         workgroupBarrier();
     }
-    let inv_l = select(0.0, 1.0 / l, l > 0.0);
+}
+
+@compute @workgroup_size(64)
+fn attention(@builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) li: u32) {
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= p.q_rows * p.n_heads) {
+        return;
+    }
+    let row = g / p.n_heads;
+    let h = g % p.n_heads;
+    let kv_base = (h / (p.n_heads / p.n_kv_heads)) * p.head_dim;
+    load_query(li, row, h);
+    m_run = NEG_BIG;
+    l_run = 0.0;
+    attend(li, p.q_pos0 + row, kv_base, 0u, p.kv_len);
+    let inv_l = select(0.0, 1.0 / l_run, l_run > 0.0);
     let o_base = row * p.o_stride + h * p.head_dim;
     for (var i = 0u; i < DIMS_PER_INVOCATION; i++) {
         let d = li + i * WG;
         if (d < p.head_dim) {
             out[o_base + d] = acc[i] * inv_l;
         }
+    }
+}
+
+@compute @workgroup_size(64)
+fn attention_partial(@builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) li: u32) {
+    let n_chunks = (p.kv_len + p.chunk - 1u) / p.chunk;
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= n_chunks * p.n_heads) {
+        return;
+    }
+    let h = g % p.n_heads;
+    let c = g / p.n_heads;
+    let kv_base = (h / (p.n_heads / p.n_kv_heads)) * p.head_dim;
+    load_query(li, 0u, h);
+    m_run = NEG_BIG;
+    l_run = 0.0;
+    attend(li, p.q_pos0, kv_base, c * p.chunk, min((c + 1u) * p.chunk, p.kv_len));
+    let base = (h * n_chunks + c) * (p.head_dim + 2u);
+    if (li == 0u) {
+        partial[base] = m_run;
+        partial[base + 1u] = l_run;
+    }
+    for (var i = 0u; i < DIMS_PER_INVOCATION; i++) {
+        let d = li + i * WG;
+        if (d < p.head_dim) {
+            partial[base + 2u + d] = acc[i];
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(local_invocation_index) li: u32) {
+    let h = wid.x;
+    let n_chunks = (p.kv_len + p.chunk - 1u) / p.chunk;
+    let stride = p.head_dim + 2u;
+    var m = NEG_BIG;
+    for (var c = 0u; c < n_chunks; c++) {
+        m = max(m, partial[(h * n_chunks + c) * stride]);
+    }
+    var l = 0.0;
+    for (var c = 0u; c < n_chunks; c++) {
+        let base = (h * n_chunks + c) * stride;
+        l += partial[base + 1u] * exp(partial[base] - m);
+    }
+    let inv_l = select(0.0, 1.0 / l, l > 0.0);
+    for (var d = li; d < p.head_dim; d += WG) {
+        var o = 0.0;
+        for (var c = 0u; c < n_chunks; c++) {
+            let base = (h * n_chunks + c) * stride;
+            o += partial[base + 2u + d] * exp(partial[base] - m);
+        }
+        out[h * p.head_dim + d] = o * inv_l;
     }
 }

@@ -518,6 +518,20 @@ fn check_attention(seed: u64, p: AttentionParams, capacity: usize, tol: f64) {
     let (qb, kb, vb, ob) = (up(g, &q), up(g, &k), up(g, &v), out(g, want.len()));
     run(|rec| attention(rec, &qb, &kb, &vb, &ob, &p));
     let got = read(g, &ob, want.len());
+    if p.q_rows == 1 {
+        // The split (decode) path must agree too.
+        let heads = p.n_heads as usize;
+        let partial = out(g, partial_len(heads, p.head_dim as usize, capacity));
+        let ob2 = out(g, want.len());
+        run(|rec| attention_split(rec, &qb, &kb, &vb, &ob2, &partial, &p));
+        let got2 = read(g, &ob2, heads * p.head_dim as usize);
+        assert_close(
+            &format!("split attention {p:?}"),
+            &got2,
+            &want[..got2.len()],
+            tol,
+        );
+    }
     // Compare only the written head vectors (gaps between strided rows are not outputs).
     let hd = p.head_dim as usize;
     let width = p.n_heads as usize * hd;
@@ -552,8 +566,7 @@ fn attn(
         window: 0,
         o_stride: heads * hd,
         scale: 1.0 / (hd as f32).sqrt(),
-        softcap: 0.0,
-        _pad: [0; 2],
+        ..Default::default()
     }
 }
 
@@ -592,8 +605,15 @@ fn attention_real_model_sizes() {
     check_attention(20, attn(256, 16, 16, 72, 256, 0, 256), 256, TOL);
     // Gemma prefill at 224px: 261 rows, 8 query heads over 1 KV head of 256, all prefix.
     check_attention(21, attn(261, 8, 1, 256, 261, 0, 261), 300, TOL);
-    // Gemma decode: the 12th generated token after a 261-token prefix.
+    // Gemma decode: the 12th generated token after a 261-token prefix, and deep into a 896px
+    // prompt (4101 + 7 keys: many chunks).
     check_attention(22, attn(1, 8, 1, 256, 273, 272, 261), 300, TOL);
+    check_attention(23, attn(1, 8, 1, 256, 4108, 4107, 4101), 4200, TOL);
+    // Gemma 2 decode: 4 KV heads, soft-cap, a window shorter than the cache.
+    let mut p = attn(1, 8, 4, 256, 700, 699, 600);
+    p.softcap = 50.0;
+    p.window = 128;
+    check_attention(24, p, 700, TOL);
     // head_dim beyond the kernel's limit is an error, not a wrong answer.
     let g = gpu();
     let b = g.storage("x", 4 * 512).unwrap();

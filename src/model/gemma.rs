@@ -8,7 +8,7 @@ use crate::gpu::{DispatchCache, Gpu, Recorder};
 use crate::ops::activation::{gelu_tanh_gated, softcap};
 use crate::ops::add::add_inplace;
 use crate::ops::argmax::argmax;
-use crate::ops::attention::{AttentionParams, attention};
+use crate::ops::attention::{AttentionParams, attention, attention_split, partial_len};
 use crate::ops::embedding::gather;
 use crate::ops::linear::{Linear, gated_supported, gemv_gated, logits};
 use crate::ops::norm::RmsNorm;
@@ -118,7 +118,10 @@ impl TextModel {
             scratch: Scratch::new(gpu, c, max_rows.max(1))?,
             logits: gpu.storage("logits", (c.vocab_size * 4) as u64)?,
             token: gpu.storage("next token", 4)?,
-            ids: None,
+            partial: gpu.storage(
+                "attention partials",
+                (partial_len(c.num_attention_heads, c.head_dim, capacity) * 4) as u64,
+            )?,
             dispatch_cache: DispatchCache::default(),
         })
     }
@@ -189,7 +192,12 @@ impl TextModel {
                 softcap: c.attn_logit_softcapping.unwrap_or(0.0),
                 ..Default::default()
             };
-            attention(rec, &sc.q, kc, vc, &sc.a, &params)?;
+            if rows == 1 {
+                // Decode: the cache split over many workgroups.
+                attention_split(rec, &sc.q, kc, vc, &sc.a, &s.partial, &params)?;
+            } else {
+                attention(rec, &sc.q, kc, vc, &sc.a, &params)?;
+            }
             layer.o_proj.forward(rec, &sc.a, qp, &sc.o, hp, rows)?;
             let mlp_norm = match &layer.feedforward_layernorms {
                 Some((pre, _)) => {
@@ -290,7 +298,6 @@ impl TextModel {
         self.record_forward(&mut rec, s, &idb, ids.len(), image)?;
         self.record_logits(&mut rec, s, ids.len() - 1)?;
         rec.submit("the prefill")?;
-        s.ids = Some(idb);
         Ok(gpu.read_u32(&s.token, 0, 1)?[0])
     }
 
@@ -400,7 +407,8 @@ pub struct Session {
     pub logits: wgpu::Buffer,
     /// u32 [1]: the greedy choice, read back by the CPU and fed to the next step.
     pub token: wgpu::Buffer,
-    ids: Option<wgpu::Buffer>,
+    /// The split decode attention's per-chunk results.
+    partial: wgpu::Buffer,
     /// Decode steps repeat the same dispatches: their bind groups are made once.
     dispatch_cache: DispatchCache,
 }

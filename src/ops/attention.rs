@@ -35,7 +35,9 @@ pub struct AttentionParams {
     pub scale: f32,
     /// Soft-cap c of the scores, c * tanh(s / c) (0 = none).
     pub softcap: f32,
-    pub _pad: [u32; 2],
+    /// Keys per workgroup in the split (decode) path; set by [`attention_split`].
+    pub chunk: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<AttentionParams>() == 64);
 
@@ -83,6 +85,67 @@ pub fn attention(
     let groups = rec.gpu().grid(params.q_rows * params.n_heads);
     let binds = vec![bind(1, q), bind(2, k), bind(3, v), bind(4, out)];
     rec.dispatch(pipeline, params, binds, groups);
+    Ok(())
+}
+
+/// The smallest key chunk of the split path: one tile of the kernel.
+const MIN_CHUNK: usize = 64;
+
+/// Keys per workgroup for a decode step over `kv_len` keys: about 256 workgroups in all, so a
+/// long cache is spread over the whole GPU, in whole tiles.
+pub fn split_chunk(kv_len: usize, n_heads: usize) -> usize {
+    let tiles = (kv_len * n_heads).div_ceil(256 * MIN_CHUNK).max(1);
+    tiles * MIN_CHUNK
+}
+
+/// f32 elements the split path's `partial` buffer needs for caches of up to `capacity` keys.
+pub fn partial_len(n_heads: usize, head_dim: usize, capacity: usize) -> usize {
+    n_heads * capacity.div_ceil(MIN_CHUNK).max(1) * (head_dim + 2)
+}
+
+/// [`attention`] for one query row (decode), with the keys split into chunks processed by
+/// separate workgroups and merged: `partial` holds [`partial_len`] f32 values.
+pub fn attention_split(
+    rec: &mut Recorder,
+    q: &wgpu::Buffer,
+    k: &wgpu::Buffer,
+    v: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    partial: &wgpu::Buffer,
+    params: &AttentionParams,
+) -> Result<()> {
+    params.check()?;
+    if params.q_rows != 1 {
+        return Err(Error::invalid(format!(
+            "split attention takes one query row, not {}",
+            params.q_rows
+        )));
+    }
+    let (heads, kv_len) = (params.n_heads as usize, params.kv_len as usize);
+    let chunk = split_chunk(kv_len, heads);
+    let n_chunks = kv_len.div_ceil(chunk);
+    let need = (heads * n_chunks * (params.head_dim as usize + 2) * 4) as u64;
+    if partial.size() < need {
+        return Err(Error::invalid(format!(
+            "split attention needs {need} bytes of partial results, the buffer has {}",
+            partial.size()
+        )));
+    }
+    let p = AttentionParams {
+        chunk: chunk as u32,
+        ..*params
+    };
+    let gpu = rec.gpu().clone();
+    let pipeline = gpu.pipeline(&ATTENTION, "attention_partial", &[])?;
+    let binds = vec![bind(1, q), bind(2, k), bind(3, v), bind(5, partial)];
+    rec.dispatch(pipeline, &p, binds, gpu.grid((heads * n_chunks) as u32));
+    let pipeline = gpu.pipeline(&ATTENTION, "attention_combine", &[])?;
+    rec.dispatch(
+        pipeline,
+        &p,
+        vec![bind(4, out), bind(5, partial)],
+        [heads as u32, 1, 1],
+    );
     Ok(())
 }
 
