@@ -1,21 +1,20 @@
 //! The `paligemma` binary as users and checks call it.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 
 fn fixture(p: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(p)
-        .display()
-        .to_string()
+    common::fixture_path(p).display().to_string()
+}
+
+/// The binary cargo built, or `PALIGEMMA_BIN` when the tests run on another machine.
+fn binary() -> String {
+    std::env::var("PALIGEMMA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_paligemma").to_string())
 }
 
 fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_paligemma"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(binary()).args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),

@@ -42,7 +42,7 @@ impl Case {
 }
 
 fn cases() -> Vec<Case> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let root = common::fixture_path("");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&root).unwrap() {
         let dir = entry.unwrap().path();
@@ -298,7 +298,7 @@ fn generate_streams_what_it_returns() {
 
 /// A copy of the mqa model folder with `edit` applied, in a fresh temporary folder.
 fn broken_copy(tag: &str, edit: impl FnOnce(&Path)) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mqa/model");
+    let src = common::fixture_path("mqa/model");
     let dir = std::env::temp_dir().join(format!("paligemma-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -132,7 +132,12 @@ fn every_shader_translates_to_every_backend() {
 
 #[test]
 fn every_shader_file_is_registered() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+    let built = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let dir = if built.is_dir() {
+        built
+    } else {
+        std::path::PathBuf::from("shaders")
+    };
     for entry in std::fs::read_dir(dir).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         let stem = name.trim_end_matches(".wgsl");

@@ -1,14 +1,14 @@
 //! `preprocess` against transformers' `SiglipImageProcessor` output stored in the fixtures.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use paligemma::preprocess::{load_image, preprocess};
 use safetensors::SafeTensors;
 
 fn case_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(case)
+    common::fixture_path(case)
 }
 
 /// `vision_config.image_size` of a fixture model.

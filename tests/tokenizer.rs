@@ -1,12 +1,14 @@
 //! `PromptTokenizer` against transformers' `PaliGemmaProcessor` output stored in the fixtures,
 //! and against Gemma's real vocabulary (fetched by `scripts/fetch-gemma-tokenizer.sh`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use paligemma::tokenizer::{PromptTokenizer, extend_gemma_vocabulary};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+mod common;
+
+fn root() -> PathBuf {
+    common::repo_root()
 }
 
 fn fixture(case: &str) -> (PromptTokenizer, serde_json::Value) {

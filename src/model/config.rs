@@ -385,9 +385,13 @@ mod tests {
     use super::*;
 
     fn fixture(p: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(p)
+        let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let root = if built.is_dir() {
+            built
+        } else {
+            Path::new("tests/fixtures").into()
+        };
+        root.join(p)
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! data, and one `assert_close` that says how many elements fail, the largest error and where.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use paligemma::{Gpu, GpuOptions};
@@ -81,4 +82,20 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
         worst.1,
         worst.1 / max_ref
     );
+}
+
+/// The repository root: where cargo built the tests, or, when the test binaries were carried
+/// to another machine (the GPU machine), the working directory they run from.
+pub fn repo_root() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("tests/fixtures").is_dir() {
+        built
+    } else {
+        std::env::current_dir().expect("a working directory")
+    }
+}
+
+/// tests/fixtures/<rel>.
+pub fn fixture_path(rel: &str) -> PathBuf {
+    repo_root().join("tests/fixtures").join(rel)
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The test suite and the bench on a machine that has a GPU but no Rust toolchain (the device
+# machine): build and pack here, carry, unpack and run there.
+#
+#   here:    bash scripts/gpu-tests.sh pack     # -> .device/bundle.tar.xz (git-ignored)
+#   there:   bash scripts/gpu-tests.sh run      # from the repository root; logs to $OUT if set
+#
+# With the device tool: carry [".device", ".gl", "tests/data"] (the Vulkan loader .debs in .gl,
+# see the device README; tests/data holds Gemma's tokenizer from fetch-gemma-tokenizer.sh).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+case "${1:-}" in
+pack)
+    mkdir -p .device
+    rm -rf .device/bin && mkdir -p .device/bin
+    cargo build --release --bin paligemma --example bench
+    # Test executables, as cargo reports them.
+    cargo test --release --all-targets --no-run --message-format=json 2>/dev/null |
+        python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["kind"][0] + "-" + m["target"]["name"], m["executable"])
+' | while read -r name exe; do cp "$exe" ".device/bin/test-$name"; done
+    cp target/release/paligemma target/release/examples/bench .device/bin/
+    strip .device/bin/* 2>/dev/null || true
+    tar -C .device -cJf .device/bundle.tar.xz bin
+    rm -rf .device/bin
+    ls -la .device/bundle.tar.xz
+    ;;
+run)
+    if ls .gl/*.deb >/dev/null 2>&1; then
+        for f in .gl/*.deb; do dpkg -x "$f" /; done
+        ldconfig
+    fi
+    nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ]; then export VK_DRIVER_FILES="$nvidia_icd"; fi
+    out="${OUT:-/tmp/gpu-tests}"
+    mkdir -p "$out" /tmp/gpu-bundle
+    tar -C /tmp/gpu-bundle -xJf .device/bundle.tar.xz
+    export PALIGEMMA_BIN=/tmp/gpu-bundle/bin/paligemma
+    status=0
+    for t in /tmp/gpu-bundle/bin/test-*; do
+        echo "== $(basename "$t")"
+        "$t" 2>&1 | tee "$out/$(basename "$t").log" | grep -E "^test result|FAILED|panicked|adapter" || true
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    done
+    echo "== bench"
+    /tmp/gpu-bundle/bin/bench ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" || status=1
+    exit $status
+    ;;
+*)
+    echo "usage: $0 pack|run" >&2
+    exit 2
+    ;;
+esac
