@@ -5,8 +5,10 @@
 //!   cargo run --release --example bench -- --decoder gemma2  # paligemma2-3b
 //!   cargo run --release --example bench -- --small           # a small shape (lavapipe, CI)
 //!
-//! Times are host wall-clock around work the GPU has finished (`Gpu::wait`), the median of
-//! `--repeat` runs after a warm-up that builds the pipelines.
+//! Host times are wall-clock around work the GPU has finished (`Gpu::wait`), the median of
+//! `--repeat` runs after a warm-up that builds the pipelines. Where the adapter has timestamp
+//! queries, a further run is timed on the GPU itself (first dispatch to last of each
+//! submission): the `GPU` columns, free of host overhead.
 
 use std::time::Instant;
 
@@ -43,6 +45,9 @@ struct Args {
     /// Print one JSON object per shape instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also print GPU time per kernel (each dispatch timed alone) for vision, prefill and decode.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn small_config() -> PaliGemmaConfig {
@@ -67,6 +72,18 @@ fn small_config() -> PaliGemmaConfig {
     };
     c.image_token_index = 8000;
     c
+}
+
+fn print_kernels(what: &str, times: Vec<(String, usize, f64)>) {
+    let total: f64 = times.iter().map(|t| t.2).sum();
+    println!("\n{what}: {total:.2} ms of GPU time, each dispatch timed alone");
+    println!("| kernel | dispatches | ms | share |\n|---|---|---|---|");
+    for (name, n, ms) in times {
+        println!(
+            "| {name} | {n} | {ms:.3} | {:.0}% |",
+            100.0 * ms / total.max(1e-9)
+        );
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -107,9 +124,9 @@ fn main() -> anyhow::Result<()> {
     if !args.json {
         println!("adapter: {}", gpu.adapter_name());
         println!(
-            "| model | upload s | vision ms | prefill ms (tokens) | TTFT ms | decode tok/s | decode GB/s | weights+session MiB |"
+            "| model | upload s | vision ms | prefill ms (tokens) | TTFT ms | decode tok/s | decode GB/s | GPU vision / prefill / step ms | weights+session MiB |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
     }
     for (name, cfg) in shapes {
         let before = gpu.allocated_bytes();
@@ -157,6 +174,31 @@ fn main() -> anyhow::Result<()> {
             tok = model.step(&mut session, tok.min(cfg.text.vocab_size as u32 - 1))?;
         }
         let decode_s = t.elapsed().as_secs_f64();
+        // The same work timed by GPU timestamps.
+        gpu.set_profiling(true, false);
+        model.encode_pixels(&pixels, None)?;
+        let gpu_vision = gpu.take_gpu_ms();
+        let mut s2 = model.session(ids.len(), 9)?;
+        let mut t2 = model.prefill(&mut s2, &ids, &feats)?;
+        let gpu_prefill = gpu.take_gpu_ms();
+        for _ in 0..8 {
+            t2 = model.step(&mut s2, t2.min(cfg.text.vocab_size as u32 - 1))?;
+        }
+        let gpu_step = gpu.take_gpu_ms().map(|ms| ms / 8.0);
+        if args.profile {
+            gpu.set_profiling(true, true);
+            model.encode_pixels(&pixels, None)?;
+            print_kernels(&format!("{name} vision"), gpu.take_kernel_times());
+            let mut s3 = model.session(ids.len(), 9)?;
+            let mut t3 = model.prefill(&mut s3, &ids, &feats)?;
+            print_kernels(&format!("{name} prefill"), gpu.take_kernel_times());
+            for _ in 0..8 {
+                t3 = model.step(&mut s3, t3.min(cfg.text.vocab_size as u32 - 1))?;
+            }
+            print_kernels(&format!("{name} 8 decode steps"), gpu.take_kernel_times());
+        }
+        gpu.set_profiling(false, false);
+        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         let tps = args.new as f64 / decode_s;
         let bytes = cfg.text.decode_weight_elements() as f64 * if args.f32 { 4.0 } else { 2.0 };
         let gbs = bytes * tps / 1e9;
@@ -171,13 +213,18 @@ fn main() -> anyhow::Result<()> {
                     "model": name, "adapter": gpu.adapter_name(), "upload_s": upload_s,
                     "vision_ms": v, "prefill_ms": p, "prompt_tokens": ids.len(), "ttft_ms": v + p,
                     "decode_tokens_per_s": tps, "decode_gb_per_s": gbs, "allocated_mib": mib,
+                    "gpu_vision_ms": gpu_vision, "gpu_prefill_ms": gpu_prefill,
+                    "gpu_decode_step_ms": gpu_step,
                 })
             );
         } else {
             println!(
-                "| {name} | {upload_s:.2} | {v:.1} | {p:.1} ({}) | {:.1} | {tps:.1} | {gbs:.1} | {mib:.0} |",
+                "| {name} | {upload_s:.2} | {v:.1} | {p:.1} ({}) | {:.1} | {tps:.1} | {gbs:.1} | {} / {} / {} | {mib:.0} |",
                 ids.len(),
-                v + p
+                v + p,
+                fmt(gpu_vision),
+                fmt(gpu_prefill),
+                fmt(gpu_step),
             );
         }
         drop(model);

@@ -47,6 +47,10 @@ struct Inner {
     /// Bytes of every buffer `storage`/`storage_init` created (never decremented): load and
     /// session footprints are differences of this counter.
     allocated: AtomicU64,
+    /// GPU timing, when on (see [`Gpu::set_profiling`]).
+    profile: Mutex<Option<Profile>>,
+    /// Each pipeline's cache key, to name kernels in profiles.
+    pipeline_names: Mutex<HashMap<wgpu::ComputePipeline, String>>,
     /// A 16-byte buffer bound where a kernel's optional input (e.g. a bias) is absent.
     dummy: wgpu::Buffer,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
@@ -168,6 +172,8 @@ impl Gpu {
         });
         Gpu {
             inner: Arc::new(Inner {
+                profile: Mutex::new(None),
+                pipeline_names: Mutex::new(HashMap::new()),
                 allocated: AtomicU64::new(0),
                 dummy,
                 limits: device.limits(),
@@ -207,6 +213,45 @@ impl Gpu {
     /// Whether the device has `SHADER_F16` (then 16-bit weights are the default precision).
     pub fn has_f16(&self) -> bool {
         self.inner.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Whether submissions can be timed on the GPU (the adapter has TIMESTAMP_QUERY).
+    pub fn has_timestamps(&self) -> bool {
+        self.inner
+            .features
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Turns GPU timing on or off. While on, each submission waits for the GPU and adds its
+    /// duration (first dispatch to last, by timestamps) to a total read by
+    /// [`take_gpu_ms`](Self::take_gpu_ms). With `per_kernel`, every dispatch gets a compute
+    /// pass and timestamps of its own, totalled per pipeline ([`take_kernel_times`]
+    /// (Self::take_kernel_times)). For benchmarks: it serialises the CPU and the GPU. Without
+    /// TIMESTAMP_QUERY it stays off.
+    pub fn set_profiling(&self, on: bool, per_kernel: bool) {
+        let state = (on && self.has_timestamps()).then(|| Profile {
+            total_ns: 0.0,
+            per_kernel: per_kernel.then(HashMap::new),
+        });
+        *self.inner.profile.lock().expect("profile") = state;
+    }
+
+    /// The GPU time of the submissions since the last call, in ms (None when not profiling).
+    pub fn take_gpu_ms(&self) -> Option<f64> {
+        let mut p = self.inner.profile.lock().expect("profile");
+        p.as_mut().map(|p| std::mem::take(&mut p.total_ns) / 1e6)
+    }
+
+    /// Per pipeline: (name, dispatches, total ms) since the last call, slowest first.
+    pub fn take_kernel_times(&self) -> Vec<(String, usize, f64)> {
+        let mut p = self.inner.profile.lock().expect("profile");
+        let Some(map) = p.as_mut().and_then(|p| p.per_kernel.as_mut()) else {
+            return Vec::new();
+        };
+        let mut v: Vec<(String, usize, f64)> =
+            map.drain().map(|(k, (n, ns))| (k, n, ns / 1e6)).collect();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v
     }
 
     /// Bytes allocated through this `Gpu` so far (a cumulative counter).
@@ -319,7 +364,12 @@ impl Gpu {
             .pipelines
             .lock()
             .expect("pipeline cache")
-            .insert(key, pipeline.clone());
+            .insert(key.clone(), pipeline.clone());
+        self.inner
+            .pipeline_names
+            .lock()
+            .expect("pipeline names")
+            .insert(pipeline.clone(), key);
         Ok(pipeline)
     }
 
@@ -624,7 +674,45 @@ impl Recorder<'_> {
             }
             None => gpu.buffer_with("params", &self.params, size, wgpu::BufferUsages::UNIFORM)?,
         };
-        gpu.scoped(op, || {
+        let (profiling, per_kernel) = match &*gpu.inner.profile.lock().expect("profile") {
+            Some(p) => (true, p.per_kernel.is_some()),
+            None => (false, false),
+        };
+        let n_dispatch = self
+            .cmds
+            .iter()
+            .filter(|c| matches!(c, Cmd::Dispatch { .. }))
+            .count();
+        // Two timestamps per submission, or per dispatch when profiling kernels.
+        let n_queries = if per_kernel { 2 * n_dispatch } else { 2 } as u32;
+        let timer = (profiling && n_dispatch > 0)
+            .then(|| {
+                gpu.scoped("creating timestamp queries", || {
+                    let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("timer"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: n_queries,
+                    });
+                    let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("timestamps"),
+                        size: 8 * n_queries as u64,
+                        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                        mapped_at_creation: false,
+                    });
+                    (set, resolve)
+                })
+            })
+            .transpose()?;
+        let first_pass = self
+            .cmds
+            .iter()
+            .position(|c| matches!(c, Cmd::Dispatch { .. }));
+        let last_pass = self
+            .cmds
+            .iter()
+            .rposition(|c| matches!(c, Cmd::Dispatch { .. }));
+        let mut kernels: Vec<wgpu::ComputePipeline> = Vec::new();
+        let result = gpu.scoped(op, || {
             let mut enc =
                 device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
             let mut i = 0;
@@ -643,9 +731,27 @@ impl Recorder<'_> {
                 }
                 // One compute pass for each run of dispatches; wgpu orders storage accesses
                 // between dispatches inside a pass.
+                let run_end = self.cmds[i..]
+                    .iter()
+                    .position(|c| matches!(c, Cmd::Copy { .. }))
+                    .map_or(self.cmds.len(), |n| i + n);
+                let timestamp_writes = timer.as_ref().and_then(|(set, _)| {
+                    let (begin, end) = if per_kernel {
+                        let d = 2 * kernels.len() as u32;
+                        (Some(d), Some(d + 1))
+                    } else {
+                        let begin = (Some(i) == first_pass).then_some(0);
+                        (begin, last_pass.filter(|&l| l < run_end).map(|_| 1))
+                    };
+                    (begin.is_some() || end.is_some()).then_some(wgpu::ComputePassTimestampWrites {
+                        query_set: set,
+                        beginning_of_pass_write_index: begin,
+                        end_of_pass_write_index: end,
+                    })
+                });
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(op),
-                    timestamp_writes: None,
+                    timestamp_writes,
                 });
                 while let Some(Cmd::Dispatch {
                     pipeline,
@@ -691,11 +797,47 @@ impl Recorder<'_> {
                     pass.set_bind_group(0, &bg, &[]);
                     pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
                     i += 1;
+                    if per_kernel {
+                        kernels.push(pipeline.clone());
+                        break; // one pass, with its own timestamps, per dispatch
+                    }
                 }
             }
+            if let Some((set, resolve)) = &timer {
+                enc.resolve_query_set(set, 0..n_queries, resolve, 0);
+            }
             gpu.queue().submit([enc.finish()]);
-        })
+        });
+        result?;
+        if let Some((_, resolve)) = &timer {
+            let ticks: Vec<u64> =
+                bytemuck::pod_collect_to_vec(&gpu.read(resolve, 0, 8 * n_queries as u64)?);
+            let period = gpu.queue().get_timestamp_period() as f64;
+            let span = |j: usize| ticks[2 * j + 1].saturating_sub(ticks[2 * j]) as f64 * period;
+            let names = gpu.inner.pipeline_names.lock().expect("pipeline names");
+            if let Some(p) = gpu.inner.profile.lock().expect("profile").as_mut() {
+                match p.per_kernel.as_mut() {
+                    Some(map) => {
+                        for (j, k) in kernels.iter().enumerate() {
+                            let name = names.get(k).cloned().unwrap_or_else(|| "?".into());
+                            let e = map.entry(name).or_default();
+                            e.0 += 1;
+                            e.1 += span(j);
+                            p.total_ns += span(j);
+                        }
+                    }
+                    None => p.total_ns += span(0),
+                }
+            }
+        }
+        Ok(())
     }
+}
+
+/// GPU timing state: the total, and per pipeline (dispatches, ns) when profiling kernels.
+struct Profile {
+    total_ns: f64,
+    per_kernel: Option<HashMap<String, (usize, f64)>>,
 }
 
 /// What a bind group was made from.

@@ -831,3 +831,42 @@ fn a_lost_device_is_an_error_not_a_panic() {
         "a destroyed device reported no error"
     );
 }
+
+#[test]
+fn submissions_are_timed_on_the_gpu_when_profiling() {
+    // A device of its own: profiling serialises every submission on it.
+    let g = Gpu::new(&paligemma::GpuOptions::default()).unwrap();
+    assert_eq!(g.take_gpu_ms(), None, "not profiling yet");
+    g.set_profiling(true, false);
+    let x = g.upload_f32("x", &vec![1.0; 1 << 20]).unwrap();
+    let y = g.upload_f32("y", &vec![2.0; 1 << 20]).unwrap();
+    let mut rec = g.recorder();
+    add_inplace(&mut rec, &x, &y, 1 << 20).unwrap();
+    rec.copy(&y, 0, &x, 0, 16); // a copy between passes must not break the timing
+    add_inplace(&mut rec, &x, &y, 1 << 20).unwrap();
+    rec.submit("timed work").unwrap();
+    let ms = g.take_gpu_ms();
+    if g.has_timestamps() {
+        let ms = ms.expect("profiling on a device with timestamps");
+        assert!(ms > 0.0 && ms < 10_000.0, "{ms} ms");
+    } else {
+        assert_eq!(ms, Some(0.0));
+    }
+    assert_eq!(g.read_f32(&x, 0, 2).unwrap(), vec![4.0, 4.0]);
+    // Per kernel: both dispatches land under the add pipeline's name.
+    g.set_profiling(true, true);
+    let mut rec = g.recorder();
+    add_inplace(&mut rec, &x, &y, 1 << 20).unwrap();
+    add_inplace(&mut rec, &x, &y, 1 << 20).unwrap();
+    rec.submit("timed kernels").unwrap();
+    let times = g.take_kernel_times();
+    if g.has_timestamps() {
+        assert_eq!(times.len(), 1, "{times:?}");
+        assert!(
+            times[0].0.contains("add_inplace") && times[0].1 == 2,
+            "{times:?}"
+        );
+    }
+    g.set_profiling(false, false);
+    assert_eq!(g.take_gpu_ms(), None);
+}
