@@ -188,8 +188,33 @@ CASES = {
         "< prompt length, query_pre_attn_scalar 24 != head_dim 16, attn soft-cap 50, final "
         "soft-cap 30, extra pre/post feed-forward norms, stale top-level hidden_size 2048",
     ),
+    "untied": dict(
+        seed=31337,
+        vision=vision(48, 4, 2, 32, 8, 96),
+        text=gemma(64, 4, 1, 16, 2, 128, tie_word_embeddings=False),
+        tie_word_embeddings=False,  # top level too (the one PaliGemmaForConditionalGeneration reads)
+        prompt="caption en",
+        dtype="float32",
+        naming="legacy",
+        photo=(88, 59),
+        covers="untied output projection: tie_word_embeddings false (top level and text_config), "
+        "separate language_model.lm_head.weight [vocab, hidden] with its own random values "
+        "(logits = final_norm(h) @ lm_head^T, NOT embed_tokens^T), f32, legacy names, MQA",
+    ),
+    "realdims": dict(
+        seed=2718,
+        vision=vision(144, 2, 1, 28, 14, 96),  # head_dim 72 (SigLIP So400m), 4 image tokens
+        text=gemma(64, 2, 1, 256, 2, 128),  # head_dim 256 (Gemma 2B); heads*head_dim 512 != hidden 64
+        prompt="answer en what is this",
+        dtype="bfloat16",
+        naming="legacy",
+        photo=(70, 41),
+        covers="the real model's head dimensions at tiny size: SigLIP head_dim 72 (hidden 144, 2 "
+        "heads, as So400m), 28px / patch 14 = 4 image tokens; Gemma head_dim 256 (as Gemma 2B) with "
+        "2 query heads and 1 kv head, q_proj [512, 64], o_proj [64, 512]; bfloat16 weights",
+    ),
 }
-NEW_CASES = ["bf16", "newnames", "f16", "gemma2"]
+NEW_CASES = ["bf16", "newnames", "f16", "gemma2", "untied", "realdims"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -211,6 +236,7 @@ def build_config(case):
         bos_token_id=2,
         eos_token_id=1,
         pad_token_id=0,
+        **({"tie_word_embeddings": False} if case.get("tie_word_embeddings") is False else {}),
     )
     return cfg
 
@@ -223,11 +249,15 @@ def randomize(model, seed, case):
     g = torch.Generator().manual_seed(seed)
     embed_std = case.get("embed_std", 0.05)
     qk_gain = case.get("qk_gain", 1.0)
+    tied = model.config.tie_word_embeddings
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-        if name == "lm_head.weight":
+        if name == "lm_head.weight" and tied:
             continue  # tied
         shape = p.shape
-        if "embed_tokens" in name:
+        if name == "lm_head.weight":
+            # untied: its own values, 1.5/sqrt(hidden) like the other matrices -> logits ~N(0, 1.5^2)
+            std = case.get("lm_head_std", 1.5 / math.sqrt(shape[1]))
+        elif "embed_tokens" in name:
             std = embed_std
         elif "position_embedding" in name:
             std = 0.2
@@ -382,7 +412,8 @@ def load_model(model_dir, attn=None):
     if attn:
         kw["attn_implementation"] = attn
     model, info = PaliGemmaForConditionalGeneration.from_pretrained(str(model_dir), output_loading_info=True, **kw)
-    missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k]
+    tied = model.config.tie_word_embeddings
+    missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k or not tied]
     if missing or info.get("unexpected_keys") or info.get("mismatched_keys"):
         raise RuntimeError(f"loading {model_dir}: {info}")
     model = model.float().eval()
@@ -579,7 +610,14 @@ def independent_forward(model_dir, pixel_values, input_ids, generated_ids, windo
             h = rms(x, L + "post_attention_layernorm")
         m = lin(gelu(lin(h, L + "mlp.gate_proj")) * lin(h, L + "mlp.up_proj"), L + "mlp.down_proj")
         x = x + (rms(m, L + "post_feedforward_layernorm") if g2 else m)
-    logits = rms(x, "language_model.model.norm") @ emb.T
+    # untied (tie_word_embeddings false at the top level, which is what transformers reads for
+    # PaliGemmaForConditionalGeneration): separate lm_head [vocab, hidden]; tied: embed_tokens
+    if cfg.get("tie_word_embeddings", True):
+        out_proj = emb
+    else:
+        out_proj = W["language_model.lm_head.weight"]
+        assert out_proj.shape == emb.shape and not torch.equal(out_proj, emb)
+    logits = rms(x, "language_model.model.norm") @ out_proj.T
     fcap = tc.get("final_logit_softcapping") if g2 else None
     if fcap:
         logits = fcap * torch.tanh(logits / fcap)
@@ -654,6 +692,31 @@ def gemma2_probes(model_dir, case_dir, prompt, tensors, meta, log=print):
         _, _, lg = independent_forward(model_dir, tensors["pixel_values"], meta["input_ids"], meta["generated_ids"], window_shift=shift)
         res[f"window_{'W-1' if shift < 0 else 'W+1'}_steps_rel"] = rel(lg[T - 1:], base_sl)
     log(f"  gemma2 probes: {res}")
+    return res
+
+
+@torch.no_grad()
+def untied_probe(model_dir, tensors, meta, log=print):
+    """Recompute the reference's prefill + cached steps with lm_head replaced by the embedding:
+    the logits must change clearly (they really come from lm_head)."""
+    m = load_model(model_dir)
+    emb = m.model.language_model.embed_tokens.weight
+    assert not torch.equal(m.lm_head.weight, emb)
+    m.lm_head.weight = torch.nn.Parameter(emb.detach().clone())
+    ids = torch.tensor([meta["input_ids"]])
+    out = m(input_ids=ids, pixel_values=tensors["pixel_values"], token_type_ids=torch.zeros_like(ids), use_cache=True)
+    past, sl = out.past_key_values, [out.logits[0, -1]]
+    for t in meta["generated_ids"][:-1]:
+        o = m(input_ids=torch.tensor([[t]]), past_key_values=past, use_cache=True)
+        past = o.past_key_values
+        sl.append(o.logits[0, -1])
+    sl = torch.stack(sl)
+    res = {
+        "tied_vs_untied_prefill_rel": rel(out.logits[0], tensors["prefill_logits"]),
+        "tied_vs_untied_step_rel": rel(sl, tensors["step_logits"]),
+        "same_argmax_steps": int((sl.argmax(-1) == tensors["step_logits"].argmax(-1)).sum()),
+    }
+    log(f"  untied probe (lm_head := embed_tokens vs reference): {res}")
     return res
 
 
@@ -735,7 +798,33 @@ def make_case(name, out_root, log=print):
             f" Weights are stored as {case['dtype']}; the expected tensors were computed in float32 "
             "from those weights upcast exactly (a float32 engine reading them should match to ~1e-5)."
         )
-    if case["naming"] == "legacy":
+    untied = not cfg.tie_word_embeddings
+    if untied:
+        names = checkpoint_names(model_dir)
+        assert "language_model.lm_head.weight" in names, names
+        assert ("language_model.lm_head.weight" in saved_names) or ("lm_head.weight" in saved_names), saved_names
+        probe = untied_probe(model_dir, tensors, meta, log=log)
+        if probe["tied_vs_untied_step_rel"] < 0.5:
+            log("  WARNING: replacing lm_head by the embedding changes little")
+    if case["naming"] == "legacy" and untied:
+        notes += (
+            " Tensor names as in the published hub checkpoints (vision_tower.vision_model.*, "
+            "multi_modal_projector.linear.*, language_model.model.*), one model.safetensors, PLUS "
+            "language_model.lm_head.weight [vocab, hidden] (tie_word_embeddings false at the top level "
+            "and in text_config). transformers {tv} save_pretrained itself writes the untied head as "
+            "'{saved_head}' (its conversion mapping for paligemma/llava renames "
+            "^language_model.lm_head -> lm_head on load; the newer layout calls it lm_head.weight). "
+            "logits = final_norm(h) @ lm_head^T; the embedding is used only for the input rows. "
+            "Sensitivity: the same forward with lm_head replaced by embed_tokens gives "
+            "max|diff|/max|ref| = {p1:.3g} on prefill_logits, {p2:.3g} on step_logits, and "
+            "{p3}/12 of the same greedy argmaxes at the reference's steps."
+        ).format(
+            tv=transformers.__version__,
+            saved_head=[n for n in saved_names if "lm_head" in n][0],
+            p1=probe["tied_vs_untied_prefill_rel"], p2=probe["tied_vs_untied_step_rel"],
+            p3=probe["same_argmax_steps"],
+        )
+    elif case["naming"] == "legacy":
         notes += (
             " Tensor names as in the published hub checkpoints (vision_tower.vision_model.*, "
             "multi_modal_projector.linear.*, language_model.model.*), one model.safetensors, no lm_head "

@@ -71,8 +71,11 @@ impl<'a> TensorData<'a> {
 }
 
 /// Maps a checkpoint tensor name to the canonical one, or `None` for tensors the engine does
-/// not use (e.g. an untied `lm_head` copy).
+/// not know. A separate `lm_head` (root or under `language_model.`) becomes `text.lm_head.*`.
 pub fn canonical_name(name: &str) -> Option<String> {
+    if let Some(rest) = name.strip_prefix("lm_head.") {
+        return Some(format!("text.lm_head.{rest}"));
+    }
     if let Some(i) = name.find("vision_tower.") {
         let rest = &name[i + "vision_tower.".len()..];
         let rest = rest.strip_prefix("vision_model.").unwrap_or(rest);
@@ -86,9 +89,6 @@ pub fn canonical_name(name: &str) -> Option<String> {
     }
     if let Some(i) = name.find("language_model.") {
         let rest = &name[i + "language_model.".len()..];
-        if rest.starts_with("lm_head.") {
-            return None;
-        }
         let rest = rest.strip_prefix("model.").unwrap_or(rest);
         return Some(format!("text.{rest}"));
     }

@@ -62,6 +62,8 @@ pub struct TextConfig {
     pub sliding_window: Option<usize>,
     /// Per layer: true where the layer uses the sliding window.
     pub sliding_layers: Vec<bool>,
+    /// The logits use the token embedding (PaliGemma's case) rather than a separate `lm_head`.
+    pub tie_word_embeddings: bool,
 }
 
 impl TextConfig {
@@ -171,6 +173,26 @@ impl PaliGemmaConfig {
             path: origin,
         };
 
+        // Every GELU spelling transformers maps to the tanh approximation (gelu_new and gelu_fast
+        // are the same formula); anything else would silently compute something different.
+        let tanh_gelu = |obj: &Map<String, Value>, keys: &[&str], what: &str| -> Result<()> {
+            let name = keys
+                .iter()
+                .find_map(|k| obj.get(*k).and_then(Value::as_str))
+                .unwrap_or("gelu_pytorch_tanh");
+            match name {
+                "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(()),
+                other => Err(Error::Config {
+                    path: origin.into(),
+                    message: format!(
+                        "{what} activation `{other}` is not supported (gelu_pytorch_tanh)"
+                    ),
+                }),
+            }
+        };
+        tanh_gelu(&vobj, &["hidden_act"], "vision_config")?;
+        tanh_gelu(&tobj, &["hidden_activation", "hidden_act"], "text_config")?;
+
         let vision = VisionConfig {
             hidden_size: v.usize_or("hidden_size", 768)?,
             intermediate_size: v.usize_or("intermediate_size", 3072)?,
@@ -248,6 +270,10 @@ impl PaliGemmaConfig {
             },
             sliding_window,
             sliding_layers,
+            // Untied when either level of the config says so.
+            tie_word_embeddings: tobj.get("tie_word_embeddings").and_then(Value::as_bool)
+                != Some(false)
+                && root.get("tie_word_embeddings").and_then(Value::as_bool) != Some(false),
         };
         let image_token_index = top.usize_or(
             "image_token_index",
@@ -332,6 +358,7 @@ impl PaliGemmaConfig {
                 final_logit_softcapping: None,
                 sliding_window: None,
                 sliding_layers: vec![false; 18],
+                tie_word_embeddings: true,
             },
             image_token_index: 257_152,
             bos_token_id: 2,
@@ -359,6 +386,7 @@ impl PaliGemmaConfig {
             final_logit_softcapping: Some(30.0),
             sliding_window: Some(4096),
             sliding_layers: (0..26).map(|i| i % 2 == 0).collect(),
+            tie_word_embeddings: true,
         };
         c
     }
@@ -450,5 +478,11 @@ mod tests {
         .to_string();
         assert!(e.contains("225"), "{e}");
         assert!(PaliGemmaConfig::from_json("[1]", "c.json").is_err());
+        let e = PaliGemmaConfig::from_json(r#"{"text_config": {"hidden_activation": "relu"}}"#, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("relu"), "{e}");
+        let c = PaliGemmaConfig::from_json(r#"{"tie_word_embeddings": false}"#, "c.json").unwrap();
+        assert!(!c.text.tie_word_embeddings);
     }
 }

@@ -36,8 +36,10 @@ pub struct TextLayer {
 /// The decoder's weights on the GPU.
 pub struct TextModel {
     pub cfg: TextConfig,
-    /// [vocab, H], tied: the token embedding and the logits projection.
+    /// [vocab, H]: the token embedding and, tied (PaliGemma), the logits projection.
     pub embed_tokens: ChunkedTable,
+    /// [vocab, H]: a separate logits projection, for untied checkpoints.
+    pub lm_head: Option<ChunkedTable>,
     pub layers: Vec<TextLayer>,
     pub norm: RmsNorm,    // [H]
     pub rope: RopeTables, // [max_positions + 1, hd / 2]
@@ -81,8 +83,14 @@ impl TextModel {
                 sliding: cfg.sliding_layers[li],
             });
         }
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(l.table("text.lm_head.weight", cfg.vocab_size, h)?)
+        };
         Ok(TextModel {
             embed_tokens: l.table("text.embed_tokens.weight", cfg.vocab_size, h)?,
+            lm_head,
             layers,
             norm: l.rms_norm("text.norm", h, eps)?,
             // Positions are 1-based, so the table has one row more than the maximum.
@@ -244,6 +252,11 @@ impl TextModel {
         Ok(())
     }
 
+    /// The table the logits are computed against.
+    fn output_table(&self) -> &ChunkedTable {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
     /// Records the logits of hidden row `row` of the last forward pass into `s.logits`
     /// (soft-capped for Gemma 2) and their argmax into `s.token`.
     fn record_logits(&self, rec: &mut Recorder, s: &Session, row: usize) -> Result<()> {
@@ -252,7 +265,7 @@ impl TextModel {
             rec,
             &s.scratch.h,
             Rows::from_row(row, h),
-            &self.embed_tokens,
+            self.output_table(),
             &s.logits,
             Rows::packed(v),
             1,
@@ -342,7 +355,7 @@ impl TextModel {
                 &mut rec,
                 &s.scratch.h,
                 Rows::from_row(r0, h),
-                &self.embed_tokens,
+                self.output_table(),
                 &out,
                 Rows::packed(v),
                 n,
