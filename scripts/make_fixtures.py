@@ -202,7 +202,7 @@ CASES = {
         "(logits = final_norm(h) @ lm_head^T, NOT embed_tokens^T), f32, legacy names, MQA",
     ),
     "realdims": dict(
-        seed=2718,
+        seed=28,
         vision=vision(144, 2, 1, 28, 14, 96),  # head_dim 72 (SigLIP So400m), 4 image tokens
         text=gemma(64, 2, 1, 256, 2, 128),  # head_dim 256 (Gemma 2B); heads*head_dim 512 != hidden 64
         prompt="answer en what is this",
@@ -838,7 +838,11 @@ def make_case(name, out_root, log=print):
             "model.language_model.<...> (no inner 'model.'); split over 2 shards listed in "
             "model.safetensors.index.json. from_pretrained loads them with no missing/unexpected keys."
         )
+    beyond = [t for t in meta["generated_ids"] if t >= meta["tokenizer_vocab"]]
+    if beyond:
+        log(f"  WARNING: greedy ids {beyond} have no token in tokenizer.json (embedding rows only)")
     if checks["eos_is_argmax_at"]:
+        log(f"  WARNING: <eos> is the argmax at steps {checks['eos_is_argmax_at']}")
         notes += f" NOTE: <eos> is the argmax at steps {checks['eos_is_argmax_at']} and generation continues."
     if cfg.text_config.model_type == "gemma2":
         probes = gemma2_probes(model_dir, case_dir, case["prompt"], tensors, meta, log=log)

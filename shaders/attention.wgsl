@@ -24,6 +24,12 @@
 // Entry points:
 // - `attention`: one workgroup per (query row, head) over all keys. Dispatch q_rows * n_heads
 //   workgroups through `Gpu::grid`.
+// - `attention_blocked` (prefill, vision): one workgroup of 128 per (block of 16 query rows,
+//   head); 8 invocations per row, each owning head dimensions t, t + 8, ...; tiles of 8 keys
+//   are staged in workgroup memory once for all 16 rows (a 16th of the key traffic of
+//   `attention`), values are read straight from the cache, and tiles past the block's causal
+//   horizon are skipped. 12 KiB of workgroup memory, under WebGPU's 16 KiB minimum.
+//   Dispatch ceil(q_rows / 16) * n_heads workgroups through `Gpu::grid`.
 // - `attention_partial` + `attention_combine` (decode, one query row): a workgroup per (head,
 //   chunk of `chunk` keys) writes its running max, sum and unnormalised output to `partial`
 //   [n_heads, n_chunks, head_dim + 2]; then one workgroup per head merges the chunks. A long
@@ -220,5 +226,119 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>,
             o += partial[base + 2u + d] * exp(partial[base] - m);
         }
         out[h * p.head_dim + d] = o * inv_l;
+    }
+}
+
+const BQ: u32 = 16u; // query rows per workgroup
+const TPR: u32 = 8u; // invocations per query row
+const BK: u32 = 8u; // keys per tile
+const DPT_B: u32 = 32u; // MAX_HEAD_DIM / TPR: head dimensions per invocation
+
+var<workgroup> k_tile: array<f32, 2048>; // [BK][MAX_HEAD_DIM]
+var<workgroup> s_part: array<f32, 1024>; // [BQ][TPR][BK] partial dot products
+
+@compute @workgroup_size(128)
+fn attention_blocked(@builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) li: u32) {
+    let n_blocks = (p.q_rows + BQ - 1u) / BQ;
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= n_blocks * p.n_heads) {
+        return;
+    }
+    let h = g % p.n_heads;
+    let blk = g / p.n_heads;
+    let r = li / TPR;
+    let t = li % TPR;
+    let row = blk * BQ + r;
+    let row_ok = row < p.q_rows;
+    let qpos = p.q_pos0 + row;
+    let kv_base = (h / (p.n_heads / p.n_kv_heads)) * p.head_dim;
+    var qv: array<f32, DPT_B>;
+    var acc_b: array<f32, DPT_B>;
+    if (row_ok) {
+        let q_base = p.q_offset + row * p.q_stride + h * p.head_dim;
+        for (var i = 0u; i < DPT_B; i++) {
+            let d = t + TPR * i;
+            if (d < p.head_dim) {
+                qv[i] = q[q_base + d];
+            }
+        }
+    }
+    var m = NEG_BIG;
+    var l = 0.0;
+    // Keys past the last row's position and past the prefix are hidden from the whole block.
+    let last_row = min(blk * BQ + BQ, p.q_rows) - 1u;
+    let t_end = min(p.kv_len, max(p.prefix_len, p.q_pos0 + last_row + 1u));
+    for (var t0 = 0u; t0 < t_end; t0 += BK) {
+        for (var e = li; e < BK * p.head_dim; e += 128u) {
+            let jj = e / p.head_dim;
+            let d = e % p.head_dim;
+            var kv = 0.0;
+            if (t0 + jj < p.kv_len) {
+                kv = k[(t0 + jj) * p.kv_stride + kv_base + d];
+            }
+            k_tile[jj * MAX_HEAD_DIM + d] = kv;
+        }
+        workgroupBarrier();
+        for (var jj = 0u; jj < BK; jj++) {
+            var part = 0.0;
+            for (var i = 0u; i < DPT_B; i++) {
+                let d = t + TPR * i;
+                if (d < p.head_dim) {
+                    part = fma(qv[i], k_tile[jj * MAX_HEAD_DIM + d], part);
+                }
+            }
+            s_part[(r * TPR + t) * BK + jj] = part;
+        }
+        workgroupBarrier();
+        // Every invocation of a row completes the same BK scores and softmax update.
+        var sc: array<f32, BK>;
+        var tile_max = NEG_BIG;
+        for (var jj = 0u; jj < BK; jj++) {
+            var dot = 0.0;
+            for (var tt = 0u; tt < TPR; tt++) {
+                dot += s_part[(r * TPR + tt) * BK + jj];
+            }
+            var s = dot * p.scale;
+            if (p.softcap > 0.0) {
+                s = p.softcap * tanh_stable(s / p.softcap);
+            }
+            sc[jj] = select(NEG_BIG, s, row_ok && visible(t0 + jj, qpos));
+            tile_max = max(tile_max, sc[jj]);
+        }
+        let m_new = max(m, tile_max);
+        let correction = exp(m - m_new);
+        var pj: array<f32, BK>;
+        var tile_sum = 0.0;
+        for (var jj = 0u; jj < BK; jj++) {
+            pj[jj] = select(0.0, exp(sc[jj] - m_new), sc[jj] > NEG_BIG);
+            tile_sum += pj[jj];
+        }
+        l = l * correction + tile_sum;
+        for (var i = 0u; i < DPT_B; i++) {
+            let d = t + TPR * i;
+            if (d < p.head_dim) {
+                var a = acc_b[i] * correction;
+                for (var jj = 0u; jj < BK; jj++) {
+                    if (pj[jj] != 0.0) {
+                        a = fma(pj[jj], v[(t0 + jj) * p.kv_stride + kv_base + d], a);
+                    }
+                }
+                acc_b[i] = a;
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    if (row_ok) {
+        let inv_l = select(0.0, 1.0 / l, l > 0.0);
+        let o_base = row * p.o_stride + h * p.head_dim;
+        for (var i = 0u; i < DPT_B; i++) {
+            let d = t + TPR * i;
+            if (d < p.head_dim) {
+                out[o_base + d] = acc_b[i] * inv_l;
+            }
+        }
     }
 }

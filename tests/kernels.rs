@@ -516,8 +516,21 @@ fn check_attention(seed: u64, p: AttentionParams, capacity: usize, tol: f64) {
     let k: Vec<f32> = k.iter().map(|x| x * 3.0).collect();
     let want = attention_ref(&q, &k, &v, &p);
     let (qb, kb, vb, ob) = (up(g, &q), up(g, &k), up(g, &v), out(g, want.len()));
-    run(|rec| attention(rec, &qb, &kb, &vb, &ob, &p));
+    run(|rec| attention_with(rec, AttentionKernel::PerRow, &qb, &kb, &vb, &ob, &p));
     let got = read(g, &ob, want.len());
+    let ob_blocked = out(g, want.len());
+    run(|rec| {
+        attention_with(
+            rec,
+            AttentionKernel::Blocked,
+            &qb,
+            &kb,
+            &vb,
+            &ob_blocked,
+            &p,
+        )
+    });
+    let got_blocked = read(g, &ob_blocked, want.len());
     if p.q_rows == 1 {
         // The split (decode) path must agree too.
         let heads = p.n_heads as usize;
@@ -541,6 +554,12 @@ fn check_attention(seed: u64, p: AttentionParams, capacity: usize, tol: f64) {
             .collect()
     };
     assert_close(&format!("attention {p:?}"), &pick(&got), &pick(&want), tol);
+    assert_close(
+        &format!("blocked attention {p:?}"),
+        &pick(&got_blocked),
+        &pick(&want),
+        tol,
+    );
 }
 
 fn attn(

@@ -478,9 +478,12 @@ mod tests {
         .to_string();
         assert!(e.contains("225"), "{e}");
         assert!(PaliGemmaConfig::from_json("[1]", "c.json").is_err());
-        let e = PaliGemmaConfig::from_json(r#"{"text_config": {"hidden_activation": "relu"}}"#, "c.json")
-            .unwrap_err()
-            .to_string();
+        let e = PaliGemmaConfig::from_json(
+            r#"{"text_config": {"hidden_activation": "relu"}}"#,
+            "c.json",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("relu"), "{e}");
         let c = PaliGemmaConfig::from_json(r#"{"tie_word_embeddings": false}"#, "c.json").unwrap();
         assert!(!c.text.tie_word_embeddings);

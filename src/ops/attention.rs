@@ -71,7 +71,17 @@ impl AttentionParams {
     }
 }
 
-/// out = softmax(mask(softcap(q k^T * scale))) v for every (query row, head).
+/// Which entry point computes attention over many query rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// One workgroup per (row, head).
+    PerRow,
+    /// One workgroup per (block of 16 rows, head), key tiles shared by the block.
+    Blocked,
+}
+
+/// out = softmax(mask(softcap(q k^T * scale))) v for every (query row, head): the blocked
+/// kernel for many rows, the per-row one for a single row.
 pub fn attention(
     rec: &mut Recorder,
     q: &wgpu::Buffer,
@@ -80,9 +90,34 @@ pub fn attention(
     out: &wgpu::Buffer,
     params: &AttentionParams,
 ) -> Result<()> {
+    let kernel = if params.q_rows > 1 {
+        AttentionKernel::Blocked
+    } else {
+        AttentionKernel::PerRow
+    };
+    attention_with(rec, kernel, q, k, v, out, params)
+}
+
+/// [`attention`] with an explicit kernel (tests run both).
+pub fn attention_with(
+    rec: &mut Recorder,
+    kernel: AttentionKernel,
+    q: &wgpu::Buffer,
+    k: &wgpu::Buffer,
+    v: &wgpu::Buffer,
+    out: &wgpu::Buffer,
+    params: &AttentionParams,
+) -> Result<()> {
     params.check()?;
-    let pipeline = rec.gpu().pipeline(&ATTENTION, "attention", &[])?;
-    let groups = rec.gpu().grid(params.q_rows * params.n_heads);
+    let (entry, groups) = match kernel {
+        AttentionKernel::PerRow => ("attention", params.q_rows * params.n_heads),
+        AttentionKernel::Blocked => (
+            "attention_blocked",
+            params.q_rows.div_ceil(16) * params.n_heads,
+        ),
+    };
+    let pipeline = rec.gpu().pipeline(&ATTENTION, entry, &[])?;
+    let groups = rec.gpu().grid(groups);
     let binds = vec![bind(1, q), bind(2, k), bind(3, v), bind(4, out)];
     rec.dispatch(pipeline, params, binds, groups);
     Ok(())
