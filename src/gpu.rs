@@ -225,9 +225,9 @@ impl Gpu {
     /// Turns GPU timing on or off. While on, each submission waits for the GPU and adds its
     /// duration (first dispatch to last, by timestamps) to a total read by
     /// [`take_gpu_ms`](Self::take_gpu_ms). With `per_kernel`, every dispatch gets a compute
-    /// pass and timestamps of its own, totalled per pipeline ([`take_kernel_times`]
-    /// (Self::take_kernel_times)). For benchmarks: it serialises the CPU and the GPU. Without
-    /// TIMESTAMP_QUERY it stays off.
+    /// pass and timestamps of its own, totalled per pipeline
+    /// ([`take_kernel_times`](Self::take_kernel_times)). For benchmarks: it serialises the CPU
+    /// and the GPU. Without TIMESTAMP_QUERY it stays off.
     pub fn set_profiling(&self, on: bool, per_kernel: bool) {
         let state = (on && self.has_timestamps()).then(|| Profile {
             total_ns: 0.0,

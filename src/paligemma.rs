@@ -246,7 +246,7 @@ impl PaliGemma {
         self.text.step(&self.gpu, s, token)
     }
 
-    /// The logits the session's last token was chosen from, read back: [vocab].
+    /// The logits the session's last token was chosen from, read back: `[vocab]`.
     pub fn logits(&self, s: &Session) -> Result<Vec<f32>> {
         self.gpu.read_f32(&s.logits, 0, self.config.text.vocab_size)
     }

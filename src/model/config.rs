@@ -270,10 +270,9 @@ impl PaliGemmaConfig {
             },
             sliding_window,
             sliding_layers,
-            // Untied when either level of the config says so.
-            tie_word_embeddings: tobj.get("tie_word_embeddings").and_then(Value::as_bool)
-                != Some(false)
-                && root.get("tie_word_embeddings").and_then(Value::as_bool) != Some(false),
+            // PaliGemmaForConditionalGeneration reads the top-level flag (default: tied).
+            tie_word_embeddings: root.get("tie_word_embeddings").and_then(Value::as_bool)
+                != Some(false),
         };
         let image_token_index = top.usize_or(
             "image_token_index",

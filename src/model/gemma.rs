@@ -416,9 +416,9 @@ pub struct Session {
     len: usize,
     prefix_len: usize,
     scratch: Scratch,
-    /// [vocab] f32: the logits the last token was chosen from.
+    /// `[vocab]` f32: the logits the last token was chosen from.
     pub logits: wgpu::Buffer,
-    /// u32 [1]: the greedy choice, read back by the CPU and fed to the next step.
+    /// `u32 [1]`: the greedy choice, read back by the CPU and fed to the next step.
     pub token: wgpu::Buffer,
     /// The split decode attention's per-chunk results.
     partial: wgpu::Buffer,

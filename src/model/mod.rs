@@ -93,7 +93,7 @@ impl Loader<'_> {
         Weight::from_bytes(self.gpu, name, &bytes, format, rows, cols)
     }
 
-    /// The linear layer `{name}.weight` [rows, cols] with `{name}.bias` [rows] when `bias`.
+    /// The linear layer `{name}.weight` `[rows, cols]` with `{name}.bias` `[rows]` when `bias`.
     pub fn linear(&self, name: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear> {
         Ok(Linear {
             weight: self.weight(&format!("{name}.weight"), rows, cols)?,
@@ -105,7 +105,7 @@ impl Loader<'_> {
         })
     }
 
-    /// The LayerNorm `{name}.weight`, `{name}.bias` [n].
+    /// The LayerNorm `{name}.weight`, `{name}.bias` `[n]`.
     pub fn layer_norm(&self, name: &str, n: usize, eps: f32) -> Result<LayerNorm> {
         Ok(LayerNorm {
             weight: self.f32(&format!("{name}.weight"), &[n])?,
@@ -115,7 +115,7 @@ impl Loader<'_> {
         })
     }
 
-    /// The RMSNorm `{name}.weight` [n].
+    /// The RMSNorm `{name}.weight` `[n]`.
     pub fn rms_norm(&self, name: &str, n: usize, eps: f32) -> Result<RmsNorm> {
         Ok(RmsNorm {
             weight: self.f32(&format!("{name}.weight"), &[n])?,

@@ -16,7 +16,7 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
-/// out[i] = gelu_tanh(x[i]) for i < n.
+/// `out[i]` = gelu_tanh(`x[i]`) for i < n.
 pub fn gelu_tanh(rec: &mut Recorder, x: &wgpu::Buffer, out: &wgpu::Buffer, n: usize) -> Result<()> {
     let pipeline = rec.gpu().pipeline(&ACTIVATION, "gelu_tanh", &[])?;
     let groups = grid_256(rec.gpu(), n);
@@ -29,7 +29,7 @@ pub fn gelu_tanh(rec: &mut Recorder, x: &wgpu::Buffer, out: &wgpu::Buffer, n: us
     Ok(())
 }
 
-/// up[i] = gelu_tanh(gate[i]) * up[i] for i < n (in place over `up`).
+/// `up[i]` = gelu_tanh(`gate[i]`) * `up[i]` for i < n (in place over `up`).
 pub fn gelu_tanh_gated(
     rec: &mut Recorder,
     gate: &wgpu::Buffer,
@@ -47,7 +47,7 @@ pub fn gelu_tanh_gated(
     Ok(())
 }
 
-/// x[i] = cap * tanh(x[i] / cap) for i < n (in place); `cap` > 0.
+/// `x[i]` = cap * tanh(`x[i]` / cap) for i < n (in place); `cap` > 0.
 pub fn softcap(rec: &mut Recorder, x: &wgpu::Buffer, n: usize, cap: f32) -> Result<()> {
     let pipeline = rec.gpu().pipeline(&ACTIVATION, "softcap", &[])?;
     let groups = grid_256(rec.gpu(), n);

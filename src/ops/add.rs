@@ -14,7 +14,7 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
-/// x[i] += y[i] for i < n.
+/// `x[i]` += `y[i]` for i < n.
 pub fn add_inplace(rec: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
     let pipeline = rec.gpu().pipeline(&ADD, "add_inplace", &[])?;
     let groups = grid_256(rec.gpu(), n);

@@ -16,7 +16,7 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
-/// out[out_index] = argmax(x[offset..offset + n]); ties go to the lowest index.
+/// `out[out_index]` = argmax(`x[offset..offset + n]`); ties go to the lowest index.
 pub fn argmax(
     rec: &mut Recorder,
     x: &wgpu::Buffer,

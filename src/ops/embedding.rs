@@ -18,7 +18,7 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
-/// out [n_tokens, hidden] = table[ids[t]] * scale. `ids` is a u32 buffer; every id must be
+/// out `[n_tokens, hidden]` = `table[ids[t]`] * scale. `ids` is a u32 buffer; every id must be
 /// below `table.rows` (the caller validates ids on the CPU, where they come from).
 pub fn gather(
     rec: &mut Recorder,

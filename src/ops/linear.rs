@@ -44,7 +44,7 @@ impl LinearKernel {
     }
 }
 
-/// y[r, c] = sum_k x[r, k] W[c, k] (+ b[c]) for r < m, with x and y rows placed by `x_at`,
+/// `y[r, c]` = sum_k `x[r, k] W[c, k]` (+ `b[c]`) for r < m, with x and y rows placed by `x_at`,
 /// `y_at`. Picks `gemv` for one row and `matmul` otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn linear(
@@ -172,7 +172,7 @@ pub fn gated_supported(gate: &Weight, up: &Weight) -> bool {
             .is_multiple_of(16 / gate.format.bytes_per_element())
 }
 
-/// Logits for `m` rows of `x` against a tied, chunked embedding table: y[r, v] = x[r] . E[v],
+/// Logits for `m` rows of `x` against a tied, chunked embedding table: `y[r, v]` = `x[r]` . `E[v]`,
 /// written at `y_at` with one row per input row (stride = vocabulary size for full rows).
 pub fn logits(
     rec: &mut Recorder,
@@ -193,7 +193,7 @@ pub fn logits(
     Ok(())
 }
 
-/// CPU reference: y [m, n] = x [m, k] W^T [k, n] (+ b [n]), f64 accumulation.
+/// CPU reference: y `[m, n]` = x `[m, k]` W^T `[k, n]` (+ b `[n]`), f64 accumulation.
 pub fn linear_ref(
     x: &[f32],
     w: &[f32],
@@ -217,7 +217,7 @@ pub fn linear_ref(
     y
 }
 
-/// A linear layer as checkpoints store it: `weight` [out, in] and an optional `bias` [out].
+/// A linear layer as checkpoints store it: `weight` `[out, in]` and an optional `bias` `[out]`.
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Weight,

@@ -97,7 +97,7 @@ pub fn rms_norm_ref(x: &[f32], w: &[f32], rows: usize, n: usize, eps: f32) -> Ve
     y
 }
 
-/// SigLIP's LayerNorm: weight and bias [n], eps from the config.
+/// SigLIP's LayerNorm: weight and bias `[n]`, eps from the config.
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     pub weight: wgpu::Buffer,
@@ -119,7 +119,7 @@ impl LayerNorm {
     }
 }
 
-/// Gemma's RMSNorm: weight [n] (applied as 1 + w), eps from the config.
+/// Gemma's RMSNorm: weight `[n]` (applied as 1 + w), eps from the config.
 #[derive(Clone, Debug)]
 pub struct RmsNorm {
     pub weight: wgpu::Buffer,

@@ -19,7 +19,7 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
-/// cos and sin of pos * inv_freq[i], [max_pos, head_dim / 2] each, on the GPU.
+/// cos and sin of pos * `inv_freq[i]`, `[max_pos, head_dim / 2]` each, on the GPU.
 #[derive(Clone, Debug)]
 pub struct RopeTables {
     pub cos: wgpu::Buffer,
@@ -28,7 +28,7 @@ pub struct RopeTables {
     pub max_pos: usize,
 }
 
-/// inv_freq[i] = 1 / theta^(2i / head_dim), rounded as transformers computes it in f32
+/// `inv_freq[i]` = 1 / theta^(2i / head_dim), rounded as transformers computes it in f32
 /// (the exponent is an f32 division; the power is correctly rounded here).
 pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
     (0..head_dim / 2)
