@@ -674,15 +674,18 @@ impl Recorder<'_> {
             }
             None => gpu.buffer_with("params", &self.params, size, wgpu::BufferUsages::UNIFORM)?,
         };
-        let (profiling, per_kernel) = match &*gpu.inner.profile.lock().expect("profile") {
-            Some(p) => (true, p.per_kernel.is_some()),
-            None => (false, false),
-        };
         let n_dispatch = self
             .cmds
             .iter()
             .filter(|c| matches!(c, Cmd::Dispatch { .. }))
             .count();
+        // Per-kernel timing needs two queries a dispatch; past a query set's limit the
+        // submission is timed as a whole.
+        let fits = 2 * n_dispatch <= wgpu::QUERY_SET_MAX_QUERIES as usize;
+        let (profiling, per_kernel) = match &*gpu.inner.profile.lock().expect("profile") {
+            Some(p) => (true, p.per_kernel.is_some() && fits),
+            None => (false, false),
+        };
         // Two timestamps per submission, or per dispatch when profiling kernels.
         let n_queries = if per_kernel { 2 * n_dispatch } else { 2 } as u32;
         let timer = (profiling && n_dispatch > 0)
@@ -816,7 +819,7 @@ impl Recorder<'_> {
             let span = |j: usize| ticks[2 * j + 1].saturating_sub(ticks[2 * j]) as f64 * period;
             let names = gpu.inner.pipeline_names.lock().expect("pipeline names");
             if let Some(p) = gpu.inner.profile.lock().expect("profile").as_mut() {
-                match p.per_kernel.as_mut() {
+                match p.per_kernel.as_mut().filter(|_| per_kernel) {
                     Some(map) => {
                         for (j, k) in kernels.iter().enumerate() {
                             let name = names.get(k).cloned().unwrap_or_else(|| "?".into());

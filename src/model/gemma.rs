@@ -206,17 +206,18 @@ impl TextModel {
             } else {
                 attention(rec, &sc.q, kc, vc, &sc.a, &params)?;
             }
-            layer.o_proj.forward(rec, &sc.a, qp, &sc.o, hp, rows)?;
             let mlp_norm = match &layer.feedforward_layernorms {
+                // Gemma 2 normalises the attention output before the residual add.
                 Some((pre, _)) => {
-                    layer
-                        .post_attention_layernorm
-                        .forward(rec, &sc.o, &sc.h, rows)?;
+                    layer.o_proj.forward(rec, &sc.a, qp, &sc.o, hp, rows)?;
+                    let post = &layer.post_attention_layernorm;
+                    post.forward(rec, &sc.o, &sc.h, rows)?;
                     add_inplace(rec, &sc.x, &sc.h, rows * h)?;
                     pre
                 }
+                // Gemma adds it straight into x, inside the projection.
                 None => {
-                    add_inplace(rec, &sc.x, &sc.o, rows * h)?;
+                    layer.o_proj.forward_add(rec, &sc.a, qp, &sc.x, hp, rows)?;
                     &layer.post_attention_layernorm
                 }
             };
