@@ -55,6 +55,7 @@ pub struct Timings {
     pub preprocess_ms: f64,
     pub vision_ms: f64,
     pub prefill_ms: f64,
+    /// From the call to the first token: preprocessing, vision and prefill.
     pub time_to_first_token_ms: f64,
     pub decode_ms: f64,
     /// Tokens after the first, per second of decoding.
@@ -275,7 +276,7 @@ impl PaliGemma {
         let mut s = self.session(ids.len(), opts.max_new_tokens)?;
         let mut greedy = self.prefill(&mut s, &ids, &features)?;
         timings.prefill_ms = ms(t2);
-        timings.time_to_first_token_ms = ms(t1);
+        timings.time_to_first_token_ms = ms(t0);
 
         let vocab = self.config.text.vocab_size;
         let mut sampler = Sampler::new(&opts.sampling);
