@@ -348,3 +348,62 @@ fn bad_checkpoints_are_errors_that_name_the_culprit() {
     let e = load(&dir);
     assert!(e.contains("model.safetensors"), "{e}");
 }
+
+#[test]
+fn cpu_reference_matches_transformers_and_the_gpu() {
+    use paligemma::model::checkpoint::Checkpoint;
+    use paligemma::model::config::PaliGemmaConfig;
+    use paligemma::model::reference::Reference;
+    const TOL: f64 = 1e-4;
+    for case in cases() {
+        let dir = case.dir.join("model");
+        let cfg = PaliGemmaConfig::from_file(&dir.join("config.json")).unwrap();
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let cpu = Reference {
+            cfg: &cfg,
+            ckpt: &ckpt,
+        };
+        let name = &case.name;
+        let vision_out = cpu.vision(&case.tensor("pixel_values")).unwrap();
+        assert_close(
+            &format!("{name}: CPU vision_out"),
+            &vision_out,
+            &case.tensor("vision_out"),
+            TOL,
+        );
+        let features = cpu.project(&vision_out).unwrap();
+        assert_close(
+            &format!("{name}: CPU image_features"),
+            &features,
+            &case.tensor("image_features"),
+            TOL,
+        );
+        let ids = case.ids("input_ids");
+        let logits = cpu.logits(&ids, &features, ids.len()).unwrap();
+        assert_close(
+            &format!("{name}: CPU prefill_logits"),
+            &logits,
+            &case.tensor("prefill_logits"),
+            TOL,
+        );
+
+        // GPU against CPU over prompt + generated tokens, the generated part causal.
+        let model = case.load(Precision::F32);
+        let mut seq = ids.clone();
+        seq.extend(&case.ids("generated_ids")[..6]);
+        let feats = model
+            .encode_pixels(&case.tensor("pixel_values"), None)
+            .unwrap();
+        let gpu_logits = model
+            .text_model()
+            .all_logits(model.gpu(), &seq, Some((&feats.buffer, feats.n)), ids.len())
+            .unwrap();
+        let cpu_logits = cpu.logits(&seq, &features, ids.len()).unwrap();
+        assert_close(
+            &format!("{name}: GPU vs CPU logits with a causal tail"),
+            &gpu_logits,
+            &cpu_logits,
+            TOL,
+        );
+    }
+}

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod gemma;
+pub mod reference;
 pub mod siglip;
 
 use std::borrow::Cow;
