@@ -21,7 +21,8 @@ use crate::tokenizer::PromptTokenizer;
 /// How to load a model.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
-    /// `None`: 16-bit weights where the device has `SHADER_F16`, f32 elsewhere.
+    /// `None`: 16-bit weights (half the memory and bandwidth of f32; the shaders widen them from
+    /// u32 words, so no device feature is needed).
     pub precision: Option<Precision>,
     /// Which adapter to use when the library creates the device.
     pub gpu: GpuOptions,
@@ -105,6 +106,14 @@ impl PaliGemma {
     pub fn load_on(gpu: Gpu, dir: &Path, precision: Option<Precision>) -> Result<PaliGemma> {
         let config = PaliGemmaConfig::from_file(&dir.join("config.json"))?;
         let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        if tokenizer.image_token_id() != config.image_token_index {
+            return Err(Error::invalid(format!(
+                "{}: the tokenizer's <image> is id {}, config.json's image_token_index is {}",
+                dir.display(),
+                tokenizer.image_token_id(),
+                config.image_token_index
+            )));
+        }
         let ckpt = Checkpoint::open(dir)?;
         let source = WeightSource::Checkpoint(&ckpt);
         let model = Self::from_source(gpu, config, source, Some(tokenizer), precision)?;
@@ -127,11 +136,8 @@ impl PaliGemma {
         tokenizer: Option<PromptTokenizer>,
         precision: Option<Precision>,
     ) -> Result<PaliGemma> {
-        let precision = precision.unwrap_or(if gpu.has_f16() {
-            Precision::F16
-        } else {
-            Precision::F32
-        });
+        config.check("the model config")?;
+        let precision = precision.unwrap_or(Precision::F16);
         let l = Loader {
             gpu: &gpu,
             source,
@@ -231,13 +237,22 @@ impl PaliGemma {
 
     /// A session for a prompt of `prompt_len` tokens and up to `max_new_tokens` more.
     pub fn session(&self, prompt_len: usize, max_new_tokens: usize) -> Result<Session> {
-        self.text
-            .session(&self.gpu, prompt_len + max_new_tokens, prompt_len)
+        let capacity = prompt_len.checked_add(max_new_tokens).ok_or_else(|| {
+            Error::invalid(format!("{prompt_len} + {max_new_tokens} tokens overflow"))
+        })?;
+        self.text.session(&self.gpu, capacity, prompt_len)
     }
 
     /// Runs the prompt (the image rows replace its `<image>` tokens); returns the greedy next
     /// token. Lower-level than [`generate`](Self::generate), for callers who drive decoding.
     pub fn prefill(&self, s: &mut Session, ids: &[u32], image: &ImageFeatures) -> Result<u32> {
+        let image_id = self.config.image_token_index;
+        if ids.len() < image.n || ids[..image.n].iter().any(|&t| t != image_id) {
+            return Err(Error::invalid(format!(
+                "the prompt must start with the {} image tokens (id {image_id}) its image replaces",
+                image.n
+            )));
+        }
         self.text
             .prefill(&self.gpu, s, ids, Some((&image.buffer, image.n)))
     }
@@ -299,7 +314,10 @@ impl PaliGemma {
                     let mut rec = self.gpu.recorder();
                     softmax(&mut rec, &s.logits, pb, 1, vocab, opts.sampling.temperature)?;
                     rec.submit("the sampling softmax")?;
-                    sampler.sample(&self.gpu.read_f32(pb, 0, vocab)?)
+                    let probs = self.gpu.read_f32(pb, 0, vocab)?;
+                    sampler.sample(&probs).ok_or_else(|| {
+                        Error::invalid("no token has a finite probability (are the logits NaN?)")
+                    })?
                 }
             };
             generated.push(token);

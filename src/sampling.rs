@@ -28,8 +28,10 @@ impl Default for SamplingOptions {
 }
 
 impl SamplingOptions {
+    /// Greedy when the temperature is 0 (or so small that 1 / T is not a finite f32, where
+    /// softmax(logits / T) is the argmax anyway).
     pub fn is_greedy(&self) -> bool {
-        self.temperature <= 0.0
+        !(self.temperature > 0.0 && (1.0 / self.temperature).is_finite())
     }
 }
 
@@ -48,28 +50,29 @@ impl Sampler {
     }
 
     /// Draws from `probs` (already softmax(logits / temperature)) after top-k and top-p
-    /// filtering and renormalisation.
-    pub fn sample(&mut self, probs: &[f32]) -> u32 {
+    /// filtering and renormalisation; `None` when no token has a finite, positive probability.
+    pub fn sample(&mut self, probs: &[f32]) -> Option<u32> {
         let kept = nucleus(probs, self.opts.top_k, self.opts.top_p);
         let total: f64 = kept.iter().map(|&(_, p)| p as f64).sum();
         let mut u = self.rng.random::<f64>() * total;
         for &(id, p) in &kept {
             u -= p as f64;
             if u < 0.0 {
-                return id;
+                return Some(id);
             }
         }
-        kept.last().map_or(0, |&(id, _)| id)
+        kept.last().map(|&(id, _)| id)
     }
 }
 
-/// The tokens kept by top-k then top-p, most probable first: the smallest prefix of the sorted
-/// distribution whose mass reaches `top_p` (always at least one token).
+/// The tokens kept by top-k then top-p, most probable first, as transformers' warpers apply
+/// them: the k most probable, then the smallest prefix of those, renormalised, whose mass
+/// reaches `top_p` (at least one token when any probability is positive and finite).
 pub fn nucleus(probs: &[f32], top_k: usize, top_p: f32) -> Vec<(u32, f32)> {
     let mut order: Vec<(u32, f32)> = probs
         .iter()
         .enumerate()
-        .filter(|(_, p)| **p > 0.0)
+        .filter(|(_, p)| **p > 0.0 && p.is_finite())
         .map(|(i, &p)| (i as u32, p))
         .collect();
     order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -77,16 +80,17 @@ pub fn nucleus(probs: &[f32], top_k: usize, top_p: f32) -> Vec<(u32, f32)> {
         order.truncate(top_k);
     }
     if top_p < 1.0 {
+        let total: f64 = order.iter().map(|&(_, p)| p as f64).sum();
         let mut mass = 0.0f64;
         let mut keep = 0;
         for &(_, p) in &order {
             keep += 1;
             mass += p as f64;
-            if mass >= top_p as f64 {
+            if mass >= top_p as f64 * total {
                 break;
             }
         }
-        order.truncate(keep.max(1));
+        order.truncate(keep);
     }
     order
 }
@@ -99,11 +103,11 @@ mod tests {
     fn nucleus_keeps_the_smallest_set_reaching_top_p() {
         let p = [0.1, 0.5, 0.05, 0.3, 0.05];
         assert_eq!(
-            nucleus(&p, 0, 0.5).iter().map(|x| x.0).collect::<Vec<_>>(),
+            nucleus(&p, 0, 0.45).iter().map(|x| x.0).collect::<Vec<_>>(),
             vec![1]
         );
         assert_eq!(
-            nucleus(&p, 0, 0.8).iter().map(|x| x.0).collect::<Vec<_>>(),
+            nucleus(&p, 0, 0.75).iter().map(|x| x.0).collect::<Vec<_>>(),
             vec![1, 3]
         );
         assert_eq!(
@@ -111,6 +115,33 @@ mod tests {
             vec![1, 3]
         );
         assert_eq!(nucleus(&p, 0, 1.0).len(), 5);
+        // top-p measures the mass of the top-k set renormalised: of [0.6, 0.2, 0.2] the top 2
+        // are 0.75 / 0.25, and 0.75 alone reaches 0.7.
+        let q = [0.6, 0.2, 0.2];
+        assert_eq!(
+            nucleus(&q, 2, 0.7).iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![0]
+        );
+        // Nothing usable: nothing kept, and sampling says so.
+        assert!(nucleus(&[f32::NAN, 0.0], 0, 0.9).is_empty());
+        let mut s = Sampler::new(&SamplingOptions {
+            temperature: 1.0,
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&[f32::NAN, f32::NAN]), None);
+    }
+
+    #[test]
+    fn vanishing_temperatures_are_greedy() {
+        let at = |t: f32| {
+            SamplingOptions {
+                temperature: t,
+                ..Default::default()
+            }
+            .is_greedy()
+        };
+        assert!(at(0.0) && at(-1.0) && at(1e-40) && at(f32::NAN));
+        assert!(!at(0.7) && !at(1e-6));
     }
 
     #[test]
@@ -123,7 +154,7 @@ mod tests {
         };
         let draw = |n| {
             let mut s = Sampler::new(&opts);
-            (0..n).map(|_| s.sample(&p)).collect::<Vec<_>>()
+            (0..n).map(|_| s.sample(&p).unwrap()).collect::<Vec<_>>()
         };
         assert_eq!(draw(50), draw(50));
         let d = draw(20_000);

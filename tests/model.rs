@@ -339,6 +339,16 @@ fn bad_checkpoints_are_errors_that_name_the_culprit() {
     });
     let e = load(&dir);
     assert!(e.contains("config.json"), "{e}");
+    // A tokenizer whose <image> is not the config's image_token_index.
+    let dir = broken_copy("imageid", |d| {
+        let p = d.join("config.json");
+        let s = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"image_token_index\": 1555", "\"image_token_index\": 1554");
+        std::fs::write(p, s).unwrap();
+    });
+    let e = load(&dir);
+    assert!(e.contains("1554") && e.contains("1555"), "{e}");
     // A truncated safetensors file.
     let dir = broken_copy("trunc", |d| {
         let p = d.join("model.safetensors");
@@ -406,4 +416,68 @@ fn cpu_reference_matches_transformers_and_the_gpu() {
             TOL,
         );
     }
+}
+
+#[test]
+fn bad_requests_are_errors_not_panics() {
+    let case = cases().into_iter().find(|c| c.name == "mqa").unwrap();
+    let model = case.load(Precision::F32);
+    let ids = case.ids("input_ids");
+    let feats = model
+        .encode_pixels(&case.tensor("pixel_values"), None)
+        .unwrap();
+    // A prompt whose first rows are not image tokens, or shorter than the image.
+    let mut s = model.session(ids.len(), 4).unwrap();
+    let mut wrong = ids.clone();
+    wrong[0] = 2;
+    assert!(model.prefill(&mut s, &wrong, &feats).is_err());
+    assert!(model.prefill(&mut s, &ids[..3], &feats).is_err());
+    // The session is untouched by the refused calls and still works.
+    assert_eq!(s.len(), 0);
+    let first = model.prefill(&mut s, &ids, &feats).unwrap();
+    assert_eq!(first, case.ids("generated_ids")[0]);
+    // Token ids outside the vocabulary, capacity overflow, a full session.
+    assert!(model.step(&mut s, 1_000_000).is_err());
+    assert_eq!(s.len(), ids.len());
+    assert!(model.session(ids.len(), usize::MAX).is_err());
+    assert!(
+        model.session(ids.len(), 100_000).is_err(),
+        "over max_position_embeddings"
+    );
+    let mut t = first;
+    for _ in 0..4 {
+        t = model.step(&mut s, t).unwrap();
+    }
+    assert!(
+        model.step(&mut s, t).is_err(),
+        "past the session's capacity"
+    );
+    // Pixels of the wrong size.
+    assert!(model.encode_pixels(&[0.0; 10], None).is_err());
+}
+
+#[test]
+fn configs_built_in_code_are_checked() {
+    use paligemma::model::WeightSource;
+    use paligemma::model::config::PaliGemmaConfig;
+    use paligemma::ops::WeightFormat;
+    let random = || WeightSource::Random {
+        seed: 0,
+        format: WeightFormat::Bf16,
+    };
+    let mut cfg = PaliGemmaConfig::paligemma_3b(224);
+    cfg.text.sliding_layers.pop();
+    let e = PaliGemma::from_source(gpu().clone(), cfg, random(), None, None)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("layer_types"), "{e}");
+    let mut cfg = PaliGemmaConfig::paligemma_3b(224);
+    cfg.vision.num_attention_heads = 0;
+    assert!(PaliGemma::from_source(gpu().clone(), cfg, random(), None, None).is_err());
+    let mut cfg = PaliGemmaConfig::paligemma_3b(224);
+    cfg.text.head_dim = 512;
+    let e = PaliGemma::from_source(gpu().clone(), cfg, random(), None, None)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("head_dim"), "{e}");
 }

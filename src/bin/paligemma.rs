@@ -47,7 +47,8 @@ struct Args {
     /// Seed of the sampling RNG, for reproducible runs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Weights in f32 (verification) or 16 bits (default where the adapter has SHADER_F16).
+    /// Weights in f32 (for verification) or 16 bits (the default: bf16 checkpoints as they are,
+    /// others as f16); activations and reductions are f32 either way.
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
     /// Print one JSON object (ids, text, timings) as the last line of stdout.

@@ -151,7 +151,7 @@ impl Checkpoint {
             });
         }
         let mut shards = Vec::new();
-        let mut entries = HashMap::new();
+        let mut entries: HashMap<String, Entry> = HashMap::new();
         for path in files {
             let file = File::open(&path).map_err(|source| Error::Io {
                 path: path.clone(),
@@ -174,6 +174,12 @@ impl Checkpoint {
                     log::debug!("ignoring tensor {name}");
                     continue;
                 };
+                if let Some(old) = entries.get(&canon) {
+                    log::warn!(
+                        "tensors {} and {name} are both {canon}; using {name}",
+                        old.name
+                    );
+                }
                 entries.insert(
                     canon,
                     Entry {
@@ -196,6 +202,11 @@ impl Checkpoint {
             shards,
             entries,
         })
+    }
+
+    /// Whether a tensor with canonical name `canon` exists.
+    pub fn contains(&self, canon: &str) -> bool {
+        self.entries.contains_key(canon)
     }
 
     pub fn dir(&self) -> &Path {

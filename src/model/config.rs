@@ -191,7 +191,8 @@ impl PaliGemmaConfig {
             }
         };
         tanh_gelu(&vobj, &["hidden_act"], "vision_config")?;
-        tanh_gelu(&tobj, &["hidden_activation", "hidden_act"], "text_config")?;
+        // Gemma reads `hidden_activation` only (absent: the tanh GELU), whatever `hidden_act` says.
+        tanh_gelu(&tobj, &["hidden_activation"], "text_config")?;
 
         let vision = VisionConfig {
             hidden_size: v.usize_or("hidden_size", 768)?,
@@ -226,10 +227,9 @@ impl PaliGemmaConfig {
             path: origin,
         };
         let rope_theta = rope.f32_or("rope_theta", t.f32_or("rope_theta", 10000.0)?)?;
-        let sliding_window = if g2 {
-            Some(t.usize_or("sliding_window", 4096)?)
-        } else {
-            None
+        let sliding_window = match (g2, tobj.get("sliding_window")) {
+            (false, _) | (true, Some(Value::Null)) => None,
+            (true, _) => Some(t.usize_or("sliding_window", 4096)?),
         };
         let sliding_layers = match tobj.get("layer_types").and_then(Value::as_array) {
             Some(kinds) if g2 => kinds
@@ -283,13 +283,19 @@ impl PaliGemmaConfig {
             text,
             image_token_index: image_token_index as u32,
             bos_token_id: top.usize_or("bos_token_id", 2)? as u32,
-            eos_token_id: top.usize_or("eos_token_id", 1)? as u32,
+            // transformers also accepts a list of end tokens; the first is <eos>.
+            eos_token_id: match root.get("eos_token_id") {
+                Some(Value::Array(ids)) => ids.first().and_then(Value::as_u64).unwrap_or(1) as u32,
+                _ => top.usize_or("eos_token_id", 1)? as u32,
+            },
         };
         cfg.check(origin)?;
         Ok(cfg)
     }
 
-    fn check(&self, origin: &str) -> Result<()> {
+    /// Checks that the sizes are consistent and within what the kernels support; `origin`
+    /// names the config in errors. Run by `from_json`, and on configs built in code.
+    pub fn check(&self, origin: &str) -> Result<()> {
         let bad = |message: String| {
             Err(Error::Config {
                 path: origin.into(),
@@ -317,6 +323,17 @@ impl PaliGemmaConfig {
         }
         if t.head_dim == 0 || t.head_dim % 2 != 0 {
             return bad(format!("text head_dim {} must be even (RoPE)", t.head_dim));
+        }
+        let max_hd = crate::ops::attention::MAX_HEAD_DIM;
+        if t.head_dim > max_hd || v.head_dim() > max_hd {
+            return bad(format!(
+                "head_dim {} (text) / {} (vision) is over the attention kernels' {max_hd}",
+                t.head_dim,
+                v.head_dim()
+            ));
+        }
+        if t.num_hidden_layers == 0 || v.num_hidden_layers == 0 || t.vocab_size == 0 {
+            return bad("a model needs layers and a vocabulary".into());
         }
         if t.sliding_layers.len() != t.num_hidden_layers {
             return bad(format!(

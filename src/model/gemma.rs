@@ -84,6 +84,9 @@ impl TextModel {
             });
         }
         let lm_head = if cfg.tie_word_embeddings {
+            if l.has("text.lm_head.weight") {
+                log::warn!("the config ties the embeddings: the checkpoint's lm_head is not used");
+            }
             None
         } else {
             Some(l.table("text.lm_head.weight", cfg.vocab_size, h)?)
@@ -134,9 +137,11 @@ impl TextModel {
         })
     }
 
-    /// Records one forward pass over `rows` new positions of `s`, whose token ids are in
-    /// `ids` (u32 [rows]); `image` rows [n, H] replace the first n embeddings. Leaves the final
-    /// normed hidden states in `s.scratch.h` and appends K, V to the cache.
+    /// Records one forward pass over `rows` new positions of `s` (from `s.len`), whose token
+    /// ids are in `ids` (`u32 [rows]`); `image` rows `[n, H]` replace the first n embeddings;
+    /// positions below `prefix_len` form the bidirectional block. Leaves the final normed hidden
+    /// states in `s.scratch.h` and K, V in the cache. The caller advances `s.len` once the work
+    /// is submitted, so a failed submission leaves the session as it was.
     fn record_forward(
         &self,
         rec: &mut Recorder,
@@ -144,6 +149,7 @@ impl TextModel {
         ids: &wgpu::Buffer,
         rows: usize,
         image: Option<(&wgpu::Buffer, usize)>,
+        prefix_len: usize,
     ) -> Result<()> {
         let c = &self.cfg;
         let (h, hd, i) = (c.hidden_size, c.head_dim, c.intermediate_size);
@@ -193,7 +199,7 @@ impl TextModel {
                 kv_stride: kvd as u32,
                 kv_len: (start + rows) as u32,
                 q_pos0: start as u32,
-                prefix_len: s.prefix_len as u32,
+                prefix_len: prefix_len as u32,
                 window,
                 o_stride: qd as u32,
                 scale: c.attention_scale(),
@@ -248,9 +254,7 @@ impl TextModel {
                 add_inplace(rec, &sc.x, &sc.a, rows * h)?;
             }
         }
-        self.norm.forward(rec, &sc.x, &sc.h, rows)?;
-        s.len += rows;
-        Ok(())
+        self.norm.forward(rec, &sc.x, &sc.h, rows)
     }
 
     /// The table the logits are computed against.
@@ -306,12 +310,20 @@ impl TextModel {
                 "prefill on a session that already holds tokens",
             ));
         }
-        s.prefix_len = ids.len();
+        if let Some((_, n)) = image
+            && n > ids.len()
+        {
+            return Err(Error::invalid(format!(
+                "{n} image rows do not fit a prompt of {} tokens",
+                ids.len()
+            )));
+        }
         let idb = gpu.storage_init("prompt ids", bytemuck::cast_slice(ids))?;
         let mut rec = gpu.recorder();
-        self.record_forward(&mut rec, s, &idb, ids.len(), image)?;
+        self.record_forward(&mut rec, s, &idb, ids.len(), image, ids.len())?;
         self.record_logits(&mut rec, s, ids.len() - 1)?;
         rec.submit("the prefill")?;
+        (s.len, s.prefix_len) = (ids.len(), ids.len());
         Ok(gpu.read_u32(&s.token, 0, 1)?[0])
     }
 
@@ -321,9 +333,10 @@ impl TextModel {
         gpu.write(&s.token, 0, bytemuck::bytes_of(&token))?;
         let mut rec = gpu.recorder();
         let tok = s.token.clone();
-        self.record_forward(&mut rec, s, &tok, 1, None)?;
+        self.record_forward(&mut rec, s, &tok, 1, None, s.prefix_len)?;
         self.record_logits(&mut rec, s, 0)?;
         rec.submit_cached("a decode step", Some(&mut s.dispatch_cache))?;
+        s.len += 1;
         Ok(gpu.read_u32(&s.token, 0, 1)?[0])
     }
 
@@ -340,10 +353,9 @@ impl TextModel {
         self.check_ids(ids)?;
         let t = ids.len();
         let mut s = self.session(gpu, t, t)?;
-        s.prefix_len = prefix_len;
         let idb = gpu.storage_init("ids", bytemuck::cast_slice(ids))?;
         let mut rec = gpu.recorder();
-        self.record_forward(&mut rec, &mut s, &idb, t, image)?;
+        self.record_forward(&mut rec, &mut s, &idb, t, image, prefix_len)?;
         rec.submit("a full forward pass")?;
         let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let block = ((gpu.max_binding_bytes() / (v as u64 * 4)) as usize).clamp(1, t);

@@ -54,6 +54,14 @@ pub struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// Whether the source holds tensor `name` (random sources hold every tensor asked for).
+    pub fn has(&self, name: &str) -> bool {
+        match &self.source {
+            WeightSource::Checkpoint(c) => c.contains(name),
+            WeightSource::Random { .. } => false,
+        }
+    }
+
     /// A small tensor (norm, bias, embedding of positions), always f32.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<wgpu::Buffer> {
         match &self.source {

@@ -96,6 +96,16 @@ impl Weight {
         rows: usize,
         cols: usize,
     ) -> Result<Weight> {
+        if bytes.len() as u64 > gpu.max_binding_bytes() {
+            return Err(Error::Tensor {
+                name: label.to_string(),
+                message: format!(
+                    "{} bytes are over this device's largest storage binding ({} bytes); try 16-bit weights",
+                    bytes.len(),
+                    gpu.max_binding_bytes()
+                ),
+            });
+        }
         if bytes.len() != rows * cols * format.bytes_per_element() {
             return Err(Error::Tensor {
                 name: label.to_string(),

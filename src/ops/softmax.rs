@@ -25,9 +25,9 @@ pub fn softmax(
     n: usize,
     temperature: f32,
 ) -> Result<()> {
-    if temperature.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+    if !(temperature > 0.0 && (1.0 / temperature).is_finite()) {
         return Err(Error::invalid(format!(
-            "softmax temperature must be > 0, got {temperature}"
+            "softmax temperature must be > 0 with a finite inverse, got {temperature}"
         )));
     }
     let pipeline = rec.gpu().pipeline(&SOFTMAX, "softmax", &[])?;
