@@ -88,7 +88,7 @@ fn linear_matches_reference() {
             let mut kernels = vec![LinearKernel::Matmul];
             if m == 1 {
                 kernels.push(LinearKernel::Gemv);
-                if k % (16 / format.bytes_per_element()) == 0 {
+                if format.rows_vec4_aligned(k) {
                     kernels.push(LinearKernel::GemvVec);
                 }
             }

@@ -21,6 +21,21 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
+impl Params {
+    fn new(m: usize, w: &Weight, flags: u32, x_at: Rows, y_at: Rows) -> Result<Params> {
+        Ok(Params {
+            m: u32_of("rows", m)?,
+            n: u32_of("out features", w.rows)?,
+            k: u32_of("in features", w.cols)?,
+            flags,
+            x_offset: u32_of("x offset", x_at.offset)?,
+            x_stride: u32_of("x stride", x_at.stride)?,
+            y_offset: u32_of("y offset", y_at.offset)?,
+            y_stride: u32_of("y stride", y_at.stride)?,
+        })
+    }
+}
+
 /// Which entry point computes the product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinearKernel {
@@ -35,9 +50,8 @@ pub enum LinearKernel {
 impl LinearKernel {
     /// The kernel for `m` rows of a weight with `k` columns in `format`.
     pub fn choose(m: usize, k: usize, format: WeightFormat) -> LinearKernel {
-        let per_load = 16 / format.bytes_per_element();
         match m {
-            1 if k.is_multiple_of(per_load) => LinearKernel::GemvVec,
+            1 if format.rows_vec4_aligned(k) => LinearKernel::GemvVec,
             1 => LinearKernel::Gemv,
             _ => LinearKernel::Matmul,
         }
@@ -79,23 +93,14 @@ pub fn linear_with(
     if kernel != LinearKernel::Matmul && m != 1 {
         return Err(Error::invalid(format!("gemv computes one row, not {m}")));
     }
-    let per_load = 16 / w.format.bytes_per_element();
-    if kernel == LinearKernel::GemvVec && !w.cols.is_multiple_of(per_load) {
+    if kernel == LinearKernel::GemvVec && !w.format.rows_vec4_aligned(w.cols) {
         return Err(Error::invalid(format!(
-            "gemv_vec needs k a multiple of {per_load}, got {}",
-            w.cols
+            "gemv_vec needs rows on 16-byte boundaries; k = {} in {:?} is not",
+            w.cols, w.format
         )));
     }
-    let params = Params {
-        m: u32_of("rows", m)?,
-        n: u32_of("out features", w.rows)?,
-        k: u32_of("in features", w.cols)?,
-        flags: b.is_some() as u32 | (accumulate as u32) << 1,
-        x_offset: u32_of("x offset", x_at.offset)?,
-        x_stride: u32_of("x stride", x_at.stride)?,
-        y_offset: u32_of("y offset", y_at.offset)?,
-        y_stride: u32_of("y stride", y_at.stride)?,
-    };
+    let flags = b.is_some() as u32 | (accumulate as u32) << 1;
+    let params = Params::new(m, w, flags, x_at, y_at)?;
     let gpu = rec.gpu().clone();
     let constants = [("W_DTYPE", w.format.shader_code())];
     let (entry, groups) = match kernel {
@@ -136,16 +141,16 @@ pub fn gemv_gated(
             gate.rows, gate.cols, gate.format, up.rows, up.cols, up.format
         )));
     }
-    let params = Params {
-        m: 1,
-        n: u32_of("out features", gate.rows)?,
-        k: u32_of("in features", gate.cols)?,
-        flags: 0,
-        x_offset: u32_of("x offset", x_at.offset)?,
-        x_stride: u32_of("x stride", x_at.stride)?,
-        y_offset: u32_of("y offset", y_offset)?,
-        y_stride: 0,
-    };
+    let params = Params::new(
+        1,
+        gate,
+        0,
+        x_at,
+        Rows {
+            offset: y_offset,
+            stride: 0,
+        },
+    )?;
     let gpu = rec.gpu().clone();
     let constants = [("W_DTYPE", gate.format.shader_code())];
     let pipeline = gpu.pipeline(&LINEAR, "gemv_vec_gated", &constants)?;
@@ -167,12 +172,11 @@ pub fn gemv_gated(
 /// Whether [`gemv_gated`] can combine `gate` and `up`.
 pub fn gated_supported(gate: &Weight, up: &Weight) -> bool {
     (gate.rows, gate.cols, gate.format) == (up.rows, up.cols, up.format)
-        && gate
-            .cols
-            .is_multiple_of(16 / gate.format.bytes_per_element())
+        && gate.format.rows_vec4_aligned(gate.cols)
 }
 
-/// Logits for `m` rows of `x` against a tied, chunked embedding table: `y[r, v]` = `x[r]` . `E[v]`,
+/// Logits for `m` rows of `x` against a chunked [vocab, H] table (the tied embedding, or an
+/// untied `lm_head`): `y[r, v]` = `x[r]` . `E[v]`,
 /// written at `y_at` with one row per input row (stride = vocabulary size for full rows).
 pub fn logits(
     rec: &mut Recorder,

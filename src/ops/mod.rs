@@ -41,6 +41,12 @@ impl WeightFormat {
         }
     }
 
+    /// Whether rows of `k` weights start on 16-byte boundaries, as the vectorised GEMVs load
+    /// them (k a multiple of 8 in 16 bits, of 4 in f32).
+    pub fn rows_vec4_aligned(self, k: usize) -> bool {
+        k.is_multiple_of(16 / self.bytes_per_element())
+    }
+
     /// Encodes f32 values in this format (round to nearest even for 16-bit formats).
     pub fn encode(self, data: &[f32]) -> Vec<u8> {
         match self {
