@@ -4,6 +4,7 @@
 //!   cargo run --release --example bench                      # paligemma-3b at 224, 448, 896
 //!   cargo run --release --example bench -- --decoder gemma2  # paligemma2-3b
 //!   cargo run --release --example bench -- --small           # a small shape (lavapipe, CI)
+//!   cargo run --release --example bench -- --kernels         # each kernel at the model's sizes
 //!
 //! Host times are wall-clock around work the GPU has finished (`Gpu::wait`), the median of
 //! `--repeat` runs after a warm-up that builds the pipelines. Where the adapter has timestamp
@@ -14,10 +15,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use paligemma::model::WeightSource;
-use paligemma::model::config::{PaliGemmaConfig, TextConfig, VisionConfig};
-use paligemma::ops::WeightFormat;
-use paligemma::{Gpu, GpuOptions, PaliGemma, Precision};
+use paligemma::config::{PaliGemmaConfig, TextConfig, VisionConfig};
+use paligemma::{Gpu, GpuOptions, PaliGemma, Precision, WeightFormat};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -48,6 +47,28 @@ struct Args {
     /// Also print GPU time per kernel (each dispatch timed alone) for vision, prefill and decode.
     #[arg(long)]
     profile: bool,
+    /// Time each kernel of the test table at the real model's sizes (the same cases
+    /// tests/kernels.rs checks), then exit.
+    #[arg(long)]
+    kernels: bool,
+}
+
+/// The kernel table's real-size cases: time per run and the bandwidth their bytes imply.
+fn bench_kernels(gpu: &Gpu) -> anyhow::Result<()> {
+    println!("adapter: {}", gpu.adapter_name());
+    println!("| case | ms | GB/s (bytes in + out / time) |\n|---|---|---|");
+    for case in paligemma::testing::kernel_cases() {
+        if !case.real_size || case.refuses.is_some() {
+            continue;
+        }
+        let (ms, bytes) = case.time(gpu, 5)?;
+        println!(
+            "| {} | {ms:.3} | {:.1} |",
+            case.name,
+            bytes as f64 / ms / 1e6
+        );
+    }
+    Ok(())
 }
 
 fn small_config() -> PaliGemmaConfig {
@@ -98,6 +119,9 @@ fn main() -> anyhow::Result<()> {
     .init();
     let args = Args::parse();
     let gpu = Gpu::new(&GpuOptions::default())?;
+    if args.kernels {
+        return bench_kernels(&gpu);
+    }
     let shapes: Vec<(String, PaliGemmaConfig)> = if args.small {
         vec![("small-112".into(), small_config())]
     } else {
@@ -131,8 +155,7 @@ fn main() -> anyhow::Result<()> {
     for (name, cfg) in shapes {
         let before = gpu.allocated_bytes();
         let t = Instant::now();
-        let source = WeightSource::Random { seed: 1, format };
-        let model = PaliGemma::from_source(gpu.clone(), cfg.clone(), source, None, Some(precision))
+        let model = PaliGemma::random(gpu.clone(), cfg.clone(), 1, format, Some(precision))
             .with_context(|| format!("building {name}"))?;
         let upload_s = t.elapsed().as_secs_f64();
         let weight_bytes = gpu.allocated_bytes() - before;

@@ -5,7 +5,7 @@
 //!   cargo run --example embed -- tests/fixtures/mqa/model tests/fixtures/mqa/photo.jpg "detect cat"
 
 use anyhow::Context;
-use paligemma::tokenizer::parse_detections;
+use paligemma::detection::parse_detections;
 use paligemma::{GenerateOptions, Gpu, PaliGemma};
 
 fn main() -> anyhow::Result<()> {

@@ -44,12 +44,20 @@ run)
     export PALIGEMMA_BIN=/tmp/gpu-bundle/bin/paligemma
     status=0
     for t in /tmp/gpu-bundle/bin/test-*; do
-        echo "== $(basename "$t")"
-        "$t" 2>&1 | tee "$out/$(basename "$t").log" | grep -E "^test result|FAILED|panicked|adapter" || true
-        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        name="$(basename "$t")"
+        echo "== $name"
+        # The exit status is the test binary's own (a pipeline's `|| true` would hide it).
+        if "$t" >"$out/$name.log" 2>&1; then rc=0; else rc=$?; status=1; fi
+        grep -E "^test result|FAILED|panicked|adapter" "$out/$name.log" || true
+        [ "$rc" -eq 0 ] || echo "!! $name exited $rc"
     done
+    echo "== bench --kernels"
+    /tmp/gpu-bundle/bin/bench --kernels >"$out/kernels.log" 2>&1 || status=1
+    cat "$out/kernels.log"
     echo "== bench"
-    /tmp/gpu-bundle/bin/bench ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" || status=1
+    /tmp/gpu-bundle/bin/bench ${BENCH_ARGS:-} >"$out/bench.log" 2>&1 || status=1
+    cat "$out/bench.log"
+    echo "== exit $status"
     exit $status
     ;;
 *)

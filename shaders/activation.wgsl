@@ -6,7 +6,7 @@
 //
 // Bindings: 0 params, 1 a [n] (x or gate), 3 out [n] (gelu_tanh: the result; gated: holds up on
 // entry; softcap: the values to cap).
-// One invocation per element; dispatch ceil(n / 256) workgroups through `Gpu::grid`.
+// One invocation per element; dispatch ceil(n / WG) workgroups through `Gpu::grid`.
 
 struct Params {
     n: u32,
@@ -19,35 +19,31 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-fn index(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + li;
-}
-
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gelu_tanh(@builtin(workgroup_id) wid: vec3<u32>,
              @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) li: u32) {
-    let i = index(wid, nwg, li);
+    let i = flat_invocation(wid, nwg, li);
     if (i < p.n) {
         out[i] = gelu_tanh_of(a[i]);
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gelu_tanh_gated(@builtin(workgroup_id) wid: vec3<u32>,
                    @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_index) li: u32) {
-    let i = index(wid, nwg, li);
+    let i = flat_invocation(wid, nwg, li);
     if (i < p.n) {
         out[i] = gelu_tanh_of(a[i]) * out[i];
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn softcap(@builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) li: u32) {
-    let i = index(wid, nwg, li);
+    let i = flat_invocation(wid, nwg, li);
     if (i < p.n) {
         out[i] = p.cap * tanh_stable(out[i] / p.cap);
     }

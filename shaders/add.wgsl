@@ -1,7 +1,7 @@
 // add: the residual connection, x += y, in place over n elements.
 //
 // Bindings: 0 params, 1 y [n], 2 x [n] (read-write).
-// One invocation per element; dispatch ceil(n / 256) workgroups through `Gpu::grid`.
+// One invocation per element; dispatch ceil(n / WG) workgroups through `Gpu::grid`.
 
 struct Params {
     n: u32,
@@ -14,11 +14,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read> y: array<f32>;
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn add_inplace(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + li;
+    let i = flat_invocation(wid, nwg, li);
     if (i < p.n) {
         x[i] += y[i];
     }

@@ -2,7 +2,7 @@
 // token instead of the whole vocabulary. Ties go to the lowest index, as torch.argmax does.
 //
 // Bindings: 0 params, 1 x (n values from offset), 2 out (u32, written at out_index).
-// One workgroup of 256 invocations strides over the row, then reduces (value, index) pairs in
+// One workgroup of WG invocations strides over the row, then reduces (value, index) pairs in
 // workgroup memory. Dispatch 1 workgroup.
 
 struct Params {
@@ -16,11 +16,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
 
-const WG: u32 = 256u;
-var<workgroup> best_v: array<f32, 256>;
-var<workgroup> best_i: array<u32, 256>;
+var<workgroup> best_v: array<f32, WG>;
+var<workgroup> best_i: array<u32, WG>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn argmax(@builtin(local_invocation_index) li: u32) {
     var bv = -3.4e38;
     var bi = 0xffffffffu;

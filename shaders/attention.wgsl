@@ -2,11 +2,11 @@
 // (MHA, GQA and MQA by indexing: query head h reads KV head h / (H / Hkv), never a copy), with
 // keys and values read from KV-cache buffers that stay on the GPU.
 //
-// One workgroup of 64 invocations per (query row, head). The query vector is staged in
-// workgroup memory; keys are visited in tiles of 64 (one score per invocation) with an online
+// One workgroup of WG invocations per (query row, head). The query vector is staged in
+// workgroup memory; keys are visited in tiles of WG (one score per invocation) with an online
 // softmax (running max and sum, flash-attention style), so no [rows, keys] score matrix is
 // ever materialised and any number of keys fits. Each invocation owns head dimensions
-// lid, lid + 64, lid + 128, lid + 192 of the output, hence head_dim <= 256.
+// lid, lid + WG, ... of the output, hence head_dim <= MAX_HEAD_DIM.
 //
 // Mask, for a query at cache position qpos = q_pos0 + row and a key at position j < kv_len:
 //   visible = (j < prefix_len && qpos < prefix_len)            // the prefix is one
@@ -24,13 +24,14 @@
 // Entry points:
 // - `attention`: one workgroup per (query row, head) over all keys. Dispatch q_rows * n_heads
 //   workgroups through `Gpu::grid`.
-// - `attention_blocked` (prefill, vision): one workgroup of 128 per (block of 16 query rows,
-//   head); 8 invocations per row, each owning head dimensions t, t + 8, ...; tiles of 8 keys
-//   are staged in workgroup memory once for all 16 rows (a 16th of the key traffic of
-//   `attention`), values are read straight from the cache, and tiles past the block's causal
-//   horizon are skipped. 12 KiB of workgroup memory, under WebGPU's 16 KiB minimum.
-//   Dispatch ceil(q_rows / 16) * n_heads workgroups through `Gpu::grid`.
-// - `attention_partial` + `attention_combine` (decode, one query row): a workgroup per (head,
+// - `attention_blocked` (prefill, vision): one workgroup of BLOCK_ROWS * ROW_LANES per (block
+//   of BLOCK_ROWS query rows, head); ROW_LANES invocations per row, each owning head dimensions
+//   t, t + ROW_LANES, ...; tiles of BLOCK_KEYS keys are staged in workgroup memory once for
+//   the whole block (1 / BLOCK_ROWS of the key traffic of `attention`), values are read
+//   straight from the cache, and tiles past the block's causal horizon are skipped. 12 KiB of
+//   workgroup memory at 16 x 8 x 8, under WebGPU's 16 KiB minimum.
+//   Dispatch ceil(q_rows / BLOCK_ROWS) * n_heads workgroups through `Gpu::grid`.
+// - `attention_split` + `attention_split_combine` (decode, one query row): a workgroup per (head,
 //   chunk of `chunk` keys) writes its running max, sum and unnormalised output to `partial`
 //   [n_heads, n_chunks, head_dim + 2]; then one workgroup per head merges the chunks. A long
 //   cache is then read by n_heads * n_chunks workgroups instead of n_heads. Dispatch
@@ -62,14 +63,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partial: array<f32>;
 
-const WG: u32 = 64u;
-const MAX_HEAD_DIM: u32 = 256u;
-const DIMS_PER_INVOCATION: u32 = 4u; // MAX_HEAD_DIM / WG
+const DIMS_PER_INVOCATION: u32 = MAX_HEAD_DIM / WG;
 const NEG_BIG: f32 = -1.0e30;
 
 var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
-var<workgroup> red: array<f32, WG>;
 
 fn visible(j: u32, qpos: u32) -> bool {
     if (j >= p.kv_len) {
@@ -113,15 +111,7 @@ fn attend(li: u32, qpos: u32, kv_base: u32, t_begin: u32, t_end: u32) {
                 s = p.softcap * tanh_stable(s / p.softcap);
             }
         }
-        red[li] = s;
-        workgroupBarrier();
-        for (var r = WG / 2u; r > 0u; r >>= 1u) {
-            if (li < r) {
-                red[li] = max(red[li], red[li + r]);
-            }
-            workgroupBarrier();
-        }
-        let m_new = max(m_run, red[0]);
+        let m_new = max(m_run, workgroup_max(li, s));
         probs[li] = select(0.0, exp(s - m_new), ok);
         workgroupBarrier();
         let correction = exp(m_run - m_new);
@@ -149,14 +139,17 @@ fn attend(li: u32, qpos: u32, kv_base: u32, t_begin: u32, t_end: u32) {
     }
 }
 
-@compute @workgroup_size(64)
+// Workgroups past the last (row, head) or chunk (the grid's overhang) work on the first one and
+// write nothing, so that every invocation reaches every barrier (no early return: FXC rejects
+// barriers after a branch it cannot prove uniform).
+
+@compute @workgroup_size(WG)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>,
              @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) li: u32) {
-    let g = wid.x + wid.y * nwg.x;
-    if (g >= p.q_rows * p.n_heads) {
-        return;
-    }
+    let g0 = flat_workgroup(wid, nwg);
+    let live = g0 < p.q_rows * p.n_heads;
+    let g = select(0u, g0, live);
     let row = g / p.n_heads;
     let h = g % p.n_heads;
     let kv_base = (h / (p.n_heads / p.n_kv_heads)) * p.head_dim;
@@ -168,21 +161,20 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>,
     let o_base = row * p.o_stride + h * p.head_dim;
     for (var i = 0u; i < DIMS_PER_INVOCATION; i++) {
         let d = li + i * WG;
-        if (d < p.head_dim) {
+        if (live && d < p.head_dim) {
             out[o_base + d] = acc[i] * inv_l;
         }
     }
 }
 
-@compute @workgroup_size(64)
-fn attention_partial(@builtin(workgroup_id) wid: vec3<u32>,
-                     @builtin(num_workgroups) nwg: vec3<u32>,
-                     @builtin(local_invocation_index) li: u32) {
+@compute @workgroup_size(WG)
+fn attention_split(@builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) li: u32) {
     let n_chunks = (p.kv_len + p.chunk - 1u) / p.chunk;
-    let g = wid.x + wid.y * nwg.x;
-    if (g >= n_chunks * p.n_heads) {
-        return;
-    }
+    let g0 = flat_workgroup(wid, nwg);
+    let live = g0 < n_chunks * p.n_heads;
+    let g = select(0u, g0, live);
     let h = g % p.n_heads;
     let c = g / p.n_heads;
     let kv_base = (h / (p.n_heads / p.n_kv_heads)) * p.head_dim;
@@ -191,20 +183,20 @@ fn attention_partial(@builtin(workgroup_id) wid: vec3<u32>,
     l_run = 0.0;
     attend(li, p.q_pos0, kv_base, c * p.chunk, min((c + 1u) * p.chunk, p.kv_len));
     let base = (h * n_chunks + c) * (p.head_dim + 2u);
-    if (li == 0u) {
+    if (live && li == 0u) {
         partial[base] = m_run;
         partial[base + 1u] = l_run;
     }
     for (var i = 0u; i < DIMS_PER_INVOCATION; i++) {
         let d = li + i * WG;
-        if (d < p.head_dim) {
+        if (live && d < p.head_dim) {
             partial[base + 2u + d] = acc[i];
         }
     }
 }
 
-@compute @workgroup_size(64)
-fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>,
+@compute @workgroup_size(WG)
+fn attention_split_combine(@builtin(workgroup_id) wid: vec3<u32>,
                      @builtin(local_invocation_index) li: u32) {
     let h = wid.x;
     let n_chunks = (p.kv_len + p.chunk - 1u) / p.chunk;
@@ -229,29 +221,29 @@ fn attention_combine(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
-const BQ: u32 = 16u; // query rows per workgroup
-const TPR: u32 = 8u; // invocations per query row
-const BK: u32 = 8u; // keys per tile
-const DPT_B: u32 = 32u; // MAX_HEAD_DIM / TPR: head dimensions per invocation
+const BQ: u32 = BLOCK_ROWS;
+const TPR: u32 = ROW_LANES;
+const BK: u32 = BLOCK_KEYS;
+const BLOCK_WG: u32 = BLOCK_ROWS * ROW_LANES;
+const DPT_B: u32 = MAX_HEAD_DIM / ROW_LANES; // head dimensions per invocation
 
-var<workgroup> k_tile: array<f32, 2048>; // [BK][MAX_HEAD_DIM]
-var<workgroup> s_part: array<f32, 1024>; // [BQ][TPR][BK] partial dot products
+var<workgroup> k_tile: array<f32, BLOCK_KEYS * MAX_HEAD_DIM>; // [BK][MAX_HEAD_DIM]
+var<workgroup> s_part: array<f32, BLOCK_WG * BLOCK_KEYS>; // [BQ][TPR][BK] partial dot products
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(BLOCK_WG)
 fn attention_blocked(@builtin(workgroup_id) wid: vec3<u32>,
                      @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_index) li: u32) {
     let n_blocks = (p.q_rows + BQ - 1u) / BQ;
-    let g = wid.x + wid.y * nwg.x;
-    if (g >= n_blocks * p.n_heads) {
-        return;
-    }
+    let g0 = flat_workgroup(wid, nwg);
+    let live = g0 < n_blocks * p.n_heads;
+    let g = select(0u, g0, live);
     let h = g % p.n_heads;
     let blk = g / p.n_heads;
     let r = li / TPR;
     let t = li % TPR;
     let row = blk * BQ + r;
-    let row_ok = row < p.q_rows;
+    let row_ok = live && row < p.q_rows;
     let qpos = p.q_pos0 + row;
     let kv_base = (h / (p.n_heads / p.n_kv_heads)) * p.head_dim;
     var qv: array<f32, DPT_B>;
@@ -271,7 +263,7 @@ fn attention_blocked(@builtin(workgroup_id) wid: vec3<u32>,
     let last_row = min(blk * BQ + BQ, p.q_rows) - 1u;
     let t_end = min(p.kv_len, max(p.prefix_len, p.q_pos0 + last_row + 1u));
     for (var t0 = 0u; t0 < t_end; t0 += BK) {
-        for (var e = li; e < BK * p.head_dim; e += 128u) {
+        for (var e = li; e < BK * p.head_dim; e += BLOCK_WG) {
             let jj = e / p.head_dim;
             let d = e % p.head_dim;
             var kv = 0.0;

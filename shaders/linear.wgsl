@@ -7,16 +7,16 @@
 // row, project only the last prompt row, or fill one vocabulary chunk of the logits.
 //
 // Entry points:
-// - `matmul` (many rows, prefill): 64x64 output tile per workgroup of 16x16 invocations, each
-//   computing a 4x4 block; x and W tiles of depth 16 are staged in workgroup memory.
-//   Dispatch (ceil(n / 64), ceil(m / 64), 1).
-// - `gemv` (one row, decode): 8 output features per workgroup of 256 invocations, 32 lanes per
-//   feature striding over k, then a tree reduction in workgroup memory (no subgroup feature
-//   needed). Dispatch ceil(n / 8) workgroups, split over x and y by `Gpu::grid`.
+// - `matmul` (many rows, prefill): a TILE x TILE output tile per workgroup of (TILE / 4)^2 = WG
+//   invocations, each computing a 4x4 block; x and W tiles of depth TILE_K are staged in
+//   workgroup memory. Dispatch (ceil(n / TILE), ceil(m / TILE), 1).
+// - `gemv` (one row, decode): GEMV_ROWS output features per workgroup of WG invocations, LANES
+//   (= WG / GEMV_ROWS) lanes per feature striding over k, then a tree reduction in workgroup
+//   memory (reduce.wgsl). Dispatch ceil(n / GEMV_ROWS) workgroups through `Gpu::grid`.
 // - `gemv_vec`: the same, each lane loading 16 bytes of W at a time (8 weights in 16 bits, 4 in
 //   f32), since decode is a stream over the weights. Needs k a multiple of 8 (16-bit) or 4 (f32)
 //   so every row starts on a 16-byte boundary.
-// - `gemv_vec_gated`: Gemma's MLP input side in one pass, y = gelu_tanh(x W^T) * (x W2^T) with
+// - `gemv_gated`: Gemma's MLP input side in one pass, y = gelu_tanh(x W^T) * (x W2^T) with
 //   W2 (the up projection) at binding 5; no bias, no accumulate. Same dispatch as `gemv_vec`.
 
 struct Params {
@@ -52,25 +52,20 @@ fn store(c: u32, index: u32, value: f32) {
     y[index] = v;
 }
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
+var<workgroup> xs: array<f32, TILE * TILE_K>; // [TILE rows of x][TILE_K]
+var<workgroup> ws: array<f32, TILE * TILE_K>; // [TILE rows of W][TILE_K]
 
-var<workgroup> xs: array<f32, 1024>; // [TM][TK]
-var<workgroup> ws: array<f32, 1024>; // [TN][TK]
-
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(TILE / 4u, TILE / 4u)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
           @builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
-    let row0 = wid.y * TM;
-    let col0 = wid.x * TN;
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
     var acc: array<f32, 16>;
-    for (var k0 = 0u; k0 < p.k; k0 += TK) {
-        for (var i = 0u; i < 4u; i++) {
-            let e = li + i * 256u;
-            let r = e / TK;
-            let c = k0 + e % TK;
+    for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
+        for (var e = li; e < TILE * TILE_K; e += WG) {
+            let r = e / TILE_K;
+            let c = k0 + e % TILE_K;
             var xv = 0.0;
             if (row0 + r < p.m && c < p.k) {
                 xv = x[p.x_offset + (row0 + r) * p.x_stride + c];
@@ -83,12 +78,12 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
             ws[e] = wv;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
+        for (var kk = 0u; kk < TILE_K; kk++) {
             var a: array<f32, 4>;
             var bw: array<f32, 4>;
             for (var i = 0u; i < 4u; i++) {
-                a[i] = xs[(lid.y * 4u + i) * TK + kk];
-                bw[i] = ws[(lid.x * 4u + i) * TK + kk];
+                a[i] = xs[(lid.y * 4u + i) * TILE_K + kk];
+                bw[i] = ws[(lid.x * 4u + i) * TILE_K + kk];
             }
             for (var i = 0u; i < 4u; i++) {
                 for (var j = 0u; j < 4u; j++) {
@@ -109,15 +104,11 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
-const LANES: u32 = 32u;
-const ROWS_PER_WG: u32 = 8u;
-var<workgroup> red: array<f32, 256>;
-
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
-    let row = (wid.x + wid.y * nwg.x) * ROWS_PER_WG + li / LANES;
+    let row = flat_workgroup(wid, nwg) * GEMV_ROWS + li / LANES;
     let lane = li % LANES;
     var acc = 0.0;
     if (row < p.n) {
@@ -126,21 +117,9 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>,
             acc = fma(x[p.x_offset + kk], w_at(base + kk), acc);
         }
     }
-    finish_row(li, lane, row, acc);
-}
-
-/// Sums the 32 lanes' partial dot products of `row` and writes y[row] (+ bias).
-fn finish_row(li: u32, lane: u32, row: u32, acc: f32) {
-    red[li] = acc;
-    workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
+    let total = group_sum(li, acc, LANES);
     if (lane == 0u && row < p.n) {
-        store(row, p.y_offset + row, red[li]);
+        store(row, p.y_offset + row, total);
     }
 }
 
@@ -155,55 +134,51 @@ fn dot_vec(q: vec4<u32>, xo: u32) -> f32 {
          + dot(vec4<f32>(w_pair(q.z), w_pair(q.w)), x1);
 }
 
-@compute @workgroup_size(256)
+/// Weights per 16-byte load: 8 in 16 bits, 4 in f32.
+fn per_vec() -> u32 {
+    return select(8u, 4u, W_DTYPE == 0u);
+}
+
+@compute @workgroup_size(WG)
 fn gemv_vec(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) li: u32) {
-    let row = (wid.x + wid.y * nwg.x) * ROWS_PER_WG + li / LANES;
+    let row = flat_workgroup(wid, nwg) * GEMV_ROWS + li / LANES;
     let lane = li % LANES;
     var acc = 0.0;
     if (row < p.n) {
-        let per = select(8u, 4u, W_DTYPE == 0u); // weights per 16-byte load
-        let n_vec = p.k / per;
+        let n_vec = p.k / per_vec();
         let base = row * n_vec;
         for (var j = lane; j < n_vec; j += LANES) {
-            acc += dot_vec(w[base + j], p.x_offset + j * per);
+            acc += dot_vec(w[base + j], p.x_offset + j * per_vec());
         }
     }
-    finish_row(li, lane, row, acc);
+    let total = group_sum(li, acc, LANES);
+    if (lane == 0u && row < p.n) {
+        store(row, p.y_offset + row, total);
+    }
 }
 
-var<workgroup> red2: array<f32, 256>;
-
-@compute @workgroup_size(256)
-fn gemv_vec_gated(@builtin(workgroup_id) wid: vec3<u32>,
-                  @builtin(num_workgroups) nwg: vec3<u32>,
-                  @builtin(local_invocation_index) li: u32) {
-    let row = (wid.x + wid.y * nwg.x) * ROWS_PER_WG + li / LANES;
+@compute @workgroup_size(WG)
+fn gemv_gated(@builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) li: u32) {
+    let row = flat_workgroup(wid, nwg) * GEMV_ROWS + li / LANES;
     let lane = li % LANES;
     var gate = 0.0;
     var up = 0.0;
     if (row < p.n) {
-        let per = select(8u, 4u, W_DTYPE == 0u);
-        let n_vec = p.k / per;
+        let n_vec = p.k / per_vec();
         let base = row * n_vec;
         for (var j = lane; j < n_vec; j += LANES) {
-            let xo = p.x_offset + j * per;
+            let xo = p.x_offset + j * per_vec();
             gate += dot_vec(w[base + j], xo);
             up += dot_vec(w2[base + j], xo);
         }
     }
-    red[li] = gate;
-    red2[li] = up;
-    workgroupBarrier();
-    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            red[li] += red[li + s];
-            red2[li] += red2[li + s];
-        }
-        workgroupBarrier();
-    }
+    gate = group_sum(li, gate, LANES);
+    up = group_sum(li, up, LANES);
     if (lane == 0u && row < p.n) {
-        y[p.y_offset + row] = gelu_tanh_of(red[li]) * red2[li];
+        y[p.y_offset + row] = gelu_tanh_of(gate) * up;
     }
 }

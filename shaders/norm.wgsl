@@ -4,7 +4,7 @@
 //   rms_norm:   y = x / sqrt(mean(x^2) + eps) * (1 + w)    (Gemma stores w - 1)
 //
 // Bindings: 0 params, 1 x [rows, n], 2 w [n], 3 b [n] (layer_norm only), 4 y [rows, n].
-// 256 invocations stride over the row and reduce in workgroup memory.
+// WG invocations stride over the row and reduce in workgroup memory (reduce.wgsl).
 // Dispatch `rows` workgroups through `Gpu::grid`.
 
 struct Params {
@@ -20,33 +20,17 @@ struct Params {
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-const WG: u32 = 256u;
-var<workgroup> red: array<f32, 256>;
+// A workgroup past the last row (the grid's overhang) still joins every barrier: it computes on
+// row 0 and writes nothing. Returning early would leave barriers after a branch some compilers
+// (FXC) cannot prove uniform.
 
-/// Sum of `v` over the workgroup; every invocation gets the total.
-fn workgroup_sum(li: u32, v: f32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            red[li] += red[li + s];
-        }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();
-    return total;
-}
-
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>,
               @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) li: u32) {
-    let row = wid.x + wid.y * nwg.x;
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.n;
+    let row = flat_workgroup(wid, nwg);
+    let live = row < p.rows;
+    let base = select(0u, row * p.n, live);
     var s = 0.0;
     for (var i = li; i < p.n; i += WG) {
         s += x[base + i];
@@ -58,27 +42,29 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>,
         q += d * d;
     }
     let inv = inverseSqrt(workgroup_sum(li, q) / f32(p.n) + p.eps);
-    for (var i = li; i < p.n; i += WG) {
-        y[base + i] = (x[base + i] - mean) * inv * w[i] + b[i];
+    if (live) {
+        for (var i = li; i < p.n; i += WG) {
+            y[base + i] = (x[base + i] - mean) * inv * w[i] + b[i];
+        }
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) li: u32) {
-    let row = wid.x + wid.y * nwg.x;
-    if (row >= p.rows) {
-        return;
-    }
-    let base = row * p.n;
+    let row = flat_workgroup(wid, nwg);
+    let live = row < p.rows;
+    let base = select(0u, row * p.n, live);
     var q = 0.0;
     for (var i = li; i < p.n; i += WG) {
         let v = x[base + i];
         q += v * v;
     }
     let inv = inverseSqrt(workgroup_sum(li, q) / f32(p.n) + p.eps);
-    for (var i = li; i < p.n; i += WG) {
-        y[base + i] = x[base + i] * inv * (1.0 + w[i]);
+    if (live) {
+        for (var i = li; i < p.n; i += WG) {
+            y[base + i] = x[base + i] * inv * (1.0 + w[i]);
+        }
     }
 }

@@ -6,7 +6,7 @@
 //
 // Bindings: 0 params, 1 pixels [channels, size, size], 2 W [dim, channels, patch, patch],
 // 3 b [dim], 4 pos [n_patches, dim], 5 out [n_patches, dim]; all f32.
-// One invocation per output; dispatch ceil(n_patches * dim / 256) workgroups via `Gpu::grid`.
+// One invocation per output; dispatch ceil(n_patches * dim / WG) workgroups via `Gpu::grid`.
 
 struct Params {
     image_size: u32,
@@ -26,11 +26,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read> pos: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn patch_embed(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
-    let g = (wid.x + wid.y * nwg.x) * 256u + li;
+    let g = flat_invocation(wid, nwg, li);
     if (g >= p.grid * p.grid * p.dim) {
         return;
     }

@@ -9,7 +9,7 @@
 // Bindings: 0 params, 1 cos [max_pos, head_dim / 2], 2 sin [same], 3 x (read-write); row r
 // starts at offset + r * stride and has position pos0 + r (PaliGemma's positions are 1-based,
 // so the host passes pos0 = 1 for the first prompt token).
-// One invocation per (row, head, i); dispatch ceil(rows * heads * head_dim / 2 / 256)
+// One invocation per (row, head, i); dispatch ceil(rows * heads * head_dim / 2 / WG)
 // workgroups through `Gpu::grid`.
 
 struct Params {
@@ -28,12 +28,12 @@ struct Params {
 @group(0) @binding(2) var<storage, read> sin_t: array<f32>;
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
     let half = p.head_dim / 2u;
-    let g = (wid.x + wid.y * nwg.x) * 256u + li;
+    let g = flat_invocation(wid, nwg, li);
     if (g >= p.rows * p.heads * half) {
         return;
     }

@@ -13,24 +13,32 @@
 //! # Ok::<(), paligemma::Error>(())
 //! ```
 //!
-//! Layers of the crate, bottom up:
-//! - [`gpu`]: the device (the library's or the caller's), pipelines, a recorder of dispatches;
-//! - [`ops`]: one module per kernel family in `shaders/`, each with its CPU reference;
-//! - [`model`]: config, checkpoint loading, the SigLIP tower and the Gemma decoder;
-//! - [`preprocess`], [`tokenizer`], [`sampling`]: what surrounds the network;
-//! - [`PaliGemma`]: load, generate, or drive prefill and steps yourself.
+//! The public API is what a user needs: [`PaliGemma`] (load, [`generate`](PaliGemma::generate),
+//! or [`encode_pixels`](PaliGemma::encode_pixels), [`session`](PaliGemma::session),
+//! [`prefill`](PaliGemma::prefill), [`step`](PaliGemma::step) to drive decoding yourself),
+//! [`Gpu`] (the library's device or the caller's), [`preprocess`], [`tokenizer`],
+//! [`detection`], [`sampling`], [`config`], and [`Reference`], the whole model on the CPU
+//! for verification. `docs/ARCHITECTURE.md` follows an image and a prompt through the crate.
 
-pub mod error;
-pub mod gpu;
-pub mod model;
-pub mod ops;
+mod error;
+mod gpu;
+mod model;
+mod ops;
 mod paligemma;
+mod shaders;
+
+pub mod detection;
 pub mod preprocess;
 pub mod sampling;
-pub mod shaders;
+#[doc(hidden)]
+pub mod testing;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions};
 pub use model::Precision;
+pub use model::config;
+pub use model::reference::Reference;
+pub use model::session::Session;
+pub use ops::WeightFormat;
 pub use paligemma::{GenerateOptions, Generation, ImageFeatures, LoadOptions, PaliGemma, Timings};

@@ -8,12 +8,13 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::PaliGemmaConfig;
-use crate::model::gemma::{Session, TextModel};
+use crate::model::gemma::TextModel;
+use crate::model::session::Session;
 use crate::model::siglip::VisionTower;
 use crate::model::{Loader, Precision, WeightSource};
-use crate::ops::Rows;
 use crate::ops::linear::Linear;
 use crate::ops::softmax::softmax;
+use crate::ops::{View, WeightFormat};
 use crate::preprocess::preprocess;
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::tokenizer::PromptTokenizer;
@@ -126,10 +127,22 @@ impl PaliGemma {
         Ok(model)
     }
 
-    /// Builds a model from any weight source, e.g. random weights at the published shapes
-    /// ([`WeightSource::Random`], for benchmarks). Without a tokenizer only the id-level API
-    /// (`encode_pixels`, `session`, `prefill`, `step`) works.
-    pub fn from_source(
+    /// A model at `config`'s shapes with uniform random weights stored as `format` (seeded per
+    /// tensor): the published sizes with no download, for benchmarks. Without a tokenizer only
+    /// the id-level API (`encode_pixels`, `session`, `prefill`, `step`) works.
+    pub fn random(
+        gpu: Gpu,
+        config: PaliGemmaConfig,
+        seed: u64,
+        format: WeightFormat,
+        precision: Option<Precision>,
+    ) -> Result<PaliGemma> {
+        let source = WeightSource::Random { seed, format };
+        Self::from_source(gpu, config, source, None, precision)
+    }
+
+    /// Builds a model from any weight source.
+    pub(crate) fn from_source(
         gpu: Gpu,
         config: PaliGemmaConfig,
         source: WeightSource,
@@ -173,9 +186,6 @@ impl PaliGemma {
         self.tokenizer
             .as_ref()
             .ok_or_else(|| Error::invalid("this model was built without a tokenizer"))
-    }
-    pub fn text_model(&self) -> &TextModel {
-        &self.text
     }
     /// The side of the square image the vision tower takes.
     pub fn image_size(&self) -> usize {
@@ -229,8 +239,8 @@ impl PaliGemma {
         self.vision.encode(&self.gpu, pixels, vout)?;
         let buffer = self.gpu.storage("image features", (n * dt * 4) as u64)?;
         let mut rec = self.gpu.recorder();
-        let (vp, tp) = (Rows::packed(dv), Rows::packed(dt));
-        self.projector.forward(&mut rec, vout, vp, &buffer, tp, n)?;
+        let (x, y) = (View::new(vout, n, dv), View::new(&buffer, n, dt));
+        self.projector.forward(&mut rec, x, y)?;
         rec.submit("the projector")?;
         Ok(ImageFeatures { buffer, n })
     }
@@ -265,6 +275,20 @@ impl PaliGemma {
     /// The logits the session's last token was chosen from, read back: `[vocab]`.
     pub fn logits(&self, s: &Session) -> Result<Vec<f32>> {
         self.gpu.read_f32(&s.logits, 0, self.config.text.vocab_size)
+    }
+
+    /// Logits at every position of `ids` in one pass, `[ids.len(), vocab]`, the image rows
+    /// replacing the first ids and positions from `prefix_len` on causal: what KV-cache
+    /// decoding must reproduce (`prefix_len` = the prompt's length), and transformers'
+    /// prefill logits when `prefix_len == ids.len()`.
+    pub fn all_logits(
+        &self,
+        ids: &[u32],
+        image: Option<&ImageFeatures>,
+        prefix_len: usize,
+    ) -> Result<Vec<f32>> {
+        let image = image.map(|f| (&f.buffer, f.n));
+        self.text.all_logits(&self.gpu, ids, image, prefix_len)
     }
 
     /// Generates text about `image` for `prompt`, calling `on_token(id, text_piece)` as each
@@ -312,7 +336,8 @@ impl PaliGemma {
                 None => greedy,
                 Some(pb) => {
                     let mut rec = self.gpu.recorder();
-                    softmax(&mut rec, &s.logits, pb, 1, vocab, opts.sampling.temperature)?;
+                    let (x, y) = (View::new(&s.logits, 1, vocab), View::new(pb, 1, vocab));
+                    softmax(&mut rec, x, y, opts.sampling.temperature)?;
                     rec.submit("the sampling softmax")?;
                     let probs = self.gpu.read_f32(pb, 0, vocab)?;
                     sampler.sample(&probs).ok_or_else(|| {

@@ -1,52 +1,71 @@
-//! The WGSL sources, embedded at compile time: one file per kernel family in `shaders/`.
-//! Preludes (`weight_format.wgsl`, `math.wgsl`) are prepended where used (WGSL has no includes).
+//! The WGSL sources, embedded at compile time: one file per kernel family in `shaders/`, each
+//! registered by its op module (`ops::linear::SHADER` for `shaders/linear.wgsl`).
+//!
+//! WGSL has no includes, so the preludes a family uses are prepended to it, and no way to share
+//! a constant with the host, so every size both sides depend on (workgroup sizes, tiles, rows
+//! per workgroup) is a Rust constant of the op module, emitted ahead of the WGSL as
+//! `const NAME: u32 = V;`. The shader files use the names and never restate the values.
 
-/// A WGSL module and the device features it needs (none, for every shader here: optional
-/// features only ever select faster variants).
+use std::fmt::Write;
+
+/// Preludes (no entry points of their own): `grid` (flat workgroup indices), `reduce` (tree
+/// reductions in workgroup memory), `weight_format` (f32/f16/bf16 weights from u32 words),
+/// `math` (stable tanh, GELU).
+pub(crate) const PRELUDES: &[&str] = &["grid", "reduce", "weight_format", "math"];
+
+/// One kernel family's WGSL and the host constants it is compiled with.
 #[derive(Debug)]
-pub struct Shader {
+pub(crate) struct Shader {
     pub name: &'static str,
-    pub source: &'static str,
-    pub features: wgpu::Features,
+    /// The preludes it uses, then `shaders/<name>.wgsl`, as written.
+    pub body: &'static str,
+    /// `(NAME, value)` pairs defined by the host and emitted as WGSL constants.
+    pub constants: &'static [(&'static str, u32)],
 }
 
+impl Shader {
+    /// The complete WGSL: the host's constants, the preludes, the family's file.
+    pub fn source(&self) -> String {
+        let mut s = format!(
+            "// {}.wgsl, compiled with the host's constants (src/ops/{}.rs):\n",
+            self.name, self.name
+        );
+        for (name, value) in self.constants {
+            let _ = writeln!(s, "const {name}: u32 = {value}u;");
+        }
+        s.push_str(self.body);
+        s
+    }
+}
+
+/// A [`Shader`] from `shaders/<name>.wgsl`, the listed preludes and constants.
 macro_rules! shader {
-    ($name:literal $(, $prelude:literal)*) => {
-        Shader {
+    ($name:literal, [$($prelude:literal),*], $constants:expr) => {
+        $crate::shaders::Shader {
             name: $name,
-            source: concat!(
-                $(include_str!(concat!("../shaders/", $prelude, ".wgsl")),)*
-                include_str!(concat!("../shaders/", $name, ".wgsl"))
+            body: concat!(
+                $(include_str!(concat!("../../shaders/", $prelude, ".wgsl")), "\n",)*
+                include_str!(concat!("../../shaders/", $name, ".wgsl"))
             ),
-            features: wgpu::Features::empty(),
+            constants: $constants,
         }
     };
 }
-
-/// Preludes (no entry points of their own), prepended to the shaders that use them.
-pub const PRELUDES: &[&str] = &["weight_format", "math"];
-
-pub const PATCH_EMBED: Shader = shader!("patch_embed");
-pub const NORM: Shader = shader!("norm");
-pub const LINEAR: Shader = shader!("linear", "weight_format", "math");
-pub const ACTIVATION: Shader = shader!("activation", "math");
-pub const ROPE: Shader = shader!("rope");
-pub const ATTENTION: Shader = shader!("attention", "math");
-pub const SOFTMAX: Shader = shader!("softmax");
-pub const EMBEDDING: Shader = shader!("embedding", "weight_format");
-pub const ADD: Shader = shader!("add");
-pub const ARGMAX: Shader = shader!("argmax");
+pub(crate) use shader;
 
 /// Every shader, for the portability test that translates each one to SPIR-V, MSL, HLSL, GLSL.
-pub const ALL: &[&Shader] = &[
-    &PATCH_EMBED,
-    &NORM,
-    &LINEAR,
-    &ACTIVATION,
-    &ROPE,
-    &ATTENTION,
-    &SOFTMAX,
-    &EMBEDDING,
-    &ADD,
-    &ARGMAX,
-];
+pub(crate) const ALL: &[&Shader] = {
+    use crate::ops::*;
+    &[
+        &activation::SHADER,
+        &add::SHADER,
+        &argmax::SHADER,
+        &attention::SHADER,
+        &gather::SHADER,
+        &linear::SHADER,
+        &norm::SHADER,
+        &patch_embed::SHADER,
+        &rope::SHADER,
+        &softmax::SHADER,
+    ]
+};

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_close, gpu, rel_error};
+use common::{assert_close, gpu};
 use paligemma::{GenerateOptions, PaliGemma, Precision};
 use safetensors::SafeTensors;
 
@@ -124,7 +124,7 @@ fn f32_matches_transformers_on_every_fixture() {
             .encode_pixels(&case.tensor("pixel_values"), Some(&vout))
             .unwrap();
         let got = model.gpu().read_f32(&vout, 0, n * dv).unwrap();
-        assert_close(
+        let vision_err = assert_close(
             &format!("{name}: vision_out"),
             &got,
             &case.tensor("vision_out"),
@@ -142,11 +142,8 @@ fn f32_matches_transformers_on_every_fixture() {
         );
 
         // Logits at every prompt position, the prefix bidirectional.
-        let all = model
-            .text_model()
-            .all_logits(model.gpu(), &ids, Some((&feats.buffer, feats.n)), ids.len())
-            .unwrap();
-        assert_close(
+        let all = model.all_logits(&ids, Some(&feats), ids.len()).unwrap();
+        let prefill_err = assert_close(
             &format!("{name}: prefill_logits"),
             &all,
             &case.tensor("prefill_logits"),
@@ -157,7 +154,7 @@ fn f32_matches_transformers_on_every_fixture() {
         let want_ids = case.ids("generated_ids");
         let (toks, logits) = decode(&model, &case, want_ids.len());
         assert_eq!(toks, want_ids, "{name}: greedy ids");
-        assert_close(
+        let step_err = assert_close(
             &format!("{name}: step_logits"),
             &logits,
             &case.tensor("step_logits"),
@@ -173,13 +170,7 @@ fn f32_matches_transformers_on_every_fixture() {
             "{name}: text"
         );
         eprintln!(
-            "{name}: vision_out/prefill/step rel err {:.2e}/{:.2e}/{:.2e}",
-            rel_error(
-                &model.gpu().read_f32(&vout, 0, n * dv).unwrap(),
-                &case.tensor("vision_out")
-            ),
-            rel_error(&all, &case.tensor("prefill_logits")),
-            rel_error(&logits, &case.tensor("step_logits")),
+            "{name}: vision_out/prefill/step rel err {vision_err:.2e}/{prefill_err:.2e}/{step_err:.2e}"
         );
     }
 }
@@ -198,10 +189,7 @@ fn kv_cache_decoding_equals_recomputing_the_sequence() {
         let feats = model
             .encode_pixels(&case.tensor("pixel_values"), None)
             .unwrap();
-        let all = model
-            .text_model()
-            .all_logits(model.gpu(), &seq, Some((&feats.buffer, feats.n)), ids.len())
-            .unwrap();
+        let all = model.all_logits(&seq, Some(&feats), ids.len()).unwrap();
         let recomputed = &all[(ids.len() - 1) * v..];
         // Same arithmetic in a different order (GEMV vs tiled matmul): f32 rounding only.
         assert_close(
@@ -251,7 +239,12 @@ fn sixteen_bit_weights_within_tolerance() {
         eprintln!(
             "{}: 16-bit weights, step_logits rel err {:.2e}, {checked} steps checked",
             case.name,
-            rel_error(&logits[..checked * v], &want[..checked * v])
+            assert_close(
+                "f16 step_logits",
+                &logits[..checked * v],
+                &want[..checked * v],
+                TOL
+            )
         );
     }
 }
@@ -361,18 +354,11 @@ fn bad_checkpoints_are_errors_that_name_the_culprit() {
 
 #[test]
 fn cpu_reference_matches_transformers_and_the_gpu() {
-    use paligemma::model::checkpoint::Checkpoint;
-    use paligemma::model::config::PaliGemmaConfig;
-    use paligemma::model::reference::Reference;
+    use paligemma::Reference;
     const TOL: f64 = 1e-4;
     for case in cases() {
         let dir = case.dir.join("model");
-        let cfg = PaliGemmaConfig::from_file(&dir.join("config.json")).unwrap();
-        let ckpt = Checkpoint::open(&dir).unwrap();
-        let cpu = Reference {
-            cfg: &cfg,
-            ckpt: &ckpt,
-        };
+        let cpu = Reference::open(&dir).unwrap();
         let name = &case.name;
         let vision_out = cpu.vision(&case.tensor("pixel_values")).unwrap();
         assert_close(
@@ -404,10 +390,7 @@ fn cpu_reference_matches_transformers_and_the_gpu() {
         let feats = model
             .encode_pixels(&case.tensor("pixel_values"), None)
             .unwrap();
-        let gpu_logits = model
-            .text_model()
-            .all_logits(model.gpu(), &seq, Some((&feats.buffer, feats.n)), ids.len())
-            .unwrap();
+        let gpu_logits = model.all_logits(&seq, Some(&feats), ids.len()).unwrap();
         let cpu_logits = cpu.logits(&seq, &features, ids.len()).unwrap();
         assert_close(
             &format!("{name}: GPU vs CPU logits with a causal tail"),
@@ -458,26 +441,18 @@ fn bad_requests_are_errors_not_panics() {
 
 #[test]
 fn configs_built_in_code_are_checked() {
-    use paligemma::model::WeightSource;
-    use paligemma::model::config::PaliGemmaConfig;
-    use paligemma::ops::WeightFormat;
-    let random = || WeightSource::Random {
-        seed: 0,
-        format: WeightFormat::Bf16,
-    };
+    use paligemma::WeightFormat;
+    use paligemma::config::PaliGemmaConfig;
+    let random = |cfg| PaliGemma::random(gpu().clone(), cfg, 0, WeightFormat::Bf16, None);
     let mut cfg = PaliGemmaConfig::paligemma_3b(224);
     cfg.text.sliding_layers.pop();
-    let e = PaliGemma::from_source(gpu().clone(), cfg, random(), None, None)
-        .err()
-        .unwrap();
+    let e = random(cfg).err().unwrap();
     assert!(e.to_string().contains("layer_types"), "{e}");
     let mut cfg = PaliGemmaConfig::paligemma_3b(224);
     cfg.vision.num_attention_heads = 0;
-    assert!(PaliGemma::from_source(gpu().clone(), cfg, random(), None, None).is_err());
+    assert!(random(cfg).is_err());
     let mut cfg = PaliGemmaConfig::paligemma_3b(224);
     cfg.text.head_dim = 512;
-    let e = PaliGemma::from_source(gpu().clone(), cfg, random(), None, None)
-        .err()
-        .unwrap();
+    let e = random(cfg).err().unwrap();
     assert!(e.to_string().contains("head_dim"), "{e}");
 }

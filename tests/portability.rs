@@ -4,7 +4,6 @@
 
 use naga::back::PipelineConstants;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use paligemma::shaders::{ALL, Shader};
 
 fn overrides_of(module: &naga::Module) -> Vec<PipelineConstants> {
     let has_dtype = module
@@ -23,17 +22,11 @@ fn overrides_of(module: &naga::Module) -> Vec<PipelineConstants> {
         .collect()
 }
 
-fn translate(shader: &Shader) -> Vec<String> {
+fn translate(name: &str, source: &str) -> Vec<String> {
     let mut failures = Vec::new();
-    let module = match naga::front::wgsl::parse_str(shader.source) {
+    let module = match naga::front::wgsl::parse_str(source) {
         Ok(m) => m,
-        Err(e) => {
-            return vec![format!(
-                "{}: parse: {}",
-                shader.name,
-                e.emit_to_string(shader.source)
-            )];
-        }
+        Err(e) => return vec![format!("{name}: parse: {}", e.emit_to_string(source))],
     };
     // Only what every backend has. `unpack2x16float` (16-bit weights) is core WGSL; naga names
     // it SHADER_FLOAT16_IN_FLOAT32, which wgpu grants on Vulkan, Metal, DX12 and GL ES 3.1.
@@ -43,11 +36,11 @@ fn translate(shader: &Shader) -> Vec<String> {
     );
     let info = match validator.validate(&module) {
         Ok(i) => i,
-        Err(e) => return vec![format!("{}: validate: {e:?}", shader.name)],
+        Err(e) => return vec![format!("{name}: validate: {e:?}")],
     };
     for constants in overrides_of(&module) {
         for ep in &module.entry_points {
-            let what = format!("{}::{} {:?}", shader.name, ep.name, constants);
+            let what = format!("{name}::{} {:?}", ep.name, constants);
             let stage = ep.stage;
             let (module, info) = match naga::back::pipeline_constants::process_overrides(
                 &module,
@@ -121,7 +114,10 @@ fn translate(shader: &Shader) -> Vec<String> {
 
 #[test]
 fn every_shader_translates_to_every_backend() {
-    let failures: Vec<String> = ALL.iter().flat_map(|s| translate(s)).collect();
+    let failures: Vec<String> = paligemma::testing::shader_sources()
+        .iter()
+        .flat_map(|(name, source)| translate(name, source))
+        .collect();
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
@@ -142,7 +138,10 @@ fn every_shader_file_is_registered() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         let stem = name.trim_end_matches(".wgsl");
         assert!(
-            paligemma::shaders::PRELUDES.contains(&stem) || ALL.iter().any(|s| s.name == stem),
+            paligemma::testing::prelude_names().contains(&stem)
+                || paligemma::testing::shader_sources()
+                    .iter()
+                    .any(|(s, _)| *s == stem),
             "shaders/{name} is not in shaders::ALL, so no test translates it"
         );
     }

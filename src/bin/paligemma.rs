@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use paligemma::detection::parse_detections;
 use paligemma::sampling::SamplingOptions;
-use paligemma::tokenizer::parse_detections;
 use paligemma::{GenerateOptions, GpuOptions, LoadOptions, PaliGemma, Precision};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

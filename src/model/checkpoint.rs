@@ -37,7 +37,6 @@ struct Entry {
 pub struct TensorData<'a> {
     pub name: &'a str,
     pub dtype: Dtype,
-    pub shape: &'a [usize],
     pub bytes: &'a [u8],
 }
 
@@ -209,10 +208,6 @@ impl Checkpoint {
         self.entries.contains_key(canon)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The tensor with canonical name `canon`, checked to have `shape`. Errors name the
     /// checkpoint's own tensor name and file.
     pub fn get(&self, canon: &str, shape: &[usize]) -> Result<TensorData<'_>> {
@@ -235,29 +230,9 @@ impl Checkpoint {
         let t = TensorData {
             name: &e.name,
             dtype: e.dtype,
-            shape: &e.shape,
             bytes: &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1],
         };
         t.format()?;
         Ok(t)
-    }
-
-    /// The dtype most tensors are stored in (what "the checkpoint's dtype" means).
-    pub fn main_format(&self) -> WeightFormat {
-        let count = |d: Dtype| -> usize {
-            self.entries
-                .values()
-                .filter(|e| e.dtype == d)
-                .map(|e| e.shape.iter().product::<usize>())
-                .sum()
-        };
-        let (f32s, f16s, bf16s) = (count(Dtype::F32), count(Dtype::F16), count(Dtype::BF16));
-        if bf16s >= f32s.max(f16s) {
-            WeightFormat::Bf16
-        } else if f16s >= f32s {
-            WeightFormat::F16
-        } else {
-            WeightFormat::F32
-        }
     }
 }

@@ -1,10 +1,14 @@
-//! `config.json` as published on the hub, resolved into typed configs. Absent fields take
-//! transformers' defaults (`SiglipVisionConfig`, `GemmaConfig`, `Gemma2Config`), so the terse
-//! configs people actually have (most fields missing) load as transformers would load them.
+//! `config.json` as published on the hub, resolved into typed configs. serde reads the JSON into
+//! private structs that mirror it (unknown fields ignored: hub configs carry dozens we don't
+//! use); resolving them applies transformers' defaults (`SiglipVisionConfig`, `GemmaConfig`,
+//! `Gemma2Config`), so the terse configs people actually have (most fields missing) load as
+//! transformers would load them.
 
 use std::path::Path;
+use std::result::Result as StdResult;
 
-use serde_json::{Map, Value};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -92,49 +96,181 @@ pub struct PaliGemmaConfig {
     pub eos_token_id: u32,
 }
 
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    path: &'a str,
+// The raw structs hold `Option`s, not `#[serde(default = ...)]` values: serde's defaults only
+// cover absent fields, but transformers writes `null` for "the default" too, and most of
+// Gemma's defaults depend on `text_config.model_type`, which a field default cannot see. The
+// defaults are applied in `RawConfig::resolve`, all in one place.
+
+/// The top level of `config.json`.
+#[derive(Deserialize)]
+struct RawConfig {
+    vision_config: Option<RawVision>,
+    text_config: Option<RawText>,
+    /// Older configs give the vocabulary only here.
+    vocab_size: Option<usize>,
+    image_token_index: Option<u32>,
+    /// The newer spelling of `image_token_index`.
+    image_token_id: Option<u32>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<TokenIds>,
+    /// PaliGemmaForConditionalGeneration reads the top-level flag, not text_config's.
+    tie_word_embeddings: Option<bool>,
 }
 
-impl Fields<'_> {
-    fn err(&self, key: &str, what: &str) -> Error {
-        Error::Config {
-            path: self.path.into(),
-            message: format!("field `{key}` {what}"),
-        }
+/// transformers also accepts a list of end tokens; the first is `<eos>`.
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "expected a token id or a list of them")]
+enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// `vision_config`. Errors say "expected an object", not serde's "struct RawVision", a name
+/// the user never wrote.
+#[derive(Default, Deserialize)]
+#[serde(expecting = "an object")]
+struct RawVision {
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_channels: Option<usize>,
+    image_size: Option<usize>,
+    patch_size: Option<usize>,
+    layer_norm_eps: Option<f32>,
+    hidden_act: Option<String>,
+}
+
+/// `text_config`.
+#[derive(Default, Deserialize)]
+#[serde(expecting = "an object")]
+struct RawText {
+    model_type: Option<String>,
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f32>,
+    rope_theta: Option<f32>,
+    /// transformers 5 nests RoPE's base here; it wins over the older top-level `rope_theta`.
+    rope_parameters: Option<RawRope>,
+    max_position_embeddings: Option<usize>,
+    // Gemma 2's switches: absent takes Gemma2Config's default, `null` turns them off.
+    #[serde(default, deserialize_with = "explicit")]
+    query_pre_attn_scalar: Option<Option<f32>>,
+    #[serde(default, deserialize_with = "explicit")]
+    attn_logit_softcapping: Option<Option<f32>>,
+    #[serde(default, deserialize_with = "explicit")]
+    final_logit_softcapping: Option<Option<f32>>,
+    #[serde(default, deserialize_with = "explicit")]
+    sliding_window: Option<Option<usize>>,
+    layer_types: Option<Vec<String>>,
+    /// Gemma reads `hidden_activation` only, whatever `hidden_act` says.
+    hidden_activation: Option<String>,
+}
+
+/// `text_config.rope_parameters`.
+#[derive(Default, Deserialize)]
+#[serde(expecting = "an object")]
+struct RawRope {
+    rope_theta: Option<f32>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an absent field (`None`); a plain `Option`
+/// reads both as `None`.
+fn explicit<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> StdResult<Option<Option<T>>, D::Error> {
+    Option::deserialize(d).map(Some)
+}
+
+/// Every GELU spelling transformers maps to the tanh approximation (gelu_new and gelu_fast are
+/// the same formula); anything else would silently compute something different.
+fn tanh_gelu(name: Option<&str>, what: &str) -> StdResult<(), String> {
+    match name.unwrap_or("gelu_pytorch_tanh") {
+        "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(()),
+        other => Err(format!(
+            "{what} activation `{other}` is not supported (gelu_pytorch_tanh)"
+        )),
     }
-    fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
-        match self.obj.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_u64()
-                .map(|x| x as usize)
-                .ok_or_else(|| self.err(key, &format!("must be a non-negative integer, got {v}"))),
-        }
-    }
-    fn f32_opt(&self, key: &str, default: Option<f32>) -> Result<Option<f32>> {
-        match self.obj.get(key) {
-            None => Ok(default),
-            Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(|x| Some(x as f32))
-                .ok_or_else(|| self.err(key, &format!("must be a number, got {v}"))),
-        }
-    }
-    fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
-        Ok(self.f32_opt(key, Some(default))?.unwrap_or(default))
-    }
-    fn str_or<'s>(&'s self, key: &str, default: &'s str) -> &'s str {
-        self.obj.get(key).and_then(Value::as_str).unwrap_or(default)
-    }
-    fn sub(&self, key: &str) -> Result<Map<String, Value>> {
-        match self.obj.get(key) {
-            None | Some(Value::Null) => Ok(Map::new()),
-            Some(Value::Object(m)) => Ok(m.clone()),
-            Some(v) => Err(self.err(key, &format!("must be an object, got {v}"))),
-        }
+}
+
+impl RawConfig {
+    /// Applies transformers' defaults; the error is the message for `Error::Config`.
+    fn resolve(self) -> StdResult<PaliGemmaConfig, String> {
+        let v = self.vision_config.unwrap_or_default();
+        let t = self.text_config.unwrap_or_default();
+        tanh_gelu(v.hidden_act.as_deref(), "vision_config")?;
+        tanh_gelu(t.hidden_activation.as_deref(), "text_config")?;
+        let vision = VisionConfig {
+            hidden_size: v.hidden_size.unwrap_or(768),
+            intermediate_size: v.intermediate_size.unwrap_or(3072),
+            num_hidden_layers: v.num_hidden_layers.unwrap_or(12),
+            num_attention_heads: v.num_attention_heads.unwrap_or(12),
+            num_channels: v.num_channels.unwrap_or(3),
+            image_size: v.image_size.unwrap_or(224),
+            patch_size: v.patch_size.unwrap_or(16),
+            layer_norm_eps: v.layer_norm_eps.unwrap_or(1e-6),
+        };
+        let decoder = match t.model_type.as_deref().unwrap_or("gemma") {
+            "gemma" => Decoder::Gemma,
+            "gemma2" => Decoder::Gemma2,
+            other => {
+                return Err(format!(
+                    "text_config.model_type `{other}` is not supported (gemma, gemma2)"
+                ));
+            }
+        };
+        let g2 = decoder == Decoder::Gemma2;
+        // Gemma's or Gemma 2's default; Gemma 2's switches are off on Gemma.
+        let pick = |gemma: usize, gemma2: usize| if g2 { gemma2 } else { gemma };
+        let switch =
+            |x: Option<Option<f32>>, default: f32| g2.then(|| x.unwrap_or(Some(default))).flatten();
+        let rope_theta = t
+            .rope_parameters
+            .and_then(|r| r.rope_theta)
+            .or(t.rope_theta);
+        let heads = t.num_attention_heads.unwrap_or(pick(16, 8));
+        let layers = t.num_hidden_layers.unwrap_or(pick(28, 26));
+        let sliding_layers = match t.layer_types {
+            Some(kinds) if g2 => kinds.iter().map(|k| k == "sliding_attention").collect(),
+            // Gemma 2 alternates, starting with a sliding layer.
+            _ => (0..layers).map(|i| g2 && i % 2 == 0).collect(),
+        };
+        let text = TextConfig {
+            decoder,
+            vocab_size: t.vocab_size.or(self.vocab_size).unwrap_or(257_216),
+            hidden_size: t.hidden_size.unwrap_or(pick(3072, 2304)),
+            intermediate_size: t.intermediate_size.unwrap_or(pick(24576, 9216)),
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: t.num_key_value_heads.unwrap_or(pick(heads, 4)),
+            head_dim: t.head_dim.unwrap_or(256),
+            rms_norm_eps: t.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta: rope_theta.unwrap_or(10000.0),
+            max_position_embeddings: t.max_position_embeddings.unwrap_or(8192),
+            query_pre_attn_scalar: switch(t.query_pre_attn_scalar, 256.0),
+            attn_logit_softcapping: switch(t.attn_logit_softcapping, 50.0),
+            final_logit_softcapping: switch(t.final_logit_softcapping, 30.0),
+            sliding_window: g2.then(|| t.sliding_window.unwrap_or(Some(4096))).flatten(),
+            sliding_layers,
+            tie_word_embeddings: self.tie_word_embeddings != Some(false),
+        };
+        let image_token = self.image_token_index.or(self.image_token_id);
+        Ok(PaliGemmaConfig {
+            vision,
+            text,
+            image_token_index: image_token.unwrap_or(257_152),
+            bos_token_id: self.bos_token_id.unwrap_or(2),
+            eos_token_id: match self.eos_token_id {
+                Some(TokenIds::One(id)) => id,
+                Some(TokenIds::Many(ids)) => ids.first().copied().unwrap_or(1),
+                None => 1,
+            },
+        })
     }
 }
 
@@ -150,145 +286,20 @@ impl PaliGemmaConfig {
 
     /// Resolves a config from JSON text; `origin` names it in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Self> {
-        let root: Value = serde_json::from_str(text).map_err(|e| Error::Config {
+        let bad = |message: String| Error::Config {
             path: origin.into(),
-            message: format!("not valid JSON: {e}"),
-        })?;
-        let root = root.as_object().ok_or_else(|| Error::Config {
-            path: origin.into(),
-            message: "must be a JSON object".into(),
-        })?;
-        let top = Fields {
-            obj: root,
-            path: origin,
+            message,
         };
-        let vobj = top.sub("vision_config")?;
-        let tobj = top.sub("text_config")?;
-        let v = Fields {
-            obj: &vobj,
-            path: origin,
-        };
-        let t = Fields {
-            obj: &tobj,
-            path: origin,
-        };
-
-        // Every GELU spelling transformers maps to the tanh approximation (gelu_new and gelu_fast
-        // are the same formula); anything else would silently compute something different.
-        let tanh_gelu = |obj: &Map<String, Value>, keys: &[&str], what: &str| -> Result<()> {
-            let name = keys
-                .iter()
-                .find_map(|k| obj.get(*k).and_then(Value::as_str))
-                .unwrap_or("gelu_pytorch_tanh");
-            match name {
-                "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(()),
-                other => Err(Error::Config {
-                    path: origin.into(),
-                    message: format!(
-                        "{what} activation `{other}` is not supported (gelu_pytorch_tanh)"
-                    ),
-                }),
-            }
-        };
-        tanh_gelu(&vobj, &["hidden_act"], "vision_config")?;
-        // Gemma reads `hidden_activation` only (absent: the tanh GELU), whatever `hidden_act` says.
-        tanh_gelu(&tobj, &["hidden_activation"], "text_config")?;
-
-        let vision = VisionConfig {
-            hidden_size: v.usize_or("hidden_size", 768)?,
-            intermediate_size: v.usize_or("intermediate_size", 3072)?,
-            num_hidden_layers: v.usize_or("num_hidden_layers", 12)?,
-            num_attention_heads: v.usize_or("num_attention_heads", 12)?,
-            num_channels: v.usize_or("num_channels", 3)?,
-            image_size: v.usize_or("image_size", 224)?,
-            patch_size: v.usize_or("patch_size", 16)?,
-            layer_norm_eps: v.f32_or("layer_norm_eps", 1e-6)?,
-        };
-
-        let decoder = match t.str_or("model_type", "gemma") {
-            "gemma" => Decoder::Gemma,
-            "gemma2" => Decoder::Gemma2,
-            other => {
-                return Err(Error::Config {
-                    path: origin.into(),
-                    message: format!(
-                        "text_config.model_type `{other}` is not supported (gemma, gemma2)"
-                    ),
-                });
-            }
-        };
-        let g2 = decoder == Decoder::Gemma2;
-        let heads = t.usize_or("num_attention_heads", if g2 { 8 } else { 16 })?;
-        let layers = t.usize_or("num_hidden_layers", if g2 { 26 } else { 28 })?;
-        // transformers 5 nests RoPE's base under rope_parameters; older configs have rope_theta.
-        let rope_obj = t.sub("rope_parameters")?;
-        let rope = Fields {
-            obj: &rope_obj,
-            path: origin,
-        };
-        let rope_theta = rope.f32_or("rope_theta", t.f32_or("rope_theta", 10000.0)?)?;
-        let sliding_window = match (g2, tobj.get("sliding_window")) {
-            (false, _) | (true, Some(Value::Null)) => None,
-            (true, _) => Some(t.usize_or("sliding_window", 4096)?),
-        };
-        let sliding_layers = match tobj.get("layer_types").and_then(Value::as_array) {
-            Some(kinds) if g2 => kinds
-                .iter()
-                .map(|k| k.as_str() == Some("sliding_attention"))
-                .collect(),
-            // Gemma 2 alternates, starting with a sliding layer.
-            _ => (0..layers).map(|i| g2 && i % 2 == 0).collect(),
-        };
-        let head_dim = t.usize_or("head_dim", 256)?;
-        let text = TextConfig {
-            decoder,
-            // Older configs give the vocabulary only at the top level.
-            vocab_size: t.usize_or("vocab_size", top.usize_or("vocab_size", 257_216)?)?,
-            hidden_size: t.usize_or("hidden_size", if g2 { 2304 } else { 3072 })?,
-            intermediate_size: t.usize_or("intermediate_size", if g2 { 9216 } else { 24576 })?,
-            num_hidden_layers: layers,
-            num_attention_heads: heads,
-            num_key_value_heads: t.usize_or("num_key_value_heads", if g2 { 4 } else { heads })?,
-            head_dim,
-            rms_norm_eps: t.f32_or("rms_norm_eps", 1e-6)?,
-            rope_theta,
-            max_position_embeddings: t.usize_or("max_position_embeddings", 8192)?,
-            query_pre_attn_scalar: if g2 {
-                t.f32_opt("query_pre_attn_scalar", Some(256.0))?
-            } else {
-                None
-            },
-            attn_logit_softcapping: if g2 {
-                t.f32_opt("attn_logit_softcapping", Some(50.0))?
-            } else {
-                None
-            },
-            final_logit_softcapping: if g2 {
-                t.f32_opt("final_logit_softcapping", Some(30.0))?
-            } else {
-                None
-            },
-            sliding_window,
-            sliding_layers,
-            // PaliGemmaForConditionalGeneration reads the top-level flag (default: tied).
-            tie_word_embeddings: root.get("tie_word_embeddings").and_then(Value::as_bool)
-                != Some(false),
-        };
-        let image_token_index = top.usize_or(
-            "image_token_index",
-            top.usize_or("image_token_id", 257_152)?,
-        )?;
-        let cfg = PaliGemmaConfig {
-            vision,
-            text,
-            image_token_index: image_token_index as u32,
-            bos_token_id: top.usize_or("bos_token_id", 2)? as u32,
-            // transformers also accepts a list of end tokens; the first is <eos>.
-            eos_token_id: match root.get("eos_token_id") {
-                Some(Value::Array(ids)) => ids.first().and_then(Value::as_u64).unwrap_or(1) as u32,
-                _ => top.usize_or("eos_token_id", 1)? as u32,
-            },
-        };
+        // Parsing to a `Value` first tells broken JSON from a wrong field, and keeps the
+        // messages free of line numbers that would point into a one-line string.
+        let root: Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        if !root.is_object() {
+            return Err(bad("must be a JSON object".into()));
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(root)
+            .map_err(|e| bad(format!("field `{}`: {}", e.path(), e.inner())))?;
+        let cfg = raw.resolve().map_err(bad)?;
         cfg.check(origin)?;
         Ok(cfg)
     }
@@ -324,7 +335,7 @@ impl PaliGemmaConfig {
         if t.head_dim == 0 || t.head_dim % 2 != 0 {
             return bad(format!("text head_dim {} must be even (RoPE)", t.head_dim));
         }
-        let max_hd = crate::ops::attention::MAX_HEAD_DIM;
+        let max_hd = crate::ops::attention::MAX_HEAD_DIM as usize;
         if t.head_dim > max_hd || v.head_dim() > max_hd {
             return bad(format!(
                 "head_dim {} (text) / {} (vision) is over the attention kernels' {max_hd}",
@@ -387,22 +398,16 @@ impl PaliGemmaConfig {
         let mut c = Self::paligemma_3b(resolution);
         c.text = TextConfig {
             decoder: Decoder::Gemma2,
-            vocab_size: 257_216,
             hidden_size: 2304,
             intermediate_size: 9216,
             num_hidden_layers: 26,
-            num_attention_heads: 8,
             num_key_value_heads: 4,
-            head_dim: 256,
-            rms_norm_eps: 1e-6,
-            rope_theta: 10000.0,
-            max_position_embeddings: 8192,
             query_pre_attn_scalar: Some(256.0),
             attn_logit_softcapping: Some(50.0),
             final_logit_softcapping: Some(30.0),
             sliding_window: Some(4096),
             sliding_layers: (0..26).map(|i| i % 2 == 0).collect(),
-            tie_word_embeddings: true,
+            ..c.text
         };
         c
     }
@@ -425,83 +430,5 @@ impl VisionConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fixture(p: &str) -> std::path::PathBuf {
-        let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        let root = if built.is_dir() {
-            built
-        } else {
-            Path::new("tests/fixtures").into()
-        };
-        root.join(p)
-    }
-
-    #[test]
-    fn the_published_config_resolves_with_transformers_defaults() {
-        // Most fields are absent from the hub's config.json: image_size, head_dim, eps, theta.
-        let c =
-            PaliGemmaConfig::from_file(&fixture("hub-config-paligemma-3b-pt-224.json")).unwrap();
-        assert_eq!(c, PaliGemmaConfig::paligemma_3b(224));
-        assert_eq!(c.vision.num_patches(), 256);
-        assert_eq!(c.text.attention_scale(), 1.0 / 16.0);
-    }
-
-    #[test]
-    fn transformers_5_configs_and_gemma2_resolve() {
-        let c = PaliGemmaConfig::from_file(&fixture("mqa/model/config.json")).unwrap();
-        assert_eq!(
-            (
-                c.text.hidden_size,
-                c.text.num_key_value_heads,
-                c.text.head_dim
-            ),
-            (64, 1, 16)
-        );
-        assert_eq!(c.vision.num_patches(), 16);
-        let g = PaliGemmaConfig::from_file(&fixture("gemma2/model/config.json")).unwrap();
-        assert_eq!(g.text.decoder, Decoder::Gemma2);
-        // The top-level hidden_size of PaliGemma 2 configs is stale; text_config's counts.
-        assert_eq!(g.text.hidden_size, 64);
-        assert_eq!(g.text.sliding_layers, vec![true, false, true, false]);
-        assert_eq!(g.text.sliding_window, Some(8));
-        assert_eq!(g.text.attention_scale(), 1.0 / 24f32.sqrt());
-        assert_eq!(g.text.final_logit_softcapping, Some(30.0));
-    }
-
-    #[test]
-    fn bad_configs_name_the_field() {
-        let e = PaliGemmaConfig::from_json(
-            r#"{"text_config": {"num_attention_heads": "8"}}"#,
-            "c.json",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("c.json") && e.contains("num_attention_heads"),
-            "{e}"
-        );
-        let e = PaliGemmaConfig::from_json(r#"{"text_config": {"model_type": "llama"}}"#, "c.json")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("llama"), "{e}");
-        let e = PaliGemmaConfig::from_json(
-            r#"{"vision_config": {"image_size": 225, "patch_size": 14}}"#,
-            "c.json",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("225"), "{e}");
-        assert!(PaliGemmaConfig::from_json("[1]", "c.json").is_err());
-        let e = PaliGemmaConfig::from_json(
-            r#"{"text_config": {"hidden_activation": "relu"}}"#,
-            "c.json",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("relu"), "{e}");
-        let c = PaliGemmaConfig::from_json(r#"{"tie_word_embeddings": false}"#, "c.json").unwrap();
-        assert!(!c.text.tie_word_embeddings);
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

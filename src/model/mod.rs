@@ -1,11 +1,12 @@
 //! PaliGemma's parts as typed structs of GPU buffers, each with `load` (shapes checked against
 //! the config) and a forward pass that reads like `docs/paligemma.md`.
 
-pub mod checkpoint;
+pub(crate) mod checkpoint;
 pub mod config;
-pub mod gemma;
+pub(crate) mod gemma;
 pub mod reference;
-pub mod siglip;
+pub mod session;
+pub(crate) mod siglip;
 
 use std::borrow::Cow;
 
@@ -38,7 +39,7 @@ impl Precision {
 }
 
 /// Where weights come from.
-pub enum WeightSource<'a> {
+pub(crate) enum WeightSource<'a> {
     /// A checkpoint folder.
     Checkpoint(&'a Checkpoint),
     /// Uniform random values in [-0.03, 0.03), stored as `format`, seeded per tensor name: a
@@ -47,7 +48,7 @@ pub enum WeightSource<'a> {
 }
 
 /// Uploads tensors in the layout the kernels want.
-pub struct Loader<'a> {
+pub(crate) struct Loader<'a> {
     pub gpu: &'a Gpu,
     pub source: WeightSource<'a>,
     pub precision: Precision,

@@ -3,25 +3,35 @@
 //! oracle the GPU pipeline is compared with end to end, layer by layer if need be, beside the
 //! transformers fixtures.
 
+use std::path::Path;
+
 use super::checkpoint::Checkpoint;
 use super::config::{Decoder, PaliGemmaConfig};
 use crate::error::Result;
 use crate::ops::activation::{gelu_tanh_gated_ref, gelu_tanh_ref, softcap_ref};
 use crate::ops::add::add_ref;
-use crate::ops::attention::{AttentionParams, attention_ref};
-use crate::ops::embedding::gather_ref;
+use crate::ops::attention::attention_ref;
+use crate::ops::gather::gather_ref;
 use crate::ops::linear::linear_ref;
 use crate::ops::norm::{layer_norm_ref, rms_norm_ref};
-use crate::ops::patch_embed::{PatchGeometry, patch_embed_ref};
+use crate::ops::patch_embed::patch_embed_ref;
 use crate::ops::rope::rope_ref;
 
 /// A checkpoint and its config, evaluated on the CPU.
-pub struct Reference<'a> {
-    pub cfg: &'a PaliGemmaConfig,
-    pub ckpt: &'a Checkpoint,
+pub struct Reference {
+    pub cfg: PaliGemmaConfig,
+    ckpt: Checkpoint,
 }
 
-impl Reference<'_> {
+impl Reference {
+    /// Opens a checkpoint folder (config.json and safetensors) for the CPU.
+    pub fn open(dir: &Path) -> Result<Reference> {
+        Ok(Reference {
+            cfg: PaliGemmaConfig::from_file(&dir.join("config.json"))?,
+            ckpt: Checkpoint::open(dir)?,
+        })
+    }
+
     fn t(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         self.ckpt.get(name, shape)?.to_f32()
     }
@@ -55,12 +65,7 @@ impl Reference<'_> {
             v.layer_norm_eps,
         );
         let (c, p) = (v.num_channels, v.patch_size);
-        let geo = PatchGeometry {
-            image_size: v.image_size,
-            patch: p,
-            channels: c,
-            dim: d,
-        };
+        let geo = v.patch_geometry();
         let e = "vision.embeddings";
         let mut x = patch_embed_ref(
             &geo,
@@ -74,20 +79,7 @@ impl Reference<'_> {
             let b = self.t(&format!("{name}.bias"), &[d])?;
             Ok(layer_norm_ref(x, &w, &b, n, d, eps))
         };
-        let heads = v.num_attention_heads as u32;
-        let attn = AttentionParams {
-            q_rows: n as u32,
-            n_heads: heads,
-            n_kv_heads: heads,
-            head_dim: v.head_dim() as u32,
-            q_stride: d as u32,
-            kv_stride: d as u32,
-            kv_len: n as u32,
-            prefix_len: n as u32,
-            o_stride: d as u32,
-            scale: 1.0 / (v.head_dim() as f32).sqrt(),
-            ..Default::default()
-        };
+        let attn = v.attention();
         for li in 0..v.num_hidden_layers {
             let pre = format!("vision.encoder.layers.{li}");
             let h = ln(&format!("{pre}.layer_norm1"), &x)?;
@@ -148,25 +140,7 @@ impl Reference<'_> {
             };
             let q = rope_ref(&proj("q_proj", qd)?, t, nh, hd, 1, c.rope_theta);
             let k = rope_ref(&proj("k_proj", kvd)?, t, nkv, hd, 1, c.rope_theta);
-            let params = AttentionParams {
-                q_rows: t as u32,
-                n_heads: nh as u32,
-                n_kv_heads: nkv as u32,
-                head_dim: hd as u32,
-                q_stride: qd as u32,
-                kv_stride: kvd as u32,
-                kv_len: t as u32,
-                prefix_len: prefix_len as u32,
-                window: if sliding {
-                    c.sliding_window.unwrap_or(0) as u32
-                } else {
-                    0
-                },
-                o_stride: qd as u32,
-                scale: c.attention_scale(),
-                softcap: c.attn_logit_softcapping.unwrap_or(0.0),
-                ..Default::default()
-            };
+            let params = c.attention(sliding, t, 0, prefix_len);
             let a = attention_ref(&q, &k, &proj("v_proj", kvd)?, &params);
             let o = self.linear(&format!("{p}.self_attn.o_proj"), &a, t, h, qd, false)?;
             let gemma2 = c.decoder == Decoder::Gemma2;

@@ -4,13 +4,13 @@
 use super::Loader;
 use super::config::VisionConfig;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
-use crate::ops::Rows;
+use crate::gpu::{Gpu, Recorder};
+use crate::ops::View;
 use crate::ops::activation::gelu_tanh;
-use crate::ops::attention::{AttentionParams, attention};
+use crate::ops::attention::{AttentionKernel, AttentionParams, attention};
 use crate::ops::linear::Linear;
 use crate::ops::norm::LayerNorm;
-use crate::ops::patch_embed::{PatchGeometry, patch_embed};
+use crate::ops::patch_embed::{PatchEmbedding, PatchGeometry};
 
 /// One encoder layer; field names follow the checkpoint's.
 pub struct VisionLayer {
@@ -27,11 +27,60 @@ pub struct VisionLayer {
 /// The vision tower's weights on the GPU.
 pub struct VisionTower {
     pub cfg: VisionConfig,
-    pub patch_weight: wgpu::Buffer,       // [D, C, P, P] f32
-    pub patch_bias: wgpu::Buffer,         // [D]
-    pub position_embedding: wgpu::Buffer, // [N, D]
+    pub embeddings: PatchEmbedding,
     pub layers: Vec<VisionLayer>,
     pub post_layernorm: LayerNorm,
+}
+
+/// The tower's activations for one image, `[N, D]` each (`[N, I]` for the MLP).
+struct Scratch {
+    x: wgpu::Buffer, // residual stream
+    h: wgpu::Buffer, // normed
+    q: wgpu::Buffer,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    a: wgpu::Buffer,  // attention output
+    m1: wgpu::Buffer, // fc1
+    m2: wgpu::Buffer, // gelu(fc1)
+}
+
+impl VisionConfig {
+    /// The tower's attention problem: every patch sees every patch. Shared by the GPU path
+    /// and the CPU reference.
+    pub(crate) fn attention(&self) -> AttentionParams {
+        let (heads, n) = (self.num_attention_heads, self.num_patches());
+        AttentionParams::packed(heads, heads, self.head_dim(), n, 0, n)
+    }
+
+    pub(crate) fn patch_geometry(&self) -> PatchGeometry {
+        PatchGeometry {
+            image_size: self.image_size,
+            patch: self.patch_size,
+            channels: self.num_channels,
+            dim: self.hidden_size,
+        }
+    }
+}
+
+impl VisionLayer {
+    /// x = x + out_proj(attention(layer_norm1(x))), then x = x + fc2(gelu(fc1(layer_norm2(x)))).
+    fn forward(&self, rec: &mut Recorder, cfg: &VisionConfig, s: &Scratch) -> Result<()> {
+        let (n, d, i) = (cfg.num_patches(), cfg.hidden_size, cfg.intermediate_size);
+        let rows = |b| View::new(b, n, d);
+        let (x, h, a) = (rows(&s.x), rows(&s.h), rows(&s.a));
+        self.layer_norm1.forward(rec, x, h)?;
+        self.q_proj.forward(rec, h, rows(&s.q))?;
+        self.k_proj.forward(rec, h, rows(&s.k))?;
+        self.v_proj.forward(rec, h, rows(&s.v))?;
+        let kernel = AttentionKernel::Blocked;
+        attention(rec, kernel, &s.q, &s.k, &s.v, &s.a, &cfg.attention())?;
+        self.out_proj.forward_add(rec, a, x)?;
+        let (m1, m2) = (View::new(&s.m1, n, i), View::new(&s.m2, n, i));
+        self.layer_norm2.forward(rec, x, h)?;
+        self.fc1.forward(rec, h, m1)?;
+        gelu_tanh(rec, m1, m2)?;
+        self.fc2.forward_add(rec, m2, x)
+    }
 }
 
 impl VisionTower {
@@ -56,85 +105,51 @@ impl VisionTower {
         let emb = "vision.embeddings";
         Ok(VisionTower {
             cfg: cfg.clone(),
-            patch_weight: l.f32(&format!("{emb}.patch_embedding.weight"), &[d, c, p, p])?,
-            patch_bias: l.f32(&format!("{emb}.patch_embedding.bias"), &[d])?,
-            position_embedding: l.f32(&format!("{emb}.position_embedding.weight"), &[n, d])?,
+            embeddings: PatchEmbedding {
+                geometry: cfg.patch_geometry(),
+                weight: l.f32(&format!("{emb}.patch_embedding.weight"), &[d, c, p, p])?,
+                bias: l.f32(&format!("{emb}.patch_embedding.bias"), &[d])?,
+                position: l.f32(&format!("{emb}.position_embedding.weight"), &[n, d])?,
+            },
             layers,
             post_layernorm: l.layer_norm("vision.post_layernorm", d, eps)?,
         })
     }
 
-    /// Encodes preprocessed pixels [C, S, S] into `out` [N, D] ("vision_out").
+    /// Encodes preprocessed pixels [C, S, S] into `out` [N, D] ("vision_out"), a submission
+    /// per layer so that no command buffer runs long enough to trip a driver watchdog.
     pub fn encode(&self, gpu: &Gpu, pixels: &[f32], out: &wgpu::Buffer) -> Result<()> {
         let cfg = &self.cfg;
         let (d, i, n) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_patches());
-        let (s, c) = (cfg.image_size, cfg.num_channels);
-        if pixels.len() != c * s * s {
+        let (size, c) = (cfg.image_size, cfg.num_channels);
+        if pixels.len() != c * size * size {
             return Err(Error::invalid(format!(
-                "pixel buffer holds {} values, the vision tower wants {c} x {s} x {s}",
+                "pixel buffer holds {} values, the vision tower wants {c} x {size} x {size}",
                 pixels.len()
             )));
         }
         let f = |label: &str, len: usize| gpu.storage(label, len as u64 * 4);
-        let px = gpu.upload_f32("pixels", pixels)?; // [C, S, S]
-        let x = f("vision x", n * d)?; // [N, D] residual stream
-        let h = f("vision h", n * d)?; // [N, D] normed / sublayer output
-        let q = f("vision q", n * d)?; // [N, D]
-        let k = f("vision k", n * d)?; // [N, D]
-        let v = f("vision v", n * d)?; // [N, D]
-        let a = f("vision attn", n * d)?; // [N, D]
-        let m1 = f("vision fc1", n * i)?; // [N, I]
-        let m2 = f("vision gelu", n * i)?; // [N, I]
-        let geo = PatchGeometry {
-            image_size: s,
-            patch: cfg.patch_size,
-            channels: c,
-            dim: d,
+        let s = Scratch {
+            x: f("vision x", n * d)?,
+            h: f("vision h", n * d)?,
+            q: f("vision q", n * d)?,
+            k: f("vision k", n * d)?,
+            v: f("vision v", n * d)?,
+            a: f("vision attn", n * d)?,
+            m1: f("vision fc1", n * i)?,
+            m2: f("vision gelu", n * i)?,
         };
-        let (dp, ip) = (Rows::packed(d), Rows::packed(i));
-        let heads = cfg.num_attention_heads as u32;
-        let hd = cfg.head_dim() as u32;
-        let attn = AttentionParams {
-            q_rows: n as u32,
-            n_heads: heads,
-            n_kv_heads: heads,
-            head_dim: hd,
-            q_stride: d as u32,
-            kv_stride: d as u32,
-            kv_len: n as u32,
-            prefix_len: n as u32, // every patch sees every patch
-            o_stride: d as u32,
-            scale: 1.0 / (hd as f32).sqrt(),
-            ..Default::default()
-        };
-
-        let mut recorder = gpu.recorder();
-        let rec = &mut recorder;
-        let pos = &self.position_embedding;
-        patch_embed(
-            rec,
-            &geo,
-            &px,
-            &self.patch_weight,
-            &self.patch_bias,
-            pos,
-            &x,
-        )?;
-        for layer in &self.layers {
-            // x = x + out_proj(attn(layer_norm1(x)))
-            layer.layer_norm1.forward(rec, &x, &h, n)?;
-            layer.q_proj.forward(rec, &h, dp, &q, dp, n)?;
-            layer.k_proj.forward(rec, &h, dp, &k, dp, n)?;
-            layer.v_proj.forward(rec, &h, dp, &v, dp, n)?;
-            attention(rec, &q, &k, &v, &a, &attn)?;
-            layer.out_proj.forward_add(rec, &a, dp, &x, dp, n)?;
-            // x = x + fc2(gelu_tanh(fc1(layer_norm2(x))))
-            layer.layer_norm2.forward(rec, &x, &h, n)?;
-            layer.fc1.forward(rec, &h, dp, &m1, ip, n)?;
-            gelu_tanh(rec, &m1, &m2, n * i)?;
-            layer.fc2.forward_add(rec, &m2, ip, &x, dp, n)?;
+        let pixels = gpu.upload_f32("pixels", pixels)?;
+        let mut rec = gpu.recorder();
+        self.embeddings
+            .forward(&mut rec, &pixels, View::new(&s.x, n, d))?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            layer.forward(&mut rec, cfg, &s)?;
+            rec.flush(&format!("vision layer {li}"))?;
         }
-        self.post_layernorm.forward(rec, &x, out, n)?;
-        recorder.submit("the vision tower")
+        let x = View::new(&s.x, n, d);
+        self.post_layernorm
+            .forward(&mut rec, x, View::new(out, n, d))?;
+        rec.submit("the vision tower")
     }
 }

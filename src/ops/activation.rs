@@ -1,10 +1,15 @@
 //! `shaders/activation.wgsl`: GELU (tanh approximation), the gated form used by Gemma, and
-//! Gemma 2's logit soft-cap.
+//! Gemma 2's logit soft-cap, one invocation per element.
 
-use super::{grid_256, u32_of};
+use super::{View, grid_for, u32_of};
 use crate::error::Result;
-use crate::gpu::{Recorder, bind};
-use crate::shaders::ACTIVATION;
+use crate::gpu::{Kernel, Recorder, bind};
+use crate::shaders::{Shader, shader};
+
+/// Invocations per workgroup.
+pub const WG: u32 = 256;
+
+pub(crate) const SHADER: Shader = shader!("activation", ["grid", "math"], &[("WG", WG)]);
 
 /// Mirrors `Params` in activation.wgsl.
 #[repr(C)]
@@ -16,48 +21,43 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
-/// `out[i]` = gelu_tanh(`x[i]`) for i < n.
-pub fn gelu_tanh(rec: &mut Recorder, x: &wgpu::Buffer, out: &wgpu::Buffer, n: usize) -> Result<()> {
-    let pipeline = rec.gpu().pipeline(&ACTIVATION, "gelu_tanh", &[])?;
-    let groups = grid_256(rec.gpu(), n);
-    let params = Params {
-        n: u32_of("n", n)?,
-        cap: 0.0,
-        _pad: [0; 2],
-    };
-    rec.dispatch(pipeline, &params, vec![bind(1, x), bind(3, out)], groups);
-    Ok(())
-}
-
-/// `up[i]` = gelu_tanh(`gate[i]`) * `up[i]` for i < n (in place over `up`).
-pub fn gelu_tanh_gated(
+/// Dispatches `entry` over the elements of `out` (packed), reading `a` when given.
+fn elementwise(
     rec: &mut Recorder,
-    gate: &wgpu::Buffer,
-    up: &wgpu::Buffer,
-    n: usize,
+    entry: &'static str,
+    a: Option<View>,
+    out: View,
+    cap: f32,
 ) -> Result<()> {
-    let pipeline = rec.gpu().pipeline(&ACTIVATION, "gelu_tanh_gated", &[])?;
-    let groups = grid_256(rec.gpu(), n);
-    let params = Params {
-        n: u32_of("n", n)?,
-        cap: 0.0,
-        _pad: [0; 2],
-    };
-    rec.dispatch(pipeline, &params, vec![bind(1, gate), bind(3, up)], groups);
-    Ok(())
-}
-
-/// `x[i]` = cap * tanh(`x[i]` / cap) for i < n (in place); `cap` > 0.
-pub fn softcap(rec: &mut Recorder, x: &wgpu::Buffer, n: usize, cap: f32) -> Result<()> {
-    let pipeline = rec.gpu().pipeline(&ACTIVATION, "softcap", &[])?;
-    let groups = grid_256(rec.gpu(), n);
+    out.expect_packed(entry, out.rows, out.width)?;
+    let n = out.rows * out.width;
+    let mut binds = vec![bind(3, out.buffer)];
+    if let Some(a) = a {
+        a.expect_packed(entry, out.rows, out.width)?;
+        binds.push(bind(1, a.buffer));
+    }
     let params = Params {
         n: u32_of("n", n)?,
         cap,
         _pad: [0; 2],
     };
-    rec.dispatch(pipeline, &params, vec![bind(3, x)], groups);
-    Ok(())
+    let groups = grid_for(rec.gpu(), n, WG);
+    rec.dispatch(Kernel::new(&SHADER, entry), &params, binds, groups)
+}
+
+/// out = gelu_tanh(x), elementwise.
+pub fn gelu_tanh(rec: &mut Recorder, x: View, out: View) -> Result<()> {
+    elementwise(rec, "gelu_tanh", Some(x), out, 0.0)
+}
+
+/// up = gelu_tanh(gate) * up, elementwise (in place over `up`).
+pub fn gelu_tanh_gated(rec: &mut Recorder, gate: View, up: View) -> Result<()> {
+    elementwise(rec, "gelu_tanh_gated", Some(gate), up, 0.0)
+}
+
+/// x = cap * tanh(x / cap), elementwise in place; `cap` > 0.
+pub fn softcap(rec: &mut Recorder, x: View, cap: f32) -> Result<()> {
+    elementwise(rec, "softcap", None, x, cap)
 }
 
 /// CPU reference for [`softcap`].

@@ -1,9 +1,14 @@
 //! `shaders/add.wgsl`: the residual connection x += y.
 
-use super::{grid_256, u32_of};
+use super::{View, grid_for, u32_of};
 use crate::error::Result;
-use crate::gpu::{Recorder, bind};
-use crate::shaders::ADD;
+use crate::gpu::{Kernel, Recorder, bind};
+use crate::shaders::{Shader, shader};
+
+/// Invocations per workgroup.
+pub const WG: u32 = 256;
+
+pub(crate) const SHADER: Shader = shader!("add", ["grid"], &[("WG", WG)]);
 
 /// Mirrors `Params` in add.wgsl.
 #[repr(C)]
@@ -14,16 +19,18 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
-/// `x[i]` += `y[i]` for i < n.
-pub fn add_inplace(rec: &mut Recorder, x: &wgpu::Buffer, y: &wgpu::Buffer, n: usize) -> Result<()> {
-    let pipeline = rec.gpu().pipeline(&ADD, "add_inplace", &[])?;
-    let groups = grid_256(rec.gpu(), n);
+/// x += y, elementwise over packed views of one shape.
+pub fn add_inplace(rec: &mut Recorder, x: View, y: View) -> Result<()> {
+    x.expect_packed("residual stream", x.rows, x.width)?;
+    y.expect_packed("residual branch", x.rows, x.width)?;
+    let n = x.rows * x.width;
     let params = Params {
         n: u32_of("n", n)?,
         _pad: [0; 3],
     };
-    rec.dispatch(pipeline, &params, vec![bind(1, y), bind(2, x)], groups);
-    Ok(())
+    let groups = grid_for(rec.gpu(), n, WG);
+    let binds = vec![bind(1, y.buffer), bind(2, x.buffer)];
+    rec.dispatch(Kernel::new(&SHADER, "add_inplace"), &params, binds, groups)
 }
 
 /// CPU reference for [`add_inplace`].

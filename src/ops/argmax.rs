@@ -1,9 +1,14 @@
 //! `shaders/argmax.wgsl`: greedy token choice on the GPU, one u32 read back per token.
 
-use super::u32_of;
+use super::{View, u32_of};
 use crate::error::Result;
-use crate::gpu::{Recorder, bind};
-use crate::shaders::ARGMAX;
+use crate::gpu::{Kernel, Recorder, bind};
+use crate::shaders::{Shader, shader};
+
+/// Invocations of the one workgroup.
+pub const WG: u32 = 256;
+
+pub(crate) const SHADER: Shader = shader!("argmax", [], &[("WG", WG)]);
 
 /// Mirrors `Params` in argmax.wgsl.
 #[repr(C)]
@@ -16,24 +21,17 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
-/// `out[out_index]` = argmax(`x[offset..offset + n]`); ties go to the lowest index.
-pub fn argmax(
-    rec: &mut Recorder,
-    x: &wgpu::Buffer,
-    offset: usize,
-    n: usize,
-    out: &wgpu::Buffer,
-    out_index: usize,
-) -> Result<()> {
-    let pipeline = rec.gpu().pipeline(&ARGMAX, "argmax", &[])?;
+/// `out[out_index]` = argmax of the one row `x` (u32); ties go to the lowest index.
+pub fn argmax(rec: &mut Recorder, x: View, out: &wgpu::Buffer, out_index: usize) -> Result<()> {
+    x.expect("argmax input", 1, x.width)?;
     let params = Params {
-        n: u32_of("n", n)?,
-        offset: u32_of("offset", offset)?,
+        n: u32_of("n", x.width)?,
+        offset: u32_of("offset", x.offset)?,
         out_index: u32_of("out index", out_index)?,
         _pad: 0,
     };
-    rec.dispatch(pipeline, &params, vec![bind(1, x), bind(2, out)], [1, 1, 1]);
-    Ok(())
+    let binds = vec![bind(1, x.buffer), bind(2, out)];
+    rec.dispatch(Kernel::new(&SHADER, "argmax"), &params, binds, [1, 1, 1])
 }
 
 /// CPU reference for [`argmax`] (first index of the maximum, like `torch.argmax`).

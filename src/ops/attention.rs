@@ -2,8 +2,31 @@
 //! cache; bidirectional prefix then causal; optional soft-capping and sliding window (Gemma 2).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Recorder, bind};
-use crate::shaders::ATTENTION;
+use crate::gpu::{Kernel, Recorder, bind};
+use crate::shaders::{Shader, shader};
+
+/// Invocations per workgroup of the per-row and split kernels (one key per invocation per tile).
+pub const WG: u32 = 64;
+/// The largest head dimension the kernels handle (each invocation owns MAX_HEAD_DIM / WG
+/// dimensions of the output).
+pub const MAX_HEAD_DIM: u32 = 256;
+/// `attention_blocked`: query rows per workgroup, invocations per row, keys per staged tile.
+pub const BLOCK_ROWS: u32 = 16;
+pub const ROW_LANES: u32 = 8;
+pub const BLOCK_KEYS: u32 = 8;
+const _: () = assert!(MAX_HEAD_DIM.is_multiple_of(WG) && MAX_HEAD_DIM.is_multiple_of(ROW_LANES));
+
+pub(crate) const SHADER: Shader = shader!(
+    "attention",
+    ["grid", "reduce", "math"],
+    &[
+        ("WG", WG),
+        ("MAX_HEAD_DIM", MAX_HEAD_DIM),
+        ("BLOCK_ROWS", BLOCK_ROWS),
+        ("ROW_LANES", ROW_LANES),
+        ("BLOCK_KEYS", BLOCK_KEYS),
+    ]
+);
 
 /// The attention problem; mirrors `Params` in attention.wgsl field for field. All offsets and
 /// strides are in f32 elements.
@@ -35,18 +58,49 @@ pub struct AttentionParams {
     pub scale: f32,
     /// Soft-cap c of the scores, c * tanh(s / c) (0 = none).
     pub softcap: f32,
-    /// Keys per workgroup in the split (decode) path; set by [`attention_split`].
+    /// Keys per workgroup in the split (decode) path; set by [`attention`].
     pub chunk: u32,
     pub _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<AttentionParams>() == 64);
 
-/// The largest head dimension the kernel handles (each of 64 invocations owns 4 dimensions).
-pub const MAX_HEAD_DIM: usize = 256;
-
 impl AttentionParams {
+    /// `q_rows` queries at cache positions `q_pos0..` over keys `0..kv_len`, with `n_heads`
+    /// query heads sharing `n_kv_heads` KV heads of `head_dim`, everything packed (q and out
+    /// rows of n_heads * head_dim, cache rows of n_kv_heads * head_dim), scores scaled by
+    /// head_dim^-0.5, and every key visible to every query (`prefix_len = kv_len`) until a
+    /// caller sets the mask: the one constructor of the GPU path and the CPU reference.
+    pub fn packed(
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        q_rows: usize,
+        q_pos0: usize,
+        kv_len: usize,
+    ) -> AttentionParams {
+        let (qd, kvd) = ((n_heads * head_dim) as u32, (n_kv_heads * head_dim) as u32);
+        AttentionParams {
+            q_rows: q_rows as u32,
+            n_heads: n_heads as u32,
+            n_kv_heads: n_kv_heads as u32,
+            head_dim: head_dim as u32,
+            q_offset: 0,
+            q_stride: qd,
+            kv_stride: kvd,
+            kv_len: kv_len as u32,
+            q_pos0: q_pos0 as u32,
+            prefix_len: kv_len as u32,
+            window: 0,
+            o_stride: qd,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            softcap: 0.0,
+            chunk: 0,
+            _pad: 0,
+        }
+    }
+
     fn check(&self) -> Result<()> {
-        if self.head_dim == 0 || self.head_dim as usize > MAX_HEAD_DIM {
+        if self.head_dim == 0 || self.head_dim > MAX_HEAD_DIM {
             return Err(Error::invalid(format!(
                 "attention head_dim {} is outside 1..={MAX_HEAD_DIM}",
                 self.head_dim
@@ -71,60 +125,86 @@ impl AttentionParams {
     }
 }
 
-/// Which entry point computes attention over many query rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttentionKernel {
-    /// One workgroup per (row, head).
+/// Which entry points compute attention.
+#[derive(Clone, Copy, Debug)]
+pub enum AttentionKernel<'a> {
+    /// One workgroup per (row, head) over all keys.
     PerRow,
-    /// One workgroup per (block of 16 rows, head), key tiles shared by the block.
+    /// One workgroup per (block of BLOCK_ROWS rows, head), key tiles shared by the block: for
+    /// many rows (prefill, vision).
     Blocked,
+    /// One query row (decode), the keys split into chunks processed by separate workgroups and
+    /// merged; `partial` holds [`partial_len`] f32 values.
+    Split { partial: &'a wgpu::Buffer },
 }
 
-/// out = softmax(mask(softcap(q k^T * scale))) v for every (query row, head): the blocked
-/// kernel for many rows, the per-row one for a single row.
+impl<'a> AttentionKernel<'a> {
+    /// The blocked kernel for many rows, the split one for a single row.
+    pub fn for_rows(q_rows: u32, partial: &'a wgpu::Buffer) -> Self {
+        if q_rows > 1 {
+            AttentionKernel::Blocked
+        } else {
+            AttentionKernel::Split { partial }
+        }
+    }
+}
+
+/// out = softmax(mask(softcap(q k^T * scale))) v for every (query row, head), the layouts of
+/// q, the cache and out given by `p`.
 pub fn attention(
-    rec: &mut Recorder,
-    q: &wgpu::Buffer,
-    k: &wgpu::Buffer,
-    v: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    params: &AttentionParams,
-) -> Result<()> {
-    let kernel = if params.q_rows > 1 {
-        AttentionKernel::Blocked
-    } else {
-        AttentionKernel::PerRow
-    };
-    attention_with(rec, kernel, q, k, v, out, params)
-}
-
-/// [`attention`] with an explicit kernel (tests run both).
-pub fn attention_with(
     rec: &mut Recorder,
     kernel: AttentionKernel,
     q: &wgpu::Buffer,
     k: &wgpu::Buffer,
     v: &wgpu::Buffer,
     out: &wgpu::Buffer,
-    params: &AttentionParams,
+    p: &AttentionParams,
 ) -> Result<()> {
-    params.check()?;
-    let (entry, groups) = match kernel {
-        AttentionKernel::PerRow => ("attention", params.q_rows * params.n_heads),
-        AttentionKernel::Blocked => (
-            "attention_blocked",
-            params.q_rows.div_ceil(16) * params.n_heads,
-        ),
-    };
-    let pipeline = rec.gpu().pipeline(&ATTENTION, entry, &[])?;
-    let groups = rec.gpu().grid(groups);
+    p.check()?;
+    let gpu = rec.gpu().clone();
     let binds = vec![bind(1, q), bind(2, k), bind(3, v), bind(4, out)];
-    rec.dispatch(pipeline, params, binds, groups);
-    Ok(())
+    match kernel {
+        AttentionKernel::PerRow => {
+            let groups = gpu.grid(p.q_rows * p.n_heads);
+            rec.dispatch(Kernel::new(&SHADER, "attention"), p, binds, groups)
+        }
+        AttentionKernel::Blocked => {
+            let groups = gpu.grid(p.q_rows.div_ceil(BLOCK_ROWS) * p.n_heads);
+            rec.dispatch(Kernel::new(&SHADER, "attention_blocked"), p, binds, groups)
+        }
+        AttentionKernel::Split { partial } => {
+            if p.q_rows != 1 {
+                return Err(Error::invalid(format!(
+                    "split attention takes one query row, not {}",
+                    p.q_rows
+                )));
+            }
+            let (heads, kv_len) = (p.n_heads as usize, p.kv_len as usize);
+            let chunk = split_chunk(kv_len, heads);
+            let n_chunks = kv_len.div_ceil(chunk);
+            let need = (heads * n_chunks * (p.head_dim as usize + 2) * 4) as u64;
+            if partial.size() < need {
+                return Err(Error::invalid(format!(
+                    "split attention needs {need} bytes of partial results, the buffer has {}",
+                    partial.size()
+                )));
+            }
+            let p = AttentionParams {
+                chunk: chunk as u32,
+                ..*p
+            };
+            let binds = vec![bind(1, q), bind(2, k), bind(3, v), bind(5, partial)];
+            let groups = gpu.grid((heads * n_chunks) as u32);
+            rec.dispatch(Kernel::new(&SHADER, "attention_split"), &p, binds, groups)?;
+            let binds = vec![bind(4, out), bind(5, partial)];
+            let combine = Kernel::new(&SHADER, "attention_split_combine");
+            rec.dispatch(combine, &p, binds, [heads as u32, 1, 1])
+        }
+    }
 }
 
 /// The smallest key chunk of the split path: one tile of the kernel.
-const MIN_CHUNK: usize = 64;
+const MIN_CHUNK: usize = WG as usize;
 
 /// Keys per workgroup for a decode step over `kv_len` keys: about 256 workgroups in all, so a
 /// long cache is spread over the whole GPU, in whole tiles.
@@ -136,52 +216,6 @@ pub fn split_chunk(kv_len: usize, n_heads: usize) -> usize {
 /// f32 elements the split path's `partial` buffer needs for caches of up to `capacity` keys.
 pub fn partial_len(n_heads: usize, head_dim: usize, capacity: usize) -> usize {
     n_heads * capacity.div_ceil(MIN_CHUNK).max(1) * (head_dim + 2)
-}
-
-/// [`attention`] for one query row (decode), with the keys split into chunks processed by
-/// separate workgroups and merged: `partial` holds [`partial_len`] f32 values.
-pub fn attention_split(
-    rec: &mut Recorder,
-    q: &wgpu::Buffer,
-    k: &wgpu::Buffer,
-    v: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    partial: &wgpu::Buffer,
-    params: &AttentionParams,
-) -> Result<()> {
-    params.check()?;
-    if params.q_rows != 1 {
-        return Err(Error::invalid(format!(
-            "split attention takes one query row, not {}",
-            params.q_rows
-        )));
-    }
-    let (heads, kv_len) = (params.n_heads as usize, params.kv_len as usize);
-    let chunk = split_chunk(kv_len, heads);
-    let n_chunks = kv_len.div_ceil(chunk);
-    let need = (heads * n_chunks * (params.head_dim as usize + 2) * 4) as u64;
-    if partial.size() < need {
-        return Err(Error::invalid(format!(
-            "split attention needs {need} bytes of partial results, the buffer has {}",
-            partial.size()
-        )));
-    }
-    let p = AttentionParams {
-        chunk: chunk as u32,
-        ..*params
-    };
-    let gpu = rec.gpu().clone();
-    let pipeline = gpu.pipeline(&ATTENTION, "attention_partial", &[])?;
-    let binds = vec![bind(1, q), bind(2, k), bind(3, v), bind(5, partial)];
-    rec.dispatch(pipeline, &p, binds, gpu.grid((heads * n_chunks) as u32));
-    let pipeline = gpu.pipeline(&ATTENTION, "attention_combine", &[])?;
-    rec.dispatch(
-        pipeline,
-        &p,
-        vec![bind(4, out), bind(5, partial)],
-        [heads as u32, 1, 1],
-    );
-    Ok(())
 }
 
 /// CPU reference for [`attention`], over the same buffer layouts, f64 throughout.

@@ -1,10 +1,34 @@
 //! `shaders/linear.wgsl`: y = x W^T (+ b) for many rows (`matmul`, prefill) or one row (`gemv`,
-//! decode), with W in f32, f16 or bf16; and the logits projection over a chunked vocabulary.
+//! decode), with W in f32, f16 or bf16; Gemma's gated MLP input in one GEMV; and the logits
+//! over a chunked vocabulary.
 
-use super::{ChunkedTable, Rows, Weight, WeightFormat, u32_of};
+use super::{ChunkedTable, View, Weight, WeightFormat, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Recorder, bind};
-use crate::shaders::LINEAR;
+use crate::gpu::{Kernel, Recorder, bind};
+use crate::shaders::{Shader, shader};
+
+/// Invocations per workgroup, in every entry point.
+pub const WG: u32 = 256;
+/// `matmul`'s output tile is TILE x TILE, each of the (TILE / 4)^2 = WG invocations computing
+/// a 4 x 4 block.
+pub const TILE: u32 = 64;
+/// Depth of the x and W tiles staged in workgroup memory by `matmul`.
+pub const TILE_K: u32 = 16;
+/// Output features per GEMV workgroup; each has WG / GEMV_ROWS lanes striding over k.
+pub const GEMV_ROWS: u32 = 8;
+const _: () = assert!((TILE / 4) * (TILE / 4) == WG);
+
+pub(crate) const SHADER: Shader = shader!(
+    "linear",
+    ["grid", "reduce", "weight_format", "math"],
+    &[
+        ("WG", WG),
+        ("TILE", TILE),
+        ("TILE_K", TILE_K),
+        ("GEMV_ROWS", GEMV_ROWS),
+        ("LANES", WG / GEMV_ROWS),
+    ]
+);
 
 /// Mirrors `Params` in linear.wgsl.
 #[repr(C)]
@@ -21,17 +45,23 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
+const BIAS: u32 = 1;
+const ACCUMULATE: u32 = 2;
+
 impl Params {
-    fn new(m: usize, w: &Weight, flags: u32, x_at: Rows, y_at: Rows) -> Result<Params> {
+    /// The product of `w` with the rows of `x` into `y`, both checked against `w`'s shape.
+    fn new(x: &View, w: &Weight, y: &View, flags: u32) -> Result<Params> {
+        x.expect("linear input", x.rows, w.cols)?;
+        y.expect("linear output", x.rows, w.rows)?;
         Ok(Params {
-            m: u32_of("rows", m)?,
+            m: u32_of("rows", x.rows)?,
             n: u32_of("out features", w.rows)?,
             k: u32_of("in features", w.cols)?,
             flags,
-            x_offset: u32_of("x offset", x_at.offset)?,
-            x_stride: u32_of("x stride", x_at.stride)?,
-            y_offset: u32_of("y offset", y_at.offset)?,
-            y_stride: u32_of("y stride", y_at.stride)?,
+            x_offset: u32_of("x offset", x.offset)?,
+            x_stride: u32_of("x stride", x.stride)?,
+            y_offset: u32_of("y offset", y.offset)?,
+            y_stride: u32_of("y stride", y.stride)?,
         })
     }
 }
@@ -41,9 +71,9 @@ impl Params {
 pub enum LinearKernel {
     /// Tiled in workgroup memory; for many rows.
     Matmul,
-    /// One workgroup per 8 output features; for a single row.
+    /// One workgroup per GEMV_ROWS output features; for a single row.
     Gemv,
-    /// [`Gemv`](Self::Gemv) with 16-byte weight loads; needs k a multiple of 8 (4 for f32).
+    /// [`Gemv`](Self::Gemv) with 16-byte weight loads; needs rows on 16-byte boundaries.
     GemvVec,
 }
 
@@ -56,84 +86,86 @@ impl LinearKernel {
             _ => LinearKernel::Matmul,
         }
     }
+
+    fn entry(self) -> &'static str {
+        match self {
+            LinearKernel::Matmul => "matmul",
+            LinearKernel::Gemv => "gemv",
+            LinearKernel::GemvVec => "gemv_vec",
+        }
+    }
 }
 
-/// `y[r, c]` = sum_k `x[r, k] W[c, k]` (+ `b[c]`) for r < m, with x and y rows placed by `x_at`,
-/// `y_at`. Picks `gemv` for one row and `matmul` otherwise.
-#[allow(clippy::too_many_arguments)]
-pub fn linear(
-    rec: &mut Recorder,
-    x: &wgpu::Buffer,
-    x_at: Rows,
-    w: &Weight,
-    b: Option<&wgpu::Buffer>,
-    y: &wgpu::Buffer,
-    y_at: Rows,
-    m: usize,
-) -> Result<()> {
-    let kernel = LinearKernel::choose(m, w.cols, w.format);
-    linear_with(rec, kernel, x, x_at, w, b, y, y_at, m, false)
+/// A linear layer as checkpoints store it: `weight` `[out, in]` and an optional `bias` `[out]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Weight,
+    pub bias: Option<wgpu::Buffer>,
 }
 
-/// [`linear`] with an explicit kernel choice (tests run every kernel on every shape), adding
-/// to y instead of overwriting it when `accumulate` (a residual connection folded in).
-#[allow(clippy::too_many_arguments)]
-pub fn linear_with(
-    rec: &mut Recorder,
-    kernel: LinearKernel,
-    x: &wgpu::Buffer,
-    x_at: Rows,
-    w: &Weight,
-    b: Option<&wgpu::Buffer>,
-    y: &wgpu::Buffer,
-    y_at: Rows,
-    m: usize,
-    accumulate: bool,
-) -> Result<()> {
-    if kernel != LinearKernel::Matmul && m != 1 {
-        return Err(Error::invalid(format!("gemv computes one row, not {m}")));
+impl Linear {
+    /// y = x W^T (+ b).
+    pub fn forward(&self, rec: &mut Recorder, x: View, y: View) -> Result<()> {
+        let kernel = LinearKernel::choose(x.rows, self.weight.cols, self.weight.format);
+        self.forward_with(rec, kernel, x, y, false)
     }
-    if kernel == LinearKernel::GemvVec && !w.format.rows_vec4_aligned(w.cols) {
-        return Err(Error::invalid(format!(
-            "gemv_vec needs rows on 16-byte boundaries; k = {} in {:?} is not",
-            w.cols, w.format
-        )));
+
+    /// y += x W^T (+ b): the projection and the residual connection after it in one pass.
+    pub fn forward_add(&self, rec: &mut Recorder, x: View, y: View) -> Result<()> {
+        let kernel = LinearKernel::choose(x.rows, self.weight.cols, self.weight.format);
+        self.forward_with(rec, kernel, x, y, true)
     }
-    let flags = b.is_some() as u32 | (accumulate as u32) << 1;
-    let params = Params::new(m, w, flags, x_at, y_at)?;
-    let gpu = rec.gpu().clone();
-    let constants = [("W_DTYPE", w.format.shader_code())];
-    let (entry, groups) = match kernel {
-        LinearKernel::Matmul => (
-            "matmul",
-            [w.rows.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],
-        ),
-        LinearKernel::Gemv => ("gemv", gpu.grid(w.rows.div_ceil(8) as u32)),
-        LinearKernel::GemvVec => ("gemv_vec", gpu.grid(w.rows.div_ceil(8) as u32)),
-    };
-    let pipeline = gpu.pipeline(&LINEAR, entry, &constants)?;
-    let binds = vec![
-        bind(1, x),
-        bind(2, &w.buffer),
-        bind(3, b.unwrap_or(gpu.dummy())),
-        bind(4, y),
-    ];
-    rec.dispatch(pipeline, &params, binds, groups);
-    Ok(())
+
+    /// [`forward`](Self::forward) or, when `accumulate`, [`forward_add`](Self::forward_add),
+    /// with an explicit kernel (tests run every kernel on every shape).
+    pub fn forward_with(
+        &self,
+        rec: &mut Recorder,
+        kernel: LinearKernel,
+        x: View,
+        y: View,
+        accumulate: bool,
+    ) -> Result<()> {
+        let w = &self.weight;
+        if kernel != LinearKernel::Matmul && x.rows != 1 {
+            return Err(Error::invalid(format!(
+                "gemv computes one row, not {}",
+                x.rows
+            )));
+        }
+        if kernel == LinearKernel::GemvVec && !w.format.rows_vec4_aligned(w.cols) {
+            return Err(Error::invalid(format!(
+                "gemv_vec needs rows on 16-byte boundaries; k = {} in {:?} is not",
+                w.cols, w.format
+            )));
+        }
+        let flags =
+            if self.bias.is_some() { BIAS } else { 0 } | if accumulate { ACCUMULATE } else { 0 };
+        let params = Params::new(&x, w, &y, flags)?;
+        let gpu = rec.gpu().clone();
+        let groups = match kernel {
+            LinearKernel::Matmul => [
+                (w.rows as u32).div_ceil(TILE),
+                (x.rows as u32).div_ceil(TILE),
+                1,
+            ],
+            _ => gpu.grid((w.rows as u32).div_ceil(GEMV_ROWS)),
+        };
+        let binds = vec![
+            bind(1, x.buffer),
+            bind(2, &w.buffer),
+            bind(3, self.bias.as_ref().unwrap_or(gpu.dummy())),
+            bind(4, y.buffer),
+        ];
+        let k = Kernel::new(&SHADER, kernel.entry()).with(w.format.overrides());
+        rec.dispatch(k, &params, binds, groups)
+    }
 }
 
 /// y = gelu_tanh(x W_gate^T) * (x W_up^T) for one row: Gemma's MLP up to `down_proj` in one
-/// dispatch (decode). Needs the two weights alike and k a multiple of 8 (4 for f32); see
+/// dispatch (decode). Needs the two weights alike with rows on 16-byte boundaries; see
 /// [`gated_supported`].
-pub fn gemv_gated(
-    rec: &mut Recorder,
-    x: &wgpu::Buffer,
-    x_at: Rows,
-    gate: &Weight,
-    up: &Weight,
-    y: &wgpu::Buffer,
-    y_offset: usize,
-) -> Result<()> {
+pub fn gemv_gated(rec: &mut Recorder, x: View, gate: &Weight, up: &Weight, y: View) -> Result<()> {
     if !gated_supported(gate, up) {
         return Err(Error::invalid(format!(
             "gemv_gated needs two [n, k] weights of one format with k a multiple of 16 bytes; got \
@@ -141,32 +173,18 @@ pub fn gemv_gated(
             gate.rows, gate.cols, gate.format, up.rows, up.cols, up.format
         )));
     }
-    let params = Params::new(
-        1,
-        gate,
-        0,
-        x_at,
-        Rows {
-            offset: y_offset,
-            stride: 0,
-        },
-    )?;
+    x.expect("gated MLP input", 1, gate.cols)?;
+    let params = Params::new(&x, gate, &y, 0)?;
     let gpu = rec.gpu().clone();
-    let constants = [("W_DTYPE", gate.format.shader_code())];
-    let pipeline = gpu.pipeline(&LINEAR, "gemv_vec_gated", &constants)?;
     let binds = vec![
-        bind(1, x),
+        bind(1, x.buffer),
         bind(2, &gate.buffer),
-        bind(4, y),
+        bind(4, y.buffer),
         bind(5, &up.buffer),
     ];
-    rec.dispatch(
-        pipeline,
-        &params,
-        binds,
-        gpu.grid(gate.rows.div_ceil(8) as u32),
-    );
-    Ok(())
+    let k = Kernel::new(&SHADER, "gemv_gated").with(gate.format.overrides());
+    let groups = gpu.grid((gate.rows as u32).div_ceil(GEMV_ROWS));
+    rec.dispatch(k, &params, binds, groups)
 }
 
 /// Whether [`gemv_gated`] can combine `gate` and `up`.
@@ -175,24 +193,16 @@ pub fn gated_supported(gate: &Weight, up: &Weight) -> bool {
         && gate.format.rows_vec4_aligned(gate.cols)
 }
 
-/// Logits for `m` rows of `x` against a chunked [vocab, H] table (the tied embedding, or an
-/// untied `lm_head`): `y[r, v]` = `x[r]` . `E[v]`,
-/// written at `y_at` with one row per input row (stride = vocabulary size for full rows).
-pub fn logits(
-    rec: &mut Recorder,
-    x: &wgpu::Buffer,
-    x_at: Rows,
-    table: &ChunkedTable,
-    y: &wgpu::Buffer,
-    y_at: Rows,
-    m: usize,
-) -> Result<()> {
+/// Logits of the rows of `x` against a chunked `[vocab, H]` table (the tied embedding, or an
+/// untied `lm_head`): `y[r, v]` = `x[r]` . `E[v]`, each chunk filling its columns of `y`.
+pub fn logits(rec: &mut Recorder, x: View, table: &ChunkedTable, y: View) -> Result<()> {
+    y.expect("logits", x.rows, table.rows)?;
     for (start, chunk) in &table.chunks {
-        let at = Rows {
-            offset: y_at.offset + start,
-            stride: y_at.stride,
+        let part = Linear {
+            weight: chunk.clone(),
+            bias: None,
         };
-        linear(rec, x, x_at, chunk, None, y, at, m)?;
+        part.forward(rec, x, y.cols(*start, chunk.rows))?;
     }
     Ok(())
 }
@@ -219,41 +229,4 @@ pub fn linear_ref(
         }
     }
     y
-}
-
-/// A linear layer as checkpoints store it: `weight` `[out, in]` and an optional `bias` `[out]`.
-#[derive(Clone, Debug)]
-pub struct Linear {
-    pub weight: Weight,
-    pub bias: Option<wgpu::Buffer>,
-}
-
-impl Linear {
-    /// y = x W^T (+ b) for `m` rows placed by `x_at` and `y_at`.
-    pub fn forward(
-        &self,
-        rec: &mut Recorder,
-        x: &wgpu::Buffer,
-        x_at: Rows,
-        y: &wgpu::Buffer,
-        y_at: Rows,
-        m: usize,
-    ) -> Result<()> {
-        linear(rec, x, x_at, &self.weight, self.bias.as_ref(), y, y_at, m)
-    }
-
-    /// y += x W^T (+ b): the projection and the residual connection after it in one pass.
-    pub fn forward_add(
-        &self,
-        rec: &mut Recorder,
-        x: &wgpu::Buffer,
-        x_at: Rows,
-        y: &wgpu::Buffer,
-        y_at: Rows,
-        m: usize,
-    ) -> Result<()> {
-        let kernel = LinearKernel::choose(m, self.weight.cols, self.weight.format);
-        let b = self.bias.as_ref();
-        linear_with(rec, kernel, x, x_at, &self.weight, b, y, y_at, m, true)
-    }
 }

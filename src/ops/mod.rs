@@ -1,12 +1,16 @@
 //! The kernel set: for each `shaders/<name>.wgsl`, its host side and its CPU reference live in
-//! `ops/<name>.rs` under the same names (`rms_norm` dispatches, `rms_norm_ref` is the oracle).
-//! References are plain loops with f64 accumulators, public so tests can reach them.
+//! `ops/<name>.rs` under the same names (`RmsNorm::forward` dispatches `rms_norm`,
+//! `rms_norm_ref` is the oracle), with the constants the shader is compiled with and its
+//! [`Shader`](crate::shaders::Shader). References are plain loops with f64 accumulators.
+//!
+//! Ops read and write [`View`]s: rows of f32 activations inside a buffer, checked against the
+//! buffer and the op's expected shape in one place ([`View::expect`]).
 
 pub mod activation;
 pub mod add;
 pub mod argmax;
 pub mod attention;
-pub mod embedding;
+pub mod gather;
 pub mod linear;
 pub mod norm;
 pub mod patch_embed;
@@ -25,12 +29,12 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
-    /// The value of the shaders' `W_DTYPE` override constant.
-    pub fn shader_code(self) -> f64 {
+    /// The shaders' `W_DTYPE` override constant for this format (weight_format.wgsl).
+    pub(crate) fn overrides(self) -> &'static [(&'static str, u32)] {
         match self {
-            WeightFormat::F32 => 0.0,
-            WeightFormat::F16 => 1.0,
-            WeightFormat::Bf16 => 2.0,
+            WeightFormat::F32 => &[("W_DTYPE", 0)],
+            WeightFormat::F16 => &[("W_DTYPE", 1)],
+            WeightFormat::Bf16 => &[("W_DTYPE", 2)],
         }
     }
 
@@ -202,28 +206,103 @@ impl ChunkedTable {
     }
 }
 
-/// Where rows of a [m, width] operand live inside a buffer: row r starts at `offset + r * stride`
-/// (in f32 elements). Lets kernels read or write a slice of a larger buffer without copies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rows {
+/// `rows` rows of `width` f32 values inside a buffer, row r starting at element
+/// `offset + r * stride`: an operand of an op. Lets kernels read or write a slice of a larger
+/// buffer (a KV-cache row, the last prompt row, one vocabulary chunk of the logits) without
+/// copies, and carries the shape every op checks.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub rows: usize,
+    pub width: usize,
     pub offset: usize,
     pub stride: usize,
 }
 
-impl Rows {
-    /// Rows packed back to back from the start of the buffer.
-    pub fn packed(width: usize) -> Rows {
-        Rows {
+impl<'a> View<'a> {
+    /// `[rows, width]` packed from the start of `buffer`.
+    pub fn new(buffer: &'a wgpu::Buffer, rows: usize, width: usize) -> View<'a> {
+        View {
+            buffer,
+            rows,
+            width,
             offset: 0,
             stride: width,
         }
     }
-    /// Packed rows starting at row `first`.
-    pub fn from_row(first: usize, width: usize) -> Rows {
-        Rows {
-            offset: first * width,
-            stride: width,
+
+    /// `n` rows from row `first`.
+    pub fn rows(self, first: usize, n: usize) -> View<'a> {
+        View {
+            offset: self.offset + first * self.stride,
+            rows: n,
+            ..self
         }
+    }
+
+    /// Row `r` alone.
+    pub fn row(self, r: usize) -> View<'a> {
+        self.rows(r, 1)
+    }
+
+    /// Columns `first..first + width` of every row.
+    pub fn cols(self, first: usize, width: usize) -> View<'a> {
+        View {
+            offset: self.offset + first,
+            width,
+            ..self
+        }
+    }
+
+    /// f32 elements the view covers, gaps between rows included.
+    pub fn span(&self) -> usize {
+        match self.rows {
+            0 => 0,
+            r => self.offset + (r - 1) * self.stride + self.width,
+        }
+    }
+
+    /// Whether the rows are back to back from the buffer's start (what elementwise kernels,
+    /// norms and the softmax take).
+    pub fn is_packed(&self) -> bool {
+        self.offset == 0 && (self.stride == self.width || self.rows <= 1)
+    }
+
+    /// Checks that the view is `[rows, width]`, lies inside its buffer and is indexable by the
+    /// shaders' u32; `what` names the operand in the error.
+    pub fn expect(&self, what: &str, rows: usize, width: usize) -> Result<()> {
+        if (self.rows, self.width) != (rows, width) {
+            return Err(Error::invalid(format!(
+                "{what} is [{}, {}], expected [{rows}, {width}]",
+                self.rows, self.width
+            )));
+        }
+        if self.width > self.stride && self.rows > 1 {
+            return Err(Error::invalid(format!(
+                "{what}: rows of {} overlap at stride {}",
+                self.width, self.stride
+            )));
+        }
+        let bytes = self.span() as u64 * 4;
+        if bytes > self.buffer.size() {
+            return Err(Error::invalid(format!(
+                "{what} needs {bytes} bytes, its buffer has {}",
+                self.buffer.size()
+            )));
+        }
+        u32_of(what, self.span())?;
+        Ok(())
+    }
+
+    /// [`expect`](Self::expect), and packed.
+    pub fn expect_packed(&self, what: &str, rows: usize, width: usize) -> Result<()> {
+        self.expect(what, rows, width)?;
+        if !self.is_packed() {
+            return Err(Error::invalid(format!(
+                "{what} must be packed rows: {self:?}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -232,7 +311,7 @@ pub(crate) fn u32_of(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::invalid(format!("{what} = {v} does not fit in u32")))
 }
 
-/// Workgroups for `n` invocations in groups of 256, spread over x and y.
-pub(crate) fn grid_256(gpu: &Gpu, n: usize) -> [u32; 3] {
-    gpu.grid(n.div_ceil(256) as u32)
+/// Workgroups for one invocation per element of `n`, in workgroups of `wg`.
+pub(crate) fn grid_for(gpu: &Gpu, n: usize, wg: u32) -> [u32; 3] {
+    gpu.grid(n.div_ceil(wg as usize) as u32)
 }

@@ -1,9 +1,15 @@
-//! `shaders/norm.wgsl`: SigLIP's LayerNorm and Gemma's RMSNorm (with its `1 + w` scale).
+//! `shaders/norm.wgsl`: SigLIP's LayerNorm and Gemma's RMSNorm (with its `1 + w` scale), one
+//! row per workgroup.
 
-use super::u32_of;
+use super::{View, u32_of};
 use crate::error::Result;
-use crate::gpu::{Recorder, bind};
-use crate::shaders::NORM;
+use crate::gpu::{Kernel, Recorder, bind};
+use crate::shaders::{Shader, shader};
+
+/// Invocations per workgroup (one workgroup per row).
+pub const WG: u32 = 256;
+
+pub(crate) const SHADER: Shader = shader!("norm", ["grid", "reduce"], &[("WG", WG)]);
 
 /// Mirrors `Params` in norm.wgsl.
 #[repr(C)]
@@ -16,52 +22,19 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
-fn params(rows: usize, n: usize, eps: f32) -> Result<Params> {
+/// Checks x and y as packed `[rows, n]` and builds the parameters.
+fn params(x: &View, y: &View, n: usize, eps: f32) -> Result<Params> {
+    x.expect_packed("norm input", x.rows, n)?;
+    y.expect_packed("norm output", x.rows, n)?;
     Ok(Params {
-        rows: u32_of("rows", rows)?,
+        rows: u32_of("rows", x.rows)?,
         n: u32_of("width", n)?,
         eps,
         _pad: 0,
     })
 }
 
-/// y [rows, n] = LayerNorm(x) * w + b, biased variance.
-#[allow(clippy::too_many_arguments)]
-pub fn layer_norm(
-    rec: &mut Recorder,
-    x: &wgpu::Buffer,
-    w: &wgpu::Buffer,
-    b: &wgpu::Buffer,
-    y: &wgpu::Buffer,
-    rows: usize,
-    n: usize,
-    eps: f32,
-) -> Result<()> {
-    let pipeline = rec.gpu().pipeline(&NORM, "layer_norm", &[])?;
-    let groups = rec.gpu().grid(rows as u32);
-    let binds = vec![bind(1, x), bind(2, w), bind(3, b), bind(4, y)];
-    rec.dispatch(pipeline, &params(rows, n, eps)?, binds, groups);
-    Ok(())
-}
-
-/// y [rows, n] = x / sqrt(mean(x^2) + eps) * (1 + w).
-pub fn rms_norm(
-    rec: &mut Recorder,
-    x: &wgpu::Buffer,
-    w: &wgpu::Buffer,
-    y: &wgpu::Buffer,
-    rows: usize,
-    n: usize,
-    eps: f32,
-) -> Result<()> {
-    let pipeline = rec.gpu().pipeline(&NORM, "rms_norm", &[])?;
-    let groups = rec.gpu().grid(rows as u32);
-    let binds = vec![bind(1, x), bind(2, w), bind(4, y)];
-    rec.dispatch(pipeline, &params(rows, n, eps)?, binds, groups);
-    Ok(())
-}
-
-/// CPU reference for [`layer_norm`]: x [rows, n] -> [rows, n].
+/// CPU reference for [`LayerNorm`]: x [rows, n] -> [rows, n].
 pub fn layer_norm_ref(
     x: &[f32],
     w: &[f32],
@@ -83,7 +56,7 @@ pub fn layer_norm_ref(
     y
 }
 
-/// CPU reference for [`rms_norm`]: x [rows, n] -> [rows, n].
+/// CPU reference for [`RmsNorm`]: x [rows, n] -> [rows, n].
 pub fn rms_norm_ref(x: &[f32], w: &[f32], rows: usize, n: usize, eps: f32) -> Vec<f32> {
     let mut y = vec![0f32; rows * n];
     for r in 0..rows {
@@ -107,15 +80,17 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// y [rows, n] = LayerNorm(x [rows, n]).
-    pub fn forward(
-        &self,
-        rec: &mut Recorder,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        rows: usize,
-    ) -> Result<()> {
-        layer_norm(rec, x, &self.weight, &self.bias, y, rows, self.n, self.eps)
+    /// y = (x - mean) / sqrt(var + eps) * w + b, row by row (biased variance).
+    pub fn forward(&self, rec: &mut Recorder, x: View, y: View) -> Result<()> {
+        let params = params(&x, &y, self.n, self.eps)?;
+        let binds = vec![
+            bind(1, x.buffer),
+            bind(2, &self.weight),
+            bind(3, &self.bias),
+            bind(4, y.buffer),
+        ];
+        let groups = rec.gpu().grid(params.rows);
+        rec.dispatch(Kernel::new(&SHADER, "layer_norm"), &params, binds, groups)
     }
 }
 
@@ -128,14 +103,11 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// y [rows, n] = RMSNorm(x [rows, n]).
-    pub fn forward(
-        &self,
-        rec: &mut Recorder,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        rows: usize,
-    ) -> Result<()> {
-        rms_norm(rec, x, &self.weight, y, rows, self.n, self.eps)
+    /// y = x / sqrt(mean(x^2) + eps) * (1 + w), row by row.
+    pub fn forward(&self, rec: &mut Recorder, x: View, y: View) -> Result<()> {
+        let params = params(&x, &y, self.n, self.eps)?;
+        let binds = vec![bind(1, x.buffer), bind(2, &self.weight), bind(4, y.buffer)];
+        let groups = rec.gpu().grid(params.rows);
+        rec.dispatch(Kernel::new(&SHADER, "rms_norm"), &params, binds, groups)
     }
 }

@@ -1,10 +1,15 @@
 //! `shaders/patch_embed.wgsl`: SigLIP's patch embedding (Conv2d with kernel = stride = patch)
 //! plus the learned position embedding.
 
-use super::{grid_256, u32_of};
+use super::{View, grid_for, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Recorder, bind};
-use crate::shaders::PATCH_EMBED;
+use crate::gpu::{Kernel, Recorder, bind};
+use crate::shaders::{Shader, shader};
+
+/// Invocations per workgroup.
+pub const WG: u32 = 256;
+
+pub(crate) const SHADER: Shader = shader!("patch_embed", ["grid"], &[("WG", WG)]);
 
 /// Mirrors `Params` in patch_embed.wgsl.
 #[repr(C)]
@@ -37,45 +42,48 @@ impl PatchGeometry {
     }
 }
 
-/// out [n_patches, dim] = conv(pixels [channels, size, size], w [dim, channels, patch, patch]) + b + pos.
-#[allow(clippy::too_many_arguments)]
-pub fn patch_embed(
-    rec: &mut Recorder,
-    g: &PatchGeometry,
-    pixels: &wgpu::Buffer,
-    w: &wgpu::Buffer,
-    b: &wgpu::Buffer,
-    pos: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-) -> Result<()> {
-    if g.patch == 0 || !g.image_size.is_multiple_of(g.patch) {
-        return Err(Error::invalid(format!(
-            "image size {} is not a multiple of the patch size {}",
-            g.image_size, g.patch
-        )));
-    }
-    let pipeline = rec.gpu().pipeline(&PATCH_EMBED, "patch_embed", &[])?;
-    let params = Params {
-        image_size: u32_of("image size", g.image_size)?,
-        patch_size: u32_of("patch", g.patch)?,
-        channels: u32_of("channels", g.channels)?,
-        dim: u32_of("dim", g.dim)?,
-        grid: u32_of("grid", g.grid())?,
-        _pad: [0; 3],
-    };
-    let groups = grid_256(rec.gpu(), g.n_patches() * g.dim);
-    let binds = vec![
-        bind(1, pixels),
-        bind(2, w),
-        bind(3, b),
-        bind(4, pos),
-        bind(5, out),
-    ];
-    rec.dispatch(pipeline, &params, binds, groups);
-    Ok(())
+/// SigLIP's embeddings: the patch convolution `[dim, channels, patch, patch]` with its bias
+/// `[dim]`, and the learned position embedding `[n_patches, dim]`, all f32.
+#[derive(Clone, Debug)]
+pub struct PatchEmbedding {
+    pub geometry: PatchGeometry,
+    pub weight: wgpu::Buffer,
+    pub bias: wgpu::Buffer,
+    pub position: wgpu::Buffer,
 }
 
-/// CPU reference for [`patch_embed`].
+impl PatchEmbedding {
+    /// out `[n_patches, dim]` = conv(pixels `[channels, size, size]`) + bias + position.
+    pub fn forward(&self, rec: &mut Recorder, pixels: &wgpu::Buffer, out: View) -> Result<()> {
+        let g = &self.geometry;
+        if g.patch == 0 || !g.image_size.is_multiple_of(g.patch) {
+            return Err(Error::invalid(format!(
+                "image size {} is not a multiple of the patch size {}",
+                g.image_size, g.patch
+            )));
+        }
+        out.expect_packed("patch embeddings", g.n_patches(), g.dim)?;
+        let params = Params {
+            image_size: u32_of("image size", g.image_size)?,
+            patch_size: u32_of("patch", g.patch)?,
+            channels: u32_of("channels", g.channels)?,
+            dim: u32_of("dim", g.dim)?,
+            grid: u32_of("grid", g.grid())?,
+            _pad: [0; 3],
+        };
+        let groups = grid_for(rec.gpu(), g.n_patches() * g.dim, WG);
+        let binds = vec![
+            bind(1, pixels),
+            bind(2, &self.weight),
+            bind(3, &self.bias),
+            bind(4, &self.position),
+            bind(5, out.buffer),
+        ];
+        rec.dispatch(Kernel::new(&SHADER, "patch_embed"), &params, binds, groups)
+    }
+}
+
+/// CPU reference for [`PatchEmbedding`].
 pub fn patch_embed_ref(
     g: &PatchGeometry,
     pixels: &[f32],

@@ -1,9 +1,14 @@
 //! `shaders/rope.wgsl`: rotary position embedding, half-split, from precomputed cos/sin tables.
 
-use super::{Rows, grid_256, u32_of};
+use super::{View, grid_for, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Recorder, bind};
-use crate::shaders::ROPE;
+use crate::gpu::{Gpu, Kernel, Recorder, bind};
+use crate::shaders::{Shader, shader};
+
+/// Invocations per workgroup.
+pub const WG: u32 = 256;
+
+pub(crate) const SHADER: Shader = shader!("rope", ["grid"], &[("WG", WG)]);
 
 /// Mirrors `Params` in rope.wgsl.
 #[repr(C)]
@@ -72,17 +77,17 @@ impl RopeTables {
     }
 }
 
-/// Rotates, in place, `rows` rows of `heads` head vectors in `x` (placed by `at`); row r has
-/// position `pos0 + r`.
+/// Rotates, in place, the `heads` head vectors of each row of `x`; row r has position
+/// `pos0 + r`.
 pub fn rope(
     rec: &mut Recorder,
-    x: &wgpu::Buffer,
-    at: Rows,
+    x: View,
     tables: &RopeTables,
-    rows: usize,
     heads: usize,
     pos0: usize,
 ) -> Result<()> {
+    let rows = x.rows;
+    x.expect("rotated rows", rows, heads * tables.head_dim)?;
     if pos0 + rows > tables.max_pos {
         return Err(Error::invalid(format!(
             "positions up to {} exceed the RoPE table's {}",
@@ -90,20 +95,22 @@ pub fn rope(
             tables.max_pos
         )));
     }
-    let pipeline = rec.gpu().pipeline(&ROPE, "rope", &[])?;
     let params = Params {
         rows: u32_of("rows", rows)?,
         heads: u32_of("heads", heads)?,
         head_dim: u32_of("head_dim", tables.head_dim)?,
-        stride: u32_of("stride", at.stride)?,
-        offset: u32_of("offset", at.offset)?,
+        stride: u32_of("stride", x.stride)?,
+        offset: u32_of("offset", x.offset)?,
         pos0: u32_of("position", pos0)?,
         _pad: [0; 2],
     };
-    let groups = grid_256(rec.gpu(), rows * heads * tables.head_dim / 2);
-    let binds = vec![bind(1, &tables.cos), bind(2, &tables.sin), bind(3, x)];
-    rec.dispatch(pipeline, &params, binds, groups);
-    Ok(())
+    let groups = grid_for(rec.gpu(), rows * heads * tables.head_dim / 2, WG);
+    let binds = vec![
+        bind(1, &tables.cos),
+        bind(2, &tables.sin),
+        bind(3, x.buffer),
+    ];
+    rec.dispatch(Kernel::new(&SHADER, "rope"), &params, binds, groups)
 }
 
 /// CPU reference: x [rows, heads * head_dim] rotated with positions pos0.., as transformers'

@@ -1,9 +1,14 @@
 //! `shaders/softmax.wgsl`: row softmax at a temperature, for sampling.
 
-use super::u32_of;
+use super::{View, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Recorder, bind};
-use crate::shaders::SOFTMAX;
+use crate::gpu::{Kernel, Recorder, bind};
+use crate::shaders::{Shader, shader};
+
+/// Invocations per workgroup (one workgroup per row).
+pub const WG: u32 = 256;
+
+pub(crate) const SHADER: Shader = shader!("softmax", ["grid", "reduce"], &[("WG", WG)]);
 
 /// Mirrors `Params` in softmax.wgsl.
 #[repr(C)]
@@ -16,30 +21,24 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
-/// out [rows, n] = softmax(x / temperature) along each row.
-pub fn softmax(
-    rec: &mut Recorder,
-    x: &wgpu::Buffer,
-    out: &wgpu::Buffer,
-    rows: usize,
-    n: usize,
-    temperature: f32,
-) -> Result<()> {
+/// out = softmax(x / temperature) along each row of packed `[rows, n]` views.
+pub fn softmax(rec: &mut Recorder, x: View, out: View, temperature: f32) -> Result<()> {
     if !(temperature > 0.0 && (1.0 / temperature).is_finite()) {
         return Err(Error::invalid(format!(
             "softmax temperature must be > 0 with a finite inverse, got {temperature}"
         )));
     }
-    let pipeline = rec.gpu().pipeline(&SOFTMAX, "softmax", &[])?;
+    x.expect_packed("softmax input", x.rows, x.width)?;
+    out.expect_packed("softmax output", x.rows, x.width)?;
     let params = Params {
-        rows: u32_of("rows", rows)?,
-        n: u32_of("n", n)?,
+        rows: u32_of("rows", x.rows)?,
+        n: u32_of("n", x.width)?,
         inv_temperature: 1.0 / temperature,
         _pad: 0,
     };
-    let groups = rec.gpu().grid(rows as u32);
-    rec.dispatch(pipeline, &params, vec![bind(1, x), bind(2, out)], groups);
-    Ok(())
+    let groups = rec.gpu().grid(params.rows);
+    let binds = vec![bind(1, x.buffer), bind(2, out.buffer)];
+    rec.dispatch(Kernel::new(&SHADER, "softmax"), &params, binds, groups)
 }
 
 /// CPU reference for [`softmax`].

@@ -1,11 +1,17 @@
-//! `shaders/embedding.wgsl`: token embedding gather times a scale, over a chunked table.
+//! `shaders/gather.wgsl`: the token embedding, rows of a chunked table gathered by id and
+//! scaled.
 
-use super::{ChunkedTable, grid_256, u32_of};
+use super::{ChunkedTable, View, grid_for, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Recorder, bind};
-use crate::shaders::EMBEDDING;
+use crate::gpu::{Kernel, Recorder, bind};
+use crate::shaders::{Shader, shader};
 
-/// Mirrors `Params` in embedding.wgsl.
+/// Invocations per workgroup.
+pub const WG: u32 = 256;
+
+pub(crate) const SHADER: Shader = shader!("gather", ["grid", "weight_format"], &[("WG", WG)]);
+
+/// Mirrors `Params` in gather.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -18,23 +24,22 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
-/// out `[n_tokens, hidden]` = `table[ids[t]`] * scale. `ids` is a u32 buffer; every id must be
-/// below `table.rows` (the caller validates ids on the CPU, where they come from).
+/// out `[n, hidden]` = `table[ids[t]]` * scale for the n = out.rows ids in `ids` (u32). Every
+/// id must be below `table.rows` (the caller validates ids on the CPU, where they come from).
 pub fn gather(
     rec: &mut Recorder,
     ids: &wgpu::Buffer,
-    n_tokens: usize,
     table: &ChunkedTable,
     scale: f32,
-    out: &wgpu::Buffer,
+    out: View,
 ) -> Result<()> {
+    let n_tokens = out.rows;
     if n_tokens == 0 {
         return Err(Error::invalid("embedding gather of zero tokens"));
     }
-    let groups = grid_256(rec.gpu(), n_tokens * table.cols);
+    out.expect_packed("embeddings", n_tokens, table.cols)?;
+    let groups = grid_for(rec.gpu(), n_tokens * table.cols, WG);
     for (start, chunk) in &table.chunks {
-        let constants = [("W_DTYPE", chunk.format.shader_code())];
-        let pipeline = rec.gpu().pipeline(&EMBEDDING, "gather", &constants)?;
         let params = Params {
             n_tokens: u32_of("tokens", n_tokens)?,
             hidden: u32_of("hidden", table.cols)?,
@@ -43,8 +48,9 @@ pub fn gather(
             scale,
             _pad: [0; 3],
         };
-        let binds = vec![bind(1, ids), bind(2, &chunk.buffer), bind(3, out)];
-        rec.dispatch(pipeline, &params, binds, groups);
+        let binds = vec![bind(1, ids), bind(2, &chunk.buffer), bind(3, out.buffer)];
+        let k = Kernel::new(&SHADER, "gather").with(chunk.format.overrides());
+        rec.dispatch(k, &params, binds, groups)?;
     }
     Ok(())
 }

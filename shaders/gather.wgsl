@@ -1,4 +1,4 @@
-// embedding: out[t] = table[ids[t]] * scale, for the ids that fall in this table chunk.
+// gather: out[t] = table[ids[t]] * scale, for the ids that fall in this table chunk.
 //
 // The vocabulary table (257216 x 2048 for PaliGemma, over 1 GiB in 16 bits) is split into
 // chunks that each fit one storage binding; the host dispatches once per chunk and each
@@ -6,7 +6,7 @@
 //
 // Bindings: 0 params, 1 ids [n_tokens] u32, 2 table chunk [row_count, hidden] in W_DTYPE,
 // 3 out [n_tokens, hidden] f32. One invocation per output element; dispatch
-// ceil(n_tokens * hidden / 256) workgroups through `Gpu::grid`.
+// ceil(n_tokens * hidden / WG) workgroups through `Gpu::grid`.
 
 struct Params {
     n_tokens: u32,
@@ -24,11 +24,11 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn gather(@builtin(workgroup_id) wid: vec3<u32>,
           @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
-    let g = (wid.x + wid.y * nwg.x) * 256u + li;
+    let g = flat_invocation(wid, nwg, li);
     if (g >= p.n_tokens * p.hidden) {
         return;
     }

@@ -1,0 +1,209 @@
+//! Buffers: storage allocation (checked against the device's limits and counted), uploads
+//! that are flushed as they go, and read-back.
+
+use std::sync::atomic::Ordering;
+
+use super::Gpu;
+use crate::error::{Error, Result};
+
+/// Uploaded bytes after which the queue is flushed while loading. wgpu sends the staging copy
+/// of a buffer made `mapped_at_creation` only at the next submission and frees it once that
+/// is done: without flushing, a whole checkpoint would sit twice in memory until the first
+/// image (5.9 GB for a bf16 3B model).
+const FLUSH_BYTES: u64 = 64 << 20;
+
+impl Gpu {
+    fn check_size(&self, label: &str, size: u64) -> Result<u64> {
+        let max = self.inner.limits.max_buffer_size;
+        if size > max {
+            return Err(Error::invalid(format!(
+                "buffer `{label}` needs {size} bytes, over this device's max_buffer_size {max}"
+            )));
+        }
+        self.inner.allocated.fetch_add(size, Ordering::Relaxed);
+        // wgpu copies and maps in 4-byte units, weights are read as 16-byte vectors, and a
+        // zero-sized binding is invalid: round up to 16.
+        Ok(size.max(16).div_ceil(16) * 16)
+    }
+
+    /// An uninitialised storage buffer that can also be copied to and from.
+    pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        let size = self.check_size(label, size)?;
+        self.scoped(&format!("allocating `{label}` ({size} bytes)"), || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// A storage buffer holding `bytes` (padded with zeros to a multiple of 16).
+    pub fn storage_init(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        let size = self.check_size(label, bytes.len() as u64)?;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let buffer = self.buffer_with(label, bytes, size, usage)?;
+        let pending = self.inner.unflushed.fetch_add(size, Ordering::Relaxed) + size;
+        if pending >= FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(buffer)
+    }
+
+    /// A storage buffer holding `data` as f32.
+    pub fn upload_f32(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        self.storage_init(label, bytemuck::cast_slice(data))
+    }
+
+    /// Creates a buffer mapped at creation and copies `bytes` in: one copy in this process (a
+    /// 1 GiB embedding chunk is not duplicated on the heap). Unlike
+    /// `DeviceExt::create_buffer_init`, which panics when the mapping fails (a lost device),
+    /// this returns `Err`.
+    pub(crate) fn buffer_with(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        let op = format!("uploading `{label}` ({} bytes)", bytes.len());
+        let buffer = self.scoped(&op, || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: true,
+            })
+        })?;
+        {
+            let mut view = buffer.get_mapped_range_mut(..).map_err(|e| Error::Gpu {
+                op: op.clone(),
+                message: e.to_string(),
+            })?;
+            view.slice(..bytes.len()).copy_from_slice(bytes);
+        }
+        self.scoped(&op, || buffer.unmap())?;
+        Ok(buffer)
+    }
+
+    /// Sends every pending upload and waits for it, so wgpu frees the staging copies.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.unflushed.store(0, Ordering::Relaxed);
+        self.scoped("flushing uploads", || self.inner.queue.submit([]))?;
+        self.wait()
+    }
+
+    /// Writes `data` into `buf` at byte `offset` (queued; ordered before the next submission).
+    pub fn write(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) -> Result<()> {
+        self.scoped("writing a buffer", || {
+            if data.len().is_multiple_of(4) {
+                self.inner.queue.write_buffer(buf, offset, data);
+            } else {
+                let mut v = data.to_vec();
+                v.resize(data.len().div_ceil(4) * 4, 0);
+                self.inner.queue.write_buffer(buf, offset, &v);
+            }
+        })
+    }
+
+    /// Copies `size` bytes from `buf` at `offset` back to the CPU, waiting for the GPU.
+    pub fn read(&self, buf: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        pollster::block_on(self.read_async(buf, offset, size))
+    }
+
+    /// [`read`](Self::read), awaitable.
+    pub async fn read_async(&self, buf: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let padded = size.max(4).div_ceil(4) * 4;
+        let staging = self
+            .scoped_async("allocating a read-back buffer", || {
+                self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("read-back"),
+                    size: padded,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .await?;
+        self.scoped_async("reading a buffer back", || {
+            let mut enc = self
+                .inner
+                .device
+                .create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(buf, offset, &staging, 0, padded);
+            self.inner.queue.submit([enc.finish()]);
+        })
+        .await?;
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.scoped_async("mapping a read-back buffer", || {
+            staging.map_async(wgpu::MapMode::Read, .., move |r| {
+                let _ = tx.send(r);
+            })
+        })
+        .await?;
+        self.poll_native()?;
+        let map_err = |message: String| Error::Gpu {
+            op: "mapping a read-back buffer".into(),
+            message,
+        };
+        rx.await
+            .map_err(|_| Error::DeviceLost("map callback never ran".into()))?
+            .map_err(|e| map_err(e.to_string()))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| map_err(e.to_string()))?;
+        let mut out = view.to_vec();
+        drop(view);
+        self.scoped_async("unmapping a read-back buffer", || staging.unmap())
+            .await?;
+        out.truncate(size as usize);
+        Ok(out)
+    }
+
+    /// Reads `count` f32 values starting at element `offset`.
+    pub fn read_f32(&self, buf: &wgpu::Buffer, offset: usize, count: usize) -> Result<Vec<f32>> {
+        let bytes = self.read(buf, offset as u64 * 4, count as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Reads `count` u32 values starting at element `offset`.
+    pub fn read_u32(&self, buf: &wgpu::Buffer, offset: usize, count: usize) -> Result<Vec<u32>> {
+        let bytes = self.read(buf, offset as u64 * 4, count as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Blocks until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        pollster::block_on(self.wait_async())
+    }
+
+    /// [`wait`](Self::wait), awaitable: resolves when the queue's submitted work is done.
+    pub async fn wait_async(&self) -> Result<()> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.inner.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        self.poll_native()?;
+        rx.await
+            .map_err(|_| Error::DeviceLost("the queue never finished its work".into()))?;
+        self.check_lost()
+    }
+
+    /// On native backends callbacks run only inside `device.poll`, so drive the device until
+    /// the queue is idle; in a browser the event loop runs them and this does nothing.
+    fn poll_native(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu {
+                op: "waiting for the GPU".into(),
+                message: e.to_string(),
+            })?;
+        Ok(())
+    }
+}

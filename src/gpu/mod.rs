@@ -1,0 +1,301 @@
+//! The GPU runtime, in five parts:
+//! - this file: the device ([`Gpu`], made by the library or adopted from the caller), its
+//!   limits, and error scopes that turn wgpu errors into [`Error`] values;
+//! - [`buffers`]: allocation, upload, read-back;
+//! - [`pipelines`]: a [`Kernel`] (shader, entry point, override constants) built once;
+//! - [`recorder`]: a [`Recorder`] batching dispatches into one submission, and the
+//!   [`DispatchCache`] that makes a repeated submission (a decode step) create no GPU objects;
+//! - [`profile`]: GPU timestamps per submission or per kernel.
+//!
+//! Every wait on the GPU (device creation, error scopes, buffer mapping) is an `async fn`
+//! (`new_async`, `scoped_async`, `read_async`, `wait_async`); the blocking functions are
+//! `pollster` wrappers over them, so a web page, which cannot block, awaits the same code.
+
+pub mod buffers;
+pub mod pipelines;
+pub mod profile;
+pub mod recorder;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::error::{Error, Result};
+pub(crate) use pipelines::Kernel;
+pub(crate) use recorder::{DispatchCache, Recorder, bind};
+
+/// How [`Gpu::new`] picks an adapter. Fields left `None` fall back to the environment
+/// variables wgpu users know (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`), then to
+/// the highest-performance adapter.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Backends to consider, e.g. `wgpu::Backends::VULKAN`.
+    pub backends: Option<wgpu::Backends>,
+    /// A case-insensitive substring of the adapter's name, e.g. `"llvmpipe"` or `"H100"`.
+    pub adapter_name: Option<String>,
+    /// Request no optional feature (timestamps), to exercise the portable path.
+    pub no_optional_features: bool,
+}
+
+/// Optional features some path uses when present; each has a fallback that needs none.
+/// Timestamps are the only one today (profiling); the kernels need no feature at all (16-bit
+/// weights are unpacked from u32 words).
+const OPTIONAL_FEATURES: wgpu::Features =
+    wgpu::Features::TIMESTAMP_QUERY.union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
+
+/// The largest binding the library makes, whatever the device reports: wgpu's Metal bounds
+/// checks clamp binding sizes to 32 bits, so a binding past 4 GiB would be silently wrong.
+const MAX_BINDING_BYTES: u64 = 2 << 30;
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    /// Unknown for a caller's device unless the caller passes it.
+    info: Option<wgpu::AdapterInfo>,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    /// Set by the device-lost callback (only on devices the library created itself).
+    lost: Arc<Mutex<Option<String>>>,
+    /// Bytes of every buffer the library allocated (never decremented): load and session
+    /// footprints are differences of this counter.
+    allocated: AtomicU64,
+    /// Bytes uploaded since the queue was last flushed (see `buffers::FLUSH_BYTES`).
+    unflushed: AtomicU64,
+    /// A 16-byte buffer bound where a kernel's optional input (e.g. a bias) is absent.
+    dummy: wgpu::Buffer,
+    pipelines: RwLock<pipelines::Cache>,
+    profile: Mutex<Option<profile::Profile>>,
+}
+
+/// A GPU device with the state the kernels need. Cheap to clone (a shared handle), and
+/// `Send + Sync`: it can be used from another thread than the one that made it.
+#[derive(Clone)]
+pub struct Gpu {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.adapter_name())
+            .finish()
+    }
+}
+
+impl Gpu {
+    /// Picks an adapter (see [`GpuOptions`]) and creates a device with the adapter's own limits
+    /// (not wgpu's conservative defaults) and the optional features it has. Blocks; see
+    /// [`new_async`](Self::new_async).
+    pub fn new(opts: &GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Self::new_async(opts))
+    }
+
+    /// [`new`](Self::new), awaitable (the form a web page uses).
+    pub async fn new_async(opts: &GpuOptions) -> Result<Gpu> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        if let Some(b) = opts.backends {
+            desc.backends = b;
+        }
+        let instance = wgpu::Instance::new(desc);
+        let wanted_name = opts
+            .adapter_name
+            .clone()
+            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
+            .map(|s| s.to_lowercase());
+        let adapter = match &wanted_name {
+            Some(name) => {
+                let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(name))
+                    .ok_or_else(|| {
+                        Error::NoAdapter(format!(
+                            "no adapter name contains {name:?}; found {names:?}"
+                        ))
+                    })?
+            }
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env()
+                        .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                    apply_limit_buckets: false,
+                })
+                .await
+                .map_err(|e| {
+                    Error::NoAdapter(format!(
+                        "{e} (is a Vulkan, Metal or DX12 driver installed? on Linux without a \
+                         GPU, `apt-get install mesa-vulkan-drivers` gives lavapipe)"
+                    ))
+                })?,
+        };
+        let info = adapter.get_info();
+        let features = if opts.no_optional_features {
+            wgpu::Features::empty()
+        } else {
+            adapter.features() & OPTIONAL_FEATURES
+        };
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("paligemma"),
+                required_features: features,
+                required_limits: adapter.limits(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+        // Everything the library does runs in error scopes; anything that still escapes them
+        // is logged rather than left to wgpu's default handler, which panics.
+        device.on_uncaptured_error(Arc::new(|e| log::error!("uncaptured wgpu error: {e}")));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_cb = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut l) = lost_cb.lock() {
+                *l = Some(format!("{reason:?}: {msg}"));
+            }
+        });
+        log::info!(
+            "adapter {} ({:?}, {:?}), features {features:?}",
+            info.name,
+            info.backend,
+            info.device_type,
+        );
+        Ok(Self::wrap(device, queue, Some(info), lost))
+    }
+
+    /// Wraps a device the caller already owns. The library uses the device's own features and
+    /// limits and never replaces the caller's error handlers or device-lost callback.
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: Option<wgpu::AdapterInfo>,
+    ) -> Gpu {
+        Self::wrap(device, queue, info, Arc::new(Mutex::new(None)))
+    }
+
+    fn wrap(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: Option<wgpu::AdapterInfo>,
+        lost: Arc<Mutex<Option<String>>>,
+    ) -> Gpu {
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Gpu {
+            inner: Arc::new(Inner {
+                limits: device.limits(),
+                features: device.features(),
+                device,
+                queue,
+                info,
+                lost,
+                allocated: AtomicU64::new(0),
+                unflushed: AtomicU64::new(0),
+                dummy,
+                pipelines: RwLock::default(),
+                profile: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+    pub fn info(&self) -> Option<&wgpu::AdapterInfo> {
+        self.inner.info.as_ref()
+    }
+    /// "name (backend)" of the adapter, for logs and reports.
+    pub fn adapter_name(&self) -> String {
+        match &self.inner.info {
+            Some(i) => format!("{} ({:?})", i.name, i.backend),
+            None => "caller's device".to_string(),
+        }
+    }
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+    pub fn features(&self) -> wgpu::Features {
+        self.inner.features
+    }
+
+    /// Bytes allocated through this `Gpu` so far (a cumulative counter).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.inner.allocated.load(Ordering::Relaxed)
+    }
+
+    /// A small buffer to bind where an optional input is absent.
+    pub(crate) fn dummy(&self) -> &wgpu::Buffer {
+        &self.inner.dummy
+    }
+
+    /// The largest buffer one storage binding may cover: what a single weight chunk or
+    /// activation block may hold (the device's limit, capped at 2 GiB).
+    pub fn max_binding_bytes(&self) -> u64 {
+        let l = &self.inner.limits;
+        l.max_storage_buffer_binding_size
+            .min(l.max_buffer_size)
+            .min(MAX_BINDING_BYTES)
+    }
+
+    /// Returns `Err` if the device-lost callback has fired.
+    pub fn check_lost(&self) -> Result<()> {
+        match self.inner.lost.lock().ok().and_then(|l| l.clone()) {
+            Some(m) => Err(Error::DeviceLost(m)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes; any error becomes `Err`
+    /// naming `op`. Blocks on the scopes; see [`scoped_async`](Self::scoped_async).
+    pub fn scoped<T>(&self, op: &str, f: impl FnOnce() -> T) -> Result<T> {
+        pollster::block_on(self.scoped_async(op, f))
+    }
+
+    /// [`scoped`](Self::scoped), awaitable.
+    pub async fn scoped_async<T>(&self, op: &str, f: impl FnOnce() -> T) -> Result<T> {
+        self.check_lost()?;
+        let device = &self.inner.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = f();
+        let v = val.pop().await;
+        let o = oom.pop().await;
+        if let Some(e) = v.or(o) {
+            return Err(Error::Gpu {
+                op: op.to_string(),
+                message: e.to_string(),
+            });
+        }
+        self.check_lost()?;
+        Ok(out)
+    }
+
+    /// Splits `n` workgroups over x and y so no dimension exceeds the device limit; shaders
+    /// rebuild the linear index with `flat_workgroup` (grid.wgsl) and drop the overhang.
+    pub(crate) fn grid(&self, n: u32) -> [u32; 3] {
+        let max = self
+            .inner
+            .limits
+            .max_compute_workgroups_per_dimension
+            .max(1);
+        if n <= max {
+            [n.max(1), 1, 1]
+        } else {
+            let y = n.div_ceil(max);
+            [n.div_ceil(y), y, 1]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
