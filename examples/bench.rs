@@ -2,7 +2,7 @@
 //! encode, prefill, time to first token, decode tokens/s and the bandwidth that implies.
 //!
 //!   cargo run --release --example bench                      # paligemma-3b at 224, 448, 896
-//!   cargo run --release --example bench -- --decoder gemma2  # paligemma2-3b
+//!   cargo run --release --example bench -- --decoder gemma2  # paligemma2-3b (also gemma2-10b, gemma2-28b)
 //!   cargo run --release --example bench -- --small           # a small shape (lavapipe, CI)
 //!   cargo run --release --example bench -- --kernels         # each kernel at the model's sizes
 //!
@@ -23,7 +23,7 @@ struct Args {
     /// Resolutions to run (224, 448, 896).
     #[arg(long, value_delimiter = ',', default_value = "224,448,896")]
     res: Vec<usize>,
-    /// gemma (PaliGemma) or gemma2 (PaliGemma 2).
+    /// gemma (PaliGemma 3B), gemma2 (PaliGemma 2 3B), gemma2-10b or gemma2-28b.
     #[arg(long, default_value = "gemma")]
     decoder: String,
     /// Decode steps to time.
@@ -38,9 +38,9 @@ struct Args {
     /// A small model instead of the published shapes (for software drivers and CI).
     #[arg(long)]
     small: bool,
-    /// f32 weights instead of bf16.
-    #[arg(long)]
-    f32: bool,
+    /// Weights: f32, f16 (bf16 random weights kept as bf16), q8 or q4 (the decoder quantized).
+    #[arg(long, default_value = "f16")]
+    precision: String,
     /// Print one JSON object per shape instead of the table.
     #[arg(long)]
     json: bool,
@@ -51,6 +51,10 @@ struct Args {
     /// tests/kernels.rs checks), then exit.
     #[arg(long)]
     kernels: bool,
+    /// Only build each model and report its memory and the bytes a decode step reads (no
+    /// timing): the published shapes on any machine, in seconds.
+    #[arg(long)]
+    sizes: bool,
 }
 
 /// The kernel table's real-size cases: time per run and the bandwidth their bytes imply.
@@ -132,25 +136,37 @@ fn main() -> anyhow::Result<()> {
                     format!("paligemma2-3b-{r}"),
                     PaliGemmaConfig::paligemma2_3b(r),
                 )),
+                "gemma2-10b" => Ok((
+                    format!("paligemma2-10b-{r}"),
+                    PaliGemmaConfig::paligemma2_10b(r),
+                )),
+                "gemma2-28b" => Ok((
+                    format!("paligemma2-28b-{r}"),
+                    PaliGemmaConfig::paligemma2_28b(r),
+                )),
                 "gemma" => Ok((
                     format!("paligemma-3b-{r}"),
                     PaliGemmaConfig::paligemma_3b(r),
                 )),
-                d => anyhow::bail!("--decoder {d}: expected gemma or gemma2"),
+                d => {
+                    anyhow::bail!("--decoder {d}: expected gemma, gemma2, gemma2-10b or gemma2-28b")
+                }
             })
             .collect::<anyhow::Result<_>>()?
     };
-    let (format, precision) = if args.f32 {
-        (WeightFormat::F32, Precision::F32)
-    } else {
-        (WeightFormat::Bf16, Precision::F16)
+    let (format, precision) = match args.precision.as_str() {
+        "f32" => (WeightFormat::F32, Precision::F32),
+        "f16" => (WeightFormat::Bf16, Precision::F16),
+        "q8" => (WeightFormat::Bf16, Precision::Q8),
+        "q4" => (WeightFormat::Bf16, Precision::Q4),
+        p => anyhow::bail!("--precision {p}: expected f32, f16, q8 or q4"),
     };
     if !args.json {
         println!("adapter: {}", gpu.adapter_name());
         println!(
-            "| model | upload s | vision ms | prefill ms (tokens) | TTFT ms | decode tok/s | decode GB/s | GPU vision / prefill / step ms | weights+session MiB |"
+            "| model | precision | upload s | vision ms | prefill ms (tokens) | TTFT ms | decode tok/s | decode GB/token | decode GB/s | GPU vision / prefill / step ms | weights MiB | session MiB |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
     for (name, cfg) in shapes {
         let before = gpu.allocated_bytes();
@@ -159,6 +175,20 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("building {name}"))?;
         let upload_s = t.elapsed().as_secs_f64();
         let weight_bytes = gpu.allocated_bytes() - before;
+        if args.sizes {
+            let before_session = gpu.allocated_bytes();
+            let session = model.session(model.num_image_tokens() + args.text_tokens, args.new)?;
+            let session_bytes = gpu.allocated_bytes() - before_session;
+            drop(session);
+            println!(
+                "| {name} | {} | weights {:.0} MiB | session {:.0} MiB | decode reads {:.3} GB/token |",
+                args.precision,
+                weight_bytes as f64 / (1 << 20) as f64,
+                session_bytes as f64 / (1 << 20) as f64,
+                model.decode_weight_bytes() as f64 / 1e9
+            );
+            continue;
+        }
         let n = model.num_image_tokens();
         let s = cfg.vision.image_size;
         let pixels: Vec<f32> = (0..3 * s * s)
@@ -223,11 +253,13 @@ fn main() -> anyhow::Result<()> {
         gpu.set_profiling(false, false);
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         let tps = args.new as f64 / decode_s;
-        let bytes = cfg.text.decode_weight_elements() as f64 * if args.f32 { 4.0 } else { 2.0 };
+        // What a decode step must read: the decoder's weight buffers, block scales included.
+        let bytes = model.decode_weight_bytes() as f64;
         let gbs = bytes * tps / 1e9;
-        // Weights plus one session (KV cache, scratch); the vision tower's transient scratch
+        // Weights, and one session (KV cache, scratch); the vision tower's transient scratch
         // is not counted.
-        let mib = (weight_bytes + session_bytes) as f64 / (1 << 20) as f64;
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let (weights_mib, session_mib) = (mib(weight_bytes), mib(session_bytes));
         let (v, p) = (median(vision_ms), median(prefill_ms));
         if args.json {
             println!(
@@ -235,16 +267,20 @@ fn main() -> anyhow::Result<()> {
                 serde_json::json!({
                     "model": name, "adapter": gpu.adapter_name(), "upload_s": upload_s,
                     "vision_ms": v, "prefill_ms": p, "prompt_tokens": ids.len(), "ttft_ms": v + p,
-                    "decode_tokens_per_s": tps, "decode_gb_per_s": gbs, "allocated_mib": mib,
+                    "precision": args.precision, "decode_bytes_per_token": bytes,
+                    "decode_tokens_per_s": tps, "decode_gb_per_s": gbs,
+                    "weights_mib": weights_mib, "session_mib": session_mib,
                     "gpu_vision_ms": gpu_vision, "gpu_prefill_ms": gpu_prefill,
                     "gpu_decode_step_ms": gpu_step,
                 })
             );
         } else {
             println!(
-                "| {name} | {upload_s:.2} | {v:.1} | {p:.1} ({}) | {:.1} | {tps:.1} | {gbs:.1} | {} / {} / {} | {mib:.0} |",
+                "| {name} | {} | {upload_s:.2} | {v:.1} | {p:.1} ({}) | {:.1} | {tps:.1} | {:.3} | {gbs:.1} | {} / {} / {} | {weights_mib:.0} | {session_mib:.0} |",
+                args.precision,
                 ids.len(),
                 v + p,
+                bytes / 1e9,
                 fmt(gpu_vision),
                 fmt(gpu_prefill),
                 fmt(gpu_step),

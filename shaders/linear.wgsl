@@ -2,7 +2,7 @@
 // projection that feeds it; the workhorse of every projection and of the logits.
 //
 // Bindings: 0 params, 1 x [m, k] f32 (rows at x_offset + r * x_stride), 2 W [n, k] in W_DTYPE
-// (see weight_format.wgsl), 3 b [n] f32 (read only when flags has BIAS), 4 y f32 written at
+// (see weight_format.wgsl; 6 its block scales when quantized), 3 b [n] f32 (read only when flags has BIAS), 4 y f32 written at
 // y_offset + r * y_stride + c (added to when flags has ACCUMULATE). The offsets let one kernel write K/V straight into a KV-cache
 // row, project only the last prompt row, or fill one vocabulary chunk of the logits.
 //
@@ -13,11 +13,12 @@
 // - `gemv` (one row, decode): GEMV_ROWS output features per workgroup of WG invocations, LANES
 //   (= WG / GEMV_ROWS) lanes per feature striding over k, then a tree reduction in workgroup
 //   memory (reduce.wgsl). Dispatch ceil(n / GEMV_ROWS) workgroups through `Gpu::grid`.
-// - `gemv_vec`: the same, each lane loading 16 bytes of W at a time (8 weights in 16 bits, 4 in
-//   f32), since decode is a stream over the weights. Needs k a multiple of 8 (16-bit) or 4 (f32)
-//   so every row starts on a 16-byte boundary.
+// - `gemv_vec`: the same, each lane loading 16 bytes of W at a time (4 weights in f32, 8 in 16
+//   bits, 16 in q8, 32 in q4), since decode is a stream over the weights. Needs every row to
+//   start on a 16-byte boundary (k a multiple of 4, 8, or of a 32-weight block).
 // - `gemv_gated`: Gemma's MLP input side in one pass, y = gelu_tanh(x W^T) * (x W2^T) with
-//   W2 (the up projection) at binding 5; no bias, no accumulate. Same dispatch as `gemv_vec`.
+//   W2 (the up projection) at binding 5 (its scales at 7); no bias, no accumulate. Same
+//   dispatch as `gemv_vec`.
 
 struct Params {
     m: u32,
@@ -36,6 +37,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> w2: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> w_scales: array<u32>;
+@group(0) @binding(7) var<storage, read> w2_scales: array<u32>;
 
 const BIAS: u32 = 1u;
 const ACCUMULATE: u32 = 2u;
@@ -123,7 +126,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
-/// The dot product of 16 bytes of weights `q` with x[xo..]: 8 weights in 16 bits or 4 in f32.
+/// The dot product of 16 bytes of weights `q` with x[xo..]: 4 weights in f32 or 8 in 16 bits.
 fn dot_vec(q: vec4<u32>, xo: u32) -> f32 {
     let x0 = vec4<f32>(x[xo], x[xo + 1u], x[xo + 2u], x[xo + 3u]);
     if (W_DTYPE == 0u) {
@@ -134,9 +137,47 @@ fn dot_vec(q: vec4<u32>, xo: u32) -> f32 {
          + dot(vec4<f32>(w_pair(q.z), w_pair(q.w)), x1);
 }
 
-/// Weights per 16-byte load: 8 in 16 bits, 4 in f32.
-fn per_vec() -> u32 {
-    return select(8u, 4u, W_DTYPE == 0u);
+/// The dot product of 16 bytes of quantized weights `q` (16 q8 codes: half a block; 32 q4
+/// codes: a whole block) with x[xo..], given the block's (scale, min) `s`:
+/// sum (code * scale + min) x = scale * sum code x + min * sum x.
+fn dot_quant(q: vec4<u32>, xo: u32, s: vec2<f32>) -> f32 {
+    var acc = 0.0;
+    var xsum = 0.0;
+    for (var t = 0u; t < 4u; t++) {
+        if (W_DTYPE == 3u) {
+            let word = q[t];
+            let c = vec4<f32>(q8_of(word, 0u), q8_of(word, 1u), q8_of(word, 2u), q8_of(word, 3u));
+            let o = xo + 4u * t;
+            acc += dot(c, vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]));
+        } else {
+            let word = q[t];
+            let lo = vec4<f32>(q4_of(word, 0u), q4_of(word, 1u), q4_of(word, 2u), q4_of(word, 3u));
+            let hi = vec4<f32>(q4_of(word, 4u), q4_of(word, 5u), q4_of(word, 6u), q4_of(word, 7u));
+            let o = xo + 8u * t;
+            let x0 = vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
+            let x1 = vec4<f32>(x[o + 4u], x[o + 5u], x[o + 6u], x[o + 7u]);
+            acc += dot(lo, x0) + dot(hi, x1);
+            xsum += dot(x0 + x1, vec4<f32>(1.0));
+        }
+    }
+    return acc * s.x + xsum * s.y;
+}
+
+/// One step of a vectorised GEMV: 16 bytes of weights `q` (with their block's (scale, min)
+/// word when quantized) dotted with x[xo..].
+fn row_step(q: vec4<u32>, scales: u32, xo: u32) -> f32 {
+    if (W_DTYPE >= 3u) {
+        return dot_quant(q, xo, unpack2x16float(scales));
+    }
+    return dot_vec(q, xo);
+}
+
+/// The block (scale, min) word index of load j of row `row`, or 0 unquantized.
+fn block_of(row: u32, j: u32) -> u32 {
+    if (W_DTYPE >= 3u) {
+        return (row * p.k + j * per_vec()) / QBLOCK;
+    }
+    return 0u;
 }
 
 @compute @workgroup_size(WG)
@@ -150,7 +191,8 @@ fn gemv_vec(@builtin(workgroup_id) wid: vec3<u32>,
         let n_vec = p.k / per_vec();
         let base = row * n_vec;
         for (var j = lane; j < n_vec; j += LANES) {
-            acc += dot_vec(w[base + j], p.x_offset + j * per_vec());
+            let xo = p.x_offset + j * per_vec();
+            acc += row_step(w[base + j], w_scales[block_of(row, j)], xo);
         }
     }
     let total = group_sum(li, acc, LANES);
@@ -172,8 +214,9 @@ fn gemv_gated(@builtin(workgroup_id) wid: vec3<u32>,
         let base = row * n_vec;
         for (var j = lane; j < n_vec; j += LANES) {
             let xo = p.x_offset + j * per_vec();
-            gate += dot_vec(w[base + j], xo);
-            up += dot_vec(w2[base + j], xo);
+            let blk = block_of(row, j);
+            gate += row_step(w[base + j], w_scales[blk], xo);
+            up += row_step(w2[base + j], w2_scales[blk], xo);
         }
     }
     gate = group_sum(li, gate, LANES);

@@ -38,6 +38,7 @@ pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions};
 pub use model::Precision;
 pub use model::config;
+pub use model::quantize::{QuantizeReport, quantize_checkpoint};
 pub use model::reference::Reference;
 pub use model::session::Session;
 pub use ops::WeightFormat;

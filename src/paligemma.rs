@@ -23,7 +23,8 @@ use crate::tokenizer::PromptTokenizer;
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// `None`: 16-bit weights (half the memory and bandwidth of f32; the shaders widen them from
-    /// u32 words, so no device feature is needed).
+    /// u32 words, so no device feature is needed), or the precision a checkpoint written by
+    /// `paligemma quantize` was quantized in.
     pub precision: Option<Precision>,
     /// Which adapter to use when the library creates the device.
     pub gpu: GpuOptions,
@@ -116,6 +117,22 @@ impl PaliGemma {
             )));
         }
         let ckpt = Checkpoint::open(dir)?;
+        // A checkpoint written by `paligemma quantize` says its own precision; a request for
+        // another cannot be met without the original weights.
+        let precision = match (
+            ckpt.quantized_format().map(Precision::of_quantized),
+            precision,
+        ) {
+            (Some(q), Some(p)) if p != q => {
+                return Err(Error::invalid(format!(
+                    "{}: the checkpoint is quantized as {q:?}; it cannot be loaded as {p:?} \
+                     (load the original checkpoint instead)",
+                    dir.display()
+                )));
+            }
+            (Some(q), _) => Some(q),
+            (None, p) => p,
+        };
         let source = WeightSource::Checkpoint(&ckpt);
         let model = Self::from_source(gpu, config, source, Some(tokenizer), precision)?;
         log::info!(
@@ -187,6 +204,12 @@ impl PaliGemma {
             .as_ref()
             .ok_or_else(|| Error::invalid("this model was built without a tokenizer"))
     }
+    /// Bytes a decode step reads from weights: every decoder matrix (block scales included)
+    /// and the logits table; with the bandwidth, the floor of the time per token.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        self.text.weight_bytes()
+    }
+
     /// The side of the square image the vision tower takes.
     pub fn image_size(&self) -> usize {
         self.config.vision.image_size

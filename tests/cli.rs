@@ -106,3 +106,53 @@ fn bad_input_is_one_error_line_and_a_nonzero_exit() {
         assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn quantize_writes_a_folder_that_answers_as_quantizing_on_load() {
+    let out = std::env::temp_dir().join(format!("paligemma-cli-q8-{}", std::process::id()));
+    let (ok, stdout, stderr) = run(&[
+        "quantize",
+        "--model",
+        &fixture("mqa/model"),
+        "--precision",
+        "q8",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "stderr: {stderr}");
+    assert!(stdout.contains("matrices quantized"), "{stdout}");
+    let image = fixture("mqa/image.png");
+    let ids = |model: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--model",
+            model,
+            "--image",
+            &image,
+            "--prompt",
+            "caption en",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ];
+        args.extend(extra);
+        let (ok, stdout, stderr) = run(&args);
+        assert!(ok, "stderr: {stderr}");
+        let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        (json["generated_ids"].clone(), json["precision"].clone())
+    };
+    let written = ids(out.to_str().unwrap(), &[]);
+    assert_eq!(written, ids(&fixture("mqa/model"), &["--precision", "q8"]));
+    assert_eq!(written.1, "q8");
+    // Quantizing a quantized folder, or into the model's own folder, is refused.
+    let (ok, _, stderr) = run(&[
+        "quantize",
+        "--model",
+        out.to_str().unwrap(),
+        "--precision",
+        "q4",
+        "--out",
+        "/tmp/never",
+    ]);
+    assert!(!ok && stderr.contains("already quantized"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&out);
+}

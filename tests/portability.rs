@@ -13,7 +13,8 @@ fn overrides_of(module: &naga::Module) -> Vec<PipelineConstants> {
     if !has_dtype {
         return vec![PipelineConstants::default()];
     }
-    (0..3)
+    // f32, f16, bf16, q8, q4 (`WeightFormat`).
+    (0..5)
         .map(|code| {
             let mut c = PipelineConstants::default();
             c.insert("W_DTYPE".to_string(), code as f64);

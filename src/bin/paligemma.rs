@@ -1,15 +1,16 @@
 //! `paligemma`: caption, answer, detect: one image and one prompt through PaliGemma on the GPU.
 //!
 //! paligemma --model DIR --image FILE --prompt TEXT [--max-new-tokens N] [--temperature T]
-//!           [--top-p P] [--top-k K] [--seed S] [--precision f32|f16] [--json]
+//!           [--top-p P] [--top-k K] [--seed S] [--precision f32|f16|q8|q4] [--json]
 //!           [--dump-logits FILE]
+//! paligemma quantize --model DIR --precision q8|q4 --out DIR2
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use paligemma::detection::parse_detections;
 use paligemma::sampling::SamplingOptions;
 use paligemma::{GenerateOptions, GpuOptions, LoadOptions, PaliGemma, Precision};
@@ -18,21 +19,62 @@ use paligemma::{GenerateOptions, GpuOptions, LoadOptions, PaliGemma, Precision};
 enum PrecisionArg {
     F32,
     F16,
+    Q8,
+    Q4,
+}
+
+impl PrecisionArg {
+    fn precision(self) -> Precision {
+        match self {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::F16 => Precision::F16,
+            PrecisionArg::Q8 => Precision::Q8,
+            PrecisionArg::Q4 => Precision::Q4,
+        }
+    }
 }
 
 /// Run PaliGemma (SigLIP + Gemma) on an image and a prompt, on any GPU through wgpu.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a copy of a checkpoint with the decoder quantized (q8 or q4): smaller to ship and
+    /// to load, with the same outputs as quantizing while loading.
+    Quantize {
+        /// The checkpoint folder to read.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, value_enum)]
+        precision: PrecisionArg,
+        /// The folder to write (model.safetensors, config and tokenizer).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// A PaliGemma folder as published on the hub (config.json, safetensors, tokenizer.json).
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required = true)]
+    model: Option<PathBuf>,
     /// The image (any format the `image` crate reads).
-    #[arg(long)]
-    image: PathBuf,
+    #[arg(long, required = true)]
+    image: Option<PathBuf>,
     /// The task prompt, e.g. "caption en", "detect cat", "answer en what is this?".
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, required = true)]
+    prompt: Option<String>,
     #[arg(long, default_value_t = 32)]
     max_new_tokens: usize,
     /// 0 = greedy (default); above 0 samples from softmax(logits / T).
@@ -47,8 +89,9 @@ struct Args {
     /// Seed of the sampling RNG, for reproducible runs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Weights in f32 (for verification) or 16 bits (the default: bf16 checkpoints as they are,
-    /// others as f16); activations and reductions are f32 either way.
+    /// Weights in f32 (for verification), 16 bits (the default: bf16 checkpoints as they are,
+    /// others as f16), or the decoder in 8- or 4-bit blocks; activations and reductions are f32
+    /// either way.
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
     /// Print one JSON object (ids, text, timings) as the last line of stdout.
@@ -67,8 +110,16 @@ fn main() -> ExitCode {
         env_logger::Env::default().default_filter_or("warn,wgpu_hal::gles=off"),
     )
     .init();
-    let args = Args::parse();
-    match run(&args) {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Some(Command::Quantize {
+            model,
+            precision,
+            out,
+        }) => quantize(model, precision.precision(), out),
+        None => run(&cli.run),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
@@ -78,7 +129,28 @@ fn main() -> ExitCode {
     }
 }
 
+fn quantize(model: &Path, precision: Precision, out: &Path) -> anyhow::Result<()> {
+    if !model.is_dir() {
+        bail!("--model {}: not a folder", model.display());
+    }
+    let r = paligemma::quantize_checkpoint(model, out, precision)?;
+    println!(
+        "{}: {} matrices quantized ({precision:?}), {} tensors copied; {:.1} MB -> {:.1} MB",
+        out.display(),
+        r.quantized,
+        r.copied,
+        r.bytes_in as f64 / 1e6,
+        r.bytes_out as f64 / 1e6
+    );
+    Ok(())
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
+    let (Some(model_dir), Some(image_path), Some(prompt)) =
+        (&args.model, &args.image, &args.prompt)
+    else {
+        bail!("--model, --image and --prompt are required");
+    };
     if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
         bail!(
             "--temperature must be a finite number >= 0, got {}",
@@ -91,22 +163,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if args.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }
-    if !args.model.is_dir() {
-        bail!("--model {}: not a folder", args.model.display());
+    if !model_dir.is_dir() {
+        bail!("--model {}: not a folder", model_dir.display());
     }
-    let image = paligemma::preprocess::load_image(&args.image)?;
+    let image = paligemma::preprocess::load_image(image_path)?;
     let opts = LoadOptions {
-        precision: args.precision.map(|p| match p {
-            PrecisionArg::F32 => Precision::F32,
-            PrecisionArg::F16 => Precision::F16,
-        }),
+        precision: args.precision.map(PrecisionArg::precision),
         gpu: GpuOptions {
             adapter_name: args.adapter.clone(),
             ..Default::default()
         },
     };
-    let model = PaliGemma::load(&args.model, &opts)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = PaliGemma::load(model_dir, &opts)
+        .with_context(|| format!("loading {}", model_dir.display()))?;
     let gen_opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingOptions {
@@ -119,7 +188,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         keep_logits: args.dump_logits.is_some(),
     };
     let mut stdout = std::io::stdout();
-    let out = model.generate(&image, &args.prompt, &gen_opts, |_, piece| {
+    let out = model.generate(&image, prompt, &gen_opts, |_, piece| {
         let _ = write!(stdout, "{piece}");
         let _ = stdout.flush();
         true
@@ -147,7 +216,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     if args.json {
         let json = serde_json::json!({
-            "prompt": args.prompt,
+            "prompt": prompt,
             "prompt_ids": out.prompt_ids,
             "generated_ids": out.generated_ids,
             "text": out.text,

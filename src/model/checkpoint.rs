@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
+use std::borrow::Cow;
+
 use crate::error::{Error, Result};
-use crate::ops::WeightFormat;
+use crate::ops::{HostWeight, WeightFormat};
 
 struct Shard {
     path: PathBuf,
@@ -54,19 +56,46 @@ impl<'a> TensorData<'a> {
         }
     }
 
-    /// The values widened to f32 (exact for f16 and bf16).
-    pub fn to_f32(&self) -> Result<Vec<f32>> {
-        Ok(self.format()?.decode(self.bytes))
+    /// The tensor as stored, read as a `[rows, cols]` matrix.
+    fn as_stored(&self, rows: usize, cols: usize) -> Result<HostWeight<'a>> {
+        Ok(HostWeight {
+            format: self.format()?,
+            rows,
+            cols,
+            data: Cow::Borrowed(self.bytes),
+            scales: Cow::Borrowed(&[]),
+        })
     }
 
-    /// The bytes in `format`: as stored when the formats agree (a bf16 checkpoint's bytes are
-    /// used as they are), otherwise converted.
-    pub fn to_format(&self, format: WeightFormat) -> Result<std::borrow::Cow<'a, [u8]>> {
-        if self.format()? == format {
-            return Ok(std::borrow::Cow::Borrowed(self.bytes));
-        }
-        Ok(std::borrow::Cow::Owned(format.encode(&self.to_f32()?)))
+    /// The values widened to f32 (exact for f16 and bf16).
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        let n = self.bytes.len() / self.format()?.row_bytes(1);
+        Ok(self.as_stored(1, n)?.decode())
     }
+
+    /// The `[rows, cols]` matrix in `format`: the stored bytes themselves when the formats
+    /// agree (a bf16 checkpoint's bytes are used as they are), otherwise converted.
+    pub fn to_host(
+        &self,
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+    ) -> Result<HostWeight<'a>> {
+        if self.format()? == format {
+            return self.as_stored(rows, cols);
+        }
+        Ok(HostWeight::encode(&self.to_f32()?, format, rows, cols))
+    }
+}
+
+/// One tensor of a checkpoint as stored.
+pub struct StoredTensor<'a> {
+    /// Its name in the file, and the canonical one.
+    pub name: &'a str,
+    pub canon: &'a str,
+    pub dtype: Dtype,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
 }
 
 /// Maps a checkpoint tensor name to the canonical one, or `None` for tensors the engine does
@@ -201,6 +230,94 @@ impl Checkpoint {
             shards,
             entries,
         })
+    }
+
+    /// The pre-quantized form of matrix `canon` `[rows, cols]` (written by `paligemma
+    /// quantize`: `{name}.q8` or `{name}.q4` codes and `{name}.q8_scales` / `.q4_scales`), if
+    /// the checkpoint holds one.
+    pub fn quantized(
+        &self,
+        canon: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<HostWeight<'_>>> {
+        for (format, suffix, dtype) in [
+            (WeightFormat::Q8, "q8", Dtype::I8),
+            (WeightFormat::Q4, "q4", Dtype::U8),
+        ] {
+            let codes = format!("{canon}.{suffix}");
+            if !self.contains(&codes) {
+                continue;
+            }
+            let code_cols = format.row_bytes(cols) * 8 / dtype.bitsize();
+            let data = self.raw(&codes, dtype, &[rows, code_cols])?;
+            let scales = self.raw(
+                &format!("{codes}_scales"),
+                Dtype::F16,
+                &[rows, cols / crate::ops::weights::BLOCK, 2],
+            )?;
+            let host = HostWeight {
+                format,
+                rows,
+                cols,
+                data: Cow::Borrowed(data),
+                scales: Cow::Borrowed(scales),
+            };
+            host.check(&codes)?;
+            return Ok(Some(host));
+        }
+        Ok(None)
+    }
+
+    /// The format of the checkpoint's pre-quantized matrices, if it has any.
+    pub fn quantized_format(&self) -> Option<WeightFormat> {
+        let has = |suffix: &str| self.entries.keys().any(|k| k.ends_with(suffix));
+        if has(".q4") {
+            Some(WeightFormat::Q4)
+        } else if has(".q8") {
+            Some(WeightFormat::Q8)
+        } else {
+            None
+        }
+    }
+
+    /// Every tensor, ordered by its name in the file.
+    pub fn tensors(&self) -> Vec<StoredTensor<'_>> {
+        let mut v: Vec<_> = self
+            .entries
+            .iter()
+            .map(|(canon, e)| {
+                let shard = &self.shards[e.shard];
+                StoredTensor {
+                    name: &e.name,
+                    canon,
+                    dtype: e.dtype,
+                    shape: &e.shape,
+                    bytes: &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1],
+                }
+            })
+            .collect();
+        v.sort_by_key(|t| t.name);
+        v
+    }
+
+    /// The bytes of tensor `canon`, checked to have `dtype` and `shape`.
+    fn raw(&self, canon: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8]> {
+        let e = self.entries.get(canon).ok_or_else(|| Error::Tensor {
+            name: canon.to_string(),
+            message: format!("missing from the checkpoint in {}", self.dir.display()),
+        })?;
+        if e.dtype != dtype || e.shape != shape {
+            return Err(Error::Tensor {
+                name: e.name.clone(),
+                message: format!(
+                    "{:?} {:?} where {dtype:?} {shape:?} was expected",
+                    e.dtype, e.shape
+                ),
+            });
+        }
+        let shard = &self.shards[e.shard];
+        Ok(&shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1])
     }
 
     /// Whether a tensor with canonical name `canon` exists.

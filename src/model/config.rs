@@ -411,6 +411,39 @@ impl PaliGemmaConfig {
         };
         c
     }
+
+    /// google/paligemma2-10b-pt-{224,448,896}: SigLIP So400m/14 + Gemma 2 9B.
+    pub fn paligemma2_10b(resolution: usize) -> Self {
+        let mut c = Self::paligemma2_3b(resolution);
+        c.text = TextConfig {
+            hidden_size: 3584,
+            intermediate_size: 14336,
+            num_hidden_layers: 42,
+            num_attention_heads: 16,
+            num_key_value_heads: 8,
+            sliding_layers: (0..42).map(|i| i % 2 == 0).collect(),
+            ..c.text
+        };
+        c
+    }
+
+    /// google/paligemma2-28b-pt-{224,448,896}: SigLIP So400m/14 + Gemma 2 27B (head_dim 128,
+    /// scores scaled by (hidden / heads)^-0.5 = 144^-0.5).
+    pub fn paligemma2_28b(resolution: usize) -> Self {
+        let mut c = Self::paligemma2_3b(resolution);
+        c.text = TextConfig {
+            hidden_size: 4608,
+            intermediate_size: 36864,
+            num_hidden_layers: 46,
+            num_attention_heads: 32,
+            num_key_value_heads: 16,
+            head_dim: 128,
+            query_pre_attn_scalar: Some(144.0),
+            sliding_layers: (0..46).map(|i| i % 2 == 0).collect(),
+            ..c.text
+        };
+        c
+    }
 }
 
 impl VisionConfig {

@@ -115,3 +115,19 @@ fn errors_give_the_json_path() {
     assert!(e(r#"{"vision_config": "#).contains("not valid JSON"));
     assert!(e("[1]").contains("must be a JSON object"));
 }
+
+#[test]
+fn the_larger_paligemma2_presets_are_consistent() {
+    let (c10, c28) = (
+        PaliGemmaConfig::paligemma2_10b(448),
+        PaliGemmaConfig::paligemma2_28b(896),
+    );
+    c10.check("10b").unwrap();
+    c28.check("28b").unwrap();
+    assert_eq!(c28.vision.num_patches(), 4096);
+    assert_eq!(c28.text.attention_scale(), 1.0 / 12.0);
+    // Gemma 2 9B and 27B with the tied 257216-row embedding: about 9.2 and 27.2 billion.
+    let billions = |c: &PaliGemmaConfig| c.text.decode_weight_elements() as f64 / 1e9;
+    assert!((9.1..9.4).contains(&billions(&c10)), "{}", billions(&c10));
+    assert!((27.0..27.4).contains(&billions(&c28)), "{}", billions(&c28));
+}

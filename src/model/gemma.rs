@@ -253,6 +253,31 @@ impl TextModel {
         })
     }
 
+    /// Bytes of the matrices a decode step reads: every layer's projections and the logits
+    /// table (the embedding gather reads one row of it).
+    pub fn weight_bytes(&self) -> u64 {
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (a, m) = (&l.attention, &l.mlp);
+                [
+                    &a.q_proj,
+                    &a.k_proj,
+                    &a.v_proj,
+                    &a.o_proj,
+                    &m.gate_proj,
+                    &m.up_proj,
+                    &m.down_proj,
+                ]
+                .iter()
+                .map(|p| p.weight.bytes())
+                .sum::<u64>()
+            })
+            .sum();
+        layers + self.output_table().bytes()
+    }
+
     /// The table the logits are computed against.
     pub(crate) fn output_table(&self) -> &ChunkedTable {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)

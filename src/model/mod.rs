@@ -4,17 +4,16 @@
 pub(crate) mod checkpoint;
 pub mod config;
 pub(crate) mod gemma;
+pub mod quantize;
 pub mod reference;
 pub mod session;
 pub(crate) mod siglip;
-
-use std::borrow::Cow;
 
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::ops::linear::Linear;
 use crate::ops::norm::{LayerNorm, RmsNorm};
-use crate::ops::{ChunkedTable, Weight, WeightFormat};
+use crate::ops::{ChunkedTable, HostWeight, Weight, WeightFormat};
 use checkpoint::Checkpoint;
 
 /// How weights are kept on the GPU. Activations and reductions are f32 either way.
@@ -25,17 +24,46 @@ pub enum Precision {
     /// Matrices in 16 bits: bf16 checkpoints as they are, others as f16. Norms, biases and
     /// embeddings of positions stay f32 (they are small).
     F16,
+    /// The decoder's matrices and its embedding table in 8-bit blocks ([`WeightFormat::Q8`]);
+    /// the rest as [`F16`](Self::F16).
+    Q8,
+    /// As [`Q8`](Self::Q8) with 4-bit blocks ([`WeightFormat::Q4`]).
+    Q4,
 }
 
 impl Precision {
-    /// The GPU format of a matrix stored as `stored` in the checkpoint.
-    pub fn format_for(self, stored: WeightFormat) -> WeightFormat {
-        match (self, stored) {
-            (Precision::F32, _) => WeightFormat::F32,
-            (Precision::F16, WeightFormat::Bf16) => WeightFormat::Bf16,
-            (Precision::F16, _) => WeightFormat::F16,
+    /// The GPU format of a `[rows, cols]` matrix stored as `stored` in the checkpoint.
+    /// Quantized precisions apply to the decoder (`quantizable`: every weight a decode step
+    /// reads) where rows are whole 32-weight blocks; the vision tower and the projector stay
+    /// 16-bit: they run on hundreds of rows at once, where compute, not weight bytes, bounds
+    /// the time, and SigLIP's 4304-wide MLP input is not a whole number of blocks.
+    pub fn format_for(self, stored: WeightFormat, cols: usize, quantizable: bool) -> WeightFormat {
+        let quantized = match self {
+            Precision::Q8 => Some(WeightFormat::Q8),
+            Precision::Q4 => Some(WeightFormat::Q4),
+            _ => None,
+        };
+        match (self, quantized, stored) {
+            (_, Some(q), _) if quantizable && q.holds(cols) => q,
+            (Precision::F32, _, _) => WeightFormat::F32,
+            (_, _, WeightFormat::Bf16) => WeightFormat::Bf16,
+            _ => WeightFormat::F16,
         }
     }
+
+    /// The precision a pre-quantized checkpoint was written in.
+    pub(crate) fn of_quantized(format: WeightFormat) -> Precision {
+        match format {
+            WeightFormat::Q8 => Precision::Q8,
+            _ => Precision::Q4,
+        }
+    }
+}
+
+/// Whether the loader stores matrix `name` at a quantized precision: the decoder's (its
+/// projections and embedding table), not the vision tower's or the projector's.
+pub(crate) fn quantizable(name: &str) -> bool {
+    name.starts_with("text.")
 }
 
 /// Where weights come from.
@@ -76,31 +104,30 @@ impl Loader<'_> {
         }
     }
 
-    /// The bytes of matrix `name` [rows, cols] in the format the precision gives it.
-    fn matrix(
-        &self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-    ) -> Result<(Cow<'_, [u8]>, WeightFormat)> {
+    /// Matrix `name` [rows, cols] in the format the precision gives it, or as the checkpoint
+    /// holds it when `paligemma quantize` wrote it quantized.
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight<'_>> {
+        let quantizable = quantizable(name);
         match &self.source {
             WeightSource::Checkpoint(c) => {
+                if let Some(q) = c.quantized(name, rows, cols)? {
+                    return Ok(q);
+                }
                 let t = c.get(name, &[rows, cols])?;
-                let format = self.precision.format_for(t.format()?);
-                Ok((t.to_format(format)?, format))
+                let format = self.precision.format_for(t.format()?, cols, quantizable);
+                t.to_host(format, rows, cols)
             }
             WeightSource::Random { seed, format } => {
-                let format = self.precision.format_for(*format);
+                let format = self.precision.format_for(*format, cols, quantizable);
                 let values = random_values(*seed, name, rows * cols);
-                Ok((Cow::Owned(format.encode(&values)), format))
+                Ok(HostWeight::encode(&values, format, rows, cols))
             }
         }
     }
 
     /// A matrix [rows, cols] in the precision's format.
     pub fn weight(&self, name: &str, rows: usize, cols: usize) -> Result<Weight> {
-        let (bytes, format) = self.matrix(name, rows, cols)?;
-        Weight::from_bytes(self.gpu, name, &bytes, format, rows, cols)
+        Weight::upload(self.gpu, name, &self.matrix(name, rows, cols)?)
     }
 
     /// The linear layer `{name}.weight` `[rows, cols]` with `{name}.bias` `[rows]` when `bias`.
@@ -136,9 +163,9 @@ impl Loader<'_> {
 
     /// A large [rows, cols] table split into chunks that fit one binding.
     pub fn table(&self, name: &str, rows: usize, cols: usize) -> Result<ChunkedTable> {
-        let (bytes, format) = self.matrix(name, rows, cols)?;
-        let chunk_rows = ChunkedTable::max_chunk_rows(self.gpu, cols, format);
-        ChunkedTable::from_bytes(self.gpu, name, &bytes, format, rows, cols, chunk_rows)
+        let host = self.matrix(name, rows, cols)?;
+        let chunk_rows = ChunkedTable::max_chunk_rows(self.gpu, cols, host.format);
+        ChunkedTable::upload(self.gpu, name, &host, chunk_rows)
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use super::Precision;
 use super::checkpoint::Checkpoint;
 use super::config::{Decoder, PaliGemmaConfig};
 use crate::error::Result;
@@ -21,19 +22,40 @@ use crate::ops::rope::rope_ref;
 pub struct Reference {
     pub cfg: PaliGemmaConfig,
     ckpt: Checkpoint,
+    /// The matrices are used as the GPU stores them at this precision (rounded to 16 bits,
+    /// quantized), so the GPU can be checked at every precision to f32 rounding.
+    precision: Precision,
 }
 
 impl Reference {
-    /// Opens a checkpoint folder (config.json and safetensors) for the CPU.
+    /// Opens a checkpoint folder (config.json and safetensors) for the CPU, weights in f32.
     pub fn open(dir: &Path) -> Result<Reference> {
+        Self::open_at(dir, Precision::F32)
+    }
+
+    /// [`open`](Self::open), with every matrix rounded or quantized as the GPU stores it at
+    /// `precision`.
+    pub fn open_at(dir: &Path, precision: Precision) -> Result<Reference> {
         Ok(Reference {
             cfg: PaliGemmaConfig::from_file(&dir.join("config.json"))?,
             ckpt: Checkpoint::open(dir)?,
+            precision,
         })
     }
 
+    /// Tensor `name` as the GPU holds it: matrices (the weights of linear layers and the
+    /// token embedding; the position embedding stays f32) in the precision's format.
     fn t(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        self.ckpt.get(name, shape)?.to_f32()
+        let t = self.ckpt.get(name, shape)?;
+        let values = t.to_f32()?;
+        let matrix = shape.len() == 2 && !name.contains("position_embedding");
+        if !matrix {
+            return Ok(values);
+        }
+        let format = self
+            .precision
+            .format_for(t.format()?, shape[1], super::quantizable(name));
+        Ok(format.round_trip(&values))
     }
 
     /// y [m, out] = x [m, in] W^T (+ b) for the linear layer `name`.

@@ -48,7 +48,13 @@ pub fn gather(
             scale,
             _pad: [0; 3],
         };
-        let binds = vec![bind(1, ids), bind(2, &chunk.buffer), bind(3, out.buffer)];
+        let scales = chunk.scales_or(rec.gpu().dummy()).clone();
+        let binds = vec![
+            bind(1, ids),
+            bind(2, &chunk.buffer),
+            bind(3, out.buffer),
+            bind(4, &scales),
+        ];
         let k = Kernel::new(&SHADER, "gather").with(chunk.format.overrides());
         rec.dispatch(k, &params, binds, groups)?;
     }

@@ -1,6 +1,6 @@
 //! `shaders/linear.wgsl`: y = x W^T (+ b) for many rows (`matmul`, prefill) or one row (`gemv`,
-//! decode), with W in f32, f16 or bf16; Gemma's gated MLP input in one GEMV; and the logits
-//! over a chunked vocabulary.
+//! decode), with W in any `WeightFormat` (f32, f16, bf16, q8, q4); Gemma's gated MLP input in
+//! one GEMV; and the logits over a chunked vocabulary.
 
 use super::{ChunkedTable, View, Weight, WeightFormat, u32_of};
 use crate::error::{Error, Result};
@@ -156,6 +156,7 @@ impl Linear {
             bind(2, &w.buffer),
             bind(3, self.bias.as_ref().unwrap_or(gpu.dummy())),
             bind(4, y.buffer),
+            bind(6, w.scales_or(gpu.dummy())),
         ];
         let k = Kernel::new(&SHADER, kernel.entry()).with(w.format.overrides());
         rec.dispatch(k, &params, binds, groups)
@@ -181,6 +182,8 @@ pub fn gemv_gated(rec: &mut Recorder, x: View, gate: &Weight, up: &Weight, y: Vi
         bind(2, &gate.buffer),
         bind(4, y.buffer),
         bind(5, &up.buffer),
+        bind(6, gate.scales_or(gpu.dummy())),
+        bind(7, up.scales_or(gpu.dummy())),
     ];
     let k = Kernel::new(&SHADER, "gemv_gated").with(gate.format.overrides());
     let groups = gpu.grid((gate.rows as u32).div_ceil(GEMV_ROWS));

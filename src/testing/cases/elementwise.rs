@@ -1,0 +1,242 @@
+//! Norms, activations, the residual add, softmax, argmax and RoPE.
+use super::{gather_rows, placed, prepared, scatter};
+use crate::ops::View;
+use crate::ops::activation::*;
+use crate::ops::add::*;
+use crate::ops::argmax::*;
+use crate::ops::norm::*;
+use crate::ops::rope::*;
+use crate::ops::softmax::*;
+use crate::testing::{Io, KernelCase, TOL};
+
+pub(super) fn norm_cases(v: &mut Vec<KernelCase>) {
+    for (rows, n) in [(1, 1), (3, 7), (5, 257), (13, 1000), (256, 1152)] {
+        let case = KernelCase::new("norm", format!("layer_norm {rows}x{n}"), TOL, move |io| {
+            // A large common offset checks the two-pass variance.
+            let x: Vec<f32> = io.rand(rows * n, 1.0).iter().map(|v| v + 3.0).collect();
+            let (w, b, y0) = (io.rand(n, 1.0), io.rand(n, 1.0), io.rand(rows * n, 1.0));
+            let norm = LayerNorm {
+                weight: io.upload(&w)?,
+                bias: io.upload(&b)?,
+                n,
+                eps: 1e-6,
+            };
+            let (xb, yb) = (io.upload(&x)?, io.upload(&y0)?);
+            prepared(
+                yb.clone(),
+                rows * n,
+                move |rec| norm.forward(rec, View::new(&xb, rows, n), View::new(&yb, rows, n)),
+                move || layer_norm_ref(&x, &w, &b, rows, n, 1e-6),
+            )
+        });
+        v.push(if n == 1152 { case.real() } else { case });
+    }
+    for (rows, n) in [(1, 1), (3, 7), (5, 257), (17, 2048), (2, 2304)] {
+        let case = KernelCase::new("norm", format!("rms_norm {rows}x{n}"), TOL, move |io| {
+            let (x, w, y0) = (
+                io.rand(rows * n, 4.0),
+                io.rand(n, 1.0),
+                io.rand(rows * n, 1.0),
+            );
+            let norm = RmsNorm {
+                weight: io.upload(&w)?,
+                n,
+                eps: 1e-6,
+            };
+            let (xb, yb) = (io.upload(&x)?, io.upload(&y0)?);
+            prepared(
+                yb.clone(),
+                rows * n,
+                move |rec| norm.forward(rec, View::new(&xb, rows, n), View::new(&yb, rows, n)),
+                move || rms_norm_ref(&x, &w, rows, n, 1e-6),
+            )
+        });
+        v.push(if n == 2048 { case.real() } else { case });
+    }
+}
+
+pub(super) fn elementwise_cases(v: &mut Vec<KernelCase>) {
+    for n in [1usize, 7, 1000, 256 * 4304] {
+        // Saturated arguments must not overflow to NaN.
+        let input = move |io: &mut Io| {
+            let mut x = io.rand(n, 6.0);
+            x[0] = 60.0;
+            if n > 1 {
+                x[1] = -60.0;
+            }
+            x
+        };
+        let real = n == 256 * 4304;
+        let mark = |c: KernelCase| if real { c.real() } else { c };
+        v.push(mark(KernelCase::new(
+            "activation",
+            format!("gelu_tanh n={n}"),
+            TOL,
+            move |io| {
+                let (x, y0) = (input(io), io.rand(n, 1.0));
+                let (xb, yb) = (io.upload(&x)?, io.upload(&y0)?);
+                prepared(
+                    yb.clone(),
+                    n,
+                    move |rec| gelu_tanh(rec, View::new(&xb, 1, n), View::new(&yb, 1, n)),
+                    move || gelu_tanh_ref(&x),
+                )
+            },
+        )));
+        v.push(mark(KernelCase::new(
+            "activation",
+            format!("gelu_tanh_gated n={n}"),
+            TOL,
+            move |io| {
+                let (x, u) = (input(io), io.rand(n, 2.0));
+                let (xb, ub) = (io.upload(&x)?, io.upload(&u)?);
+                prepared(
+                    ub.clone(),
+                    n,
+                    move |rec| gelu_tanh_gated(rec, View::new(&xb, 1, n), View::new(&ub, 1, n)),
+                    move || gelu_tanh_gated_ref(&x, &u),
+                )
+            },
+        )));
+        v.push(mark(KernelCase::new(
+            "activation",
+            format!("softcap n={n}"),
+            TOL,
+            move |io| {
+                let x = input(io);
+                let xb = io.upload(&x)?;
+                prepared(
+                    xb.clone(),
+                    n,
+                    move |rec| softcap(rec, View::new(&xb, 1, n), 3.0),
+                    move || softcap_ref(&x, 3.0),
+                )
+            },
+        )));
+    }
+    for n in [1usize, 257, 1_000_003] {
+        v.push(KernelCase::new(
+            "add",
+            format!("add_inplace n={n}"),
+            0.0,
+            move |io| {
+                let (x, y) = (io.rand(n, 1.0), io.rand(n, 1.0));
+                let (xb, yb) = (io.upload(&x)?, io.upload(&y)?);
+                prepared(
+                    xb.clone(),
+                    n,
+                    move |rec| add_inplace(rec, View::new(&xb, 1, n), View::new(&yb, 1, n)),
+                    move || add_ref(&x, &y),
+                )
+            },
+        ));
+    }
+    for (rows, n, t) in [
+        (1, 1, 1.0),
+        (3, 7, 0.7),
+        (2, 1000, 1.3),
+        (1, 257_216, 1.0),
+        (1, 5, 0.0),
+    ] {
+        let case = KernelCase::new(
+            "softmax",
+            format!("softmax {rows}x{n} T={t}"),
+            TOL,
+            move |io| {
+                let (x, y0) = (io.rand(rows * n, 20.0), io.rand(rows * n, 1.0));
+                let (xb, yb) = (io.upload(&x)?, io.upload(&y0)?);
+                prepared(
+                    yb.clone(),
+                    rows * n,
+                    move |rec| softmax(rec, View::new(&xb, rows, n), View::new(&yb, rows, n), t),
+                    move || softmax_ref(&x, rows, n, t),
+                )
+            },
+        );
+        v.push(match (n, t) {
+            (_, 0.0) => case.refused("temperature"),
+            (257_216, _) => case.real(),
+            _ => case,
+        });
+    }
+    let argmax_cases: [(&str, usize); 5] = [
+        ("one", 1),
+        ("ties", 300),
+        ("seven", 7),
+        ("vocabulary", 257_216),
+        ("negative with a tie", 1001),
+    ];
+    for (what, n) in argmax_cases {
+        let case = KernelCase::new("argmax", format!("argmax {what} n={n}"), 0.0, move |io| {
+            let mut x = match what {
+                "ties" => vec![1.0; n],
+                "one" => vec![-3.0],
+                _ => io.rand(n, 10.0),
+            };
+            if what == "vocabulary" {
+                x[n - 1] = 11.0; // the very last id
+            }
+            if what.starts_with("negative") {
+                x.iter_mut().for_each(|v| *v = *v / 10.0 - 5.0);
+                (x[500], x[700]) = (-0.5, -0.5); // a tie: the first wins
+            }
+            let mut padded = vec![100.0; 3];
+            padded.extend(&x);
+            let xb = io.upload(&padded)?;
+            let ob = io.upload_bytes(&[0xff; 8])?;
+            let mut p = prepared(
+                ob.clone(),
+                2,
+                move |rec| argmax(rec, View::new(&xb, 1, n + 3).cols(3, n), &ob, 1),
+                move || vec![u32::MAX as f32, argmax_ref(&x) as f32],
+            )?;
+            p.u32_out = true;
+            Ok(p)
+        });
+        v.push(if n == 257_216 { case.real() } else { case });
+    }
+}
+
+pub(super) fn rope_cases(v: &mut Vec<KernelCase>) {
+    // (rows, heads, head_dim, first position, offset, extra stride): awkward sizes, a strided
+    // placement (a K projection written into a KV-cache row), Gemma's q and k at 224px (261
+    // rows from position 1) and a decode step deep into a 896px prompt.
+    for (rows, heads, hd, pos0, off, pad) in [
+        (1, 1, 2, 0, 0, 0),
+        (5, 3, 6, 1, 0, 0),
+        (7, 2, 30, 11, 0, 0),
+        (3, 2, 8, 2, 7, 5),
+        (261, 8, 256, 1, 0, 0),
+        (261, 1, 256, 1, 0, 0),
+        (1, 8, 256, 4101, 0, 0),
+    ] {
+        let case = KernelCase::new(
+            "rope",
+            format!("rope {rows}x{heads}x{hd} @{pos0} offset {off}"),
+            1e-6,
+            move |io| {
+                let (w, stride) = (heads * hd, heads * hd + pad);
+                let x = io.rand(off + rows * stride, 1.0);
+                let tables = RopeTables::new(io.gpu, hd, 10000.0, pos0 + rows + 3)?;
+                let xb = io.upload(&x)?;
+                prepared(
+                    xb.clone(),
+                    x.len(),
+                    move |rec| rope(rec, placed(&xb, rows, w, off, stride), &tables, heads, pos0),
+                    move || {
+                        let r = rope_ref(
+                            &gather_rows(&x, rows, w, off, stride),
+                            rows,
+                            heads,
+                            hd,
+                            pos0,
+                            10000.0,
+                        );
+                        scatter(&x, &r, w, off, stride, |_, new| new)
+                    },
+                )
+            },
+        );
+        v.push(if rows == 261 { case.real() } else { case });
+    }
+}
