@@ -1,7 +1,8 @@
 //! PaliGemma's detection answers: `<locYYYY>` groups with their labels, as boxes in the pixels
 //! of the input image.
 
-/// One box from PaliGemma's `detect` output, in pixels of the original image.
+/// One object of PaliGemma's `detect` or `segment` answer, its box in pixels of the original
+/// image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detection {
     pub label: String,
@@ -9,37 +10,91 @@ pub struct Detection {
     pub x_min: f32,
     pub y_max: f32,
     pub x_max: f32,
+    /// The 16 `<segNNN>` codes of a `segment` answer, in answer order (code k is row k / 4,
+    /// column k % 4 of the decoder's 4 x 4 grid); see [`crate::segmentation`].
+    pub codes: Option<[u32; 16]>,
 }
 
-/// Parses decoded detection text such as
-/// `<loc0100><loc0200><loc0300><loc0400> cat ; <loc0010><loc0020><loc0500><loc0600> dog`.
-/// Each `;`-separated entry starts with four `<locYYYY>` tokens (y_min, x_min, y_max, x_max on a
-/// 0..1024 grid over the model's square input), scaled here by `height`/`width`; any `<segNNN>`
-/// tokens (segmentation output) before the label are skipped. Entries that do not start with
-/// four location tokens are ignored, so stray text never panics.
+impl Detection {
+    /// (y_min, x_min, y_max, x_max).
+    pub fn bounds(&self) -> (f32, f32, f32, f32) {
+        (self.y_min, self.x_min, self.y_max, self.x_max)
+    }
+}
+
+/// A parsed answer: its objects, and how many malformed groups were skipped (a `<loc>` run of
+/// fewer than four, or `<seg>` codes that are not sixteen in the codebook's range: the box is
+/// kept without a mask).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Answer {
+    pub detections: Vec<Detection>,
+    pub skipped: usize,
+}
+
+/// Parses decoded answer text such as
+/// `<loc0100><loc0200><loc0300><loc0400> cat ; <loc0010><loc0020><loc0500><loc0600> dog`:
+/// every group of four `<locYYYY>` tokens (y_min, x_min, y_max, x_max on a 0..1024 grid over
+/// the model's square input, scaled here by `height` and `width`: the square was the whole
+/// image, squashed), optionally 16 `<segNNN>` codes, then the label up to the next group or
+/// `;`. Several objects and classes per answer; malformed groups are skipped and counted, and
+/// no input panics.
+pub fn parse_answer(text: &str, width: u32, height: u32) -> Answer {
+    let (w, h) = (width as f32, height as f32);
+    let mut answer = Answer::default();
+    let mut rest = text;
+    while let Some(i) = rest.find("<loc") {
+        rest = &rest[i..];
+        let mut loc = [0u32; 4];
+        let mut n = 0;
+        while n < 4 {
+            let Some((v, tail)) = take_token(rest, "<loc", 4) else {
+                break;
+            };
+            (loc[n], rest, n) = (v, tail, n + 1);
+        }
+        if n < 4 {
+            answer.skipped += 1;
+            if n == 0 {
+                rest = &rest["<loc".len()..];
+            }
+            continue;
+        }
+        let mut codes = Vec::new();
+        while let Some((c, tail)) = take_token(rest.trim_start(), "<seg", 3) {
+            codes.push(c);
+            rest = tail;
+        }
+        let codes = match <[u32; 16]>::try_from(codes.as_slice()) {
+            Ok(c) if c.iter().all(|&v| v < 128) => Some(c),
+            _ if codes.is_empty() => None,
+            _ => {
+                answer.skipped += 1;
+                None
+            }
+        };
+        let end = [rest.find(';'), rest.find("<loc")]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(rest.len());
+        let label = rest[..end].trim().to_string();
+        rest = rest[end..].strip_prefix(';').unwrap_or(&rest[end..]);
+        let scale = |v: u32, size: f32| v as f32 / 1024.0 * size;
+        answer.detections.push(Detection {
+            label,
+            y_min: scale(loc[0], h),
+            x_min: scale(loc[1], w),
+            y_max: scale(loc[2], h),
+            x_max: scale(loc[3], w),
+            codes,
+        });
+    }
+    answer
+}
+
+/// The objects of [`parse_answer`], malformed groups dropped.
 pub fn parse_detections(text: &str, width: u32, height: u32) -> Vec<Detection> {
-    text.split(';')
-        .filter_map(|entry| {
-            let mut rest = entry.trim_start();
-            let mut loc = [0.0f32; 4];
-            for v in &mut loc {
-                let (n, tail) = take_token(rest, "<loc", 4)?;
-                *v = n as f32 / 1024.0;
-                rest = tail;
-            }
-            while let Some((_, tail)) = take_token(rest, "<seg", 3) {
-                rest = tail;
-            }
-            let (w, h) = (width as f32, height as f32);
-            Some(Detection {
-                label: rest.trim().to_string(),
-                y_min: loc[0] * h,
-                x_min: loc[1] * w,
-                y_max: loc[2] * h,
-                x_max: loc[3] * w,
-            })
-        })
-        .collect()
+    parse_answer(text, width, height).detections
 }
 
 /// Parses `{prefix}` + `digits` decimal digits + `>` at the start of `s`.
@@ -70,7 +125,8 @@ mod tests {
                 y_min: 100.0,
                 x_min: 400.0,
                 y_max: 300.0,
-                x_max: 800.0
+                x_max: 800.0,
+                codes: None,
             }
         );
         assert_eq!(d[1].label, "hot dog");
@@ -104,5 +160,38 @@ mod tests {
             (d[0].label.as_str(), d[0].y_max, d[0].x_max),
             ("", 5.0, 7.0)
         );
+    }
+
+    #[test]
+    fn segmentation_codes_and_several_objects_without_separators() {
+        let segs: String = (0..16).map(|i| format!("<seg{:03}>", i * 8)).collect();
+        let text = format!(
+            "<loc0000><loc0100><loc0512><loc1023>{segs} cat <loc0010><loc0020><loc0030><loc0040> dog ; \
+             <loc0001><loc0002><loc0003><loc0004><seg001><seg002> bird"
+        );
+        let a = parse_answer(&text, 1024, 512);
+        assert_eq!(a.detections.len(), 3, "{a:?}");
+        assert_eq!(a.detections[0].label, "cat");
+        let codes = a.detections[0].codes.unwrap();
+        assert_eq!((codes[0], codes[15]), (0, 120));
+        assert_eq!(a.detections[0].y_max, 256.0);
+        assert_eq!(
+            (a.detections[1].label.as_str(), a.detections[1].codes),
+            ("dog", None)
+        );
+        // Two codes are not a mask: the box stays, the codes are dropped and counted.
+        assert_eq!(
+            (a.detections[2].label.as_str(), a.detections[2].codes),
+            ("bird", None)
+        );
+        assert_eq!(a.skipped, 1);
+        // Codes outside the codebook, a short loc run, junk: skipped and counted.
+        let bad: String = (0..16).map(|_| "<seg200>").collect();
+        let a = parse_answer(
+            &format!("<loc0001><loc0001><loc0001><loc0001>{bad} x; <loc0001> y"),
+            10,
+            10,
+        );
+        assert_eq!((a.detections.len(), a.skipped), (1, 2));
     }
 }

@@ -28,8 +28,11 @@ mod paligemma;
 mod shaders;
 
 pub mod detection;
+#[cfg(feature = "draw")]
+pub mod draw;
 pub mod preprocess;
 pub mod sampling;
+pub mod segmentation;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokenizer;

@@ -77,25 +77,46 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
-/// Per-output-pixel source windows and fixed-point weights for one axis, as Pillow's
-/// `precompute_coeffs` + `normalize_coeffs_8bpc`: the kernel is widened by the scale factor when
-/// shrinking (antialiasing), each window's weights are normalised to sum 1, then rounded to
-/// `PRECISION_BITS` fixed point (away from zero).
+/// Pillow's bilinear (triangle) kernel, support 1.
+fn bilinear(x: f64) -> f64 {
+    (1.0 - x.abs()).max(0.0)
+}
+
+/// Per-output-pixel source windows and weights for one axis, as Pillow's `precompute_coeffs`:
+/// the kernel is widened by the scale factor when shrinking (antialiasing) and each window's
+/// weights are normalised to sum 1. The 8-bit passes round them to fixed point
+/// ([`fixed_point`]); float images use them as they are.
 struct Coeffs {
     /// `(first source index, count)` per output pixel.
     bounds: Vec<(usize, usize)>,
     /// `ksize` weights per output pixel (only the first `count` are used).
-    weights: Vec<i32>,
+    weights: Vec<f64>,
     ksize: usize,
 }
 
-fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
+/// Pillow's `normalize_coeffs_8bpc`: a weight in `PRECISION_BITS` fixed point, rounded away
+/// from zero.
+fn fixed_point(w: f64) -> i32 {
+    let v = w * f64::from(1u32 << PRECISION_BITS);
+    if v < 0.0 {
+        (v - 0.5) as i32
+    } else {
+        (v + 0.5) as i32
+    }
+}
+
+fn precompute_coeffs(
+    in_size: usize,
+    out_size: usize,
+    filter: fn(f64) -> f64,
+    support: f64,
+) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
+    let support = support * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
+    let mut weights = vec![0f64; out_size * ksize];
     let mut k = vec![0.0f64; ksize];
     let inv_filterscale = 1.0 / filterscale;
     for (xx, w_out) in weights.chunks_exact_mut(ksize).enumerate() {
@@ -106,16 +127,11 @@ fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
             (((center + support + 0.5) as i64).min(in_size as i64) as usize).saturating_sub(xmin);
         let mut ww = 0.0;
         for (x, kx) in k.iter_mut().enumerate().take(xmax) {
-            *kx = bicubic((x as f64 + xmin as f64 - center + 0.5) * inv_filterscale);
+            *kx = filter((x as f64 + xmin as f64 - center + 0.5) * inv_filterscale);
             ww += *kx;
         }
         for (kx, w) in k.iter().zip(w_out.iter_mut()).take(xmax) {
-            let v = if ww != 0.0 { kx / ww } else { *kx } * f64::from(1u32 << PRECISION_BITS);
-            *w = if v < 0.0 {
-                (v - 0.5) as i32
-            } else {
-                (v + 0.5) as i32
-            };
+            *w = if ww != 0.0 { kx / ww } else { *kx };
         }
         bounds.push((xmin, xmax));
     }
@@ -134,7 +150,7 @@ fn clip8(v: i64) -> u8 {
 /// One separable pass over an interleaved RGB buffer of `dims = (width, height)`, resampling the
 /// horizontal or vertical axis to `out` samples (Pillow's `ImagingResample{Horizontal,Vertical}_8bpc`).
 fn resample_axis(src: &[u8], (w, h): (usize, usize), out: usize, horizontal: bool) -> Vec<u8> {
-    let c = precompute_coeffs(if horizontal { w } else { h }, out);
+    let c = precompute_coeffs(if horizontal { w } else { h }, out, bicubic, 2.0);
     let (ow, oh) = if horizontal { (out, h) } else { (w, out) };
     // Byte distance between neighbouring samples along the resampled axis.
     let step = if horizontal { 3 } else { w * 3 };
@@ -153,7 +169,7 @@ fn resample_axis(src: &[u8], (w, h): (usize, usize), out: usize, horizontal: boo
                 .iter()
                 .enumerate()
                 .fold(1i64 << (PRECISION_BITS - 1), |acc, (j, &kj)| {
-                    acc + i64::from(src[base + (min + j) * step + ch]) * i64::from(kj)
+                    acc + i64::from(src[base + (min + j) * step + ch]) * i64::from(fixed_point(kj))
                 });
             *v = clip8(acc);
         }
@@ -174,11 +190,10 @@ pub fn resize_bicubic_pil(src: &RgbImage, width: u32, height: u32) -> RgbImage {
     if sw == 0 || sh == 0 || w == 0 || h == 0 {
         return RgbImage::new(width, height);
     }
-    let (dh, dw) = (sh as i64 - h as i64, sw as i64 - w as i64);
-    let vertical_first = dh > 0 && dh > 2 * dw;
+    let vf = vertical_first((sw, sh), (w, h));
     let mut buf = src.as_raw().clone();
     let mut dims = (sw, sh);
-    for horizontal in [!vertical_first, vertical_first] {
+    for horizontal in [!vf, vf] {
         if horizontal && dims.0 != w {
             buf = resample_axis(&buf, dims, w, true);
             dims.0 = w;
@@ -188,4 +203,59 @@ pub fn resize_bicubic_pil(src: &RgbImage, width: u32, height: u32) -> RgbImage {
         }
     }
     RgbImage::from_raw(width, height, buf).expect("both passes produce width * height pixels")
+}
+
+/// Whether Pillow (13) resamples the vertical axis first for `(sw, sh)` to `(w, h)`: when the
+/// height shrinks by more than twice as many pixels as the width.
+fn vertical_first((sw, sh): (usize, usize), (w, h): (usize, usize)) -> bool {
+    let (dh, dw) = (sh as i64 - h as i64, sw as i64 - w as i64);
+    dh > 0 && dh > 2 * dw
+}
+
+/// `Image.fromarray(x, mode="F").resize((width, height), Image.BILINEAR)` of a `[sh, sw]`
+/// float image, as Pillow computes it (weights and sums in f64, stored as f32): how big_vision
+/// fits a 64 x 64 segmentation mask into its box.
+pub fn resize_bilinear_f32(
+    src: &[f32],
+    (sw, sh): (usize, usize),
+    (w, h): (usize, usize),
+) -> Vec<f32> {
+    if sw == 0 || sh == 0 || w == 0 || h == 0 {
+        return vec![0.0; w * h];
+    }
+    let pass = |src: &[f32], (iw, ih): (usize, usize), out: usize, horizontal: bool| {
+        let c = precompute_coeffs(if horizontal { iw } else { ih }, out, bilinear, 1.0);
+        let (ow, oh) = if horizontal { (out, ih) } else { (iw, out) };
+        let mut dst = vec![0f32; ow * oh];
+        for (p, v) in dst.iter_mut().enumerate() {
+            let (x, y) = (p % ow, p / ow);
+            let (i, base, step) = if horizontal {
+                (x, y * iw, 1)
+            } else {
+                (y, x, iw)
+            };
+            let (min, n) = c.bounds[i];
+            let k = &c.weights[i * c.ksize..][..n];
+            let ss: f64 = k
+                .iter()
+                .enumerate()
+                .map(|(j, &kj)| src[base + (min + j) * step] as f64 * kj)
+                .sum();
+            *v = ss as f32;
+        }
+        dst
+    };
+    let mut buf = src.to_vec();
+    let mut dims = (sw, sh);
+    let vf = vertical_first((sw, sh), (w, h));
+    for horizontal in [!vf, vf] {
+        if horizontal && dims.0 != w {
+            buf = pass(&buf, dims, w, true);
+            dims.0 = w;
+        } else if !horizontal && dims.1 != h {
+            buf = pass(&buf, dims, h, false);
+            dims.1 = h;
+        }
+    }
+    buf
 }

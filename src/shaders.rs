@@ -61,6 +61,7 @@ pub(crate) const ALL: &[&Shader] = {
         &add::SHADER,
         &argmax::SHADER,
         &attention::SHADER,
+        &conv::SHADER,
         &gather::SHADER,
         &linear::SHADER,
         &norm::SHADER,

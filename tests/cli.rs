@@ -156,3 +156,36 @@ fn quantize_writes_a_folder_that_answers_as_quantizing_on_load() {
     assert!(!ok && stderr.contains("already quantized"), "{stderr}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn draw_puts_an_answer_on_the_picture() {
+    let out = std::env::temp_dir().join(format!("paligemma-cli-draw-{}.png", std::process::id()));
+    let segs: String = (0..16).map(|i| format!("<seg{:03}>", i * 7)).collect();
+    let scene = common::repo_root().join("docs/examples/scene.png");
+    let (ok, stdout, stderr) = run(&[
+        "draw",
+        "--image",
+        scene.to_str().unwrap(),
+        "--answer",
+        &format!(
+            "<loc0192><loc0597><loc0704><loc0896>{segs} box ; <loc0384><loc0128><loc0832><loc0427> ball ; <loc12>"
+        ),
+        "--seg-decoder",
+        &fixture("seg/vae.npz"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "stderr: {stderr}");
+    assert!(
+        stdout.contains("2 objects (1 malformed groups skipped)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("mask of"), "{stdout}");
+    let drawn = image::open(&out).unwrap().to_rgb8();
+    let scene = image::open(&scene).unwrap().to_rgb8();
+    assert_eq!(drawn.dimensions(), scene.dimensions());
+    // The first label's colour on the box's left edge; the corner untouched.
+    assert_eq!(drawn.get_pixel(279, 150).0, [230, 25, 75]);
+    assert_eq!(drawn.get_pixel(5, 5), scene.get_pixel(5, 5));
+    let _ = std::fs::remove_file(out);
+}

@@ -78,6 +78,11 @@ fn attention() {
 }
 
 #[test]
+fn conv() {
+    check_family("conv");
+}
+
+#[test]
 fn patch_embed() {
     check_family("patch_embed");
 }

@@ -3,7 +3,9 @@
 //! paligemma --model DIR --image FILE --prompt TEXT [--max-new-tokens N] [--temperature T]
 //!           [--top-p P] [--top-k K] [--seed S] [--precision f32|f16|q8|q4] [--json]
 //!           [--dump-logits FILE]
+//!           [--seg-decoder vae-oid.npz] [--draw OUT.png]
 //! paligemma quantize --model DIR --precision q8|q4 --out DIR2
+//! paligemma draw --image FILE --answer TEXT [--seg-decoder vae-oid.npz] --out OUT.png
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,8 +13,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use paligemma::detection::parse_detections;
+use paligemma::detection::{Answer, parse_answer};
 use paligemma::sampling::SamplingOptions;
+use paligemma::segmentation::{Mask, SegDecoder};
 use paligemma::{GenerateOptions, GpuOptions, LoadOptions, PaliGemma, Precision};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -62,6 +65,24 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Draw an answer (boxes, labels, masks) on an image without running the model, e.g. a
+    /// saved `detect` or `segment` answer.
+    Draw {
+        #[arg(long)]
+        image: PathBuf,
+        /// The answer text, with its `<loc>` and `<seg>` tokens.
+        #[arg(long)]
+        answer: String,
+        /// big_vision's mask decoder (`vae-oid.npz`), for `<seg>` codes.
+        #[arg(long)]
+        seg_decoder: Option<PathBuf>,
+        /// The PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also print the objects as one JSON line (boxes, masks as run lengths).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -103,6 +124,12 @@ struct Args {
     /// Substring of the adapter name to use (also WGPU_ADAPTER_NAME); WGPU_BACKEND picks the API.
     #[arg(long)]
     adapter: Option<String>,
+    /// big_vision's segmentation-mask decoder (`vae-oid.npz`): `segment` answers get masks.
+    #[arg(long)]
+    seg_decoder: Option<PathBuf>,
+    /// Write the image with the answer's boxes, labels and masks drawn on it (PNG).
+    #[arg(long)]
+    draw: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +144,13 @@ fn main() -> ExitCode {
             precision,
             out,
         }) => quantize(model, precision.precision(), out),
+        Some(Command::Draw {
+            image,
+            answer,
+            seg_decoder,
+            out,
+            json,
+        }) => draw_answer(image, answer, seg_decoder.as_deref(), out, *json),
         None => run(&cli.run),
     };
     match result {
@@ -127,6 +161,102 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The answer's objects, with masks where it has `<seg>` codes and a decoder is given.
+fn objects(
+    text: &str,
+    image: &image::DynamicImage,
+    decoder: Option<&SegDecoder>,
+) -> anyhow::Result<(Answer, Vec<Option<Mask>>)> {
+    let answer = parse_answer(text, image.width(), image.height());
+    let mut masks = Vec::new();
+    for d in &answer.detections {
+        masks.push(match (d.codes, decoder) {
+            (Some(codes), Some(dec)) => Mask::in_box(&dec.decode(&codes)?, d.bounds()),
+            _ => None,
+        });
+    }
+    if decoder.is_none() && answer.detections.iter().any(|d| d.codes.is_some()) {
+        eprintln!(
+            "note: the answer has segmentation codes; pass --seg-decoder vae-oid.npz for masks"
+        );
+    }
+    for (d, m) in answer.detections.iter().zip(&masks) {
+        let area = m
+            .as_ref()
+            .map_or(String::new(), |m| format!(", mask of {} px", m.area()));
+        println!(
+            "box {:?}: x {:.1}..{:.1}, y {:.1}..{:.1}{area}",
+            d.label, d.x_min, d.x_max, d.y_min, d.y_max
+        );
+    }
+    Ok((answer, masks))
+}
+
+/// The objects as JSON: boxes in pixels, and masks as the box they fill plus run lengths over it
+/// (row-major, alternating outside and inside, outside first).
+fn objects_json(answer: &Answer, masks: &[Option<Mask>]) -> serde_json::Value {
+    let objects: Vec<_> = answer
+        .detections
+        .iter()
+        .zip(masks)
+        .map(|(d, m)| {
+            serde_json::json!({
+                "label": d.label, "x_min": d.x_min, "y_min": d.y_min, "x_max": d.x_max, "y_max": d.y_max,
+                "mask": m.as_ref().map(|m| serde_json::json!({
+                    "x": m.x, "y": m.y, "width": m.width, "height": m.height, "rle": m.rle(),
+                })),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(objects)
+}
+
+fn save_drawing(
+    image: &image::DynamicImage,
+    answer: &Answer,
+    masks: &[Option<Mask>],
+    out: &Path,
+) -> anyhow::Result<()> {
+    let mut picture = image.to_rgb8();
+    paligemma::draw::draw(&mut picture, &answer.detections, masks);
+    picture
+        .save(out)
+        .with_context(|| format!("writing {}", out.display()))
+}
+
+fn draw_answer(
+    image_path: &Path,
+    text: &str,
+    seg_decoder: Option<&Path>,
+    out: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let image = paligemma::preprocess::load_image(image_path)?;
+    let decoder = match seg_decoder {
+        Some(path) => {
+            let gpu = paligemma::Gpu::new(&GpuOptions::default())?;
+            Some(SegDecoder::load(&gpu, path)?)
+        }
+        None => None,
+    };
+    let (answer, masks) = objects(text, &image, decoder.as_ref())?;
+    save_drawing(&image, &answer, &masks, out)?;
+    if json {
+        let objects = objects_json(&answer, &masks);
+        println!(
+            "{}",
+            serde_json::json!({"detections": objects, "skipped_groups": answer.skipped})
+        );
+    }
+    println!(
+        "{}: {} objects ({} malformed groups skipped)",
+        out.display(),
+        answer.detections.len(),
+        answer.skipped
+    );
+    Ok(())
 }
 
 fn quantize(model: &Path, precision: Precision, out: &Path) -> anyhow::Result<()> {
@@ -187,6 +317,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         stop_at_eos: true,
         keep_logits: args.dump_logits.is_some(),
     };
+    // Loaded before generating, so a bad file fails fast.
+    let decoder = match &args.seg_decoder {
+        Some(path) => Some(SegDecoder::load(model.gpu(), path)?),
+        None => None,
+    };
     let mut stdout = std::io::stdout();
     let out = model.generate(&image, prompt, &gen_opts, |_, piece| {
         let _ = write!(stdout, "{piece}");
@@ -194,12 +329,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         true
     })?;
     println!();
-    let detections = parse_detections(&out.text, image.width(), image.height());
-    for d in &detections {
-        println!(
-            "box {:?}: x {:.1}..{:.1}, y {:.1}..{:.1}",
-            d.label, d.x_min, d.x_max, d.y_min, d.y_max
-        );
+    let (answer, masks) = objects(&out.text, &image, decoder.as_ref())?;
+    if let Some(path) = &args.draw {
+        save_drawing(&image, &answer, &masks, path)?;
     }
     if let Some(path) = &args.dump_logits {
         let logits = out.step_logits.as_deref().unwrap_or_default();
@@ -220,9 +352,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "prompt_ids": out.prompt_ids,
             "generated_ids": out.generated_ids,
             "text": out.text,
-            "detections": detections.iter().map(|d| serde_json::json!({
-                "label": d.label, "x_min": d.x_min, "y_min": d.y_min, "x_max": d.x_max, "y_max": d.y_max,
-            })).collect::<Vec<_>>(),
+            "detections": objects_json(&answer, &masks),
+            "skipped_groups": answer.skipped,
             "timings": out.timings,
             "adapter": model.gpu().adapter_name(),
             "precision": format!("{:?}", model.precision()).to_lowercase(),

@@ -10,6 +10,7 @@ pub mod activation;
 pub mod add;
 pub mod argmax;
 pub mod attention;
+pub mod conv;
 pub mod gather;
 pub mod linear;
 pub mod norm;

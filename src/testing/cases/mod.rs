@@ -3,6 +3,7 @@
 //! so an element a kernel fails to write, or writes where it must not, is caught.
 
 mod attention;
+mod conv;
 mod elementwise;
 mod linear;
 
@@ -28,6 +29,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
     elementwise::rope_cases(&mut v);
     attention::attention_cases(&mut v);
     v.extend(attention::patch_cases());
+    conv::conv_cases(&mut v);
     v
 }
 
