@@ -5,6 +5,7 @@ Usage:
     python3 scripts/make_fixtures.py --all                 # every generated case (not mqa/gqa)
     python3 scripts/make_fixtures.py bf16 gemma2           # some cases
     python3 scripts/make_fixtures.py --out /tmp/fx mqa     # write elsewhere (default tests/fixtures)
+    python3 scripts/make_fixtures.py --seg                 # the segmentation decoder (tests/fixtures/seg)
     python3 scripts/make_fixtures.py --check-against tests/fixtures/mqa
         # load a case folder's model + images + prompt, recompute everything, compare with its
         # expected.json / expected.safetensors (max|diff|/max|ref| per tensor, ids equal?)
@@ -894,9 +895,16 @@ def main():
     ap.add_argument("--check-against", action="append", default=[], metavar="DIR",
                     help="recompute a case folder from its model/images/prompt and compare")
     ap.add_argument("--attn", default=None, help="attention implementation for --check-against (eager/sdpa)")
+    ap.add_argument("--seg", action="store_true",
+                    help="also make tests/fixtures/seg: big_vision's mask decoder (scripts/seg_fixture.py)")
     args = ap.parse_args()
     torch.set_num_threads(min(8, os.cpu_count() or 1))
 
+    if args.seg:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import seg_fixture
+        sys.argv = [sys.argv[0], "--out", str(Path(args.out) / "seg")]
+        seg_fixture.main()
     ok = True
     for d in args.check_against:
         ok &= check_against(d, attn=args.attn)
@@ -908,7 +916,7 @@ def main():
         if n in ("mqa", "gqa") and Path(args.out).resolve() == FIXTURES.resolve():
             sys.exit(f"refusing to overwrite the shared {n} fixture; pass --out DIR")
         make_case(n, args.out)
-    if not names and not args.check_against:
+    if not names and not args.check_against and not args.seg:
         ap.print_help()
     sys.exit(0 if ok else 1)
 
