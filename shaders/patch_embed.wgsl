@@ -5,7 +5,8 @@
 //             + sum_{c, ky, kx} W[d, c, ky, kx] * pixels[c, py * patch + ky, px * patch + kx]
 //
 // Bindings: 0 params, 1 pixels [channels, size, size], 2 W [dim, channels, patch, patch],
-// 3 b [dim], 4 pos [n_patches, dim], 5 out [n_patches, dim]; all f32.
+// 3 pos_b [n_patches + 1, dim]: the position embedding with the bias as its last row (four
+// storage bindings, within the downlevel limit), 4 out [n_patches, dim]; all f32.
 // One invocation per output; dispatch ceil(n_patches * dim / WG) workgroups via `Gpu::grid`.
 
 struct Params {
@@ -22,9 +23,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> pixels: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
-@group(0) @binding(4) var<storage, read> pos: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> pos_b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(WG)
 fn patch_embed(@builtin(workgroup_id) wid: vec3<u32>,
@@ -38,7 +38,7 @@ fn patch_embed(@builtin(workgroup_id) wid: vec3<u32>,
     let patch_index = g / p.dim;
     let py = patch_index / p.grid;
     let px = patch_index % p.grid;
-    var acc = b[d];
+    var acc = pos_b[p.grid * p.grid * p.dim + d]; // the bias row
     for (var c = 0u; c < p.channels; c++) {
         for (var ky = 0u; ky < p.patch_size; ky++) {
             let w_row = ((d * p.channels + c) * p.patch_size + ky) * p.patch_size;
@@ -48,5 +48,5 @@ fn patch_embed(@builtin(workgroup_id) wid: vec3<u32>,
             }
         }
     }
-    out[g] = acc + pos[g];
+    out[g] = acc + pos_b[g];
 }

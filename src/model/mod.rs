@@ -93,13 +93,15 @@ impl Loader<'_> {
 
     /// A small tensor (norm, bias, embedding of positions), always f32.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<wgpu::Buffer> {
+        self.gpu.upload_f32(name, &self.values(name, shape)?)
+    }
+
+    /// The values of tensor `name`, widened to f32.
+    pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         match &self.source {
-            WeightSource::Checkpoint(c) => {
-                self.gpu.upload_f32(name, &c.get(name, shape)?.to_f32()?)
-            }
+            WeightSource::Checkpoint(c) => c.get(name, shape)?.to_f32(),
             WeightSource::Random { seed, .. } => {
-                let n = shape.iter().product();
-                self.gpu.upload_f32(name, &random_values(*seed, name, n))
+                Ok(random_values(*seed, name, shape.iter().product()))
             }
         }
     }

@@ -105,12 +105,13 @@ impl VisionTower {
         let emb = "vision.embeddings";
         Ok(VisionTower {
             cfg: cfg.clone(),
-            embeddings: PatchEmbedding {
-                geometry: cfg.patch_geometry(),
-                weight: l.f32(&format!("{emb}.patch_embedding.weight"), &[d, c, p, p])?,
-                bias: l.f32(&format!("{emb}.patch_embedding.bias"), &[d])?,
-                position: l.f32(&format!("{emb}.position_embedding.weight"), &[n, d])?,
-            },
+            embeddings: PatchEmbedding::new(
+                l.gpu,
+                cfg.patch_geometry(),
+                &l.values(&format!("{emb}.patch_embedding.weight"), &[d, c, p, p])?,
+                &l.values(&format!("{emb}.patch_embedding.bias"), &[d])?,
+                &l.values(&format!("{emb}.position_embedding.weight"), &[n, d])?,
+            )?,
             layers,
             post_layernorm: l.layer_norm("vision.post_layernorm", d, eps)?,
         })

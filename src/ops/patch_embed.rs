@@ -43,16 +43,42 @@ impl PatchGeometry {
 }
 
 /// SigLIP's embeddings: the patch convolution `[dim, channels, patch, patch]` with its bias
-/// `[dim]`, and the learned position embedding `[n_patches, dim]`, all f32.
+/// `[dim]`, and the learned position embedding `[n_patches, dim]`, all f32. The bias rides as
+/// one more row of the position table, so the kernel binds four storage buffers (the
+/// downlevel limit) instead of five.
 #[derive(Clone, Debug)]
 pub struct PatchEmbedding {
     pub geometry: PatchGeometry,
     pub weight: wgpu::Buffer,
-    pub bias: wgpu::Buffer,
-    pub position: wgpu::Buffer,
+    /// `[n_patches + 1, dim]`: the position embedding, then the bias.
+    pub position_and_bias: wgpu::Buffer,
 }
 
 impl PatchEmbedding {
+    /// Uploads the convolution `weight`, its `bias` and the `position` embedding.
+    pub fn new(
+        gpu: &crate::gpu::Gpu,
+        geometry: PatchGeometry,
+        weight: &[f32],
+        bias: &[f32],
+        position: &[f32],
+    ) -> Result<PatchEmbedding> {
+        let (n, d) = (geometry.n_patches(), geometry.dim);
+        if bias.len() != d || position.len() != n * d {
+            return Err(Error::invalid(format!(
+                "patch embedding: bias of {} and positions of {} for {n} patches of {d}",
+                bias.len(),
+                position.len()
+            )));
+        }
+        let table: Vec<f32> = position.iter().chain(bias).copied().collect();
+        Ok(PatchEmbedding {
+            geometry,
+            weight: gpu.upload_f32("patch embedding", weight)?,
+            position_and_bias: gpu.upload_f32("positions and bias", &table)?,
+        })
+    }
+
     /// out `[n_patches, dim]` = conv(pixels `[channels, size, size]`) + bias + position.
     pub fn forward(&self, rec: &mut Recorder, pixels: &wgpu::Buffer, out: View) -> Result<()> {
         let g = &self.geometry;
@@ -75,9 +101,8 @@ impl PatchEmbedding {
         let binds = vec![
             bind(1, pixels),
             bind(2, &self.weight),
-            bind(3, &self.bias),
-            bind(4, &self.position),
-            bind(5, out.buffer),
+            bind(3, &self.position_and_bias),
+            bind(4, out.buffer),
         ];
         rec.dispatch(Kernel::new(&SHADER, "patch_embed"), &params, binds, groups)
     }

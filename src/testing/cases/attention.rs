@@ -216,12 +216,8 @@ pub(super) fn patch_cases() -> Vec<KernelCase> {
                         io.rand(n * g.dim, 1.0),
                         io.rand(n * g.dim, 1.0),
                     );
-                    let e = PatchEmbedding {
-                        geometry: g,
-                        weight: io.upload(&w)?,
-                        bias: io.upload(&b)?,
-                        position: io.upload(&pos)?,
-                    };
+                    let e = PatchEmbedding::new(io.gpu, g, &w, &b, &pos)?;
+                    io.bytes += 4 * (w.len() + b.len() + pos.len()) as u64;
                     let (pb, ob) = (io.upload(&px)?, io.upload(&y0)?);
                     prepared(
                         ob.clone(),
