@@ -5,7 +5,8 @@
 // dispatch writes only the rows whose id lies in [row_start, row_start + row_count).
 //
 // Bindings: 0 params, 1 ids [n_tokens] u32, 2 table chunk [row_count, hidden] in W_DTYPE,
-// 3 out [n_tokens, hidden] f32, 4 the chunk's block scales (quantized formats). One invocation per output element; dispatch
+// 3 out [n_tokens, hidden] f32 (a quantized chunk's block scales follow its codes, at word
+// `w_scales`). One invocation per output element; dispatch
 // ceil(n_tokens * hidden / WG) workgroups through `Gpu::grid`.
 
 struct Params {
@@ -14,7 +15,7 @@ struct Params {
     row_start: u32,
     row_count: u32,
     scale: f32,
-    _pad0: u32,
+    w_scales: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -23,7 +24,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<storage, read> w_scales: array<u32>;
 
 @compute @workgroup_size(WG)
 fn gather(@builtin(workgroup_id) wid: vec3<u32>,

@@ -2,7 +2,7 @@
 // projection that feeds it; the workhorse of every projection and of the logits.
 //
 // Bindings: 0 params, 1 x [m, k] f32 (rows at x_offset + r * x_stride), 2 W [n, k] in W_DTYPE
-// (see weight_format.wgsl; 6 its block scales when quantized), 3 b [n] f32 (read only when flags has BIAS), 4 y f32 written at
+// (see weight_format.wgsl; quantized: block scales after the codes), 3 b [n] f32 (read only when flags has BIAS), 4 y f32 written at
 // y_offset + r * y_stride + c (added to when flags has ACCUMULATE). The offsets let one kernel write K/V straight into a KV-cache
 // row, project only the last prompt row, or fill one vocabulary chunk of the logits.
 //
@@ -17,8 +17,7 @@
 //   bits, 16 in q8, 32 in q4), since decode is a stream over the weights. Needs every row to
 //   start on a 16-byte boundary (k a multiple of 4, 8, or of a 32-weight block).
 // - `gemv_gated`: Gemma's MLP input side in one pass, y = gelu_tanh(x W^T) * (x W2^T) with
-//   W2 (the up projection) at binding 5 (its scales at 7); no bias, no accumulate. Same
-//   dispatch as `gemv_vec`.
+//   W2 (the up projection) at binding 5; no bias, no accumulate. Same dispatch as `gemv_vec`.
 
 struct Params {
     m: u32,
@@ -29,6 +28,10 @@ struct Params {
     x_stride: u32,
     y_offset: u32,
     y_stride: u32,
+    w_scales: u32, // quantized W: where its (scale, min) words start, in u32 words
+    w2_scales: u32, // the same for W2
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -37,8 +40,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> w2: array<vec4<u32>>;
-@group(0) @binding(6) var<storage, read> w_scales: array<u32>;
-@group(0) @binding(7) var<storage, read> w2_scales: array<u32>;
+
 
 const BIAS: u32 = 1u;
 const ACCUMULATE: u32 = 2u;
@@ -148,7 +150,9 @@ fn dot_quant(q: vec4<u32>, xo: u32, s: vec2<f32>) -> f32 {
             let word = q[t];
             let c = vec4<f32>(q8_of(word, 0u), q8_of(word, 1u), q8_of(word, 2u), q8_of(word, 3u));
             let o = xo + 4u * t;
-            acc += dot(c, vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]));
+            let xv = vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
+            acc += dot(c, xv);
+            xsum += dot(xv, vec4<f32>(1.0)); // q8's min is 0 as written, but honour any
         } else {
             let word = q[t];
             let lo = vec4<f32>(q4_of(word, 0u), q4_of(word, 1u), q4_of(word, 2u), q4_of(word, 3u));
@@ -192,7 +196,7 @@ fn gemv_vec(@builtin(workgroup_id) wid: vec3<u32>,
         let base = row * n_vec;
         for (var j = lane; j < n_vec; j += LANES) {
             let xo = p.x_offset + j * per_vec();
-            acc += row_step(w[base + j], w_scales[block_of(row, j)], xo);
+            acc += row_step(w[base + j], w_word_at(p.w_scales + block_of(row, j)), xo);
         }
     }
     let total = group_sum(li, acc, LANES);
@@ -215,8 +219,9 @@ fn gemv_gated(@builtin(workgroup_id) wid: vec3<u32>,
         for (var j = lane; j < n_vec; j += LANES) {
             let xo = p.x_offset + j * per_vec();
             let blk = block_of(row, j);
-            gate += row_step(w[base + j], w_scales[blk], xo);
-            up += row_step(w2[base + j], w2_scales[blk], xo);
+            gate += row_step(w[base + j], w_word_at(p.w_scales + blk), xo);
+            let s2 = p.w2_scales + blk;
+            up += row_step(w2[base + j], w2[s2 >> 2u][s2 & 3u], xo);
         }
     }
     gate = group_sum(li, gate, LANES);

@@ -1,15 +1,16 @@
 // Prelude prepended (by src/shaders.rs) to every shader that reads weight matrices.
 //
 // Weights are bound as `w: array<vec4<u32>>` whatever their format (each including shader
-// declares `w` and `w_scales`; buffers are padded to 16 bytes), so one shader serves every
-// format without the SHADER_F16 feature and can load 16 bytes at a time. The format is a
-// pipeline-overridable constant, so each variant compiles to straight-line code:
+// declares `w`, and `p.w_scales` in its Params; buffers are padded to 16 bytes), so one shader
+// serves every format without the SHADER_F16 feature and can load 16 bytes at a time. The
+// format is a pipeline-overridable constant, so each variant compiles to straight-line code:
 //   W_DTYPE: 0 = f32, 1 = f16, 2 = bf16, 3 = q8, 4 = q4 (see `WeightFormat`, src/ops/weights.rs)
 // - f32, f16, bf16: element i lives in 32-bit word `w_word(i)`; bf16 widens exactly by a 16-bit
 //   shift, so a checkpoint's bf16 bytes are used as they are.
 // - q8, q4: codes in blocks of QBLOCK = 32 along each row, element i in block i / 32, whose
-//   (scale, min) pair of f16 is `w_scales[i / 32]`; w = code * scale + min. q8 codes are int8,
-//   one per byte; q4 codes are 0..15, two per byte, low nibble first. Rows are whole blocks.
+//   (scale, min) pair of f16 is the u32 word `p.w_scales + i / 32` of the same buffer (after
+//   the codes); w = code * scale + min. q8 codes are int8, one per byte; q4 codes are 0..15,
+//   two per byte, low nibble first. Rows are whole blocks.
 override W_DTYPE: u32 = 0u;
 
 const QBLOCK: u32 = 32u;
@@ -52,10 +53,15 @@ fn q_code(i: u32) -> f32 {
     return q4_of(w[i >> 5u][(i >> 3u) & 3u], i & 7u);
 }
 
+/// The u32 word j of `w`.
+fn w_word_at(j: u32) -> u32 {
+    return w[j >> 2u][j & 3u];
+}
+
 /// Element i of `w`, widened to f32.
 fn w_at(i: u32) -> f32 {
     if (W_DTYPE >= 3u) {
-        let s = unpack2x16float(w_scales[i / QBLOCK]);
+        let s = unpack2x16float(w_word_at(p.w_scales + i / QBLOCK));
         return q_code(i) * s.x + s.y;
     }
     let word = w_word(i);

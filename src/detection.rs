@@ -52,7 +52,8 @@ pub fn parse_answer(text: &str, width: u32, height: u32) -> Answer {
             };
             (loc[n], rest, n) = (v, tail, n + 1);
         }
-        if n < 4 {
+        if n < 4 || loc.iter().any(|&v| v > 1024) {
+            // A short run, or a location off the 0..1024 grid (a box far outside the image).
             answer.skipped += 1;
             if n == 0 {
                 rest = &rest["<loc".len()..];
@@ -193,5 +194,13 @@ mod tests {
             10,
         );
         assert_eq!((a.detections.len(), a.skipped), (1, 2));
+        // A location off the grid would size a mask far beyond the image: skipped.
+        let a = parse_answer(
+            "<loc0000><loc0000><loc9999><loc9999> huge ; <loc0000><loc0000><loc1024><loc1024> all",
+            10,
+            10,
+        );
+        assert_eq!((a.detections.len(), a.skipped), (1, 1));
+        assert_eq!(a.detections[0].label, "all");
     }
 }

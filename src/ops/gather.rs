@@ -20,7 +20,9 @@ struct Params {
     row_start: u32,
     row_count: u32,
     scale: f32,
-    _pad: [u32; 3],
+    /// A quantized chunk's scale words, after its codes.
+    w_scales: u32,
+    _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 32);
 
@@ -46,15 +48,10 @@ pub fn gather(
             row_start: u32_of("row", *start)?,
             row_count: u32_of("rows", chunk.rows)?,
             scale,
-            _pad: [0; 3],
+            w_scales: chunk.scale_offset,
+            _pad: [0; 2],
         };
-        let scales = chunk.scales_or(rec.gpu().dummy()).clone();
-        let binds = vec![
-            bind(1, ids),
-            bind(2, &chunk.buffer),
-            bind(3, out.buffer),
-            bind(4, &scales),
-        ];
+        let binds = vec![bind(1, ids), bind(2, &chunk.buffer), bind(3, out.buffer)];
         let k = Kernel::new(&SHADER, "gather").with(chunk.format.overrides());
         rec.dispatch(k, &params, binds, groups)?;
     }

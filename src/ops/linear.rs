@@ -42,8 +42,12 @@ struct Params {
     x_stride: u32,
     y_offset: u32,
     y_stride: u32,
+    /// Quantized weights: where the (scale, min) words of W and W2 start in their buffers.
+    w_scales: u32,
+    w2_scales: u32,
+    _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 32);
+const _: () = assert!(std::mem::size_of::<Params>() == 48);
 
 const BIAS: u32 = 1;
 const ACCUMULATE: u32 = 2;
@@ -62,6 +66,9 @@ impl Params {
             x_stride: u32_of("x stride", x.stride)?,
             y_offset: u32_of("y offset", y.offset)?,
             y_stride: u32_of("y stride", y.stride)?,
+            w_scales: w.scale_offset,
+            w2_scales: 0,
+            _pad: [0; 2],
         })
     }
 }
@@ -156,7 +163,6 @@ impl Linear {
             bind(2, &w.buffer),
             bind(3, self.bias.as_ref().unwrap_or(gpu.dummy())),
             bind(4, y.buffer),
-            bind(6, w.scales_or(gpu.dummy())),
         ];
         let k = Kernel::new(&SHADER, kernel.entry()).with(w.format.overrides());
         rec.dispatch(k, &params, binds, groups)
@@ -175,15 +181,17 @@ pub fn gemv_gated(rec: &mut Recorder, x: View, gate: &Weight, up: &Weight, y: Vi
         )));
     }
     x.expect("gated MLP input", 1, gate.cols)?;
-    let params = Params::new(&x, gate, &y, 0)?;
+    y.expect("gated MLP output", 1, gate.rows)?;
+    let params = Params {
+        w2_scales: up.scale_offset,
+        ..Params::new(&x, gate, &y, 0)?
+    };
     let gpu = rec.gpu().clone();
     let binds = vec![
         bind(1, x.buffer),
         bind(2, &gate.buffer),
         bind(4, y.buffer),
         bind(5, &up.buffer),
-        bind(6, gate.scales_or(gpu.dummy())),
-        bind(7, up.scales_or(gpu.dummy())),
     ];
     let k = Kernel::new(&SHADER, "gemv_gated").with(gate.format.overrides());
     let groups = gpu.grid((gate.rows as u32).div_ceil(GEMV_ROWS));

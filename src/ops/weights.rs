@@ -216,6 +216,11 @@ impl HostWeight<'_> {
 /// and min are rounded to f16 first and the codes chosen against the rounded values, so that
 /// decoding reproduces the nearest grid point the stored numbers can express.
 fn quantize(values: &[f32], format: WeightFormat) -> (Vec<u8>, Vec<u8>) {
+    assert!(
+        values.len().is_multiple_of(BLOCK),
+        "{format:?} stores whole blocks of {BLOCK} weights, not {}",
+        values.len()
+    );
     let q4 = format == WeightFormat::Q4;
     let mut codes = vec![0u8; format.row_bytes(values.len())];
     let mut scales = Vec::with_capacity(values.len() / BLOCK * 4);
@@ -251,11 +256,13 @@ fn quantize(values: &[f32], format: WeightFormat) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// A weight matrix `[rows, cols]` (row-major, PyTorch's `[out_features, in_features]`) on the
-/// GPU, with its block scales when quantized.
+/// GPU. Quantized formats keep their block scales in the same buffer, after the codes, so a
+/// kernel reading weights binds one storage buffer per matrix (the downlevel limit is four).
 #[derive(Clone, Debug)]
 pub struct Weight {
     pub buffer: wgpu::Buffer,
-    pub scales: Option<wgpu::Buffer>,
+    /// Where the (scale, min) words start in `buffer`, in u32 words (0 when not quantized).
+    pub scale_offset: u32,
     pub format: WeightFormat,
     pub rows: usize,
     pub cols: usize,
@@ -265,23 +272,28 @@ impl Weight {
     /// Uploads a matrix; `label` names it in errors.
     pub fn upload(gpu: &Gpu, label: &str, host: &HostWeight) -> Result<Weight> {
         host.check(label)?;
-        if host.data.len() as u64 > gpu.max_binding_bytes() {
+        let bytes = host.data.len() + host.scales.len();
+        if bytes as u64 > gpu.max_binding_bytes() {
             return Err(Error::Tensor {
                 name: label.to_string(),
                 message: format!(
-                    "{} bytes are over this device's largest storage binding ({} bytes); try \
-                     16-bit or quantized weights",
-                    host.data.len(),
+                    "{bytes} bytes are over this device's largest storage binding ({} bytes); \
+                     try 16-bit or quantized weights",
                     gpu.max_binding_bytes()
                 ),
             });
         }
-        let scales = host.format.is_quantized();
+        let (buffer, scale_offset) = if host.scales.is_empty() {
+            (gpu.storage_init(label, &host.data)?, 0)
+        } else {
+            // Codes are whole 16-byte rows (k a multiple of 32), so the scales start on a word.
+            let joined = [host.data.as_ref(), host.scales.as_ref()].concat();
+            let offset = crate::ops::u32_of("scale offset", host.data.len() / 4)?;
+            (gpu.storage_init(label, &joined)?, offset)
+        };
         Ok(Weight {
-            buffer: gpu.storage_init(label, &host.data)?,
-            scales: scales
-                .then(|| gpu.storage_init(&format!("{label} scales"), &host.scales))
-                .transpose()?,
+            buffer,
+            scale_offset,
             format: host.format,
             rows: host.rows,
             cols: host.cols,
@@ -302,12 +314,7 @@ impl Weight {
 
     /// Bytes the weight occupies on the GPU (codes and scales).
     pub fn bytes(&self) -> u64 {
-        self.buffer.size() + self.scales.as_ref().map_or(0, |s| s.size())
-    }
-
-    /// The scales to bind: the real ones, or a placeholder for unquantized formats.
-    pub(crate) fn scales_or<'a>(&'a self, dummy: &'a wgpu::Buffer) -> &'a wgpu::Buffer {
-        self.scales.as_ref().unwrap_or(dummy)
+        self.buffer.size()
     }
 }
 
@@ -325,7 +332,7 @@ pub struct ChunkedTable {
 impl ChunkedTable {
     /// The most rows one chunk may hold on `gpu`.
     pub fn max_chunk_rows(gpu: &Gpu, cols: usize, format: WeightFormat) -> usize {
-        let row_bytes = format.row_bytes(cols) as u64;
+        let row_bytes = (format.row_bytes(cols) + format.row_scale_bytes(cols)) as u64;
         // Keep 16 bytes of slack: buffers are padded to whole 16-byte vectors.
         ((gpu.max_binding_bytes() - 16) / row_bytes).max(1) as usize
     }
