@@ -19,7 +19,7 @@
 //
 // Bindings: 0 params, 1 q (row r, head h at q_offset + r * q_stride + h * head_dim),
 // 2 k cache [.., kv_stride], 3 v cache [.., kv_stride] (KV head g at g * head_dim),
-// 4 out (row r, head h at r * o_stride + h * head_dim), 5 partial results (split only).
+// 4 out (row r, head h at o_offset + r * o_stride + h * head_dim), 5 partial results (split only).
 //
 // Entry points:
 // - `attention`: one workgroup per (query row, head) over all keys. Dispatch q_rows * n_heads
@@ -53,7 +53,7 @@ struct Params {
     scale: f32,
     softcap: f32,
     chunk: u32,
-    _pad: u32,
+    o_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -158,7 +158,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>,
     l_run = 0.0;
     attend(li, p.q_pos0 + row, kv_base, 0u, p.kv_len);
     let inv_l = select(0.0, 1.0 / l_run, l_run > 0.0);
-    let o_base = row * p.o_stride + h * p.head_dim;
+    let o_base = p.o_offset + row * p.o_stride + h * p.head_dim;
     for (var i = 0u; i < DIMS_PER_INVOCATION; i++) {
         let d = li + i * WG;
         if (live && d < p.head_dim) {
@@ -217,7 +217,7 @@ fn attention_split_combine(@builtin(workgroup_id) wid: vec3<u32>,
             let base = (h * n_chunks + c) * stride;
             o += partial[base + 2u + d] * exp(partial[base] - m);
         }
-        out[h * p.head_dim + d] = o * inv_l;
+        out[p.o_offset + h * p.head_dim + d] = o * inv_l;
     }
 }
 
@@ -325,7 +325,7 @@ fn attention_blocked(@builtin(workgroup_id) wid: vec3<u32>,
     }
     if (row_ok) {
         let inv_l = select(0.0, 1.0 / l, l > 0.0);
-        let o_base = row * p.o_stride + h * p.head_dim;
+        let o_base = p.o_offset + row * p.o_stride + h * p.head_dim;
         for (var i = 0u; i < DPT_B; i++) {
             let d = t + TPR * i;
             if (d < p.head_dim) {

@@ -10,9 +10,12 @@
 // - `matmul` (many rows, prefill): a TILE x TILE output tile per workgroup of (TILE / 4)^2 = WG
 //   invocations, each computing a 4x4 block; x and W tiles of depth TILE_K are staged in
 //   workgroup memory. Dispatch (ceil(n / TILE), ceil(m / TILE), 1).
-// - `gemv` (one row, decode): GEMV_ROWS output features per workgroup of WG invocations, LANES
-//   (= WG / GEMV_ROWS) lanes per feature striding over k, then a tree reduction in workgroup
-//   memory (reduce.wgsl). Dispatch ceil(n / GEMV_ROWS) workgroups through `Gpu::grid`.
+// - `gemv` (decode: up to GEMV_BATCH rows, one per sequence of a batch): GEMV_ROWS output
+//   features per workgroup of WG invocations, LANES (= WG / GEMV_ROWS) lanes per feature
+//   striding over k, each weight read once for all rows, then a tree reduction in workgroup
+//   memory (reduce.wgsl). Each row's sums are formed exactly as with one row, so a sequence
+//   decodes to the same bits alone or in a batch. Dispatch ceil(n / GEMV_ROWS) workgroups
+//   through `Gpu::grid`.
 // - `gemv_vec`: the same, each lane loading 16 bytes of W at a time (4 weights in f32, 8 in 16
 //   bits, 16 in q8, 32 in q4), since decode is a stream over the weights. Needs every row to
 //   start on a 16-byte boundary (k a multiple of 4, 8, or of a 32-weight block).
@@ -109,23 +112,40 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
     }
 }
 
+/// Rows per GEMV dispatch: a power of two <= GEMV_BATCH, at least p.m (the host picks the
+/// variant). A constant loop bound, so each variant keeps its accumulators in registers, and
+/// the one-row variant compiles to a plain GEMV.
+override ROWS: u32 = 1u;
+
+/// Reduces each row's partial sums across the LANES lanes of a feature and stores them.
+fn store_rows(li: u32, lane: u32, feature: u32, acc: array<f32, GEMV_BATCH>) {
+    for (var r = 0u; r < ROWS; r++) {
+        let total = group_sum(li, acc[r], LANES);
+        if (lane == 0u && feature < p.n && r < p.m) {
+            store(feature, p.y_offset + r * p.y_stride + feature, total);
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
     let row = flat_workgroup(wid, nwg) * GEMV_ROWS + li / LANES;
     let lane = li % LANES;
-    var acc = 0.0;
+    var acc: array<f32, GEMV_BATCH>;
     if (row < p.n) {
         let base = row * p.k;
         for (var kk = lane; kk < p.k; kk += LANES) {
-            acc = fma(x[p.x_offset + kk], w_at(base + kk), acc);
+            let wv = w_at(base + kk);
+            for (var r = 0u; r < ROWS; r++) {
+                if (r < p.m) {
+                    acc[r] = fma(x[p.x_offset + r * p.x_stride + kk], wv, acc[r]);
+                }
+            }
         }
     }
-    let total = group_sum(li, acc, LANES);
-    if (lane == 0u && row < p.n) {
-        store(row, p.y_offset + row, total);
-    }
+    store_rows(li, lane, row, acc);
 }
 
 /// The dot product of 16 bytes of weights `q` with x[xo..]: 4 weights in f32 or 8 in 16 bits.
@@ -190,19 +210,21 @@ fn gemv_vec(@builtin(workgroup_id) wid: vec3<u32>,
             @builtin(local_invocation_index) li: u32) {
     let row = flat_workgroup(wid, nwg) * GEMV_ROWS + li / LANES;
     let lane = li % LANES;
-    var acc = 0.0;
+    var acc: array<f32, GEMV_BATCH>;
     if (row < p.n) {
         let n_vec = p.k / per_vec();
         let base = row * n_vec;
         for (var j = lane; j < n_vec; j += LANES) {
-            let xo = p.x_offset + j * per_vec();
-            acc += row_step(w[base + j], w_word_at(p.w_scales + block_of(row, j)), xo);
+            let q = w[base + j];
+            let scales = w_word_at(p.w_scales + block_of(row, j));
+            for (var r = 0u; r < ROWS; r++) {
+                if (r < p.m) {
+                    acc[r] += row_step(q, scales, p.x_offset + r * p.x_stride + j * per_vec());
+                }
+            }
         }
     }
-    let total = group_sum(li, acc, LANES);
-    if (lane == 0u && row < p.n) {
-        store(row, p.y_offset + row, total);
-    }
+    store_rows(li, lane, row, acc);
 }
 
 @compute @workgroup_size(WG)
@@ -211,22 +233,32 @@ fn gemv_gated(@builtin(workgroup_id) wid: vec3<u32>,
               @builtin(local_invocation_index) li: u32) {
     let row = flat_workgroup(wid, nwg) * GEMV_ROWS + li / LANES;
     let lane = li % LANES;
-    var gate = 0.0;
-    var up = 0.0;
+    var gate: array<f32, GEMV_BATCH>;
+    var up: array<f32, GEMV_BATCH>;
     if (row < p.n) {
         let n_vec = p.k / per_vec();
         let base = row * n_vec;
         for (var j = lane; j < n_vec; j += LANES) {
-            let xo = p.x_offset + j * per_vec();
             let blk = block_of(row, j);
-            gate += row_step(w[base + j], w_word_at(p.w_scales + blk), xo);
-            let s2 = p.w2_scales + blk;
-            up += row_step(w2[base + j], w2[s2 >> 2u][s2 & 3u], xo);
+            let q = w[base + j];
+            let q2 = w2[base + j];
+            let s = w_word_at(p.w_scales + blk);
+            let s2i = p.w2_scales + blk;
+            let s2 = w2[s2i >> 2u][s2i & 3u];
+            for (var r = 0u; r < ROWS; r++) {
+                if (r < p.m) {
+                    let xo = p.x_offset + r * p.x_stride + j * per_vec();
+                    gate[r] += row_step(q, s, xo);
+                    up[r] += row_step(q2, s2, xo);
+                }
+            }
         }
     }
-    gate = group_sum(li, gate, LANES);
-    up = group_sum(li, up, LANES);
-    if (lane == 0u && row < p.n) {
-        y[p.y_offset + row] = gelu_tanh_of(gate) * up;
+    for (var r = 0u; r < ROWS; r++) {
+        let g = group_sum(li, gate[r], LANES);
+        let u = group_sum(li, up[r], LANES);
+        if (lane == 0u && row < p.n && r < p.m) {
+            y[p.y_offset + r * p.y_stride + row] = gelu_tanh_of(g) * u;
+        }
     }
 }

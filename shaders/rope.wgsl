@@ -11,6 +11,9 @@
 // so the host passes pos0 = 1 for the first prompt token).
 // One invocation per (row, head, i); dispatch ceil(rows * heads * head_dim / 2 / WG)
 // workgroups through `Gpu::grid`.
+//
+// `rope_at` (a batch of decoding sequences, each at its own position): row r has position
+// positions[r] (binding 4) instead of pos0 + r.
 
 struct Params {
     rows: u32,
@@ -28,6 +31,21 @@ struct Params {
 @group(0) @binding(2) var<storage, read> sin_t: array<f32>;
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 
+@group(0) @binding(4) var<storage, read> positions: array<u32>;
+
+/// Rotates element i of head h of row r, at position `pos`.
+fn rotate(r: u32, h: u32, i: u32, pos: u32) {
+    let half = p.head_dim / 2u;
+    let o = p.offset + r * p.stride + h * p.head_dim + i;
+    let t = pos * half + i;
+    let c = cos_t[t];
+    let s = sin_t[t];
+    let a = x[o];
+    let b = x[o + half];
+    x[o] = a * c - b * s;
+    x[o + half] = b * c + a * s;
+}
+
 @compute @workgroup_size(WG)
 fn rope(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>,
@@ -37,15 +55,19 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>,
     if (g >= p.rows * p.heads * half) {
         return;
     }
-    let i = g % half;
-    let h = (g / half) % p.heads;
     let r = g / (half * p.heads);
-    let o = p.offset + r * p.stride + h * p.head_dim + i;
-    let t = (p.pos0 + r) * half + i;
-    let c = cos_t[t];
-    let s = sin_t[t];
-    let a = x[o];
-    let b = x[o + half];
-    x[o] = a * c - b * s;
-    x[o + half] = b * c + a * s;
+    rotate(r, (g / half) % p.heads, g % half, p.pos0 + r);
+}
+
+@compute @workgroup_size(WG)
+fn rope_at(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32) {
+    let half = p.head_dim / 2u;
+    let g = flat_invocation(wid, nwg, li);
+    if (g >= p.rows * p.heads * half) {
+        return;
+    }
+    let r = g / (half * p.heads);
+    rotate(r, (g / half) % p.heads, g % half, positions[r]);
 }

@@ -33,6 +33,7 @@ pub mod draw;
 pub mod preprocess;
 pub mod sampling;
 pub mod segmentation;
+mod sequence;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokenizer;
@@ -43,6 +44,7 @@ pub use model::Precision;
 pub use model::config;
 pub use model::quantize::{QuantizeReport, quantize_checkpoint};
 pub use model::reference::Reference;
-pub use model::session::Session;
+pub use model::session::{DecodeBatch, Session};
 pub use ops::WeightFormat;
 pub use paligemma::{GenerateOptions, Generation, ImageFeatures, LoadOptions, PaliGemma, Timings};
+pub use sequence::{FinishReason, Sequence, Token};

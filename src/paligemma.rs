@@ -9,14 +9,13 @@ use crate::gpu::{Gpu, GpuOptions};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::PaliGemmaConfig;
 use crate::model::gemma::TextModel;
-use crate::model::session::Session;
+use crate::model::session::{DecodeBatch, Session};
 use crate::model::siglip::VisionTower;
 use crate::model::{Loader, Precision, WeightSource};
 use crate::ops::linear::Linear;
-use crate::ops::softmax::softmax;
 use crate::ops::{View, WeightFormat};
-use crate::preprocess::preprocess;
-use crate::sampling::{Sampler, SamplingOptions};
+use crate::sampling::SamplingOptions;
+use crate::sequence::Token;
 use crate::tokenizer::PromptTokenizer;
 
 /// How to load a model.
@@ -323,75 +322,54 @@ impl PaliGemma {
         opts: &GenerateOptions,
         mut on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<Generation> {
-        let mut timings = Timings::default();
-        let t0 = Instant::now();
-        let pixels = preprocess(image, self.image_size() as u32);
-        let ids = self.prompt_ids(prompt)?;
-        timings.preprocess_ms = ms(t0);
-
-        let t1 = Instant::now();
-        let features = self.encode_pixels(&pixels, None)?;
-        self.gpu.wait()?;
-        timings.vision_ms = ms(t1);
-
-        let t2 = Instant::now();
-        let mut s = self.session(ids.len(), opts.max_new_tokens)?;
-        let mut greedy = self.prefill(&mut s, &ids, &features)?;
-        timings.prefill_ms = ms(t2);
-        timings.time_to_first_token_ms = ms(t0);
-
-        let vocab = self.config.text.vocab_size;
-        let mut sampler = Sampler::new(&opts.sampling);
-        let probs = if opts.sampling.is_greedy() {
-            None
-        } else {
-            Some(self.gpu.storage("probabilities", (vocab * 4) as u64)?)
-        };
-        let mut generated = Vec::new();
-        let mut step_logits = opts.keep_logits.then(Vec::new);
-        let mut text = String::new();
-        let t3 = Instant::now();
-        while generated.len() < opts.max_new_tokens {
-            if let Some(all) = step_logits.as_mut() {
-                all.extend(self.logits(&s)?);
+        let (mut seq, first) = self.start(image, prompt, opts)?;
+        let mut batch = None;
+        let t = Instant::now();
+        let mut token = first;
+        while let Some(Token { id, piece }) = token.take() {
+            if !on_token(id, &piece) {
+                seq.cancel();
             }
-            let token = match &probs {
-                None => greedy,
-                Some(pb) => {
-                    let mut rec = self.gpu.recorder();
-                    let (x, y) = (View::new(&s.logits, 1, vocab), View::new(pb, 1, vocab));
-                    softmax(&mut rec, x, y, opts.sampling.temperature)?;
-                    rec.submit("the sampling softmax")?;
-                    let probs = self.gpu.read_f32(pb, 0, vocab)?;
-                    sampler.sample(&probs).ok_or_else(|| {
-                        Error::invalid("no token has a finite probability (are the logits NaN?)")
-                    })?
-                }
-            };
-            generated.push(token);
-            let now = self.tokenizer()?.decode(&generated, true)?;
-            let piece = now.strip_prefix(text.as_str()).unwrap_or("").to_string();
-            text = now;
-            let go_on = on_token(token, &piece);
-            if !go_on
-                || (opts.stop_at_eos && token == self.config.eos_token_id)
-                || generated.len() == opts.max_new_tokens
-            {
+            if seq.finished().is_some() {
                 break;
             }
-            greedy = self.step(&mut s, token)?;
+            let batch = match &mut batch {
+                Some(b) => b,
+                None => batch.insert(self.decode_batch()?),
+            };
+            token = self.advance(batch, &mut [&mut seq])?.pop().flatten();
         }
-        timings.decode_ms = ms(t3);
-        if generated.len() > 1 {
-            timings.decode_tokens_per_s = (generated.len() - 1) as f64 / (timings.decode_ms / 1e3);
+        let (prompt_ids, generated_ids, text, step_logits, mut timings) = seq.into_parts();
+        timings.decode_ms = ms(t);
+        if generated_ids.len() > 1 {
+            timings.decode_tokens_per_s =
+                (generated_ids.len() - 1) as f64 / (timings.decode_ms / 1e3);
         }
         Ok(Generation {
-            prompt_ids: ids,
-            generated_ids: generated,
+            prompt_ids,
+            generated_ids,
             text,
             step_logits,
             timings,
         })
+    }
+
+    /// Scratch for [`step_batch`](Self::step_batch) and [`advance`](Self::advance): one per
+    /// caller that steps batches (a few MB: GEMV_BATCH rows of activations and logits).
+    pub fn decode_batch(&self) -> Result<DecodeBatch> {
+        self.text.decode_batch(&self.gpu)
+    }
+
+    /// One decode step for several sessions: `tokens[i]` is appended to `sessions[i]`;
+    /// returns each one's greedy next token and leaves its logits in it, to the bit as
+    /// [`step`](Self::step) would. Each weight is read once per 16 sessions.
+    pub fn step_batch(
+        &self,
+        batch: &mut DecodeBatch,
+        sessions: &mut [&mut Session],
+        tokens: &[u32],
+    ) -> Result<Vec<u32>> {
+        self.text.step_batch(&self.gpu, batch, sessions, tokens)
     }
 }
 

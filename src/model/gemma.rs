@@ -11,15 +11,15 @@
 
 use super::Loader;
 use super::config::{Decoder, TextConfig};
-use super::session::{LayerCache, Pass};
+use super::session::{Pass, Rows};
 use crate::error::Result;
 use crate::gpu::Recorder;
 use crate::ops::activation::gelu_tanh_gated;
 use crate::ops::add::add_inplace;
 use crate::ops::attention::{AttentionKernel, AttentionParams, attention};
-use crate::ops::linear::{Linear, gated_supported, gemv_gated};
+use crate::ops::linear::{GEMV_BATCH, Linear, gated_supported, gemv_gated};
 use crate::ops::norm::RmsNorm;
-use crate::ops::rope::{RopeTables, rope};
+use crate::ops::rope::{RopeTables, rope, rope_at};
 use crate::ops::{ChunkedTable, View};
 
 /// The attention block: norm, projections, RoPE, attention over the cache, output projection.
@@ -54,35 +54,90 @@ pub struct TextLayer {
 }
 
 impl TextLayer {
-    /// x = x + attention(x), then x = x + mlp(x); K and V of the new rows go to `cache`.
-    pub(crate) fn forward(&self, rec: &mut Recorder, p: &Pass, cache: &LayerCache) -> Result<()> {
-        self.attention.forward(rec, p, cache)?;
+    /// x = x + attention(x), then x = x + mlp(x); K and V of the new rows go to layer `li`'s
+    /// cache.
+    pub(crate) fn forward(&self, rec: &mut Recorder, p: &Pass, li: usize) -> Result<()> {
+        self.attention.forward(rec, p, li)?;
         self.mlp.forward(rec, p)
     }
 }
 
 impl SelfAttention {
-    fn forward(&self, rec: &mut Recorder, p: &Pass, cache: &LayerCache) -> Result<()> {
+    fn forward(&self, rec: &mut Recorder, p: &Pass, li: usize) -> Result<()> {
         let c = p.cfg;
-        let (k, v) = (cache.k_rows(p), cache.v_rows(p));
         self.norm.forward(rec, p.x(), p.h())?;
         self.q_proj.forward(rec, p.h(), p.q())?;
-        self.k_proj.forward(rec, p.h(), k)?;
-        self.v_proj.forward(rec, p.h(), v)?;
-        // transformers numbers positions from 1.
-        rope(rec, p.q(), p.rope, c.num_attention_heads, p.start + 1)?;
-        rope(rec, k, p.rope, c.num_key_value_heads, p.start + 1)?;
-        let params = c.attention(self.sliding, p.rows, p.start, p.prefix_len);
-        let kernel = AttentionKernel::for_rows(params.q_rows, p.partial());
-        attention(
-            rec,
-            kernel,
-            p.q().buffer,
-            &cache.k,
-            &cache.v,
-            p.a().buffer,
-            &params,
-        )?;
+        match &p.kind {
+            Rows::Run {
+                cache,
+                start,
+                prefix_len,
+                partial,
+            } => {
+                let cache = &cache[li];
+                let k = cache.k_rows(*start, p.rows, p.kv_width);
+                let v = cache.v_rows(*start, p.rows, p.kv_width);
+                self.k_proj.forward(rec, p.h(), k)?;
+                self.v_proj.forward(rec, p.h(), v)?;
+                // transformers numbers positions from 1.
+                rope(rec, p.q(), p.rope, c.num_attention_heads, start + 1)?;
+                rope(rec, k, p.rope, c.num_key_value_heads, start + 1)?;
+                let params = c.attention(self.sliding, p.rows, *start, *prefix_len);
+                let kernel = AttentionKernel::for_rows(params.q_rows, partial);
+                attention(
+                    rec,
+                    kernel,
+                    p.q().buffer,
+                    &cache.k,
+                    &cache.v,
+                    p.a().buffer,
+                    &params,
+                )?;
+            }
+            Rows::Batch {
+                seqs,
+                positions,
+                k,
+                v,
+            } => {
+                let (k, v) = (
+                    View::new(k, p.rows, p.kv_width),
+                    View::new(v, p.rows, p.kv_width),
+                );
+                self.k_proj.forward(rec, p.h(), k)?;
+                self.v_proj.forward(rec, p.h(), v)?;
+                let last = seqs.iter().map(|s| s.pos + 1).max().unwrap_or(0);
+                rope_at(rec, p.q(), p.rope, c.num_attention_heads, positions, last)?;
+                rope_at(rec, k, p.rope, c.num_key_value_heads, positions, last)?;
+                // Every row's K and V into its own cache first (one run of copies), then each
+                // row's attention over its cache.
+                let row_bytes = (p.kv_width * 4) as u64;
+                for (i, s) in seqs.iter().enumerate() {
+                    let (at, dst) = (i as u64 * row_bytes, s.pos as u64 * row_bytes);
+                    rec.copy(k.buffer, at, &s.cache[li].k, dst, row_bytes);
+                    rec.copy(v.buffer, at, &s.cache[li].v, dst, row_bytes);
+                }
+                let qd = p.q().width;
+                for (i, s) in seqs.iter().enumerate() {
+                    let params = AttentionParams {
+                        q_offset: (i * qd) as u32,
+                        o_offset: (i * qd) as u32,
+                        ..c.attention(self.sliding, 1, s.pos, s.prefix_len)
+                    };
+                    let kernel = AttentionKernel::Split { partial: s.partial };
+                    let cache = &s.cache[li];
+                    attention(
+                        rec,
+                        kernel,
+                        p.q().buffer,
+                        &cache.k,
+                        &cache.v,
+                        p.a().buffer,
+                        &params,
+                    )?;
+                }
+            }
+        }
         into_branch(rec, &self.o_proj, p.a(), p, p.x(), self.post_norm.as_ref())?;
         close_branch(rec, p, self.post_norm.as_ref())
     }
@@ -95,7 +150,7 @@ impl Mlp {
         // In blocks of rows, so the [rows, I] intermediates fit one binding.
         for (r0, n) in p.mlp_blocks() {
             let (h, g, u) = (p.h().rows(r0, n), p.gate(n), p.up(n));
-            if n == 1 && gated_supported(gate, up) {
+            if n <= GEMV_BATCH && gated_supported(gate, up) {
                 // Decode: gate, up and the activation in one pass over both weights.
                 gemv_gated(rec, h, gate, up, u)?;
             } else {

@@ -9,7 +9,7 @@ use crate::ops::activation::softcap;
 use crate::ops::argmax::argmax;
 use crate::ops::attention::partial_len;
 use crate::ops::gather::gather;
-use crate::ops::linear::logits;
+use crate::ops::linear::{GEMV_BATCH, logits};
 use crate::ops::rope::RopeTables;
 
 /// One layer's KV cache: `[capacity, kv_heads * hd]` each, row t written at position t.
@@ -19,13 +19,13 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    /// The cache rows a pass writes its keys to.
-    pub(crate) fn k_rows<'a>(&'a self, p: &Pass) -> View<'a> {
-        View::new(&self.k, p.start + p.rows, p.kv_width).rows(p.start, p.rows)
+    /// Cache rows `start..start + rows` of the keys (`[.., width]`).
+    pub(crate) fn k_rows(&self, start: usize, rows: usize, width: usize) -> View<'_> {
+        View::new(&self.k, start + rows, width).rows(start, rows)
     }
-    /// The cache rows a pass writes its values to.
-    pub(crate) fn v_rows<'a>(&'a self, p: &Pass) -> View<'a> {
-        View::new(&self.v, p.start + p.rows, p.kv_width).rows(p.start, p.rows)
+    /// Cache rows `start..start + rows` of the values.
+    pub(crate) fn v_rows(&self, start: usize, rows: usize, width: usize) -> View<'_> {
+        View::new(&self.v, start + rows, width).rows(start, rows)
     }
 }
 
@@ -44,6 +44,15 @@ struct Scratch {
 }
 
 impl Scratch {
+    fn bytes(&self) -> u64 {
+        [
+            &self.x, &self.h, &self.q, &self.a, &self.o, &self.gate, &self.up,
+        ]
+        .iter()
+        .map(|b| b.size())
+        .sum()
+    }
+
     fn new(gpu: &Gpu, m: &TextModel, rows: usize) -> Result<Scratch> {
         let c = &m.cfg;
         let (h, i, qd) = (
@@ -70,11 +79,15 @@ impl Scratch {
 /// One sequence's state on the GPU: the KV cache, scratch buffers, the last logits and the
 /// next token.
 pub struct Session {
+    /// Tells sessions apart in a [`DecodeBatch`] (whose cached bind groups name their buffers).
+    id: u64,
     cache: Vec<LayerCache>,
     capacity: usize,
     len: usize,
     prefix_len: usize,
-    scratch: Scratch,
+    /// Scratch for the session's own passes: the prompt's rows until the prefill is done, then
+    /// (made again on the first solo step) one row. Batched steps use the batch's.
+    scratch: Option<Scratch>,
     /// `[vocab]` f32: the logits the last token was chosen from.
     pub(crate) logits: wgpu::Buffer,
     /// `u32 [1]`: the greedy choice, read back by the CPU and fed to the next step.
@@ -97,20 +110,55 @@ impl Session {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+    /// GPU memory the session holds: KV cache, logits, attention partials and scratch.
+    pub fn gpu_bytes(&self) -> u64 {
+        let cache: u64 = self.cache.iter().map(|c| c.k.size() + c.v.size()).sum();
+        let scratch = self.scratch.as_ref().map_or(0, Scratch::bytes);
+        cache + self.logits.size() + self.token.size() + self.partial.size() + scratch
+    }
 }
 
-/// What one forward pass over `rows` new positions from `start` works with: the decoder's
-/// layers read their operands from here, as views of the session's scratch.
+/// What one forward pass over `rows` new positions works with: the decoder's layers read their
+/// operands from here, as views of the scratch.
 pub(crate) struct Pass<'a> {
     pub cfg: &'a crate::model::config::TextConfig,
     pub rope: &'a RopeTables,
     pub rows: usize,
-    pub start: usize,
-    /// Positions below this form the bidirectional block (image + prompt).
-    pub prefix_len: usize,
-    kv_width: usize,
+    /// Whose positions the rows are.
+    pub kind: Rows<'a>,
+    pub kv_width: usize,
     scratch: &'a Scratch,
-    partial: &'a wgpu::Buffer,
+}
+
+/// Whose positions a pass's rows are.
+pub(crate) enum Rows<'a> {
+    /// Positions `start..start + rows` of one sequence; positions below `prefix_len` form the
+    /// bidirectional block (image + prompt).
+    Run {
+        cache: &'a [LayerCache],
+        start: usize,
+        prefix_len: usize,
+        /// Scratch of the split decode attention.
+        partial: &'a wgpu::Buffer,
+    },
+    /// One new position for each sequence of a batch (row i: `seqs[i]`); K and V are computed
+    /// into `k` and `v` and copied into each sequence's cache.
+    Batch {
+        seqs: Vec<BatchRow<'a>>,
+        /// `u32 [rows]`: each row's RoPE position (1-based).
+        positions: &'a wgpu::Buffer,
+        k: &'a wgpu::Buffer,
+        v: &'a wgpu::Buffer,
+    },
+}
+
+/// One sequence of a batched pass.
+pub(crate) struct BatchRow<'a> {
+    pub cache: &'a [LayerCache],
+    /// The cache position of the new token.
+    pub pos: usize,
+    pub prefix_len: usize,
+    pub partial: &'a wgpu::Buffer,
 }
 
 impl<'a> Pass<'a> {
@@ -158,11 +206,39 @@ impl<'a> Pass<'a> {
             .step_by(step)
             .map(move |r0| (r0, step.min(rows - r0)))
     }
-    /// Scratch of the split decode attention.
-    pub fn partial(&self) -> &'a wgpu::Buffer {
-        self.partial
+}
+
+/// Scratch and outputs of batched decode steps ([`TextModel::step_batch`]): one decode step for
+/// several sessions at once, each weight read once per [`GEMV_BATCH`] sequences.
+pub struct DecodeBatch {
+    scratch: Scratch,
+    /// `[GEMV_BATCH, kv_heads * hd]`: the new keys and values before they go to each cache.
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    ids: wgpu::Buffer,       // u32 [GEMV_BATCH]
+    positions: wgpu::Buffer, // u32 [GEMV_BATCH]
+    logits: wgpu::Buffer,    // [GEMV_BATCH, vocab]
+    /// `u32 [rows]` the greedy choices of every group of a step; regrown with the batch.
+    tokens: wgpu::Buffer,
+    /// Per group of GEMV_BATCH sessions: its cached bind groups, and whose they are.
+    groups: Vec<(Vec<u64>, DispatchCache)>,
+}
+
+impl DecodeBatch {
+    fn group(&mut self, g: usize, members: Vec<u64>) -> &mut DispatchCache {
+        if self.groups.len() <= g {
+            self.groups.resize_with(g + 1, Default::default);
+        }
+        let (who, cache) = &mut self.groups[g];
+        if *who != members {
+            // Other sessions: the cached bind groups would keep the old ones' caches alive.
+            (*who, *cache) = (members, DispatchCache::default());
+        }
+        cache
     }
 }
+
+static NEXT_SESSION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl TextModel {
     /// A new session able to hold `capacity` positions, with scratch for `max_rows` rows per
@@ -185,11 +261,12 @@ impl TextModel {
             })
             .collect::<Result<_>>()?;
         Ok(Session {
+            id: NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cache,
             capacity,
             len: 0,
             prefix_len: 0,
-            scratch: Scratch::new(gpu, self, max_rows.max(1))?,
+            scratch: Some(Scratch::new(gpu, self, max_rows.max(1))?),
             logits: gpu.storage("logits", (c.vocab_size * 4) as u64)?,
             token: gpu.storage("next token", 4)?,
             partial: gpu.storage(
@@ -200,22 +277,59 @@ impl TextModel {
         })
     }
 
-    /// Records one forward pass over `rows` new positions of `s` (from `s.len`) whose token
-    /// ids are in `ids` (`u32 [rows]`); the `image` rows `[n, H]` replace the first n
-    /// embeddings. Leaves the final normed hidden states in the scratch's `h` and K, V in the
-    /// cache. Many rows are submitted a layer at a time (no watchdog fires on a long prompt);
-    /// the caller advances `s.len` once the rest is submitted, so a failure leaves the session
-    /// as it was.
+    /// Scratch and outputs for [`step_batch`](Self::step_batch).
+    pub fn decode_batch(&self, gpu: &Gpu) -> Result<DecodeBatch> {
+        let c = &self.cfg;
+        let kv = GEMV_BATCH * c.num_key_value_heads * c.head_dim * 4;
+        let u32s = |label: &str| gpu.storage(label, (GEMV_BATCH * 4) as u64);
+        Ok(DecodeBatch {
+            scratch: Scratch::new(gpu, self, GEMV_BATCH)?,
+            k: gpu.storage("batch keys", kv as u64)?,
+            v: gpu.storage("batch values", kv as u64)?,
+            ids: u32s("batch ids")?,
+            positions: u32s("batch positions")?,
+            logits: gpu.storage("batch logits", (GEMV_BATCH * c.vocab_size * 4) as u64)?,
+            tokens: u32s("batch tokens")?,
+            groups: Vec::new(),
+        })
+    }
+
+    /// Records one forward pass `p` whose token ids are in `ids` (`u32 [rows]`); the `image`
+    /// rows `[n, H]` replace the first n embeddings. Leaves the final normed hidden states in
+    /// the scratch's `h` and K, V in the caches. Many rows are submitted a layer at a time (no
+    /// watchdog fires on a long prompt); the caller advances the sessions once the rest is
+    /// submitted, so a failure leaves them as they were.
     fn forward(
         &self,
         rec: &mut Recorder,
-        s: &mut Session,
+        p: &Pass,
         ids: &wgpu::Buffer,
-        rows: usize,
         image: Option<(&wgpu::Buffer, usize)>,
-        prefix_len: usize,
     ) -> Result<()> {
-        let c = &self.cfg;
+        gather(rec, ids, &self.embed_tokens, self.embed_scale, p.x())?;
+        if let Some((features, n)) = image {
+            // The image features enter as they are (transformers divides them by sqrt(H) and
+            // the embedding scale multiplies them back).
+            let bytes = (n * self.cfg.hidden_size * 4) as u64;
+            rec.copy(features, 0, p.x().buffer, 0, bytes);
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            layer.forward(rec, p, li)?;
+            if matches!(p.kind, Rows::Run { .. }) && p.rows > 1 {
+                rec.flush(&format!("decoder layer {li}"))?;
+            }
+        }
+        self.norm.forward(rec, p.x(), p.h())
+    }
+
+    /// A pass over `rows` new positions of `s`, with the session's scratch grown to fit.
+    fn run_pass<'a>(
+        &'a self,
+        gpu: &Gpu,
+        s: &'a mut Session,
+        rows: usize,
+        prefix_len: usize,
+    ) -> Result<Pass<'a>> {
         if s.len + rows > s.capacity {
             return Err(Error::invalid(format!(
                 "the sequence would reach {} positions, over the session's capacity {}",
@@ -223,46 +337,43 @@ impl TextModel {
                 s.capacity
             )));
         }
-        if rows > s.scratch.rows {
-            s.scratch = Scratch::new(rec.gpu(), self, rows)?;
+        if s.scratch.as_ref().is_none_or(|sc| sc.rows < rows) {
+            s.scratch = Some(Scratch::new(gpu, self, rows)?);
         }
-        let p = Pass {
+        let c = &self.cfg;
+        Ok(Pass {
             cfg: c,
             rope: &self.rope,
             rows,
-            start: s.len,
-            prefix_len,
+            kind: Rows::Run {
+                cache: &s.cache,
+                start: s.len,
+                prefix_len,
+                partial: &s.partial,
+            },
             kv_width: c.num_key_value_heads * c.head_dim,
-            scratch: &s.scratch,
-            partial: &s.partial,
-        };
-        gather(rec, ids, &self.embed_tokens, self.embed_scale, p.x())?;
-        if let Some((features, n)) = image {
-            // The image features enter as they are (transformers divides them by sqrt(H) and
-            // the embedding scale multiplies them back).
-            let bytes = (n * c.hidden_size * 4) as u64;
-            rec.copy(features, 0, &s.scratch.x, 0, bytes);
-        }
-        for (li, (layer, cache)) in self.layers.iter().zip(&s.cache).enumerate() {
-            layer.forward(rec, &p, cache)?;
-            if rows > 1 {
-                rec.flush(&format!("decoder layer {li}"))?;
-            }
-        }
-        self.norm.forward(rec, p.x(), p.h())
+            scratch: s.scratch.as_ref().expect("just made"),
+        })
     }
 
-    /// Records the logits of hidden row `row` of the last forward pass into `s.logits`
-    /// (soft-capped for Gemma 2) and their argmax into `s.token`.
-    fn record_logits(&self, rec: &mut Recorder, s: &Session, row: usize) -> Result<()> {
-        let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        let x = View::new(&s.scratch.h, row + 1, h).row(row);
-        let out = View::new(&s.logits, 1, v);
-        logits(rec, x, self.output_table(), out)?;
+    /// Records the logits of the hidden rows `h` into `out` (soft-capped for Gemma 2) and
+    /// their argmax into `tokens[first..first + rows]`.
+    fn record_logits(
+        &self,
+        rec: &mut Recorder,
+        h: View,
+        out: View,
+        tokens: &wgpu::Buffer,
+        first: usize,
+    ) -> Result<()> {
+        logits(rec, h, self.output_table(), out)?;
         if let Some(cap) = self.cfg.final_logit_softcapping {
             softcap(rec, out, cap)?;
         }
-        argmax(rec, out, &s.token, 0)
+        for r in 0..h.rows {
+            argmax(rec, out.row(r), tokens, first + r)?;
+        }
+        Ok(())
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
@@ -280,7 +391,7 @@ impl TextModel {
 
     /// Runs the prompt: `ids` (image placeholders first, replaced by the `n` rows of
     /// `image`), all of it one bidirectional prefix. Leaves the last position's logits in the
-    /// session and returns the greedy next token.
+    /// session and returns the greedy next token. The prompt's scratch is freed after it.
     pub fn prefill(
         &self,
         gpu: &Gpu,
@@ -303,11 +414,18 @@ impl TextModel {
             )));
         }
         let id_buffer = gpu.storage_init("prompt ids", bytemuck::cast_slice(ids))?;
+        let (logits_buf, token) = (s.logits.clone(), s.token.clone());
+        let t = ids.len();
         let mut rec = gpu.recorder();
-        self.forward(&mut rec, s, &id_buffer, ids.len(), image, ids.len())?;
-        self.record_logits(&mut rec, s, ids.len() - 1)?;
+        let p = self.run_pass(gpu, s, t, t)?;
+        self.forward(&mut rec, &p, &id_buffer, image)?;
+        let out = View::new(&logits_buf, 1, self.cfg.vocab_size);
+        self.record_logits(&mut rec, p.h().row(t - 1), out, &token, 0)?;
         rec.submit("the prefill")?;
-        (s.len, s.prefix_len) = (ids.len(), ids.len());
+        (s.len, s.prefix_len) = (t, t);
+        if t > 1 {
+            s.scratch = None;
+        }
         Ok(gpu.read_u32(&s.token, 0, 1)?[0])
     }
 
@@ -315,13 +433,104 @@ impl TextModel {
     pub fn step(&self, gpu: &Gpu, s: &mut Session, token: u32) -> Result<u32> {
         self.check_ids(&[token])?;
         gpu.write(&s.token, 0, bytemuck::bytes_of(&token))?;
+        let (ids, logits_buf) = (s.token.clone(), s.logits.clone());
+        let mut cache = std::mem::take(&mut s.dispatch_cache);
         let mut rec = gpu.recorder();
-        let ids = s.token.clone();
-        self.forward(&mut rec, s, &ids, 1, None, s.prefix_len)?;
-        self.record_logits(&mut rec, s, 0)?;
-        rec.submit_cached("a decode step", &mut s.dispatch_cache)?;
+        let prefix_len = s.prefix_len;
+        let p = self.run_pass(gpu, s, 1, prefix_len)?;
+        self.forward(&mut rec, &p, &ids, None)?;
+        let out = View::new(&logits_buf, 1, self.cfg.vocab_size);
+        self.record_logits(&mut rec, p.h(), out, &ids, 0)?;
+        let done = rec.submit_cached("a decode step", &mut cache);
+        s.dispatch_cache = cache;
+        done?;
         s.len += 1;
         Ok(gpu.read_u32(&s.token, 0, 1)?[0])
+    }
+
+    /// One decode step for several sessions at once: `tokens[i]` is appended to
+    /// `sessions[i]`; returns each one's greedy next token, and leaves each one's logits in
+    /// it, exactly (to the bit) as [`step`](Self::step) would one session at a time. Every
+    /// [`GEMV_BATCH`] sessions read the weights once. On an error no session has advanced.
+    pub fn step_batch(
+        &self,
+        gpu: &Gpu,
+        b: &mut DecodeBatch,
+        sessions: &mut [&mut Session],
+        tokens: &[u32],
+    ) -> Result<Vec<u32>> {
+        if sessions.len() != tokens.len() {
+            return Err(Error::invalid(format!(
+                "{} sessions but {} tokens",
+                sessions.len(),
+                tokens.len()
+            )));
+        }
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_ids(tokens)?;
+        for s in sessions.iter() {
+            if s.len == 0 || s.len >= s.capacity {
+                return Err(Error::invalid(format!(
+                    "a batched step needs prefilled sessions with room for a token; one holds \
+                     {} of {} positions",
+                    s.len, s.capacity
+                )));
+            }
+        }
+        let n = sessions.len();
+        if b.tokens.size() < (n * 4) as u64 {
+            b.tokens = gpu.storage("batch tokens", (n.next_power_of_two() * 4) as u64)?;
+        }
+        let (c, v) = (&self.cfg, self.cfg.vocab_size);
+        let kv_width = c.num_key_value_heads * c.head_dim;
+        for (g, (group, ids)) in sessions
+            .chunks(GEMV_BATCH)
+            .zip(tokens.chunks(GEMV_BATCH))
+            .enumerate()
+        {
+            let rows = group.len();
+            let positions: Vec<u32> = group.iter().map(|s| s.len as u32 + 1).collect();
+            gpu.write(&b.ids, 0, bytemuck::cast_slice(ids))?;
+            gpu.write(&b.positions, 0, bytemuck::cast_slice(&positions))?;
+            let mut rec = gpu.recorder();
+            let p = Pass {
+                cfg: c,
+                rope: &self.rope,
+                rows,
+                kind: Rows::Batch {
+                    seqs: group
+                        .iter()
+                        .map(|s| BatchRow {
+                            cache: &s.cache,
+                            pos: s.len,
+                            prefix_len: s.prefix_len,
+                            partial: &s.partial,
+                        })
+                        .collect(),
+                    positions: &b.positions,
+                    k: &b.k,
+                    v: &b.v,
+                },
+                kv_width,
+                scratch: &b.scratch,
+            };
+            self.forward(&mut rec, &p, &b.ids, None)?;
+            let out = View::new(&b.logits, rows, v);
+            self.record_logits(&mut rec, p.h(), out, &b.tokens, g * GEMV_BATCH)?;
+            // Each session keeps the logits its token was chosen from, as its own step does.
+            for (i, s) in group.iter().enumerate() {
+                rec.copy(&b.logits, (i * v * 4) as u64, &s.logits, 0, (v * 4) as u64);
+            }
+            let members = group.iter().map(|s| s.id).collect();
+            rec.submit_cached("a batched decode step", b.group(g, members))?;
+        }
+        let next = gpu.read_u32(&b.tokens, 0, n)?;
+        for s in sessions.iter_mut() {
+            s.len += 1;
+        }
+        Ok(next)
     }
 
     /// Logits at every row of a whole sequence computed in one pass, with positions from
@@ -339,13 +548,14 @@ impl TextModel {
         let mut s = self.session(gpu, t, t)?;
         let id_buffer = gpu.storage_init("ids", bytemuck::cast_slice(ids))?;
         let mut rec = gpu.recorder();
-        self.forward(&mut rec, &mut s, &id_buffer, t, image, prefix_len)?;
+        let p = self.run_pass(gpu, &mut s, t, prefix_len)?;
+        self.forward(&mut rec, &p, &id_buffer, image)?;
         rec.submit("a full forward pass")?;
         let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         // In blocks of rows whose logits fit one binding.
         let block = ((gpu.max_binding_bytes() / (v as u64 * 4)) as usize).clamp(1, t);
         let out = gpu.storage("all logits", (block * v * 4) as u64)?;
-        let hidden = View::new(&s.scratch.h, t, h);
+        let hidden = View::new(p.h().buffer, t, h);
         let mut all = Vec::with_capacity(t * v);
         for r0 in (0..t).step_by(block) {
             let n = block.min(t - r0);

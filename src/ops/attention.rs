@@ -60,7 +60,8 @@ pub struct AttentionParams {
     pub softcap: f32,
     /// Keys per workgroup in the split (decode) path; set by [`attention`].
     pub chunk: u32,
-    pub _pad: u32,
+    /// Where output row 0 starts in `out`.
+    pub o_offset: u32,
 }
 const _: () = assert!(std::mem::size_of::<AttentionParams>() == 64);
 
@@ -95,7 +96,7 @@ impl AttentionParams {
             scale: 1.0 / (head_dim as f32).sqrt(),
             softcap: 0.0,
             chunk: 0,
-            _pad: 0,
+            o_offset: 0,
         }
     }
 
@@ -223,8 +224,9 @@ pub fn attention_ref(q: &[f32], k: &[f32], v: &[f32], p: &AttentionParams) -> Ve
     let hd = p.head_dim as usize;
     let group = (p.n_heads / p.n_kv_heads) as usize;
     let rows = p.q_rows as usize;
+    let o0 = p.o_offset as usize;
     let mut out =
-        vec![0f32; rows.saturating_sub(1) * p.o_stride as usize + p.n_heads as usize * hd];
+        vec![0f32; o0 + rows.saturating_sub(1) * p.o_stride as usize + p.n_heads as usize * hd];
     for r in 0..rows {
         let qpos = p.q_pos0 as usize + r;
         for h in 0..p.n_heads as usize {
@@ -259,7 +261,7 @@ pub fn attention_ref(q: &[f32], k: &[f32], v: &[f32], p: &AttentionParams) -> Ve
                     .enumerate()
                     .map(|(j, &pj)| pj * v[j * p.kv_stride as usize + kvb + d] as f64)
                     .sum();
-                out[r * p.o_stride as usize + h * hd + d] =
+                out[o0 + r * p.o_stride as usize + h * hd + d] =
                     if sum > 0.0 { (acc / sum) as f32 } else { 0.0 };
             }
         }

@@ -16,6 +16,9 @@ pub const TILE: u32 = 64;
 pub const TILE_K: u32 = 16;
 /// Output features per GEMV workgroup; each has WG / GEMV_ROWS lanes striding over k.
 pub const GEMV_ROWS: u32 = 8;
+/// The most input rows one GEMV dispatch takes (a batch of decoding sequences): each weight is
+/// read once for all of them. More rows go to `matmul`.
+pub const GEMV_BATCH: usize = 16;
 const _: () = assert!((TILE / 4) * (TILE / 4) == WG);
 
 pub(crate) const SHADER: Shader = shader!(
@@ -27,8 +30,35 @@ pub(crate) const SHADER: Shader = shader!(
         ("TILE_K", TILE_K),
         ("GEMV_ROWS", GEMV_ROWS),
         ("LANES", WG / GEMV_ROWS),
+        ("GEMV_BATCH", GEMV_BATCH as u32),
     ]
 );
+
+/// The GEMV pipeline variants: `W_DTYPE` x `ROWS` (1, 2, 4, 8, 16: the rows of a dispatch,
+/// rounded up to a power of two).
+const ROW_VARIANTS: usize = GEMV_BATCH.ilog2() as usize + 1;
+static GEMV_OVERRIDES: [[[(&str, u32); 2]; ROW_VARIANTS]; 5] = gemv_overrides();
+
+const fn gemv_overrides() -> [[[(&'static str, u32); 2]; ROW_VARIANTS]; 5] {
+    let mut t = [[[("W_DTYPE", 0), ("ROWS", 1)]; ROW_VARIANTS]; 5];
+    let mut f = 0;
+    while f < 5 {
+        let mut r = 0;
+        while r < ROW_VARIANTS {
+            t[f][r] = [("W_DTYPE", f as u32), ("ROWS", 1 << r)];
+            r += 1;
+        }
+        f += 1;
+    }
+    t
+}
+
+/// The GEMV entry `entry` for `rows` (1..=GEMV_BATCH) rows of weights in `format`.
+fn gemv_kernel(entry: &'static str, format: WeightFormat, rows: usize) -> Kernel {
+    let dtype = format.overrides()[0].1 as usize;
+    let variant = rows.next_power_of_two().ilog2() as usize;
+    Kernel::new(&SHADER, entry).with(&GEMV_OVERRIDES[dtype][variant])
+}
 
 /// Mirrors `Params` in linear.wgsl.
 #[repr(C)]
@@ -78,7 +108,8 @@ impl Params {
 pub enum LinearKernel {
     /// Tiled in workgroup memory; for many rows.
     Matmul,
-    /// One workgroup per GEMV_ROWS output features; for a single row.
+    /// One workgroup per GEMV_ROWS output features, each weight read once for up to
+    /// [`GEMV_BATCH`] rows; for decoding.
     Gemv,
     /// [`Gemv`](Self::Gemv) with 16-byte weight loads; needs rows on 16-byte boundaries.
     GemvVec,
@@ -88,9 +119,9 @@ impl LinearKernel {
     /// The kernel for `m` rows of a weight with `k` columns in `format`.
     pub fn choose(m: usize, k: usize, format: WeightFormat) -> LinearKernel {
         match m {
-            1 if format.rows_vec4_aligned(k) => LinearKernel::GemvVec,
-            1 => LinearKernel::Gemv,
-            _ => LinearKernel::Matmul,
+            _ if m > GEMV_BATCH => LinearKernel::Matmul,
+            _ if format.rows_vec4_aligned(k) => LinearKernel::GemvVec,
+            _ => LinearKernel::Gemv,
         }
     }
 
@@ -134,9 +165,9 @@ impl Linear {
         accumulate: bool,
     ) -> Result<()> {
         let w = &self.weight;
-        if kernel != LinearKernel::Matmul && x.rows != 1 {
+        if kernel != LinearKernel::Matmul && x.rows > GEMV_BATCH {
             return Err(Error::invalid(format!(
-                "gemv computes one row, not {}",
+                "gemv takes up to {GEMV_BATCH} rows, not {}",
                 x.rows
             )));
         }
@@ -164,13 +195,16 @@ impl Linear {
             bind(3, self.bias.as_ref().unwrap_or(gpu.dummy())),
             bind(4, y.buffer),
         ];
-        let k = Kernel::new(&SHADER, kernel.entry()).with(w.format.overrides());
+        let k = match kernel {
+            LinearKernel::Matmul => Kernel::new(&SHADER, "matmul").with(w.format.overrides()),
+            _ => gemv_kernel(kernel.entry(), w.format, x.rows),
+        };
         rec.dispatch(k, &params, binds, groups)
     }
 }
 
-/// y = gelu_tanh(x W_gate^T) * (x W_up^T) for one row: Gemma's MLP up to `down_proj` in one
-/// dispatch (decode). Needs the two weights alike with rows on 16-byte boundaries; see
+/// y = gelu_tanh(x W_gate^T) * (x W_up^T) for up to [`GEMV_BATCH`] rows: Gemma's MLP up to
+/// `down_proj` in one dispatch (decode). Needs the two weights alike with rows on 16-byte boundaries; see
 /// [`gated_supported`].
 pub fn gemv_gated(rec: &mut Recorder, x: View, gate: &Weight, up: &Weight, y: View) -> Result<()> {
     if !gated_supported(gate, up) {
@@ -180,8 +214,14 @@ pub fn gemv_gated(rec: &mut Recorder, x: View, gate: &Weight, up: &Weight, y: Vi
             gate.rows, gate.cols, gate.format, up.rows, up.cols, up.format
         )));
     }
-    x.expect("gated MLP input", 1, gate.cols)?;
-    y.expect("gated MLP output", 1, gate.rows)?;
+    let rows = x.rows;
+    if rows == 0 || rows > GEMV_BATCH {
+        return Err(Error::invalid(format!(
+            "gemv_gated takes 1 to {GEMV_BATCH} rows, not {rows}"
+        )));
+    }
+    x.expect("gated MLP input", rows, gate.cols)?;
+    y.expect("gated MLP output", rows, gate.rows)?;
     let params = Params {
         w2_scales: up.scale_offset,
         ..Params::new(&x, gate, &y, 0)?
@@ -193,7 +233,7 @@ pub fn gemv_gated(rec: &mut Recorder, x: View, gate: &Weight, up: &Weight, y: Vi
         bind(4, y.buffer),
         bind(5, &up.buffer),
     ];
-    let k = Kernel::new(&SHADER, "gemv_gated").with(gate.format.overrides());
+    let k = gemv_kernel("gemv_gated", gate.format, rows);
     let groups = gpu.grid((gate.rows as u32).div_ceil(GEMV_ROWS));
     rec.dispatch(k, &params, binds, groups)
 }

@@ -86,31 +86,61 @@ pub fn rope(
     heads: usize,
     pos0: usize,
 ) -> Result<()> {
-    let rows = x.rows;
-    x.expect("rotated rows", rows, heads * tables.head_dim)?;
-    if pos0 + rows > tables.max_pos {
+    let params = params(&x, tables, heads, pos0, pos0 + x.rows)?;
+    dispatch(rec, "rope", params, x, tables, None)
+}
+
+/// [`rope`] with row r at position `positions[r]` (`u32 [x.rows]`, each at most
+/// `max_position`): a batch of sequences decoding at their own positions.
+pub fn rope_at(
+    rec: &mut Recorder,
+    x: View,
+    tables: &RopeTables,
+    heads: usize,
+    positions: &wgpu::Buffer,
+    max_position: usize,
+) -> Result<()> {
+    let params = params(&x, tables, heads, 0, max_position + 1)?;
+    dispatch(rec, "rope_at", params, x, tables, Some(positions))
+}
+
+/// Checks the rows and the highest position `end - 1` against the tables.
+fn params(x: &View, tables: &RopeTables, heads: usize, pos0: usize, end: usize) -> Result<Params> {
+    x.expect("rotated rows", x.rows, heads * tables.head_dim)?;
+    if end > tables.max_pos {
         return Err(Error::invalid(format!(
-            "positions up to {} exceed the RoPE table's {}",
-            pos0 + rows,
+            "positions up to {end} exceed the RoPE table's {}",
             tables.max_pos
         )));
     }
-    let params = Params {
-        rows: u32_of("rows", rows)?,
+    Ok(Params {
+        rows: u32_of("rows", x.rows)?,
         heads: u32_of("heads", heads)?,
         head_dim: u32_of("head_dim", tables.head_dim)?,
         stride: u32_of("stride", x.stride)?,
         offset: u32_of("offset", x.offset)?,
         pos0: u32_of("position", pos0)?,
         _pad: [0; 2],
-    };
-    let groups = grid_for(rec.gpu(), rows * heads * tables.head_dim / 2, WG);
-    let binds = vec![
+    })
+}
+
+fn dispatch(
+    rec: &mut Recorder,
+    entry: &'static str,
+    params: Params,
+    x: View,
+    tables: &RopeTables,
+    positions: Option<&wgpu::Buffer>,
+) -> Result<()> {
+    let n = x.rows * params.heads as usize * tables.head_dim / 2;
+    let groups = grid_for(rec.gpu(), n, WG);
+    let mut binds = vec![
         bind(1, &tables.cos),
         bind(2, &tables.sin),
         bind(3, x.buffer),
     ];
-    rec.dispatch(Kernel::new(&SHADER, "rope"), &params, binds, groups)
+    binds.extend(positions.map(|p| bind(4, p)));
+    rec.dispatch(Kernel::new(&SHADER, entry), &params, binds, groups)
 }
 
 /// CPU reference: x [rows, heads * head_dim] rotated with positions pos0.., as transformers'
@@ -123,14 +153,26 @@ pub fn rope_ref(
     pos0: usize,
     theta: f32,
 ) -> Vec<f32> {
+    let positions: Vec<usize> = (pos0..pos0 + rows).collect();
+    rope_at_ref(x, &positions, heads, head_dim, theta)
+}
+
+/// CPU reference for [`rope_at`]: row r of x at position `positions[r]`.
+pub fn rope_at_ref(
+    x: &[f32],
+    positions: &[usize],
+    heads: usize,
+    head_dim: usize,
+    theta: f32,
+) -> Vec<f32> {
     let f = inv_freq(head_dim, theta);
     let half = head_dim / 2;
     let mut y = x.to_vec();
-    for r in 0..rows {
+    for (r, &pos) in positions.iter().enumerate() {
         for h in 0..heads {
             let o = (r * heads + h) * head_dim;
             for i in 0..half {
-                let angle = ((pos0 + r) as f32 * f[i]) as f64;
+                let angle = (pos as f32 * f[i]) as f64;
                 let (s, c) = angle.sin_cos();
                 let a = x[o + i] as f64;
                 let b = x[o + i + half] as f64;

@@ -37,7 +37,8 @@ fn attention_case(
                 // Larger scores make the softmax peaky, as trained models do.
                 let (k, vv) = (kv(3.0), kv(1.0));
                 let width = p.n_heads as usize * p.head_dim as usize;
-                let o_len = (p.q_rows as usize - 1) * p.o_stride as usize + width;
+                let (oo, os) = (p.o_offset as usize, p.o_stride as usize);
+                let o_len = oo + (p.q_rows as usize - 1) * os + width;
                 let o0 = io.rand(o_len, 1.0);
                 let (qb, kb, vb, ob) = (
                     io.upload(&q)?,
@@ -62,9 +63,8 @@ fn attention_case(
                     },
                     move || {
                         let r = attention_ref(&q, &k, &vv, &p);
-                        let rows =
-                            gather_rows(&r, p.q_rows as usize, width, 0, p.o_stride as usize);
-                        scatter(&o0, &rows, width, 0, p.o_stride as usize, |_, new| new)
+                        let rows = gather_rows(&r, p.q_rows as usize, width, oo, os);
+                        scatter(&o0, &rows, width, oo, os, |_, new| new)
                     },
                 )
             },
@@ -110,10 +110,18 @@ pub(super) fn attention_cases(v: &mut Vec<KernelCase>) {
         q_offset: 3,
         q_stride: 21,
         o_stride: 19,
+        o_offset: 2,
         kv_stride: 11,
         ..a(5, 2, 1, 8, 9, 4, 6)
     };
     attention_case(v, "strided q, out and cache rows", strided, 12, false);
+    // One sequence of a decoding batch: its query and output are row 3 of the batch's.
+    let batch_row = AttentionParams {
+        q_offset: 3 * 64,
+        o_offset: 3 * 64,
+        ..a(1, 4, 2, 16, 37, 36, 30)
+    };
+    attention_case(v, "row 3 of a decoding batch", batch_row, 40, false);
     // Gemma 2: soft-capping and a sliding window of 5, shorter than the bidirectional prefix of
     // 9 (prefix queries still see the whole prefix; later ones only the window).
     let g2 = AttentionParams {

@@ -240,3 +240,38 @@ pub(super) fn rope_cases(v: &mut Vec<KernelCase>) {
         v.push(if rows == 261 { case.real() } else { case });
     }
 }
+
+pub(super) fn rope_at_cases(v: &mut Vec<KernelCase>) {
+    // A batch of sequences at their own positions: awkward sizes, then 16 of Gemma's q rows at
+    // positions across a 896px prompt's range.
+    for (rows, heads, hd, max_pos) in [(1, 1, 2, 3), (5, 3, 6, 40), (16, 8, 256, 4300)] {
+        let case = KernelCase::new(
+            "rope",
+            format!("rope_at {rows}x{heads}x{hd} up to @{max_pos}"),
+            1e-6,
+            move |io| {
+                let w = heads * hd;
+                let x = io.rand(rows * w, 1.0);
+                let positions: Vec<usize> = io
+                    .rand(rows, 1.0)
+                    .iter()
+                    .map(|u| ((u.abs() * max_pos as f32) as usize).min(max_pos))
+                    .collect();
+                let tables = RopeTables::new(io.gpu, hd, 10000.0, max_pos + 1)?;
+                let xb = io.upload(&x)?;
+                let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+                let pb = io.upload_bytes(bytemuck::cast_slice(&pos))?;
+                prepared(
+                    xb.clone(),
+                    x.len(),
+                    move |rec| {
+                        let xv = View::new(&xb, rows, w);
+                        rope_at(rec, xv, &tables, heads, &pb, max_pos)
+                    },
+                    move || rope_at_ref(&x, &positions, heads, hd, 10000.0),
+                )
+            },
+        );
+        v.push(if hd == 256 { case.real() } else { case });
+    }
+}

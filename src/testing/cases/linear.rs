@@ -81,11 +81,16 @@ pub(super) fn linear_cases(v: &mut Vec<KernelCase>) {
         (1, 13, 96),
         (3, 37, 64),
         (70, 65, 32),
+        // Batched GEMV: each power-of-two variant, partly filled.
+        (5, 33, 24),
+        (9, 19, 64),
+        (16, 40, 96),
+        (17, 9, 32),
     ];
     for (m, n, k) in shapes {
         for format in FORMATS.into_iter().filter(|f| f.holds(k)) {
             let mut kernels = vec![LinearKernel::Matmul];
-            if m == 1 {
+            if m <= GEMV_BATCH {
                 kernels.push(LinearKernel::Gemv);
                 if format.rows_vec4_aligned(k) {
                     kernels.push(LinearKernel::GemvVec);
@@ -99,10 +104,11 @@ pub(super) fn linear_cases(v: &mut Vec<KernelCase>) {
         }
     }
     // SigLIP fc1 at 224px (256 tokens, 1152 -> 4304); Gemma's MLP rows (decode) in 16, 8 and 4
-    // bits; a 261-row prefill projection in 4 bits.
+    // bits, alone and for a batch of 16 sequences; a 261-row prefill projection in 4 bits.
     for (m, n, k, format) in [
         (256, 4304, 1152, WeightFormat::F32),
         (1, 16384, 2048, WeightFormat::Bf16),
+        (16, 2048, 16384, WeightFormat::Bf16),
         (1, 2048, 16384, WeightFormat::F16),
         (1, 2048, 16384, WeightFormat::Q8),
         (1, 2048, 16384, WeightFormat::Q4),
@@ -118,23 +124,29 @@ pub(super) fn linear_cases(v: &mut Vec<KernelCase>) {
             true,
         ));
     }
-    // The gated decode MLP: awkward sizes, then Gemma's 16384 x 2048.
-    for (n, k) in [
-        (1, 8),
-        (13, 24),
-        (257, 40),
-        (3, 64),
-        (19, 96),
-        (16384, 2048),
+    // The gated decode MLP: awkward sizes and batches, then Gemma's 16384 x 2048 for one
+    // sequence and for a batch of 8.
+    for (m, n, k) in [
+        (1, 1, 8),
+        (3, 13, 24),
+        (16, 257, 40),
+        (1, 3, 64),
+        (5, 19, 96),
+        (1, 16384, 2048),
+        (8, 16384, 2048),
     ] {
         for format in FORMATS.into_iter().filter(|f| f.holds(k)) {
+            if n == 16384 && m > 1 && format != WeightFormat::Bf16 {
+                continue;
+            }
             let case = KernelCase::new(
                 "linear",
-                format!("gemv_gated {format:?} {n}x{k}"),
+                format!("gemv_gated {format:?} m={m} {n}x{k}"),
                 TOL,
                 move |io| {
                     let (wg, wu) = (io.rand(n * k, 0.1), io.rand(n * k, 0.1));
-                    let (x, y0) = (io.rand(2 + k, 1.0), io.rand(3 + n, 1.0));
+                    // x rows at offset 2 and stride k + 1, y rows at 3 and n + 2.
+                    let (x, y0) = (io.rand(2 + m * (k + 1), 1.0), io.rand(3 + m * (n + 2), 1.0));
                     let gate = Weight::from_f32(io.gpu, "gate", &wg, format, n, k)?;
                     let up = Weight::from_f32(io.gpu, "up", &wu, format, n, k)?;
                     io.bytes += gate.bytes() + up.bytes();
@@ -145,16 +157,18 @@ pub(super) fn linear_cases(v: &mut Vec<KernelCase>) {
                         move |rec| {
                             gemv_gated(
                                 rec,
-                                placed(&xb, 1, k, 2, k),
+                                placed(&xb, m, k, 2, k + 1),
                                 &gate,
                                 &up,
-                                placed(&yb, 1, n, 3, n),
+                                placed(&yb, m, n, 3, n + 2),
                             )
                         },
                         move || {
-                            let g = linear_ref(&x[2..], &format.round_trip(&wg), None, 1, n, k);
-                            let u = linear_ref(&x[2..], &format.round_trip(&wu), None, 1, n, k);
-                            scatter(&y0, &gelu_tanh_gated_ref(&g, &u), n, 3, n, |_, new| new)
+                            let xr = gather_rows(&x, m, k, 2, k + 1);
+                            let g = linear_ref(&xr, &format.round_trip(&wg), None, m, n, k);
+                            let u = linear_ref(&xr, &format.round_trip(&wu), None, m, n, k);
+                            let r = gelu_tanh_gated_ref(&g, &u);
+                            scatter(&y0, &r, n, 3, n + 2, |_, new| new)
                         },
                     )
                 },

@@ -1,0 +1,204 @@
+//! Batched decoding: sequences of different images, prompts, lengths and sampling settings,
+//! advanced together (starting at different steps, more than one GEMV batch of them), choose
+//! exactly the tokens, from bit-identical logits, that each chooses alone.
+
+mod common;
+
+use common::gpu;
+use paligemma::sampling::SamplingOptions;
+use paligemma::{FinishReason, GenerateOptions, PaliGemma, Precision, Sequence, Token};
+
+/// A small test picture: a gradient whose colours depend on `seed`.
+fn picture(seed: u32) -> image::DynamicImage {
+    let (w, h) = (37 + seed * 5, 29 + seed * 3);
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+        let v = |k: u32| ((x * (k + seed) + y * (3 * k + 1) + seed * 40) % 256) as u8;
+        image::Rgb([v(1), v(2), v(5)])
+    }))
+}
+
+struct Job {
+    image: image::DynamicImage,
+    prompt: String,
+    opts: GenerateOptions,
+    /// Joins the running batch at this step.
+    joins_at: usize,
+}
+
+fn jobs() -> Vec<Job> {
+    let prompts = [
+        "caption en",
+        "detect cat ; dog",
+        "answer en what is this?",
+        "ocr",
+    ];
+    (0..24u32)
+        .map(|i| {
+            let sampling = if i % 5 == 3 {
+                SamplingOptions {
+                    temperature: 0.8,
+                    top_p: 0.9,
+                    top_k: 40,
+                    seed: i as u64,
+                }
+            } else {
+                SamplingOptions::default()
+            };
+            Job {
+                image: picture(i % 7),
+                prompt: prompts[i as usize % prompts.len()].to_string(),
+                opts: GenerateOptions {
+                    max_new_tokens: 4 + (i as usize * 7) % 11,
+                    sampling,
+                    stop_at_eos: true,
+                    keep_logits: true,
+                },
+                joins_at: i as usize % 3,
+            }
+        })
+        .collect()
+}
+
+fn check(model: &PaliGemma, what: &str) {
+    let jobs = jobs();
+    let alone: Vec<_> = jobs
+        .iter()
+        .map(|j| {
+            model
+                .generate(&j.image, &j.prompt, &j.opts, |_, _| true)
+                .unwrap()
+        })
+        .collect();
+
+    let mut batch = model.decode_batch().unwrap();
+    let mut running: Vec<(usize, Sequence, Vec<Token>)> = Vec::new();
+    let mut done: Vec<Option<(Sequence, Vec<Token>)>> = (0..jobs.len()).map(|_| None).collect();
+    let mut step = 0;
+    let mut largest = 0;
+    while done.iter().any(Option::is_none) {
+        for (i, j) in jobs.iter().enumerate() {
+            if j.joins_at == step {
+                let (seq, first) = model.start(&j.image, &j.prompt, &j.opts).unwrap();
+                running.push((i, seq, first.into_iter().collect()));
+            }
+        }
+        let mut seqs: Vec<&mut Sequence> = running.iter_mut().map(|(_, s, _)| s).collect();
+        largest = largest.max(seqs.iter().filter(|s| s.finished().is_none()).count());
+        let out = model.advance(&mut batch, &mut seqs).unwrap();
+        for ((_, _, tokens), t) in running.iter_mut().zip(out) {
+            tokens.extend(t);
+        }
+        let (finished, still): (Vec<_>, Vec<_>) = running
+            .into_iter()
+            .partition(|(_, s, _)| s.finished().is_some());
+        for (i, s, tokens) in finished {
+            done[i] = Some((s, tokens));
+        }
+        running = still;
+        step += 1;
+    }
+
+    for (i, (a, d)) in alone.iter().zip(&done).enumerate() {
+        let (seq, tokens) = d.as_ref().unwrap();
+        assert_eq!(
+            seq.generated_ids(),
+            &a.generated_ids[..],
+            "{what}: job {i} ({:?}) chose other tokens in the batch",
+            jobs[i].prompt
+        );
+        let streamed: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+        assert_eq!(streamed, a.generated_ids, "{what}: job {i}'s stream");
+        let text: String = tokens.iter().map(|t| t.piece.as_str()).collect();
+        assert_eq!(text, a.text, "{what}: job {i}'s text");
+        assert_eq!(seq.text(), a.text);
+        let reason = seq.finished().unwrap();
+        assert!(
+            matches!(reason, FinishReason::Stop | FinishReason::Length),
+            "{what}: job {i} {reason:?}"
+        );
+    }
+    // Bit-identical logits, not merely the same argmax: the batched GEMV sums each row as the
+    // single-row one does.
+    for (i, (a, d)) in alone.iter().zip(&done).enumerate() {
+        let (want, got) = (
+            a.step_logits.as_ref().unwrap(),
+            d.as_ref().unwrap().0.step_logits(),
+        );
+        let got = got.unwrap();
+        assert_eq!(want.len(), got.len());
+        let differ = want
+            .iter()
+            .zip(got)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "{what}: job {i}: {differ} logits differ from decoding alone"
+        );
+    }
+    assert!(
+        largest > 16,
+        "{what}: the batch never spanned two GEMV groups ({largest})"
+    );
+    eprintln!(
+        "{what}: {} jobs, up to {largest} in one step, identical ids",
+        jobs.len()
+    );
+}
+
+#[test]
+fn a_batch_decodes_as_each_sequence_alone() {
+    for (name, precision) in [
+        ("mqa", Precision::F32),
+        ("gqa", Precision::F16),
+        ("gemma2", Precision::Q8),
+    ] {
+        let dir = common::fixture_path(name).join("model");
+        let model = PaliGemma::load_on(gpu().clone(), &dir, Some(precision)).unwrap();
+        check(&model, &format!("{name} {precision:?}"));
+    }
+}
+
+#[test]
+fn a_batched_step_refuses_bad_input_and_leaves_sessions_alone() {
+    let dir = common::fixture_path("mqa").join("model");
+    let model = PaliGemma::load_on(gpu().clone(), &dir, Some(Precision::F32)).unwrap();
+    let mut batch = model.decode_batch().unwrap();
+    let ids = model.prompt_ids("caption en").unwrap();
+    let features = model
+        .encode_pixels(
+            &paligemma::preprocess::preprocess(&picture(1), model.image_size() as u32),
+            None,
+        )
+        .unwrap();
+    let mut a = model.session(ids.len(), 2).unwrap();
+    let mut b = model.session(ids.len(), 2).unwrap();
+    let t = model.prefill(&mut a, &ids, &features).unwrap();
+    // b was never prefilled.
+    let err = model
+        .step_batch(&mut batch, &mut [&mut a, &mut b], &[t, t])
+        .unwrap_err();
+    assert!(err.to_string().contains("prefilled"), "{err}");
+    assert_eq!(a.len(), ids.len());
+    model.prefill(&mut b, &ids, &features).unwrap();
+    let vocab = model.config().text.vocab_size as u32;
+    let err = model
+        .step_batch(&mut batch, &mut [&mut a, &mut b], &[t, vocab])
+        .unwrap_err();
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    let err = model
+        .step_batch(&mut batch, &mut [&mut a, &mut b], &[t])
+        .unwrap_err();
+    assert!(err.to_string().contains("2 sessions but 1 tokens"), "{err}");
+    assert_eq!((a.len(), b.len()), (ids.len(), ids.len()));
+    // Two steps fill both; a third has no room.
+    for _ in 0..2 {
+        model
+            .step_batch(&mut batch, &mut [&mut a, &mut b], &[t, t])
+            .unwrap();
+    }
+    let err = model
+        .step_batch(&mut batch, &mut [&mut a, &mut b], &[t, t])
+        .unwrap_err();
+    assert!(err.to_string().contains("room"), "{err}");
+}
