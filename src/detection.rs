@@ -3,7 +3,7 @@
 
 /// One object of PaliGemma's `detect` or `segment` answer, its box in pixels of the original
 /// image.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Detection {
     pub label: String,
     pub y_min: f32,
@@ -29,6 +29,12 @@ impl Detection {
 pub struct Answer {
     pub detections: Vec<Detection>,
     pub skipped: usize,
+}
+
+/// Whether a prompt asks for boxes: PaliGemma's `detect ...` and `segment ...` tasks.
+pub fn answers_with_boxes(prompt: &str) -> bool {
+    let p = prompt.trim_start();
+    p.starts_with("detect ") || p.starts_with("segment ")
 }
 
 /// Parses decoded answer text such as

@@ -34,6 +34,8 @@ pub mod preprocess;
 pub mod sampling;
 pub mod segmentation;
 mod sequence;
+#[cfg(feature = "serve")]
+pub mod serve;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokenizer;
@@ -46,5 +48,7 @@ pub use model::quantize::{QuantizeReport, quantize_checkpoint};
 pub use model::reference::Reference;
 pub use model::session::{DecodeBatch, Session};
 pub use ops::WeightFormat;
-pub use paligemma::{GenerateOptions, Generation, ImageFeatures, LoadOptions, PaliGemma, Timings};
+pub use paligemma::{
+    GenerateOptions, Generation, ImageFeatures, LoadOptions, LoadProgress, PaliGemma, Timings,
+};
 pub use sequence::{FinishReason, Sequence, Token};

@@ -27,6 +27,18 @@ pub struct LoadOptions {
     pub precision: Option<Precision>,
     /// Which adapter to use when the library creates the device.
     pub gpu: GpuOptions,
+    /// Told how far loading has come, after each tensor.
+    pub progress: Option<LoadProgress>,
+}
+
+/// A loading-progress callback: (bytes of the checkpoint read, bytes in all).
+#[derive(Clone)]
+pub struct LoadProgress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for LoadProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoadProgress")
+    }
 }
 
 /// Options of [`PaliGemma::generate`].
@@ -100,11 +112,22 @@ impl PaliGemma {
     /// Loads `dir` (config.json, safetensors, tokenizer.json) on a device the library picks.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
         let gpu = Gpu::new(&opts.gpu)?;
-        Self::load_on(gpu, dir, opts.precision)
+        Self::load_on_with(gpu, dir, opts)
     }
 
     /// Loads `dir` on `gpu` (which may wrap the caller's own device).
     pub fn load_on(gpu: Gpu, dir: &Path, precision: Option<Precision>) -> Result<PaliGemma> {
+        let opts = LoadOptions {
+            precision,
+            ..Default::default()
+        };
+        Self::load_on_with(gpu, dir, &opts)
+    }
+
+    /// [`load_on`](Self::load_on) with every option (`opts.gpu` is not used: the device is
+    /// given).
+    pub fn load_on_with(gpu: Gpu, dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
+        let precision = opts.precision;
         let config = PaliGemmaConfig::from_file(&dir.join("config.json"))?;
         let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
         if tokenizer.image_token_id() != config.image_token_index {
@@ -133,7 +156,14 @@ impl PaliGemma {
             (None, p) => p,
         };
         let source = WeightSource::Checkpoint(&ckpt);
-        let model = Self::from_source(gpu, config, source, Some(tokenizer), precision)?;
+        let model = Self::from_source(
+            gpu,
+            config,
+            source,
+            Some(tokenizer),
+            precision,
+            opts.progress.as_ref(),
+        )?;
         log::info!(
             "loaded {} on {} with {:?} weights",
             dir.display(),
@@ -154,7 +184,7 @@ impl PaliGemma {
         precision: Option<Precision>,
     ) -> Result<PaliGemma> {
         let source = WeightSource::Random { seed, format };
-        Self::from_source(gpu, config, source, None, precision)
+        Self::from_source(gpu, config, source, None, precision, None)
     }
 
     /// Builds a model from any weight source.
@@ -164,6 +194,7 @@ impl PaliGemma {
         source: WeightSource,
         tokenizer: Option<PromptTokenizer>,
         precision: Option<Precision>,
+        progress: Option<&LoadProgress>,
     ) -> Result<PaliGemma> {
         config.check("the model config")?;
         let precision = precision.unwrap_or(Precision::F16);
@@ -171,6 +202,7 @@ impl PaliGemma {
             gpu: &gpu,
             source,
             precision,
+            progress,
         };
         let vision = VisionTower::load(&l, &config.vision)?;
         let (dv, dt) = (config.vision.hidden_size, config.text.hidden_size);

@@ -89,6 +89,14 @@ impl Gpu {
         pollster::block_on(Self::new_async(opts))
     }
 
+    /// Every adapter wgpu finds on the backends `WGPU_BACKEND` allows (all by default).
+    pub fn adapters() -> Vec<wgpu::AdapterInfo> {
+        let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        let instance = wgpu::Instance::new(desc);
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        adapters.iter().map(|a| a.get_info()).collect()
+    }
+
     /// [`new`](Self::new), awaitable (the form a web page uses).
     pub async fn new_async(opts: &GpuOptions) -> Result<Gpu> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();

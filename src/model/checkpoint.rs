@@ -128,6 +128,8 @@ pub struct Checkpoint {
     dir: PathBuf,
     shards: Vec<Shard>,
     entries: HashMap<String, Entry>,
+    /// Bytes of the tensors handed out so far: the loading progress.
+    read: std::cell::Cell<u64>,
 }
 
 impl Checkpoint {
@@ -229,6 +231,7 @@ impl Checkpoint {
             dir: dir.into(),
             shards,
             entries,
+            read: Default::default(),
         })
     }
 
@@ -317,7 +320,14 @@ impl Checkpoint {
             });
         }
         let shard = &self.shards[e.shard];
+        self.read.set(self.read.get() + (e.range.1 - e.range.0) as u64);
         Ok(&shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1])
+    }
+
+    /// Bytes of tensor data read so far, and in all.
+    pub fn progress(&self) -> (u64, u64) {
+        let total = self.entries.values().map(|e| (e.range.1 - e.range.0) as u64);
+        (self.read.get(), total.sum())
     }
 
     /// Whether a tensor with canonical name `canon` exists.
@@ -350,6 +360,7 @@ impl Checkpoint {
             bytes: &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1],
         };
         t.format()?;
+        self.read.set(self.read.get() + t.bytes.len() as u64);
         Ok(t)
     }
 }

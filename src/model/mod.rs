@@ -80,9 +80,20 @@ pub(crate) struct Loader<'a> {
     pub gpu: &'a Gpu,
     pub source: WeightSource<'a>,
     pub precision: Precision,
+    /// Told (bytes read, bytes in all) after each tensor.
+    pub progress: Option<&'a crate::paligemma::LoadProgress>,
 }
 
 impl Loader<'_> {
+    /// Reports the loading progress after a tensor.
+    fn loaded<T>(&self, t: T) -> T {
+        if let (Some(p), WeightSource::Checkpoint(c)) = (self.progress, &self.source) {
+            let (done, total) = c.progress();
+            (p.0)(done, total);
+        }
+        t
+    }
+
     /// Whether the source holds tensor `name` (random sources hold every tensor asked for).
     pub fn has(&self, name: &str) -> bool {
         match &self.source {
@@ -93,7 +104,8 @@ impl Loader<'_> {
 
     /// A small tensor (norm, bias, embedding of positions), always f32.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<wgpu::Buffer> {
-        self.gpu.upload_f32(name, &self.values(name, shape)?)
+        let b = self.gpu.upload_f32(name, &self.values(name, shape)?)?;
+        Ok(self.loaded(b))
     }
 
     /// The values of tensor `name`, widened to f32.
@@ -129,7 +141,8 @@ impl Loader<'_> {
 
     /// A matrix [rows, cols] in the precision's format.
     pub fn weight(&self, name: &str, rows: usize, cols: usize) -> Result<Weight> {
-        Weight::upload(self.gpu, name, &self.matrix(name, rows, cols)?)
+        let w = Weight::upload(self.gpu, name, &self.matrix(name, rows, cols)?)?;
+        Ok(self.loaded(w))
     }
 
     /// The linear layer `{name}.weight` `[rows, cols]` with `{name}.bias` `[rows]` when `bias`.
@@ -167,7 +180,8 @@ impl Loader<'_> {
     pub fn table(&self, name: &str, rows: usize, cols: usize) -> Result<ChunkedTable> {
         let host = self.matrix(name, rows, cols)?;
         let chunk_rows = ChunkedTable::max_chunk_rows(self.gpu, cols, host.format);
-        ChunkedTable::upload(self.gpu, name, &host, chunk_rows)
+        let t = ChunkedTable::upload(self.gpu, name, &host, chunk_rows)?;
+        Ok(self.loaded(t))
     }
 }
 

@@ -4,8 +4,16 @@
 //!           [--top-p P] [--top-k K] [--seed S] [--precision f32|f16|q8|q4] [--json]
 //!           [--dump-logits FILE]
 //!           [--seg-decoder vae-oid.npz] [--draw OUT.png]
+//! paligemma serve --model DIR [--host 127.0.0.1] [--port 8080] [--max-batch N]
+//! paligemma batch --model DIR --prompt TEXT IMAGES... --out results.jsonl [--batch-size N]
 //! paligemma quantize --model DIR --precision q8|q4 --out DIR2
 //! paligemma draw --image FILE --answer TEXT [--seg-decoder vae-oid.npz] --out OUT.png
+//! paligemma --list-adapters
+//!
+//! Logging goes through `RUST_LOG` (e.g. `RUST_LOG=info`).
+
+mod batch;
+mod serve;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -53,6 +61,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// An OpenAI-compatible HTTP server (`POST /v1/chat/completions` with images, streaming;
+    /// `GET /v1/models`, `GET /health`), decoding concurrent requests in one batch.
+    Serve(serve::ServeArgs),
+    /// Run one prompt over many images, batched, one JSON line per image (resumable).
+    Batch(batch::BatchArgs),
     /// Write a copy of a checkpoint with the decoder quantized (q8 or q4): smaller to ship and
     /// to load, with the same outputs as quantizing while loading.
     Quantize {
@@ -85,8 +98,62 @@ enum Command {
     },
 }
 
+/// Which model, how to load it, on which adapter.
+#[derive(clap::Args, Debug)]
+struct ModelArgs {
+    /// A PaliGemma folder as published on the hub (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Weights in f32 (for verification), 16 bits (the default), or the decoder in 8- or
+    /// 4-bit blocks.
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
+    /// Substring of the adapter name to use (also WGPU_ADAPTER_NAME); WGPU_BACKEND picks the API.
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+/// Loads a model with a progress bar on stderr (hidden when stderr is not a terminal).
+fn load_model(
+    dir: &Path,
+    precision: Option<PrecisionArg>,
+    adapter: Option<&str>,
+) -> anyhow::Result<PaliGemma> {
+    if !dir.is_dir() {
+        bail!("--model {}: not a folder", dir.display());
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "loading {msg} {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec})",
+        )
+        .expect("a valid template"),
+    );
+    bar.set_message(dir.display().to_string());
+    let b = bar.clone();
+    let opts = LoadOptions {
+        precision: precision.map(PrecisionArg::precision),
+        gpu: GpuOptions {
+            adapter_name: adapter.map(str::to_string),
+            ..Default::default()
+        },
+        progress: Some(paligemma::LoadProgress(std::sync::Arc::new(
+            move |done, total| {
+                b.set_length(total);
+                b.set_position(done);
+            },
+        ))),
+    };
+    let model = PaliGemma::load(dir, &opts).with_context(|| format!("loading {}", dir.display()));
+    bar.finish_and_clear();
+    model
+}
+
 #[derive(clap::Args, Debug)]
 struct Args {
+    /// List the GPU adapters wgpu finds (name, backend, type) and exit.
+    #[arg(long, exclusive = true)]
+    list_adapters: bool,
     /// A PaliGemma folder as published on the hub (config.json, safetensors, tokenizer.json).
     #[arg(long, required = true)]
     model: Option<PathBuf>,
@@ -151,6 +218,9 @@ fn main() -> ExitCode {
             out,
             json,
         }) => draw_answer(image, answer, seg_decoder.as_deref(), out, *json),
+        Some(Command::Serve(args)) => serve::serve(args),
+        Some(Command::Batch(args)) => batch::batch(args),
+        None if cli.run.list_adapters => list_adapters(),
         None => run(&cli.run),
     };
     match result {
@@ -259,6 +329,20 @@ fn draw_answer(
     Ok(())
 }
 
+fn list_adapters() -> anyhow::Result<()> {
+    let adapters = paligemma::Gpu::adapters();
+    if adapters.is_empty() {
+        bail!(
+            "no GPU adapter found (on Linux without a GPU, `apt-get install mesa-vulkan-drivers` \
+             gives lavapipe)"
+        );
+    }
+    for a in adapters {
+        println!("{} ({:?}, {:?}, driver {})", a.name, a.backend, a.device_type, a.driver_info);
+    }
+    Ok(())
+}
+
 fn quantize(model: &Path, precision: Precision, out: &Path) -> anyhow::Result<()> {
     if !model.is_dir() {
         bail!("--model {}: not a folder", model.display());
@@ -297,15 +381,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         bail!("--model {}: not a folder", model_dir.display());
     }
     let image = paligemma::preprocess::load_image(image_path)?;
-    let opts = LoadOptions {
-        precision: args.precision.map(PrecisionArg::precision),
-        gpu: GpuOptions {
-            adapter_name: args.adapter.clone(),
-            ..Default::default()
-        },
-    };
-    let model = PaliGemma::load(model_dir, &opts)
-        .with_context(|| format!("loading {}", model_dir.display()))?;
+    let model = load_model(model_dir, args.precision, args.adapter.as_deref())?;
     let gen_opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingOptions {

@@ -1,0 +1,79 @@
+//! `paligemma serve`: the library's OpenAI-compatible server on a port.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use paligemma::serve::engine::EngineOptions;
+use paligemma::serve::{ServerOptions, router};
+
+use crate::load_model;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: crate::ModelArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port; the address is printed either way.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences decoding together at most.
+    #[arg(long, default_value_t = 64)]
+    max_batch: usize,
+    /// Requests waiting to start at most; more get 503.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// `max_tokens` of requests that give none.
+    #[arg(long, default_value_t = 256)]
+    default_max_tokens: usize,
+    /// Largest request body in MiB.
+    #[arg(long, default_value_t = 32)]
+    max_body_mb: usize,
+    /// Accept `image_url`s that name files on this machine (absolute paths or file:// URLs).
+    #[arg(long)]
+    allow_local_images: bool,
+    /// The model id `/v1/models` lists (default: the folder's name).
+    #[arg(long)]
+    model_name: Option<String>,
+}
+
+pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.max_batch == 0 || args.max_queue == 0 {
+        anyhow::bail!("--max-batch and --max-queue must be at least 1");
+    }
+    let m = &args.model;
+    let model = load_model(&m.model, m.precision, m.adapter.as_deref())?;
+    let name = args.model_name.clone().unwrap_or_else(|| {
+        m.model
+            .file_name()
+            .map_or("paligemma".into(), |n| n.to_string_lossy().to_string())
+    });
+    let opts = ServerOptions {
+        model_name: name,
+        max_body_bytes: args.max_body_mb << 20,
+        default_max_tokens: args.default_max_tokens.max(1),
+        allow_local_images: args.allow_local_images,
+        engine: EngineOptions {
+            max_batch: args.max_batch,
+            max_queue: args.max_queue,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let adapter = model.gpu().adapter_name();
+    let app = router(Arc::new(model), opts)?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async {
+        let addr = format!("{}:{}", args.host, args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        // One line tests and scripts can wait for.
+        println!("listening on http://{local} ({adapter})");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        paligemma::serve::serve(listener, app).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,307 @@
+//! An OpenAI-compatible HTTP server (feature `serve`): `POST /v1/chat/completions` (with
+//! images as `image_url` parts, streaming as server-sent events), `GET /v1/models`,
+//! `GET /health`. Requests are batched continuously by the [`engine`].
+//!
+//! ```no_run
+//! # async fn f() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use paligemma::serve::{ServerOptions, router};
+//! let model = Arc::new(paligemma::PaliGemma::load("pg".as_ref(), &Default::default()).unwrap());
+//! let app = router(model, ServerOptions::default())?; // an axum Router: mount it, or serve it
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+
+pub mod engine;
+pub mod openai;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::detection::{answers_with_boxes, parse_answer};
+use crate::paligemma::PaliGemma;
+use engine::{Engine, EngineOptions, Event, Job, Outcome};
+use openai::{ApiError, ChatRequest, ImageSource, decode_image, generate_options};
+
+/// How the server behaves.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The id `GET /v1/models` lists (requests may name any model: there is one).
+    pub model_name: String,
+    /// Largest request body, in bytes (images come base64-encoded inside it).
+    pub max_body_bytes: usize,
+    /// Widest or tallest image accepted, in pixels.
+    pub max_image_side: u32,
+    /// `max_tokens` when a request gives none (capped by the context).
+    pub default_max_tokens: usize,
+    /// Accept `image_url`s naming local files (off: a network client could read the server's
+    /// files).
+    pub allow_local_images: bool,
+    pub engine: EngineOptions,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            model_name: "paligemma".into(),
+            max_body_bytes: 32 << 20,
+            max_image_side: 8192,
+            default_max_tokens: 256,
+            allow_local_images: false,
+            engine: EngineOptions::default(),
+        }
+    }
+}
+
+struct AppState {
+    model: Arc<PaliGemma>,
+    engine: Engine,
+    opts: ServerOptions,
+    next_id: AtomicU64,
+}
+
+/// The server's routes, with its engine thread started.
+pub fn router(model: Arc<PaliGemma>, opts: ServerOptions) -> std::io::Result<Router> {
+    let engine = Engine::start(model.clone(), opts.engine)?;
+    let state = Arc::new(AppState {
+        model,
+        engine,
+        opts,
+        next_id: AtomicU64::new(0),
+    });
+    Ok(Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .fallback(|| async { error(ApiError::status(404, "no such route")) })
+        .with_state(state))
+}
+
+fn error(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(e.body())).into_response()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{
+            "id": s.opts.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "paligemma-wgpu",
+        }],
+    }))
+    .into_response()
+}
+
+async fn chat_completions(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    match accept(&s, req).await {
+        Ok(r) => r,
+        Err(e) => error(e),
+    }
+}
+
+/// Reads, checks and queues a request; answers it whole or as a stream.
+async fn accept(s: &Arc<AppState>, req: Request) -> Result<Response, ApiError> {
+    let body = axum::body::to_bytes(req.into_body(), s.opts.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::status(
+                413,
+                format!(
+                    "the request body is over the server's limit of {} bytes",
+                    s.opts.max_body_bytes
+                ),
+            )
+        })?;
+    let chat = ChatRequest::parse(&body)?;
+    let bytes = match &chat.image {
+        ImageSource::Bytes(b) => b.clone(),
+        ImageSource::Path(p) if s.opts.allow_local_images => std::fs::read(p).map_err(|e| {
+            ApiError::bad(Some("messages"), format!("{}: {e}", p.display()))
+        })?,
+        ImageSource::Path(_) => {
+            return Err(ApiError::bad(
+                Some("messages"),
+                "local image paths are off (start the server with --allow-local-images)",
+            ));
+        }
+    };
+    let max_side = s.opts.max_image_side;
+    let image = tokio::task::spawn_blocking(move || decode_image(&bytes, max_side))
+        .await
+        .map_err(|e| ApiError::status(500, format!("decoding the image: {e}")))??;
+    let prompt_len = s
+        .model
+        .prompt_ids(&chat.prompt)
+        .map_err(|e| ApiError::bad(Some("messages"), e.to_string()))?
+        .len();
+    let context = s.model.config().text.max_position_embeddings;
+    let opts = generate_options(&chat, prompt_len, context, s.opts.default_max_tokens)?;
+    let (tx, rx) = unbounded_channel();
+    let detect = answers_with_boxes(&chat.prompt);
+    let (width, height) = (image.width(), image.height());
+    s.engine
+        .submit(Job {
+            image,
+            prompt: chat.prompt,
+            opts,
+            events: tx,
+        })
+        .map_err(|why| ApiError::status(503, why))?;
+    let id = format!("chatcmpl-{}", s.next_id.fetch_add(1, Ordering::Relaxed));
+    let meta = Meta {
+        id,
+        model: chat.model.unwrap_or_else(|| s.opts.model_name.clone()),
+        created: now(),
+        detect: detect.then_some((width, height)),
+    };
+    Ok(if chat.stream {
+        stream(meta, rx)
+    } else {
+        whole(meta, rx).await?
+    })
+}
+
+struct Meta {
+    id: String,
+    model: String,
+    created: u64,
+    /// The image's size when the answer holds boxes.
+    detect: Option<(u32, u32)>,
+}
+
+impl Meta {
+    /// The usage counts and the PaliGemma extension of a finished answer.
+    fn usage_and_extension(&self, o: &Outcome) -> (Value, Value) {
+        let usage = json!({
+            "prompt_tokens": o.prompt_tokens,
+            "completion_tokens": o.generated_ids.len(),
+            "total_tokens": o.prompt_tokens + o.generated_ids.len(),
+        });
+        let mut ext = json!({"generated_ids": o.generated_ids});
+        if let Some((w, h)) = self.detect {
+            let answer = parse_answer(&o.text, w, h);
+            ext["detections"] = json!(answer.detections);
+            ext["skipped_groups"] = json!(answer.skipped);
+        }
+        (usage, ext)
+    }
+}
+
+/// Waits for the whole answer.
+async fn whole(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Response, ApiError> {
+    loop {
+        match rx.recv().await {
+            Some(Event::Token(_)) => {}
+            Some(Event::Done(o)) => {
+                let (usage, ext) = meta.usage_and_extension(&o);
+                return Ok(axum::Json(json!({
+                    "id": meta.id,
+                    "object": "chat.completion",
+                    "created": meta.created,
+                    "model": meta.model,
+                    "choices": [{
+                        "index": 0,
+                        "message": {"role": "assistant", "content": o.text},
+                        "finish_reason": finish_reason(o.reason),
+                    }],
+                    "usage": usage,
+                    "paligemma": ext,
+                }))
+                .into_response());
+            }
+            Some(Event::Failed(why)) => return Err(ApiError::status(500, why)),
+            None => return Err(ApiError::status(500, "the engine stopped")),
+        }
+    }
+}
+
+fn finish_reason(r: crate::sequence::FinishReason) -> &'static str {
+    match r {
+        crate::sequence::FinishReason::Stop => "stop",
+        crate::sequence::FinishReason::Length => "length",
+        crate::sequence::FinishReason::Cancelled => "cancelled",
+    }
+}
+
+/// Server-sent events, token by token: OpenAI's `chat.completion.chunk`s, the last with the
+/// finish reason, usage and the PaliGemma extension, then `[DONE]`. The stream ends early
+/// with an `error` object if the GPU fails. Dropping it (the client went away) drops the
+/// receiver, and the engine frees the sequence.
+fn stream(meta: Meta, rx: UnboundedReceiver<Event>) -> Response {
+    let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(Value, Value)>| {
+        let mut c = json!({
+            "id": meta.id,
+            "object": "chat.completion.chunk",
+            "created": meta.created,
+            "model": meta.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        if let Some((usage, ext)) = extra {
+            c["usage"] = usage;
+            c["paligemma"] = ext;
+        }
+        c
+    };
+    let mut first = true;
+    let meta_ext = Meta {
+        id: String::new(),
+        model: String::new(),
+        created: 0,
+        detect: meta.detect,
+    };
+    let events = UnboundedReceiverStream::new(rx).map(move |e| {
+        let data = match e {
+            Event::Token(t) => {
+                let mut delta = json!({"content": t.piece});
+                if std::mem::take(&mut first) {
+                    delta["role"] = json!("assistant");
+                }
+                chunk(delta, None, None)
+            }
+            Event::Done(o) => {
+                let extra = meta_ext.usage_and_extension(&o);
+                chunk(json!({}), Some(finish_reason(o.reason)), Some(extra))
+            }
+            Event::Failed(why) => ApiError::status(500, why).body(),
+        };
+        SseEvent::default().data(data.to_string())
+    });
+    // The engine drops its sender after the last event.
+    let events = events
+        .chain(tokio_stream::once(SseEvent::default().data("[DONE]")))
+        .map(Ok::<_, std::convert::Infallible>);
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Serves `app` on `listener` until Ctrl-C.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}

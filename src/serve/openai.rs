@@ -1,0 +1,382 @@
+//! OpenAI's chat-completions request, read from untrusted bytes into what the model needs: one
+//! image, one prompt, the sampling settings. Every way a request can be wrong is an
+//! [`ApiError`] with a 4xx status, never a panic (the parsers here are property-tested on
+//! arbitrary bytes in `tests/serve_fuzz.rs`).
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::paligemma::GenerateOptions;
+use crate::sampling::SamplingOptions;
+
+/// An error as OpenAI writes them: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn bad(param: Option<&'static str>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 400,
+            message: message.into(),
+            param,
+        }
+    }
+    pub fn status(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            param: None,
+        }
+    }
+    /// OpenAI's error type for the status.
+    pub fn kind(&self) -> &'static str {
+        match self.status {
+            400 | 404 | 413 | 422 => "invalid_request_error",
+            429 | 503 => "server_busy",
+            _ => "server_error",
+        }
+    }
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {
+            "message": self.message,
+            "type": self.kind(),
+            "param": self.param,
+            "code": null,
+        }})
+    }
+}
+
+/// The parts of OpenAI's request this server reads; other fields are accepted and ignored.
+#[derive(Deserialize)]
+struct RawRequest {
+    #[serde(default)]
+    model: Option<String>,
+    messages: Vec<RawMessage>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    /// Not OpenAI's, but llama.cpp's and vLLM's.
+    #[serde(default)]
+    top_k: Option<u64>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    n: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Part {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+}
+
+#[derive(Deserialize)]
+struct ImageUrl {
+    url: String,
+}
+
+/// Where a request's image comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ImageSource {
+    /// The bytes of a `data:` URI.
+    Bytes(Vec<u8>),
+    /// A local file (`file://` URL or path), read only when the server allows it.
+    Path(std::path::PathBuf),
+}
+
+/// A chat-completions request, checked.
+#[derive(Clone, Debug)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub prompt: String,
+    pub image: ImageSource,
+    /// `None`: up to the server's default or the context's end.
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingOptions,
+    pub stream: bool,
+}
+
+impl ChatRequest {
+    /// Parses and checks a request body.
+    pub fn parse(body: &[u8]) -> Result<ChatRequest, ApiError> {
+        let de = &mut serde_json::Deserializer::from_slice(body);
+        let raw: RawRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+            let at = e.path().to_string();
+            let inner = e.into_inner();
+            let what = if inner.is_syntax() || inner.is_eof() {
+                "malformed JSON"
+            } else {
+                "unexpected request shape"
+            };
+            ApiError::bad(None, format!("{what} at {at}: {inner}"))
+        })?;
+        raw.check()
+    }
+}
+
+impl RawRequest {
+    fn check(self) -> Result<ChatRequest, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::bad(Some("n"), "only n = 1 is supported"));
+        }
+        let temperature = self.temperature.unwrap_or(0.0);
+        if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
+            return Err(ApiError::bad(
+                Some("temperature"),
+                format!("temperature must be between 0 and 2, got {temperature}"),
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::bad(
+                Some("top_p"),
+                format!("top_p must be in (0, 1], got {top_p}"),
+            ));
+        }
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        if max_tokens == Some(0) {
+            return Err(ApiError::bad(
+                Some("max_tokens"),
+                "max_tokens must be at least 1",
+            ));
+        }
+        let seed = match self.seed {
+            Some(s) if s < 0 => {
+                return Err(ApiError::bad(Some("seed"), "seed must be >= 0"));
+            }
+            s => s.unwrap_or(0) as u64,
+        };
+        let user = self
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .ok_or_else(|| ApiError::bad(Some("messages"), "no user message"))?;
+        let mut prompt = String::new();
+        let mut images = Vec::new();
+        match &user.content {
+            None => {}
+            Some(Content::Text(t)) => prompt.push_str(t),
+            Some(Content::Parts(parts)) => {
+                for part in parts {
+                    match part {
+                        Part::Text { text } => prompt.push_str(text),
+                        Part::ImageUrl { image_url } => images.push(image_url.url.as_str()),
+                    }
+                }
+            }
+        }
+        let url = match images[..] {
+            [url] => url,
+            [] => {
+                return Err(ApiError::bad(
+                    Some("messages"),
+                    "the user message has no image: PaliGemma answers about one image \
+                     (an image_url part with a data: URI)",
+                ));
+            }
+            _ => {
+                return Err(ApiError::bad(
+                    Some("messages"),
+                    format!("{} images in one message; PaliGemma takes one", images.len()),
+                ));
+            }
+        };
+        let prompt = prompt.trim().to_string();
+        if prompt.is_empty() {
+            return Err(ApiError::bad(Some("messages"), "the prompt text is empty"));
+        }
+        Ok(ChatRequest {
+            model: self.model,
+            prompt,
+            image: image_source(url)?,
+            max_tokens: max_tokens.map(|n| n.min(usize::MAX as u64) as usize),
+            sampling: SamplingOptions {
+                temperature: temperature as f32,
+                top_p: top_p as f32,
+                top_k: self.top_k.unwrap_or(0).min(usize::MAX as u64) as usize,
+                seed,
+            },
+            stream: self.stream.unwrap_or(false),
+        })
+    }
+}
+
+/// Reads an `image_url`: a `data:[mime];base64,...` URI, or a local path (`file://...` or
+/// absolute). Remote URLs are refused: the server fetches nothing.
+pub fn image_source(url: &str) -> Result<ImageSource, ApiError> {
+    let param = Some("messages");
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (meta, data) = rest.split_once(',').ok_or_else(|| {
+            ApiError::bad(param, "a data: URI needs a comma before its data")
+        })?;
+        if !meta.ends_with(";base64") {
+            return Err(ApiError::bad(param, "the image data: URI must be base64"));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| ApiError::bad(param, format!("the image's base64 is invalid: {e}")))?;
+        return Ok(ImageSource::Bytes(bytes));
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Err(ApiError::bad(
+            param,
+            "remote image URLs are not fetched; send the image as a data: URI",
+        ));
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if !path.starts_with('/') {
+        return Err(ApiError::bad(
+            param,
+            "an image_url must be a data: URI (or, when the server allows, an absolute path)",
+        ));
+    }
+    Ok(ImageSource::Path(path.into()))
+}
+
+/// Decodes image bytes, refusing what is not an image, or is wider or taller than
+/// `max_side` pixels (decoders allocate the whole image first).
+pub fn decode_image(bytes: &[u8], max_side: u32) -> Result<image::DynamicImage, ApiError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        ApiError::bad(Some("messages"), format!("the image cannot be read: {e}"))
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| bad(&e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(max_side);
+    limits.max_image_height = Some(max_side);
+    reader.limits(limits);
+    reader.decode().map_err(|e| bad(&e))
+}
+
+/// The generation options of a checked request, given the prompt's length and the model's
+/// context: `max_tokens` must leave the prompt room.
+pub fn generate_options(
+    req: &ChatRequest,
+    prompt_len: usize,
+    context: usize,
+    default_max: usize,
+) -> Result<GenerateOptions, ApiError> {
+    let room = context.saturating_sub(prompt_len);
+    if room == 0 {
+        return Err(ApiError::bad(
+            Some("messages"),
+            format!("the prompt is {prompt_len} tokens, the model's context {context}"),
+        ));
+    }
+    let max_new_tokens = match req.max_tokens {
+        Some(n) if n > room => {
+            return Err(ApiError::bad(
+                Some("max_tokens"),
+                format!(
+                    "max_tokens {n} + the prompt's {prompt_len} tokens exceed the model's \
+                     context of {context}"
+                ),
+            ));
+        }
+        Some(n) => n,
+        None => default_max.min(room),
+    };
+    Ok(GenerateOptions {
+        max_new_tokens,
+        sampling: req.sampling.clone(),
+        stop_at_eos: true,
+        keep_logits: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: &str) -> Result<ChatRequest, ApiError> {
+        ChatRequest::parse(json.as_bytes())
+    }
+
+    const PNG_1X1: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==";
+
+    #[test]
+    fn a_good_request() {
+        let r = req(&format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"text","text":"caption en"}},{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{PNG_1X1}"}}}}]}}],"max_tokens":5,"temperature":0.5,"seed":3,"stream":true,"frequency_penalty":0}}"#
+        ))
+        .unwrap();
+        assert_eq!(r.prompt, "caption en");
+        assert_eq!(r.max_tokens, Some(5));
+        assert!(r.stream);
+        assert_eq!(r.sampling.seed, 3);
+        let ImageSource::Bytes(b) = &r.image else {
+            panic!()
+        };
+        let img = decode_image(b, 16384).unwrap();
+        assert_eq!((img.width(), img.height()), (1, 1));
+    }
+
+    #[test]
+    fn bad_requests_name_their_fault() {
+        let img = format!(r#"{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{PNG_1X1}"}}}}"#);
+        let msg = |extra: &str| {
+            format!(
+                r#"{{"messages":[{{"role":"user","content":[{{"type":"text","text":"caption en"}},{img}]}}]{extra}}}"#
+            )
+        };
+        for (body, want) in [
+            ("{".to_string(), "malformed JSON"),
+            ("[]".to_string(), "unexpected request shape"),
+            (r#"{"messages":[]}"#.to_string(), "no user message"),
+            (
+                r#"{"messages":[{"role":"user","content":"hi"}]}"#.to_string(),
+                "no image",
+            ),
+            (msg(r#","temperature":3"#), "temperature"),
+            (msg(r#","temperature":"hot""#), "unexpected request shape"),
+            (msg(r#","top_p":0"#), "top_p"),
+            (msg(r#","max_tokens":0"#), "max_tokens"),
+            (msg(r#","max_tokens":-1"#), "unexpected request shape"),
+            (msg(r#","seed":-4"#), "seed"),
+            (msg(r#","n":2"#), "n = 1"),
+        ] {
+            let e = req(&body).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains(want), "{body}: {}", e.message);
+        }
+        for (url, want) in [
+            ("data:image/png;base64,@@@", "base64"),
+            ("data:image/png,abc", "must be base64"),
+            ("data:nocomma", "comma"),
+            ("https://example.com/cat.jpg", "not fetched"),
+            ("cat.jpg", "data: URI"),
+        ] {
+            assert!(image_source(url).unwrap_err().message.contains(want), "{url}");
+        }
+        let e = decode_image(b"GIF89a not really", 16384).unwrap_err();
+        assert!(e.message.contains("cannot be read"), "{}", e.message);
+    }
+}
