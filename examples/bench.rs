@@ -55,6 +55,10 @@ struct Args {
     /// timing): the published shapes on any machine, in seconds.
     #[arg(long)]
     sizes: bool,
+    /// Batched decoding: sequences decoding together (a table of aggregate tokens/s follows;
+    /// empty for none).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    batches: Vec<usize>,
 }
 
 /// The kernel table's real-size cases: time per run and the bandwidth their bytes imply.
@@ -251,6 +255,7 @@ fn main() -> anyhow::Result<()> {
             print_kernels(&format!("{name} 8 decode steps"), gpu.take_kernel_times());
         }
         gpu.set_profiling(false, false);
+        let batch_rows = bench_batches(&model, &feats, &ids, &args)?;
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         let tps = args.new as f64 / decode_s;
         // What a decode step must read: the decoder's weight buffers, block scales included.
@@ -286,7 +291,57 @@ fn main() -> anyhow::Result<()> {
                 fmt(gpu_step),
             );
         }
+        if !args.json && !batch_rows.is_empty() {
+            println!();
+            println!(
+                "| {name} {} | sequences | step ms | aggregate tok/s | tok/s per sequence | weight passes per step |",
+                args.precision
+            );
+            println!("|---|---|---|---|---|---|");
+            for (b, step_ms) in batch_rows {
+                let agg = b as f64 * 1e3 / step_ms;
+                println!(
+                    "| | {b} | {step_ms:.2} | {agg:.1} | {:.1} | {} |",
+                    agg / b as f64,
+                    b.div_ceil(16)
+                );
+            }
+            println!();
+        }
         drop(model);
     }
     Ok(())
+}
+
+/// Batched decoding: for each batch size, that many sessions prefilled with the same prompt
+/// decode `--new` steps together (`step_batch`); returns (sequences, ms per step). Each group
+/// of 16 sequences reads the weights once per step.
+fn bench_batches(
+    model: &PaliGemma,
+    feats: &paligemma::ImageFeatures,
+    ids: &[u32],
+    args: &Args,
+) -> anyhow::Result<Vec<(usize, f64)>> {
+    let vocab = model.config().text.vocab_size as u32;
+    let mut batch = model.decode_batch()?;
+    let mut rows = Vec::new();
+    for &b in &args.batches {
+        let mut sessions = Vec::with_capacity(b);
+        let mut tokens = Vec::with_capacity(b);
+        for _ in 0..b {
+            let mut s = model.session(ids.len(), args.new + 1)?;
+            tokens.push(model.prefill(&mut s, ids, feats)?);
+            sessions.push(s);
+        }
+        let mut refs: Vec<&mut paligemma::Session> = sessions.iter_mut().collect();
+        tokens = model.step_batch(&mut batch, &mut refs, &tokens)?; // warm-up
+        let t = Instant::now();
+        for _ in 1..args.new {
+            let next: Vec<u32> = tokens.iter().map(|&t| t.min(vocab - 1)).collect();
+            tokens = model.step_batch(&mut batch, &mut refs, &next)?;
+        }
+        let steps = args.new.saturating_sub(1).max(1);
+        rows.push((b, t.elapsed().as_secs_f64() * 1e3 / steps as f64));
+    }
+    Ok(rows)
 }

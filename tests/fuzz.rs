@@ -67,7 +67,10 @@ fn request() -> impl Strategy<Value = Value> {
         prop::collection::vec(part(), 0..4).prop_map(Value::from),
         any_json(),
     ];
-    let message = (prop_oneof![Just("user"), Just("system"), Just("assistant"), Just("")], content)
+    let message = (
+        prop_oneof![Just("user"), Just("system"), Just("assistant"), Just("")],
+        content,
+    )
         .prop_map(|(role, content)| json!({"role": role, "content": content}));
     let field = prop_oneof![
         any_json(),
@@ -232,9 +235,17 @@ fn mutated_checkpoints_load_or_fail_cleanly() {
     let names: Vec<String> = header.as_object().unwrap().keys().cloned().collect();
     let field = prop_oneof![
         Just("dtype".to_string()).prop_flat_map(|k| {
-            prop_oneof![Just("F32"), Just("BF16"), Just("F16"), Just("I8"), Just("U8"),
-                        Just("F64"), Just("BOOL"), Just("X")]
-                .prop_map(move |d| (k.clone(), json!(d)))
+            prop_oneof![
+                Just("F32"),
+                Just("BF16"),
+                Just("F16"),
+                Just("I8"),
+                Just("U8"),
+                Just("F64"),
+                Just("BOOL"),
+                Just("X")
+            ]
+            .prop_map(move |d| (k.clone(), json!(d)))
         }),
         prop::collection::vec(prop_oneof![0u64..70, any::<u64>()], 0..4)
             .prop_map(|v| ("shape".to_string(), json!(v))),
@@ -256,8 +267,12 @@ fn mutated_checkpoints_load_or_fail_cleanly() {
                     h[name][&key] = value;
                 }
                 let text = h.to_string().into_bytes();
-                bytes = [&(text.len() as u64).to_le_bytes()[..], &text, &original[8 + header_len..]]
-                    .concat();
+                bytes = [
+                    &(text.len() as u64).to_le_bytes()[..],
+                    &text,
+                    &original[8 + header_len..],
+                ]
+                .concat();
             }
             for (i, v) in edits {
                 let i = i.min(bytes.len() - 1);

@@ -22,11 +22,22 @@ fn binary() -> String {
 /// The command line's answer: (generated ids, text).
 fn cli_answer(image: &str, prompt: &str, max_tokens: usize) -> (Vec<u64>, String) {
     let out = Command::new(binary())
-        .args(["--model", &fixture("mqa/model"), "--image", image, "--prompt", prompt])
+        .args([
+            "--model",
+            &fixture("mqa/model"),
+            "--image",
+            image,
+            "--prompt",
+            prompt,
+        ])
         .args(["--max-new-tokens", &max_tokens.to_string(), "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let ids = json["generated_ids"]
@@ -100,7 +111,10 @@ fn the_openai_client_gets_what_the_command_line_gets() {
         String::from_utf8_lossy(&out.stderr),
     );
     eprintln!("{stdout}");
-    assert!(out.status.success(), "serve_client.py failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "serve_client.py failed:\n{stdout}\n{stderr}"
+    );
     let _ = std::fs::remove_file(path);
 }
 
@@ -109,7 +123,10 @@ fn batch_answers_every_readable_image_once_and_resumes() {
     let dir = std::env::temp_dir().join(format!("paligemma-batch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    for (i, src) in ["mqa/image.png", "mqa/photo.jpg", "gqa/image.png"].iter().enumerate() {
+    for (i, src) in ["mqa/image.png", "mqa/photo.jpg", "gqa/image.png"]
+        .iter()
+        .enumerate()
+    {
         let ext = src.rsplit('.').next().unwrap();
         std::fs::copy(fixture(src), dir.join(format!("{i}.{ext}"))).unwrap();
     }
@@ -117,7 +134,13 @@ fn batch_answers_every_readable_image_once_and_resumes() {
     let out = dir.join("results.jsonl");
     let run = || {
         Command::new(binary())
-            .args(["batch", "--model", &fixture("mqa/model"), "--prompt", "caption en"])
+            .args([
+                "batch",
+                "--model",
+                &fixture("mqa/model"),
+                "--prompt",
+                "caption en",
+            ])
             .args(["--max-new-tokens", "7", "--batch-size", "2", "--out"])
             .arg(&out)
             .arg(&dir)
@@ -127,11 +150,16 @@ fn batch_answers_every_readable_image_once_and_resumes() {
     let first = run();
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{stderr}");
-    assert!(stderr.contains("9-broken.jpg"), "the bad image is not reported: {stderr}");
+    assert!(
+        stderr.contains("9-broken.jpg"),
+        "the bad image is not reported: {stderr}"
+    );
     assert!(stderr.contains("3 answered, 1 skipped"), "{stderr}");
     let lines = std::fs::read_to_string(&out).unwrap();
-    let results: Vec<serde_json::Value> =
-        lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let results: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(results.len(), 3, "{lines}");
     for r in &results {
         let image = r["image"].as_str().unwrap();
@@ -148,7 +176,10 @@ fn batch_answers_every_readable_image_once_and_resumes() {
     // Run again: nothing new to answer, the file unchanged.
     let again = run();
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(stderr.contains("0 answered, 1 skipped") && stderr.contains("3 already"), "{stderr}");
+    assert!(
+        stderr.contains("0 answered, 1 skipped") && stderr.contains("3 already"),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), lines);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -320,13 +320,17 @@ impl Checkpoint {
             });
         }
         let shard = &self.shards[e.shard];
-        self.read.set(self.read.get() + (e.range.1 - e.range.0) as u64);
+        self.read
+            .set(self.read.get() + (e.range.1 - e.range.0) as u64);
         Ok(&shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1])
     }
 
     /// Bytes of tensor data read so far, and in all.
     pub fn progress(&self) -> (u64, u64) {
-        let total = self.entries.values().map(|e| (e.range.1 - e.range.0) as u64);
+        let total = self
+            .entries
+            .values()
+            .map(|e| (e.range.1 - e.range.0) as u64);
         (self.read.get(), total.sum())
     }
 

@@ -208,8 +208,8 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// Scratch and outputs of batched decode steps ([`TextModel::step_batch`]): one decode step for
-/// several sessions at once, each weight read once per [`GEMV_BATCH`] sequences.
+/// Scratch and outputs of batched decode steps (`PaliGemma::step_batch`): one decode step for
+/// several sessions at once, each weight read once per 16 sequences (`GEMV_BATCH`).
 pub struct DecodeBatch {
     scratch: Scratch,
     /// `[GEMV_BATCH, kv_heads * hd]`: the new keys and values before they go to each cache.

@@ -85,7 +85,10 @@ pub fn router(model: Arc<PaliGemma>, opts: ServerOptions) -> std::io::Result<Rou
     Ok(Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
-        .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
         .fallback(|| async { error(ApiError::status(404, "no such route")) })
         .with_state(state))
 }
@@ -137,9 +140,8 @@ async fn accept(s: &Arc<AppState>, req: Request) -> Result<Response, ApiError> {
     let chat = ChatRequest::parse(&body)?;
     let bytes = match &chat.image {
         ImageSource::Bytes(b) => b.clone(),
-        ImageSource::Path(p) if s.opts.allow_local_images => std::fs::read(p).map_err(|e| {
-            ApiError::bad(Some("messages"), format!("{}: {e}", p.display()))
-        })?,
+        ImageSource::Path(p) if s.opts.allow_local_images => std::fs::read(p)
+            .map_err(|e| ApiError::bad(Some("messages"), format!("{}: {e}", p.display())))?,
         ImageSource::Path(_) => {
             return Err(ApiError::bad(
                 Some("messages"),

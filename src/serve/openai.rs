@@ -204,7 +204,10 @@ impl RawRequest {
             _ => {
                 return Err(ApiError::bad(
                     Some("messages"),
-                    format!("{} images in one message; PaliGemma takes one", images.len()),
+                    format!(
+                        "{} images in one message; PaliGemma takes one",
+                        images.len()
+                    ),
                 ));
             }
         };
@@ -233,9 +236,9 @@ impl RawRequest {
 pub fn image_source(url: &str) -> Result<ImageSource, ApiError> {
     let param = Some("messages");
     if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest.split_once(',').ok_or_else(|| {
-            ApiError::bad(param, "a data: URI needs a comma before its data")
-        })?;
+        let (meta, data) = rest
+            .split_once(',')
+            .ok_or_else(|| ApiError::bad(param, "a data: URI needs a comma before its data"))?;
         if !meta.ends_with(";base64") {
             return Err(ApiError::bad(param, "the image data: URI must be base64"));
         }
@@ -341,7 +344,9 @@ mod tests {
 
     #[test]
     fn bad_requests_name_their_fault() {
-        let img = format!(r#"{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{PNG_1X1}"}}}}"#);
+        let img = format!(
+            r#"{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{PNG_1X1}"}}}}"#
+        );
         let msg = |extra: &str| {
             format!(
                 r#"{{"messages":[{{"role":"user","content":[{{"type":"text","text":"caption en"}},{img}]}}]{extra}}}"#
@@ -374,7 +379,10 @@ mod tests {
             ("https://example.com/cat.jpg", "not fetched"),
             ("cat.jpg", "data: URI"),
         ] {
-            assert!(image_source(url).unwrap_err().message.contains(want), "{url}");
+            assert!(
+                image_source(url).unwrap_err().message.contains(want),
+                "{url}"
+            );
         }
         let e = decode_image(b"GIF89a not really", 16384).unwrap_err();
         assert!(e.message.contains("cannot be read"), "{}", e.message);

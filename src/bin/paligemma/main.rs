@@ -338,7 +338,10 @@ fn list_adapters() -> anyhow::Result<()> {
         );
     }
     for a in adapters {
-        println!("{} ({:?}, {:?}, driver {})", a.name, a.backend, a.device_type, a.driver_info);
+        println!(
+            "{} ({:?}, {:?}, driver {})",
+            a.name, a.backend, a.device_type, a.driver_info
+        );
     }
     Ok(())
 }
