@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -43,6 +44,9 @@ pub struct Job {
 #[derive(Clone)]
 pub struct Engine {
     jobs: SyncSender<Job>,
+    /// Cleared if the engine's thread ends by a panic (a bug): `/health` then answers 503 so
+    /// a supervisor restarts the server.
+    alive: Arc<AtomicBool>,
 }
 
 /// How the engine runs.
@@ -70,10 +74,23 @@ impl Engine {
     /// Starts the engine's thread; it ends when every `Engine` handle is dropped.
     pub fn start(model: Arc<PaliGemma>, opts: EngineOptions) -> std::io::Result<Engine> {
         let (tx, rx) = mpsc::sync_channel(opts.max_queue);
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = alive.clone();
         std::thread::Builder::new()
             .name("paligemma-engine".into())
-            .spawn(move || run(&model, rx, opts))?;
-        Ok(Engine { jobs: tx })
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| run(&model, rx, opts));
+                if std::panic::catch_unwind(run).is_err() {
+                    log::error!("the engine panicked: no more requests will be answered");
+                    flag.store(false, Ordering::SeqCst);
+                }
+            })?;
+        Ok(Engine { jobs: tx, alive })
+    }
+
+    /// Whether the engine is still running.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Queues a job; `Err` with the job's reason when the queue is full or the engine is gone.

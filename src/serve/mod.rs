@@ -85,10 +85,7 @@ pub fn router(model: Arc<PaliGemma>, opts: ServerOptions) -> std::io::Result<Rou
     Ok(Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
-        .route(
-            "/health",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+        .route("/health", get(health))
         .fallback(|| async { error(ApiError::status(404, "no such route")) })
         .with_state(state))
 }
@@ -102,6 +99,14 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    if s.engine.is_alive() {
+        axum::Json(json!({"status": "ok"})).into_response()
+    } else {
+        error(ApiError::status(503, "the engine has stopped"))
+    }
 }
 
 async fn models(State(s): State<Arc<AppState>>) -> Response {
