@@ -15,7 +15,7 @@ use crate::model::{Loader, Precision, WeightSource};
 use crate::ops::linear::Linear;
 use crate::ops::{View, WeightFormat};
 use crate::sampling::SamplingOptions;
-use crate::sequence::Token;
+use crate::sequence::{Sequence, Token};
 use crate::tokenizer::PromptTokenizer;
 
 /// How to load a model.
@@ -277,6 +277,41 @@ impl PaliGemma {
         pixels: &[f32],
         vision_out: Option<&wgpu::Buffer>,
     ) -> Result<ImageFeatures> {
+        let (s, c) = (self.image_size(), self.config.vision.num_channels);
+        if pixels.len() != c * s * s {
+            return Err(Error::invalid(format!(
+                "pixel buffer holds {} values, the vision tower wants {c} x {s} x {s}",
+                pixels.len()
+            )));
+        }
+        let buffer = self.gpu.upload_f32("pixels", pixels)?;
+        self.encode_pixel_buffer(&buffer, vision_out)
+    }
+
+    /// Preprocesses a texture on the GPU (a rendered frame never visits the CPU) and encodes
+    /// it. The texture (rgba8 or bgra8, unorm or srgb, any size, `COPY_SRC` usage) is read as
+    /// its stored bytes, resized as Pillow's bicubic and normalised exactly as
+    /// [`preprocess`](crate::preprocess::preprocess) does on the same bytes: the pixels, and so
+    /// the answer, are the same as from the CPU path. Alpha is dropped, as Pillow's
+    /// `convert("RGB")` drops it.
+    ///
+    /// On a shared device the work goes to the queue after whatever the caller has submitted
+    /// so far (so a frame rendered and submitted before this call is what is read), in
+    /// submissions of one layer each.
+    pub fn encode_texture(&self, texture: &wgpu::Texture) -> Result<ImageFeatures> {
+        let s = self.image_size();
+        let pixels = self.gpu.storage("pixels", (3 * s * s * 4) as u64)?;
+        let mut rec = self.gpu.recorder();
+        crate::ops::resize::preprocess_texture(&mut rec, texture, s, View::new(&pixels, 3, s * s))?;
+        rec.submit("preprocessing a texture")?;
+        self.encode_pixel_buffer(&pixels, None)
+    }
+
+    fn encode_pixel_buffer(
+        &self,
+        pixels: &wgpu::Buffer,
+        vision_out: Option<&wgpu::Buffer>,
+    ) -> Result<ImageFeatures> {
         let (n, dv, dt) = (
             self.num_image_tokens(),
             self.config.vision.hidden_size,
@@ -290,7 +325,7 @@ impl PaliGemma {
                 &owned
             }
         };
-        self.vision.encode(&self.gpu, pixels, vout)?;
+        self.vision.encode_buffer(&self.gpu, pixels, vout)?;
         let buffer = self.gpu.storage("image features", (n * dt * 4) as u64)?;
         let mut rec = self.gpu.recorder();
         let (x, y) = (View::new(vout, n, dv), View::new(&buffer, n, dt));
@@ -352,24 +387,38 @@ impl PaliGemma {
         image: &image::DynamicImage,
         prompt: &str,
         opts: &GenerateOptions,
+        on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<Generation> {
+        let started = self.start(image, prompt, opts)?;
+        self.finish(started, on_token)
+    }
+
+    /// [`generate`](Self::generate) about a texture, preprocessed on the GPU (see
+    /// [`encode_texture`](Self::encode_texture)).
+    pub fn generate_texture(
+        &self,
+        texture: &wgpu::Texture,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<Generation> {
+        let started = self.start_texture(texture, prompt, opts)?;
+        self.finish(started, on_token)
+    }
+
+    /// Drives a started sequence to its end.
+    fn finish(
+        &self,
+        (mut seq, first): (Sequence, Option<Token>),
         mut on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<Generation> {
-        let (mut seq, first) = self.start(image, prompt, opts)?;
-        let mut batch = None;
         let t = Instant::now();
         let mut token = first;
         while let Some(Token { id, piece }) = token.take() {
             if !on_token(id, &piece) {
                 seq.cancel();
             }
-            if seq.finished().is_some() {
-                break;
-            }
-            let batch = match &mut batch {
-                Some(b) => b,
-                None => batch.insert(self.decode_batch()?),
-            };
-            token = self.advance(batch, &mut [&mut seq])?.pop().flatten();
+            token = self.advance_one(&mut seq)?;
         }
         let (prompt_ids, generated_ids, text, step_logits, mut timings) = seq.into_parts();
         timings.decode_ms = ms(t);

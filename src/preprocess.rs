@@ -62,10 +62,10 @@ pub fn preprocess(img: &DynamicImage, size: u32) -> Vec<f32> {
 }
 
 /// Fixed-point precision of Pillow's 8-bit resampler (`PRECISION_BITS = 32 - 8 - 2`).
-const PRECISION_BITS: u32 = 22;
+pub(crate) const PRECISION_BITS: u32 = 22;
 
 /// Pillow's bicubic kernel (Keys, a = -0.5), support 2.
-fn bicubic(x: f64) -> f64 {
+pub(crate) fn bicubic(x: f64) -> f64 {
     const A: f64 = -0.5;
     let x = x.abs();
     if x < 1.0 {
@@ -86,17 +86,17 @@ fn bilinear(x: f64) -> f64 {
 /// the kernel is widened by the scale factor when shrinking (antialiasing) and each window's
 /// weights are normalised to sum 1. The 8-bit passes round them to fixed point
 /// ([`fixed_point`]); float images use them as they are.
-struct Coeffs {
+pub(crate) struct Coeffs {
     /// `(first source index, count)` per output pixel.
-    bounds: Vec<(usize, usize)>,
+    pub bounds: Vec<(usize, usize)>,
     /// `ksize` weights per output pixel (only the first `count` are used).
-    weights: Vec<f64>,
-    ksize: usize,
+    pub weights: Vec<f64>,
+    pub ksize: usize,
 }
 
 /// Pillow's `normalize_coeffs_8bpc`: a weight in `PRECISION_BITS` fixed point, rounded away
 /// from zero.
-fn fixed_point(w: f64) -> i32 {
+pub(crate) fn fixed_point(w: f64) -> i32 {
     let v = w * f64::from(1u32 << PRECISION_BITS);
     if v < 0.0 {
         (v - 0.5) as i32
@@ -105,7 +105,7 @@ fn fixed_point(w: f64) -> i32 {
     }
 }
 
-fn precompute_coeffs(
+pub(crate) fn precompute_coeffs(
     in_size: usize,
     out_size: usize,
     filter: fn(f64) -> f64,
@@ -207,7 +207,7 @@ pub fn resize_bicubic_pil(src: &RgbImage, width: u32, height: u32) -> RgbImage {
 
 /// Whether Pillow (13) resamples the vertical axis first for `(sw, sh)` to `(w, h)`: when the
 /// height shrinks by more than twice as many pixels as the width.
-fn vertical_first((sw, sh): (usize, usize), (w, h): (usize, usize)) -> bool {
+pub(crate) fn vertical_first((sw, sh): (usize, usize), (w, h): (usize, usize)) -> bool {
     let (dh, dw) = (sh as i64 - h as i64, sw as i64 - w as i64);
     dh > 0 && dh > 2 * dw
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::session::{DecodeBatch, Session};
 use crate::ops::View;
 use crate::ops::softmax::softmax;
-use crate::paligemma::{GenerateOptions, PaliGemma, Timings};
+use crate::paligemma::{GenerateOptions, ImageFeatures, PaliGemma, Timings};
 use crate::preprocess::preprocess;
 use crate::sampling::Sampler;
 
@@ -107,20 +107,49 @@ impl PaliGemma {
         prompt: &str,
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
-        let mut timings = Timings::default();
         let t0 = Instant::now();
         let pixels = preprocess(image, self.image_size() as u32);
-        let ids = self.prompt_ids(prompt)?;
-        timings.preprocess_ms = ms(t0);
-
+        let preprocess_ms = ms(t0);
         let t1 = Instant::now();
         let features = self.encode_pixels(&pixels, None)?;
+        self.start_from(&features, prompt, opts, t0, preprocess_ms, t1)
+    }
+
+    /// [`start`](Self::start) on a texture (a rendered frame), preprocessed on the GPU: see
+    /// [`encode_texture`](Self::encode_texture). The preprocessing counts as vision time.
+    pub fn start_texture(
+        &self,
+        texture: &wgpu::Texture,
+        prompt: &str,
+        opts: &GenerateOptions,
+    ) -> Result<(Sequence, Option<Token>)> {
+        let t0 = Instant::now();
+        let features = self.encode_texture(texture)?;
+        self.start_from(&features, prompt, opts, t0, 0.0, t0)
+    }
+
+    /// The prefill and first token after the image is encoded (`t0`: the start; `t1`: when
+    /// the vision work began).
+    fn start_from(
+        &self,
+        features: &ImageFeatures,
+        prompt: &str,
+        opts: &GenerateOptions,
+        t0: Instant,
+        preprocess_ms: f64,
+        t1: Instant,
+    ) -> Result<(Sequence, Option<Token>)> {
+        let mut timings = Timings {
+            preprocess_ms,
+            ..Timings::default()
+        };
+        let ids = self.prompt_ids(prompt)?;
         self.gpu().wait()?;
         timings.vision_ms = ms(t1);
 
         let t2 = Instant::now();
         let mut session = self.session(ids.len(), opts.max_new_tokens)?;
-        let greedy = self.prefill(&mut session, &ids, &features)?;
+        let greedy = self.prefill(&mut session, &ids, features)?;
         timings.prefill_ms = ms(t2);
         timings.time_to_first_token_ms = ms(t0);
         let mut seq = Sequence {
@@ -171,8 +200,11 @@ impl PaliGemma {
             .collect();
         let greedy = match live[..] {
             [] => Vec::new(),
-            // One sequence: its own cached single-row step.
-            [i] => vec![self.step(&mut seqs[i].session, tokens[0])?],
+            [i] => {
+                let mut out = vec![None; seqs.len()];
+                out[i] = self.advance_one(seqs[i])?;
+                return Ok(out);
+            }
             _ => {
                 let mut sessions: Vec<&mut Session> = seqs
                     .iter_mut()
@@ -188,6 +220,17 @@ impl PaliGemma {
             out[i] = Some(self.choose(seqs[i])?);
         }
         Ok(out)
+    }
+
+    /// Moves one sequence forward by a token with its own cached single-row step (no batch
+    /// scratch needed); `None` when it had already finished.
+    pub(crate) fn advance_one(&self, s: &mut Sequence) -> Result<Option<Token>> {
+        if s.finished.is_some() {
+            return Ok(None);
+        }
+        let last = *s.generated.last().expect("a started sequence has a token");
+        s.greedy = self.step(&mut s.session, last)?;
+        self.choose(s).map(Some)
     }
 
     /// Picks the next token of `s` from its session's logits, appends it, and ends the sequence

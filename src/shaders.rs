@@ -66,6 +66,7 @@ pub(crate) const ALL: &[&Shader] = {
         &linear::SHADER,
         &norm::SHADER,
         &patch_embed::SHADER,
+        &resize::SHADER,
         &rope::SHADER,
         &softmax::SHADER,
     ]

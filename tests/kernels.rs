@@ -102,3 +102,8 @@ fn every_family_is_tested() {
         "every shader has cases, under its own name"
     );
 }
+
+#[test]
+fn resize() {
+    check_family("resize");
+}

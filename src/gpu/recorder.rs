@@ -41,6 +41,12 @@ enum Cmd {
         dst_offset: u64,
         size: u64,
     },
+    /// Mip level 0 of a 2D texture into a buffer, rows `bytes_per_row` apart.
+    CopyTexture {
+        texture: wgpu::Texture,
+        dst: wgpu::Buffer,
+        bytes_per_row: u32,
+    },
 }
 
 /// Records kernel dispatches and copies, then submits them as one command buffer.
@@ -108,6 +114,21 @@ impl Recorder<'_> {
         });
     }
 
+    /// Queues a copy of `texture` (mip level 0, layer 0) into `dst`, rows `bytes_per_row`
+    /// apart (a multiple of 256).
+    pub fn copy_texture(
+        &mut self,
+        texture: &wgpu::Texture,
+        dst: &wgpu::Buffer,
+        bytes_per_row: u32,
+    ) {
+        self.cmds.push(Cmd::CopyTexture {
+            texture: texture.clone(),
+            dst: dst.clone(),
+            bytes_per_row,
+        });
+    }
+
     /// Submits what is recorded so far and goes on recording: long work (a vision tower, a
     /// prefill) is cut into submissions of one layer, so no single command buffer runs long
     /// enough for a driver watchdog (Windows' 2 s TDR, macOS, amdgpu) to kill it.
@@ -152,7 +173,7 @@ fn submit(
         .iter()
         .filter_map(|c| match c {
             Cmd::Dispatch(d) => Some(d.kernel),
-            Cmd::Copy { .. } => None,
+            Cmd::Copy { .. } | Cmd::CopyTexture { .. } => None,
         })
         .collect();
     let timer = Timer::new(gpu, kernels.len())?;
@@ -192,20 +213,40 @@ fn encode(
             .iter()
             .map_while(|c| match c {
                 Cmd::Dispatch(d) => Some(d),
-                Cmd::Copy { .. } => None,
+                Cmd::Copy { .. } | Cmd::CopyTexture { .. } => None,
             })
             .take(if per_kernel { 1 } else { usize::MAX })
             .collect();
         if run.is_empty() {
-            if let Cmd::Copy {
-                src,
-                src_offset,
-                dst,
-                dst_offset,
-                size,
-            } = &cmds[i]
-            {
-                enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size);
+            match &cmds[i] {
+                Cmd::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    size,
+                } => enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *size),
+                Cmd::CopyTexture {
+                    texture,
+                    dst,
+                    bytes_per_row,
+                } => enc.copy_texture_to_buffer(
+                    texture.as_image_copy(),
+                    wgpu::TexelCopyBufferInfo {
+                        buffer: dst,
+                        layout: wgpu::TexelCopyBufferLayout {
+                            offset: 0,
+                            bytes_per_row: Some(*bytes_per_row),
+                            rows_per_image: Some(texture.height()),
+                        },
+                    },
+                    wgpu::Extent3d {
+                        width: texture.width(),
+                        height: texture.height(),
+                        depth_or_array_layers: 1,
+                    },
+                ),
+                Cmd::Dispatch(_) => unreachable!("a run of dispatches is never empty"),
             }
             i += 1;
             continue;

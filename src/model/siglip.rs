@@ -119,14 +119,20 @@ impl VisionTower {
 
     /// Encodes preprocessed pixels [C, S, S] into `out` [N, D] ("vision_out"), a submission
     /// per layer so that no command buffer runs long enough to trip a driver watchdog.
-    pub fn encode(&self, gpu: &Gpu, pixels: &[f32], out: &wgpu::Buffer) -> Result<()> {
+    /// The pixels are on the GPU, `[3, S, S]` f32.
+    pub fn encode_buffer(
+        &self,
+        gpu: &Gpu,
+        pixels: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let (d, i, n) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_patches());
         let (size, c) = (cfg.image_size, cfg.num_channels);
-        if pixels.len() != c * size * size {
+        if pixels.size() < (c * size * size * 4) as u64 {
             return Err(Error::invalid(format!(
-                "pixel buffer holds {} values, the vision tower wants {c} x {size} x {size}",
-                pixels.len()
+                "the pixel buffer holds {} bytes, the vision tower wants {c} x {size} x {size} f32",
+                pixels.size()
             )));
         }
         let f = |label: &str, len: usize| gpu.storage(label, len as u64 * 4);
@@ -140,10 +146,9 @@ impl VisionTower {
             m1: f("vision fc1", n * i)?,
             m2: f("vision gelu", n * i)?,
         };
-        let pixels = gpu.upload_f32("pixels", pixels)?;
         let mut rec = gpu.recorder();
         self.embeddings
-            .forward(&mut rec, &pixels, View::new(&s.x, n, d))?;
+            .forward(&mut rec, pixels, View::new(&s.x, n, d))?;
         for (li, layer) in self.layers.iter().enumerate() {
             layer.forward(&mut rec, cfg, &s)?;
             rec.flush(&format!("vision layer {li}"))?;

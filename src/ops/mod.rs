@@ -15,6 +15,7 @@ pub mod gather;
 pub mod linear;
 pub mod norm;
 pub mod patch_embed;
+pub mod resize;
 pub mod rope;
 pub mod softmax;
 pub mod weights;

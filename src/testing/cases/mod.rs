@@ -6,6 +6,7 @@ mod attention;
 mod conv;
 mod elementwise;
 mod linear;
+mod resize;
 
 use super::{KernelCase, Prepared};
 use crate::error::Result;
@@ -31,6 +32,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
     attention::attention_cases(&mut v);
     v.extend(attention::patch_cases());
     conv::conv_cases(&mut v);
+    resize::resize_cases(&mut v);
     v
 }
 

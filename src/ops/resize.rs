@@ -1,0 +1,145 @@
+//! `shaders/resize.wgsl`: the image preprocessor for a frame that is already on the GPU.
+//! A texture is copied to a buffer as it is stored (so sRGB bytes stay sRGB bytes), resized as
+//! Pillow's bicubic does in the same fixed-point arithmetic as [`crate::preprocess`] (the
+//! coefficient tables are built by the same code), and normalised: the pixels equal
+//! `preprocess` of the texture's RGB bytes exactly.
+
+use super::{View, grid_for, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::{Kernel, Recorder, bind};
+use crate::preprocess::{PRECISION_BITS, bicubic, fixed_point, precompute_coeffs, vertical_first};
+use crate::shaders::{Shader, shader};
+
+/// Invocations per workgroup.
+pub const WG: u32 = 64;
+
+pub(crate) const SHADER: Shader = shader!(
+    "resize",
+    ["grid"],
+    &[("WG", WG), ("PRECISION_BITS", PRECISION_BITS)]
+);
+
+/// Mirrors `Params` in resize.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    in_w: u32,
+    in_h: u32,
+    out_w: u32,
+    out_h: u32,
+    horizontal: u32,
+    src_stride: u32,
+    ksize: u32,
+    r_shift: u32,
+    g_shift: u32,
+    b_shift: u32,
+    out_offset: u32,
+    _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<Params>() == 48);
+
+const RGBA: [u32; 3] = [0, 8, 16];
+const BGRA: [u32; 3] = [16, 8, 0];
+
+/// The channel shifts of a texture format the preprocessor reads, or why it cannot.
+fn channel_shifts(format: wgpu::TextureFormat) -> Result<[u32; 3]> {
+    use wgpu::TextureFormat as F;
+    match format {
+        F::Rgba8Unorm | F::Rgba8UnormSrgb => Ok(RGBA),
+        F::Bgra8Unorm | F::Bgra8UnormSrgb => Ok(BGRA),
+        f => Err(Error::invalid(format!(
+            "the texture is {f:?}; the preprocessor reads rgba8 or bgra8 (unorm or srgb)"
+        ))),
+    }
+}
+
+/// Checks that `texture` can be read: a 2D, single-sampled rgba8/bgra8 texture with
+/// `COPY_SRC` usage (mip level 0 and array layer 0 are read).
+pub fn check_texture(texture: &wgpu::Texture) -> Result<()> {
+    channel_shifts(texture.format())?;
+    if texture.dimension() != wgpu::TextureDimension::D2 || texture.sample_count() != 1 {
+        return Err(Error::invalid(format!(
+            "the texture is {:?} with {} samples; the preprocessor reads single-sampled 2D \
+             textures (resolve a multisampled target first)",
+            texture.dimension(),
+            texture.sample_count()
+        )));
+    }
+    if !texture.usage().contains(wgpu::TextureUsages::COPY_SRC) {
+        return Err(Error::invalid(format!(
+            "the texture's usage {:?} lacks COPY_SRC, which the preprocessor needs to read it \
+             (add it where the texture is created)",
+            texture.usage()
+        )));
+    }
+    Ok(())
+}
+
+/// Records the preprocessing of `texture` into `out` (`[3, size * size]`): copy, bicubic
+/// passes (skipped where a side already has the size), normalisation.
+pub fn preprocess_texture(
+    rec: &mut Recorder,
+    texture: &wgpu::Texture,
+    size: usize,
+    out: View,
+) -> Result<()> {
+    check_texture(texture)?;
+    out.expect("preprocessed pixels", 3, size * size)?;
+    let shifts = channel_shifts(texture.format())?;
+    let (w, h) = (texture.width() as usize, texture.height() as usize);
+    let gpu = rec.gpu().clone();
+    // Rows of the copy are padded to wgpu's 256-byte alignment.
+    let stride = (w * 4).next_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize) / 4;
+    let copied = gpu.storage("texture pixels", (stride * h * 4) as u64)?;
+    rec.copy_texture(texture, &copied, (stride * 4) as u32);
+
+    let mut src = (copied, (w, h), stride, shifts);
+    let vf = vertical_first((w, h), (size, size));
+    for horizontal in [!vf, vf] {
+        let (sw, sh) = src.1;
+        let (n_in, n_out) = if horizontal { (sw, size) } else { (sh, size) };
+        if n_in == n_out {
+            continue;
+        }
+        let c = precompute_coeffs(n_in, n_out, bicubic, 2.0);
+        let mut table: Vec<i32> = c
+            .bounds
+            .iter()
+            .flat_map(|&(first, n)| [first as i32, n as i32])
+            .collect();
+        table.extend(c.weights.iter().map(|&k| fixed_point(k)));
+        let coeffs = gpu.storage_init("resize coefficients", bytemuck::cast_slice(&table))?;
+        let (ow, oh) = if horizontal { (size, sh) } else { (sw, size) };
+        let dst = gpu.storage("resized pixels", (ow * oh * 4) as u64)?;
+        let params = Params {
+            in_w: u32_of("width", sw)?,
+            in_h: u32_of("height", sh)?,
+            out_w: ow as u32,
+            out_h: oh as u32,
+            horizontal: horizontal as u32,
+            src_stride: src.2 as u32,
+            ksize: c.ksize as u32,
+            r_shift: src.3[0],
+            g_shift: src.3[1],
+            b_shift: src.3[2],
+            ..Default::default()
+        };
+        let binds = vec![bind(1, &src.0), bind(2, &coeffs), bind(3, &dst)];
+        let groups = grid_for(&gpu, ow * oh, WG);
+        rec.dispatch(Kernel::new(&SHADER, "resample"), &params, binds, groups)?;
+        src = (dst, (ow, oh), ow, RGBA);
+    }
+    let params = Params {
+        out_w: size as u32,
+        out_h: size as u32,
+        src_stride: src.2 as u32,
+        r_shift: src.3[0],
+        g_shift: src.3[1],
+        b_shift: src.3[2],
+        out_offset: u32_of("output offset", out.offset)?,
+        ..Default::default()
+    };
+    let binds = vec![bind(1, &src.0), bind(4, out.buffer)];
+    let groups = grid_for(&gpu, size * size, WG);
+    rec.dispatch(Kernel::new(&SHADER, "normalize"), &params, binds, groups)
+}

@@ -1,0 +1,162 @@
+//! The GPU preprocessor against the CPU one (`preprocess`, itself Pillow's bicubic bit for
+//! bit): textures of random bytes in every format read, shrunk, enlarged, tall enough for the
+//! vertical-first pass order, already the right size, and at a game's frame sizes.
+use super::prepared;
+use crate::ops::View;
+use crate::ops::resize::preprocess_texture;
+use crate::preprocess::preprocess;
+use crate::testing::KernelCase;
+
+/// A texture of `format` holding `rgba` (w x h x 4 bytes in RGBA order; BGRA formats get them
+/// swapped, so both hold the same picture).
+pub(crate) fn texture_with(
+    gpu: &crate::Gpu,
+    format: wgpu::TextureFormat,
+    (w, h): (u32, u32),
+    rgba: &[u8],
+) -> wgpu::Texture {
+    let bgra = matches!(
+        format,
+        wgpu::TextureFormat::Bgra8Unorm | wgpu::TextureFormat::Bgra8UnormSrgb
+    );
+    let bytes: Vec<u8> = if bgra {
+        rgba.chunks(4)
+            .flat_map(|p| [p[2], p[1], p[0], p[3]])
+            .collect()
+    } else {
+        rgba.to_vec()
+    };
+    let texture = gpu.device().create_texture(&wgpu::TextureDescriptor {
+        label: Some("case texture"),
+        size: wgpu::Extent3d {
+            width: w,
+            height: h,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format,
+        usage: wgpu::TextureUsages::COPY_SRC | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    gpu.queue().write_texture(
+        texture.as_image_copy(),
+        &bytes,
+        wgpu::TexelCopyBufferLayout {
+            offset: 0,
+            bytes_per_row: Some(4 * w),
+            rows_per_image: Some(h),
+        },
+        texture.size(),
+    );
+    texture
+}
+
+pub(super) fn resize_cases(v: &mut Vec<KernelCase>) {
+    use wgpu::TextureFormat as F;
+    for (w, h, size, format, real) in [
+        (1, 1, 8, F::Rgba8Unorm, false),
+        (5, 7, 32, F::Rgba8Unorm, false),
+        (97, 61, 32, F::Bgra8Unorm, false),
+        (33, 130, 16, F::Rgba8UnormSrgb, false), // tall: Pillow 13 resamples vertically first
+        (32, 32, 32, F::Bgra8UnormSrgb, false),  // already the size: normalisation only
+        (65, 32, 32, F::Rgba8Unorm, false),      // one axis already the size
+        (1920, 1080, 224, F::Bgra8UnormSrgb, true),
+        (1280, 720, 448, F::Rgba8UnormSrgb, true),
+        (800, 600, 896, F::Rgba8Unorm, true),
+    ] {
+        let case = KernelCase::new(
+            "resize",
+            format!("preprocess_texture {w}x{h} {format:?} -> {size}"),
+            0.0,
+            move |io| {
+                let rgba: Vec<u8> = io
+                    .rand((w * h * 4) as usize, 1.0)
+                    .iter()
+                    .map(|u| ((u + 1.0) * 127.99) as u8)
+                    .collect();
+                let texture = texture_with(io.gpu, format, (w, h), &rgba);
+                let n = (3 * size * size) as usize;
+                let init = io.rand(n + 5, 1.0);
+                let out = io.upload(&init)?;
+                let o = out.clone();
+                prepared(
+                    out,
+                    init.len(),
+                    move |rec| {
+                        preprocess_texture(rec, &texture, size as usize, placed_pixels(&o, size))
+                    },
+                    move || {
+                        let rgb: Vec<u8> =
+                            rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+                        let img = image::RgbImage::from_raw(w, h, rgb).expect("w * h pixels");
+                        let px = preprocess(&image::DynamicImage::ImageRgb8(img), size);
+                        let mut want = init;
+                        want[2..2 + n].copy_from_slice(&px);
+                        want
+                    },
+                )
+            },
+        );
+        v.push(if real { case.real() } else { case });
+    }
+    // Textures the preprocessor cannot read are refused, naming why.
+    for (format, usage, why) in [
+        (
+            wgpu::TextureFormat::Rgba16Float,
+            wgpu::TextureUsages::COPY_SRC,
+            "rgba8 or bgra8",
+        ),
+        (
+            wgpu::TextureFormat::Rgba8Unorm,
+            wgpu::TextureUsages::TEXTURE_BINDING,
+            "lacks COPY_SRC",
+        ),
+    ] {
+        v.push(
+            KernelCase::new(
+                "resize",
+                format!("refuses {format:?} {usage:?}"),
+                0.0,
+                move |io| {
+                    let texture = io.gpu.device().create_texture(&wgpu::TextureDescriptor {
+                        label: Some("unreadable"),
+                        size: wgpu::Extent3d {
+                            width: 4,
+                            height: 4,
+                            depth_or_array_layers: 1,
+                        },
+                        mip_level_count: 1,
+                        sample_count: 1,
+                        dimension: wgpu::TextureDimension::D2,
+                        format,
+                        usage,
+                        view_formats: &[],
+                    });
+                    let out = io.upload(&[0.0; 3 * 64])?;
+                    let o = out.clone();
+                    prepared(
+                        out,
+                        3 * 64,
+                        move |rec| preprocess_texture(rec, &texture, 8, View::new(&o, 3, 64)),
+                        Vec::new,
+                    )
+                },
+            )
+            .refused(why),
+        );
+    }
+}
+
+/// The pixels `[3, size * size]` at offset 2 of `b` (so writes outside are caught).
+fn placed_pixels(b: &wgpu::Buffer, size: u32) -> View<'_> {
+    let plane = (size * size) as usize;
+    View {
+        buffer: b,
+        rows: 3,
+        width: plane,
+        offset: 2,
+        stride: plane,
+    }
+}
