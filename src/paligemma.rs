@@ -96,9 +96,12 @@ pub struct ImageFeatures {
     pub n: usize,
 }
 
-/// A loaded PaliGemma.
+/// A loaded PaliGemma. `Send + Sync`: load it on one thread, use it from others (each call
+/// records and submits its own command buffers on the shared queue).
 pub struct PaliGemma {
     gpu: Gpu,
+    /// GPU bytes of the weights (everything allocated while loading).
+    weight_bytes: u64,
     config: PaliGemmaConfig,
     precision: Precision,
     vision: VisionTower,
@@ -198,6 +201,7 @@ impl PaliGemma {
     ) -> Result<PaliGemma> {
         config.check("the model config")?;
         let precision = precision.unwrap_or(Precision::F16);
+        let before = gpu.allocated_bytes();
         let l = Loader {
             gpu: &gpu,
             source,
@@ -210,6 +214,7 @@ impl PaliGemma {
         let text = TextModel::load(&l, &config.text)?;
         gpu.wait()?;
         Ok(PaliGemma {
+            weight_bytes: gpu.allocated_bytes() - before,
             gpu,
             config,
             precision,
@@ -235,6 +240,15 @@ impl PaliGemma {
             .as_ref()
             .ok_or_else(|| Error::invalid("this model was built without a tokenizer"))
     }
+    /// GPU memory the model holds for its weights (vision tower, projector, decoder, tables),
+    /// in bytes; freed when the model is dropped. Each [`Session`] / [`Sequence`] reports its
+    /// own (KV cache, logits), as does a [`DecodeBatch`]; the vision tower's activations
+    /// (`image tokens x intermediate x 4` bytes and a few more rows) live only while an image
+    /// is encoded.
+    pub fn weight_memory(&self) -> u64 {
+        self.weight_bytes
+    }
+
     /// Bytes a decode step reads from weights: every decoder matrix (block scales included)
     /// and the logits table; with the bandwidth, the floor of the time per token.
     pub fn decode_weight_bytes(&self) -> u64 {
@@ -453,6 +467,17 @@ impl PaliGemma {
         self.text.step_batch(&self.gpu, batch, sessions, tokens)
     }
 }
+
+// The model is shared across threads (a server's handlers and its engine, a game's render and
+// main threads).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<PaliGemma>();
+    send_sync::<Gpu>();
+    send::<Sequence>();
+    send::<DecodeBatch>();
+};
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3

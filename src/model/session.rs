@@ -225,6 +225,12 @@ pub struct DecodeBatch {
 }
 
 impl DecodeBatch {
+    /// GPU memory the batch's scratch holds, in bytes.
+    pub fn gpu_bytes(&self) -> u64 {
+        let own = [&self.k, &self.v, &self.ids, &self.positions, &self.logits, &self.tokens];
+        self.scratch.bytes() + own.iter().map(|b| b.size()).sum::<u64>()
+    }
+
     fn group(&mut self, g: usize, members: Vec<u64>) -> &mut DispatchCache {
         if self.groups.len() <= g {
             self.groups.resize_with(g + 1, Default::default);

@@ -1,0 +1,194 @@
+//! What a game engine needs around the model: a rendered frame (a texture) answered as its
+//! pixels are, memory reported and given back when the model is dropped, generation cancelled,
+//! the model used from another thread than the one that loaded it.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::gpu;
+use paligemma::{FinishReason, GenerateOptions, PaliGemma, Precision};
+
+fn model() -> PaliGemma {
+    let dir = common::fixture_path("mqa/model");
+    PaliGemma::load_on(gpu().clone(), &dir, Some(Precision::F32)).unwrap()
+}
+
+/// The fixture photo as a texture of `format` (as a render target would hold it).
+fn texture_of(image: &image::DynamicImage, format: wgpu::TextureFormat) -> wgpu::Texture {
+    let rgba = image.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let bytes: Vec<u8> = match format {
+        wgpu::TextureFormat::Bgra8Unorm | wgpu::TextureFormat::Bgra8UnormSrgb => rgba
+            .chunks(4)
+            .flat_map(|p| [p[2], p[1], p[0], p[3]])
+            .collect(),
+        _ => rgba.into_raw(),
+    };
+    let texture = gpu().device().create_texture(&wgpu::TextureDescriptor {
+        label: Some("frame"),
+        size: wgpu::Extent3d {
+            width: w,
+            height: h,
+            depth_or_array_layers: 1,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format,
+        usage: wgpu::TextureUsages::COPY_SRC
+            | wgpu::TextureUsages::COPY_DST
+            | wgpu::TextureUsages::RENDER_ATTACHMENT,
+        view_formats: &[],
+    });
+    gpu().queue().write_texture(
+        texture.as_image_copy(),
+        &bytes,
+        wgpu::TexelCopyBufferLayout {
+            offset: 0,
+            bytes_per_row: Some(4 * w),
+            rows_per_image: Some(h),
+        },
+        texture.size(),
+    );
+    texture
+}
+
+fn photo() -> image::DynamicImage {
+    paligemma::preprocess::load_image(&common::fixture_path("mqa/photo.jpg")).unwrap()
+}
+
+fn opts(n: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: n,
+        keep_logits: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_texture_is_answered_as_its_pixels_are() {
+    let model = model();
+    let image = photo();
+    let want = model
+        .generate(&image, "detect cat", &opts(8), |_, _| true)
+        .unwrap();
+    for format in [
+        wgpu::TextureFormat::Rgba8Unorm,
+        wgpu::TextureFormat::Rgba8UnormSrgb,
+        wgpu::TextureFormat::Bgra8Unorm,
+        wgpu::TextureFormat::Bgra8UnormSrgb,
+    ] {
+        let texture = texture_of(&image, format);
+        let got = model
+            .generate_texture(&texture, "detect cat", &opts(8), |_, _| true)
+            .unwrap();
+        assert_eq!(got.generated_ids, want.generated_ids, "{format:?}");
+        assert_eq!(got.text, want.text, "{format:?}");
+        // The GPU preprocessor is bit-identical to the CPU one, and so is everything after it.
+        assert_eq!(got.step_logits, want.step_logits, "{format:?}: logits differ");
+    }
+}
+
+#[test]
+fn generation_can_be_cancelled() {
+    let model = model();
+    let image = photo();
+    // From the callback.
+    let mut seen = 0;
+    let out = model
+        .generate(&image, "caption en", &opts(20), |_, _| {
+            seen += 1;
+            seen < 3
+        })
+        .unwrap();
+    assert_eq!(out.generated_ids.len(), 3);
+    // A sequence driven a step per frame, cancelled between frames.
+    let (mut seq, _) = model.start(&image, "caption en", &opts(20)).unwrap();
+    let mut batch = model.decode_batch().unwrap();
+    assert!(model.advance(&mut batch, &mut [&mut seq]).unwrap()[0].is_some());
+    seq.cancel();
+    assert_eq!(seq.finished(), Some(FinishReason::Cancelled));
+    assert!(model.advance(&mut batch, &mut [&mut seq]).unwrap()[0].is_none());
+    assert_eq!(seq.generated_ids().len(), 2);
+}
+
+#[test]
+fn the_model_answers_from_another_thread() {
+    let model = Arc::new(model());
+    let image = photo();
+    let here = model
+        .generate(&image, "caption en", &opts(6), |_, _| true)
+        .unwrap();
+    let (m, img) = (model.clone(), image.clone());
+    let there = std::thread::spawn(move || {
+        m.generate(&img, "caption en", &opts(6), |_, _| true)
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(here.generated_ids, there.generated_ids);
+}
+
+/// Anonymous + shared resident memory of this process, in KiB (lavapipe's GPU memory is host
+/// memory, so GPU buffers count here).
+#[cfg(target_os = "linux")]
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .filter(|l| l.starts_with("RssAnon:") || l.starts_with("RssShmem:"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// A model at the fixture's shapes but with a 16384 x 256 vocabulary table (16 MiB in f32,
+/// random weights), so a leaked model would show.
+fn heavier_model() -> PaliGemma {
+    let text = std::fs::read_to_string(common::fixture_path("mqa/model/config.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    cfg["text_config"]["vocab_size"] = 16384.into();
+    cfg["text_config"]["hidden_size"] = 256.into();
+    let cfg = paligemma::config::PaliGemmaConfig::from_json(&cfg.to_string(), "heavier").unwrap();
+    let (f32, p) = (paligemma::WeightFormat::F32, Some(Precision::F32));
+    PaliGemma::random(gpu().clone(), cfg, 7, f32, p).unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn memory_is_reported_and_given_back_on_drop() {
+    let image = photo();
+    let texture = texture_of(&image, wgpu::TextureFormat::Rgba8UnormSrgb);
+    let cycle = || {
+        let model = heavier_model();
+        assert!(model.weight_memory() > 16 << 20, "{}", model.weight_memory());
+        let features = model.encode_texture(&texture).unwrap();
+        let t = &model.config().text;
+        let mut ids = vec![model.config().image_token_index; features.n];
+        ids.extend([2, 100, 101]);
+        let mut s = model.session(ids.len(), 4).unwrap();
+        // At least the KV cache: layers x 2 x positions x kv width x 4 bytes.
+        let cache = t.num_hidden_layers * 2 * (ids.len() + 4) * t.head_dim * 4;
+        assert!(s.gpu_bytes() >= cache as u64, "{} < {cache}", s.gpu_bytes());
+        let mut tok = model.prefill(&mut s, &ids, &features).unwrap();
+        for _ in 0..3 {
+            tok = model.step(&mut s, tok).unwrap();
+        }
+        gpu().wait().unwrap();
+    };
+    for _ in 0..3 {
+        cycle();
+    }
+    let before = rss_kib();
+    for _ in 0..15 {
+        cycle();
+    }
+    let after = rss_kib();
+    let grown = after.saturating_sub(before) as f64 / 1024.0;
+    eprintln!(
+        "15 load/generate/drop cycles of a 16 MiB model: {:.1} -> {:.1} MB",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    assert!(grown < 8.0, "memory grew by {grown:.1} MB over 15 cycles");
+}
