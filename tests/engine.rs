@@ -86,7 +86,10 @@ fn a_texture_is_answered_as_its_pixels_are() {
         assert_eq!(got.generated_ids, want.generated_ids, "{format:?}");
         assert_eq!(got.text, want.text, "{format:?}");
         // The GPU preprocessor is bit-identical to the CPU one, and so is everything after it.
-        assert_eq!(got.step_logits, want.step_logits, "{format:?}: logits differ");
+        assert_eq!(
+            got.step_logits, want.step_logits,
+            "{format:?}: logits differ"
+        );
     }
 }
 
@@ -161,7 +164,11 @@ fn memory_is_reported_and_given_back_on_drop() {
     let texture = texture_of(&image, wgpu::TextureFormat::Rgba8UnormSrgb);
     let cycle = || {
         let model = heavier_model();
-        assert!(model.weight_memory() > 16 << 20, "{}", model.weight_memory());
+        assert!(
+            model.weight_memory() > 16 << 20,
+            "{}",
+            model.weight_memory()
+        );
         let features = model.encode_texture(&texture).unwrap();
         let t = &model.config().text;
         let mut ids = vec![model.config().image_token_index; features.n];

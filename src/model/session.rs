@@ -227,7 +227,14 @@ pub struct DecodeBatch {
 impl DecodeBatch {
     /// GPU memory the batch's scratch holds, in bytes.
     pub fn gpu_bytes(&self) -> u64 {
-        let own = [&self.k, &self.v, &self.ids, &self.positions, &self.logits, &self.tokens];
+        let own = [
+            &self.k,
+            &self.v,
+            &self.ids,
+            &self.positions,
+            &self.logits,
+            &self.tokens,
+        ];
         self.scratch.bytes() + own.iter().map(|b| b.size()).sum::<u64>()
     }
 
