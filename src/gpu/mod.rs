@@ -176,6 +176,30 @@ impl Gpu {
 
     /// Wraps a device the caller already owns. The library uses the device's own features and
     /// limits and never replaces the caller's error handlers or device-lost callback.
+    ///
+    /// # Sharing a device and queue with a renderer
+    ///
+    /// - **Ordering.** The library records its own command encoders and submits them to the
+    ///   shared queue; wgpu runs submissions in order, so work the caller submitted before a
+    ///   call (a frame rendered into a texture given to
+    ///   [`PaliGemma::encode_texture`](crate::PaliGemma::encode_texture)) is complete before the
+    ///   library's reads, and the caller's later submissions come after the library's.
+    /// - **What blocks the calling thread.** Loading (uploads), the end of the image encoding
+    ///   (`start*`, `generate*` wait for the vision tower), the prefill and each decode step
+    ///   (one 4-byte read-back of the chosen token; sampling reads one row of probabilities).
+    ///   Nothing else waits on the GPU. Long work is cut into one submission per layer, so the
+    ///   renderer's submissions interleave with a prefill instead of queueing behind all of it,
+    ///   and no driver watchdog fires.
+    /// - **Keeping frames smooth.** Drive decoding a token per frame
+    ///   ([`PaliGemma::advance`](crate::PaliGemma::advance) blocks for one decode step), and do
+    ///   the `start` (vision + prefill) on a worker thread: the model is `Send + Sync`, and
+    ///   wgpu's device and queue may be used from any thread.
+    /// - **Memory.** [`PaliGemma::weight_memory`](crate::PaliGemma::weight_memory),
+    ///   [`Session::gpu_bytes`](crate::Session::gpu_bytes) and
+    ///   [`Sequence::gpu_bytes`](crate::Sequence::gpu_bytes) report what the library holds;
+    ///   dropping the model, a session or a sequence frees it.
+    /// - **Errors.** Every library call runs in wgpu error scopes and reports failures as
+    ///   [`Error`](crate::Error)s; the caller's uncaptured-error handler sees none of them.
     pub fn from_device(
         device: wgpu::Device,
         queue: wgpu::Queue,
