@@ -17,41 +17,8 @@ fn model() -> PaliGemma {
 /// The fixture photo as a texture of `format` (as a render target would hold it).
 fn texture_of(image: &image::DynamicImage, format: wgpu::TextureFormat) -> wgpu::Texture {
     let rgba = image.to_rgba8();
-    let (w, h) = rgba.dimensions();
-    let bytes: Vec<u8> = match format {
-        wgpu::TextureFormat::Bgra8Unorm | wgpu::TextureFormat::Bgra8UnormSrgb => rgba
-            .chunks(4)
-            .flat_map(|p| [p[2], p[1], p[0], p[3]])
-            .collect(),
-        _ => rgba.into_raw(),
-    };
-    let texture = gpu().device().create_texture(&wgpu::TextureDescriptor {
-        label: Some("frame"),
-        size: wgpu::Extent3d {
-            width: w,
-            height: h,
-            depth_or_array_layers: 1,
-        },
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D2,
-        format,
-        usage: wgpu::TextureUsages::COPY_SRC
-            | wgpu::TextureUsages::COPY_DST
-            | wgpu::TextureUsages::RENDER_ATTACHMENT,
-        view_formats: &[],
-    });
-    gpu().queue().write_texture(
-        texture.as_image_copy(),
-        &bytes,
-        wgpu::TexelCopyBufferLayout {
-            offset: 0,
-            bytes_per_row: Some(4 * w),
-            rows_per_image: Some(h),
-        },
-        texture.size(),
-    );
-    texture
+    let size = rgba.dimensions();
+    paligemma::testing::texture_with(gpu(), format, size, rgba.as_raw())
 }
 
 fn photo() -> image::DynamicImage {

@@ -19,6 +19,7 @@ use crate::error::Result;
 use crate::gpu::{Gpu, Recorder};
 
 pub use cases::kernel_cases;
+pub use cases::resize::texture_with;
 
 /// The usual tolerance: f32 arithmetic against an f64 reference.
 pub const TOL: f64 = 2e-5;

@@ -6,7 +6,7 @@ mod attention;
 mod conv;
 mod elementwise;
 mod linear;
-mod resize;
+pub(crate) mod resize;
 
 use super::{KernelCase, Prepared};
 use crate::error::Result;

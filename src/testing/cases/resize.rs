@@ -8,8 +8,8 @@ use crate::preprocess::preprocess;
 use crate::testing::KernelCase;
 
 /// A texture of `format` holding `rgba` (w x h x 4 bytes in RGBA order; BGRA formats get them
-/// swapped, so both hold the same picture).
-pub(crate) fn texture_with(
+/// swapped, so both hold the same picture), readable by the preprocessor and renderable.
+pub fn texture_with(
     gpu: &crate::Gpu,
     format: wgpu::TextureFormat,
     (w, h): (u32, u32),
@@ -37,7 +37,9 @@ pub(crate) fn texture_with(
         sample_count: 1,
         dimension: wgpu::TextureDimension::D2,
         format,
-        usage: wgpu::TextureUsages::COPY_SRC | wgpu::TextureUsages::COPY_DST,
+        usage: wgpu::TextureUsages::COPY_SRC
+            | wgpu::TextureUsages::COPY_DST
+            | wgpu::TextureUsages::RENDER_ATTACHMENT,
         view_formats: &[],
     });
     gpu.queue().write_texture(
