@@ -15,9 +15,11 @@
 //   `out_n` (first, count) pairs, then `out_n` rows of `ksize` weights in PRECISION_BITS fixed
 //   point), 3 dst pixels (packed rows of out_w). One invocation per output pixel; dispatch
 //   ceil(out_w * out_h / WG) workgroups through `Gpu::grid`.
-// - `normalize`: packed [size, size] to f32 [3, size, size] at out_offset, each channel as
-//   (v / 255 - 0.5) / 0.5 in f32 as the processor computes it. Bindings: 0 params, 1 src,
-//   4 out. One invocation per pixel.
+// - `normalize`: packed [size, size] to f32 [3, size, size] at out_offset, each channel v
+//   mapped through a 256-entry table (binding 2, f32 bits) that the host fills with the
+//   processor's (v / 255 - 0.5) / 0.5: WGSL's division may be off by 2.5 ULP, a table is
+//   exact on every driver. Bindings: 0 params, 1 src, 2 table, 4 out. One invocation per
+//   pixel.
 
 struct Params {
     in_w: u32,
@@ -95,9 +97,8 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>,
     if (g >= plane) {
         return;
     }
-    let c = vec3<f32>(channels(g % p.out_w, g / p.out_w));
-    let v = (c / 255.0 - 0.5) / 0.5;
-    out[p.out_offset + g] = v.x;
-    out[p.out_offset + plane + g] = v.y;
-    out[p.out_offset + 2u * plane + g] = v.z;
+    let c = channels(g % p.out_w, g / p.out_w);
+    out[p.out_offset + g] = bitcast<f32>(coeffs[c.x]);
+    out[p.out_offset + plane + g] = bitcast<f32>(coeffs[c.y]);
+    out[p.out_offset + 2u * plane + g] = bitcast<f32>(coeffs[c.z]);
 }

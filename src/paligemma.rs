@@ -244,7 +244,8 @@ impl PaliGemma {
     /// in bytes; freed when the model is dropped. Each [`Session`] / [`Sequence`] reports its
     /// own (KV cache, logits), as does a [`DecodeBatch`]; the vision tower's activations
     /// (`image tokens x intermediate x 4` bytes and a few more rows) live only while an image
-    /// is encoded.
+    /// is encoded. (Measured as what the `Gpu` allocated during the load: on a `Gpu` shared
+    /// with another thread that allocates meanwhile, that counts too.)
     pub fn weight_memory(&self) -> u64 {
         self.weight_bytes
     }
@@ -303,11 +304,12 @@ impl PaliGemma {
     }
 
     /// Preprocesses a texture on the GPU (a rendered frame never visits the CPU) and encodes
-    /// it. The texture (rgba8 or bgra8, unorm or srgb, any size, `COPY_SRC` usage) is read as
-    /// its stored bytes, resized as Pillow's bicubic and normalised exactly as
-    /// [`preprocess`](crate::preprocess::preprocess) does on the same bytes: the pixels, and so
-    /// the answer, are the same as from the CPU path. Alpha is dropped, as Pillow's
-    /// `convert("RGB")` drops it.
+    /// it. The texture (rgba8 or bgra8, unorm or srgb, `COPY_SRC` usage, any size whose bytes
+    /// fit one storage binding: 8K frames fit the 128 MiB default) is read as its stored bytes,
+    /// resized as Pillow's bicubic in the same integer arithmetic and normalised through the
+    /// same table as [`preprocess`](crate::preprocess::preprocess) on the same bytes: the
+    /// pixels are identical (integer math and a lookup, so on any driver), and so is the
+    /// answer. Alpha is dropped, as Pillow's `convert("RGB")` drops it.
     ///
     /// On a shared device the work goes to the queue after whatever the caller has submitted
     /// so far (so a frame rendered and submitted before this call is what is read), in
@@ -434,6 +436,9 @@ impl PaliGemma {
             }
             token = self.advance_one(&mut seq)?;
         }
+        if let Some(e) = seq.error() {
+            return Err(Error::invalid(e.to_string()));
+        }
         let (prompt_ids, generated_ids, text, step_logits, mut timings) = seq.into_parts();
         timings.decode_ms = ms(t);
         if generated_ids.len() > 1 {
@@ -456,8 +461,8 @@ impl PaliGemma {
     }
 
     /// One decode step for several sessions: `tokens[i]` is appended to `sessions[i]`;
-    /// returns each one's greedy next token and leaves its logits in it, to the bit as
-    /// [`step`](Self::step) would. Each weight is read once per 16 sessions.
+    /// returns each one's greedy next token and leaves its logits in it, as
+    /// [`step`](Self::step) would (to the bit on lavapipe; see `TextModel::step_batch`). Each weight is read once per 16 sessions.
     pub fn step_batch(
         &self,
         batch: &mut DecodeBatch,

@@ -54,11 +54,16 @@ pub fn preprocess(img: &DynamicImage, size: u32) -> Vec<f32> {
     let mut out = vec![0.0f32; 3 * plane];
     for (i, px) in rgb.pixels().enumerate() {
         for c in 0..3 {
-            // Same float32 arithmetic as the processor: rescale by 1/255, then (x - 0.5) / 0.5.
-            out[c * plane + i] = (f32::from(px[c]) / 255.0 - 0.5) / 0.5;
+            out[c * plane + i] = normalize_level(px[c]);
         }
     }
     out
+}
+
+/// An 8-bit level as the processor scales it, with its float32 arithmetic: rescale by 1/255,
+/// then (x - 0.5) / 0.5.
+pub(crate) fn normalize_level(v: u8) -> f32 {
+    (f32::from(v) / 255.0 - 0.5) / 0.5
 }
 
 /// Fixed-point precision of Pillow's 8-bit resampler (`PRECISION_BITS = 32 - 8 - 2`).

@@ -24,6 +24,9 @@ pub enum FinishReason {
     Length,
     /// The caller stopped it ([`Sequence::cancel`], or `false` from `generate`'s callback).
     Cancelled,
+    /// Choosing its next token failed ([`Sequence::error`] says why); the others of its batch
+    /// went on.
+    Failed,
 }
 
 /// One token a sequence chose, and the text it added.
@@ -49,6 +52,8 @@ pub struct Sequence {
     /// The greedy choice from the session's latest logits.
     greedy: u32,
     finished: Option<FinishReason>,
+    /// Why it failed, when it did.
+    error: Option<String>,
     timings: Timings,
 }
 
@@ -72,6 +77,10 @@ impl Sequence {
     pub fn finished(&self) -> Option<FinishReason> {
         self.finished
     }
+    /// Why the sequence failed ([`FinishReason::Failed`]).
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
     /// Preprocessing, vision and prefill times (decoding is the caller's to time).
     pub fn timings(&self) -> &Timings {
         &self.timings
@@ -80,9 +89,11 @@ impl Sequence {
     pub fn cancel(&mut self) {
         self.finished.get_or_insert(FinishReason::Cancelled);
     }
-    /// The GPU memory the sequence holds (its KV cache and logits), in bytes.
+    /// The GPU memory the sequence holds (its KV cache, logits and, when sampling, a row of
+    /// probabilities), in bytes.
     pub fn gpu_bytes(&self) -> u64 {
-        self.session.gpu_bytes()
+        let probs = self.sampler.as_ref().map_or(0, |(_, p)| p.size());
+        self.session.gpu_bytes() + probs
     }
     pub(crate) fn into_parts(self) -> (Vec<u32>, Vec<u32>, String, Option<Vec<f32>>, Timings) {
         let Sequence {
@@ -113,6 +124,20 @@ impl PaliGemma {
         let t1 = Instant::now();
         let features = self.encode_pixels(&pixels, None)?;
         self.start_from(&features, prompt, opts, t0, preprocess_ms, t1)
+    }
+
+    /// [`start`](Self::start) on pixels already preprocessed (`[3, S, S]`, as
+    /// [`preprocess`](crate::preprocess::preprocess) makes them): a server preprocesses on its
+    /// request threads and leaves only the GPU work to the thread that drives the batch.
+    pub fn start_pixels(
+        &self,
+        pixels: &[f32],
+        prompt: &str,
+        opts: &GenerateOptions,
+    ) -> Result<(Sequence, Option<Token>)> {
+        let t0 = Instant::now();
+        let features = self.encode_pixels(pixels, None)?;
+        self.start_from(&features, prompt, opts, t0, 0.0, t0)
     }
 
     /// [`start`](Self::start) on a texture (a rendered frame), preprocessed on the GPU: see
@@ -168,6 +193,7 @@ impl PaliGemma {
             step_logits: opts.keep_logits.then(Vec::new),
             greedy,
             finished: None,
+            error: None,
             timings,
         };
         if opts.max_new_tokens == 0 {
@@ -180,7 +206,12 @@ impl PaliGemma {
 
     /// Moves every unfinished sequence of `seqs` forward by one token, all in one batched
     /// decode step (see [`step_batch`](Self::step_batch)); returns what each chose (`None` for
-    /// those already finished). A sequence decodes to the same tokens alone or in any batch.
+    /// those already finished). A sequence decodes to the same tokens alone or in any batch
+    /// (checked on lavapipe; see `step_batch` for the caveat on other drivers).
+    ///
+    /// An error of the step itself (the GPU) is returned, and no sequence has advanced. A
+    /// sequence whose next token cannot be chosen (its logits are all NaN, say) ends as
+    /// [`FinishReason::Failed`] and the others go on.
     pub fn advance(
         &self,
         batch: &mut DecodeBatch,
@@ -189,6 +220,10 @@ impl PaliGemma {
         let live: Vec<usize> = (0..seqs.len())
             .filter(|&i| seqs[i].finished.is_none())
             .collect();
+        if live.len() <= 1 {
+            // No batched step: drop the batch's bind groups (and the sessions they hold).
+            batch.release();
+        }
         let tokens: Vec<u32> = live
             .iter()
             .map(|&i| {
@@ -217,7 +252,7 @@ impl PaliGemma {
         let mut out = vec![None; seqs.len()];
         for (&i, g) in live.iter().zip(greedy) {
             seqs[i].greedy = g;
-            out[i] = Some(self.choose(seqs[i])?);
+            out[i] = self.choose_or_fail(seqs[i]);
         }
         Ok(out)
     }
@@ -230,7 +265,20 @@ impl PaliGemma {
         }
         let last = *s.generated.last().expect("a started sequence has a token");
         s.greedy = self.step(&mut s.session, last)?;
-        self.choose(s).map(Some)
+        Ok(self.choose_or_fail(s))
+    }
+
+    /// [`choose`](Self::choose), or the sequence ends as failed, saying why.
+    fn choose_or_fail(&self, s: &mut Sequence) -> Option<Token> {
+        match self.choose(s) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::warn!("a sequence failed: {e}");
+                s.error = Some(e.to_string());
+                s.finished = Some(FinishReason::Failed);
+                None
+            }
+        }
     }
 
     /// Picks the next token of `s` from its session's logits, appends it, and ends the sequence

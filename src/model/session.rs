@@ -238,6 +238,13 @@ impl DecodeBatch {
         self.scratch.bytes() + own.iter().map(|b| b.size()).sum::<u64>()
     }
 
+    /// Drops the cached bind groups, and with them the last step's sessions' buffers they
+    /// hold: call when the batch will not step for a while (the engine does when it goes idle
+    /// or down to one sequence).
+    pub fn release(&mut self) {
+        self.groups.clear();
+    }
+
     fn group(&mut self, g: usize, members: Vec<u64>) -> &mut DispatchCache {
         if self.groups.len() <= g {
             self.groups.resize_with(g + 1, Default::default);
@@ -463,8 +470,14 @@ impl TextModel {
 
     /// One decode step for several sessions at once: `tokens[i]` is appended to
     /// `sessions[i]`; returns each one's greedy next token, and leaves each one's logits in
-    /// it, exactly (to the bit) as [`step`](Self::step) would one session at a time. Every
-    /// [`GEMV_BATCH`] sessions read the weights once. On an error no session has advanced.
+    /// it. Every [`GEMV_BATCH`] sessions read the weights once. Each row's sums are formed as
+    /// [`step`](Self::step) forms them, so the logits are bit-identical to stepping alone on
+    /// lavapipe (tested); a driver that contracts multiply-adds differently in the one-row and
+    /// many-row pipelines could differ in the last bit.
+    ///
+    /// On an error no session's length has advanced. (With more than 16 sessions, groups
+    /// submitted before the failure have written their cache row and logits; the next step
+    /// writes the same row again.)
     pub fn step_batch(
         &self,
         gpu: &Gpu,
@@ -495,7 +508,10 @@ impl TextModel {
         let n = sessions.len();
         if b.tokens.size() < (n * 4) as u64 {
             b.tokens = gpu.storage("batch tokens", (n.next_power_of_two() * 4) as u64)?;
+            b.release(); // the cached bind groups name the old buffer
         }
+        // Groups past this step's last one would keep their sessions alive.
+        b.groups.truncate(n.div_ceil(GEMV_BATCH));
         let (c, v) = (&self.cfg, self.cfg.vocab_size);
         let kv_width = c.num_key_value_heads * c.head_dim;
         for (g, (group, ids)) in sessions

@@ -55,7 +55,7 @@ const fn gemv_overrides() -> [[[(&'static str, u32); 2]; ROW_VARIANTS]; 5] {
 
 /// The GEMV entry `entry` for `rows` (1..=GEMV_BATCH) rows of weights in `format`.
 fn gemv_kernel(entry: &'static str, format: WeightFormat, rows: usize) -> Kernel {
-    let dtype = format.overrides()[0].1 as usize;
+    let dtype = format.dtype() as usize;
     let variant = rows.next_power_of_two().ilog2() as usize;
     Kernel::new(&SHADER, entry).with(&GEMV_OVERRIDES[dtype][variant])
 }

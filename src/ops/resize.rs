@@ -7,7 +7,9 @@
 use super::{View, grid_for, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Kernel, Recorder, bind};
-use crate::preprocess::{PRECISION_BITS, bicubic, fixed_point, precompute_coeffs, vertical_first};
+use crate::preprocess::{
+    PRECISION_BITS, bicubic, fixed_point, normalize_level, precompute_coeffs, vertical_first,
+};
 use crate::shaders::{Shader, shader};
 
 /// Invocations per workgroup.
@@ -54,9 +56,9 @@ fn channel_shifts(format: wgpu::TextureFormat) -> Result<[u32; 3]> {
 }
 
 /// Checks that `texture` can be read: a 2D, single-sampled rgba8/bgra8 texture with
-/// `COPY_SRC` usage (mip level 0 and array layer 0 are read).
-pub fn check_texture(texture: &wgpu::Texture) -> Result<()> {
-    channel_shifts(texture.format())?;
+/// `COPY_SRC` usage (mip level 0 and array layer 0 are read). Returns its channel shifts.
+fn check_texture(texture: &wgpu::Texture) -> Result<[u32; 3]> {
+    let shifts = channel_shifts(texture.format())?;
     if texture.dimension() != wgpu::TextureDimension::D2 || texture.sample_count() != 1 {
         return Err(Error::invalid(format!(
             "the texture is {:?} with {} samples; the preprocessor reads single-sampled 2D \
@@ -72,7 +74,13 @@ pub fn check_texture(texture: &wgpu::Texture) -> Result<()> {
             texture.usage()
         )));
     }
-    Ok(())
+    Ok(shifts)
+}
+
+/// The processor's value of each 8-bit level, as [`preprocess`](crate::preprocess::preprocess)
+/// computes it.
+fn normalized_levels() -> [f32; 256] {
+    std::array::from_fn(|v| normalize_level(v as u8))
 }
 
 /// Records the preprocessing of `texture` into `out` (`[3, size * size]`): copy, bicubic
@@ -83,14 +91,21 @@ pub fn preprocess_texture(
     size: usize,
     out: View,
 ) -> Result<()> {
-    check_texture(texture)?;
+    let shifts = check_texture(texture)?;
     out.expect("preprocessed pixels", 3, size * size)?;
-    let shifts = channel_shifts(texture.format())?;
     let (w, h) = (texture.width() as usize, texture.height() as usize);
     let gpu = rec.gpu().clone();
     // Rows of the copy are padded to wgpu's 256-byte alignment.
     let stride = (w * 4).next_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize) / 4;
-    let copied = gpu.storage("texture pixels", (stride * h * 4) as u64)?;
+    let bytes = (stride * h * 4) as u64;
+    if bytes > gpu.max_binding_bytes() {
+        return Err(Error::invalid(format!(
+            "the {w} x {h} texture takes {bytes} bytes, over the device's largest storage \
+             binding of {} (scale the frame down first)",
+            gpu.max_binding_bytes()
+        )));
+    }
+    let copied = gpu.storage("texture pixels", bytes)?;
     rec.copy_texture(texture, &copied, (stride * 4) as u32);
 
     let mut src = (copied, (w, h), stride, shifts);
@@ -139,7 +154,11 @@ pub fn preprocess_texture(
         out_offset: u32_of("output offset", out.offset)?,
         ..Default::default()
     };
-    let binds = vec![bind(1, &src.0), bind(4, out.buffer)];
+    let table = gpu.storage_init(
+        "normalisation table",
+        bytemuck::cast_slice(&normalized_levels()),
+    )?;
+    let binds = vec![bind(1, &src.0), bind(2, &table), bind(4, out.buffer)];
     let groups = grid_for(&gpu, size * size, WG);
     rec.dispatch(Kernel::new(&SHADER, "normalize"), &params, binds, groups)
 }

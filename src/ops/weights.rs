@@ -44,6 +44,11 @@ impl WeightFormat {
         }
     }
 
+    /// The format's `W_DTYPE` (weight_format.wgsl).
+    pub(crate) fn dtype(self) -> u32 {
+        self.overrides()[0].1
+    }
+
     pub fn is_quantized(self) -> bool {
         matches!(self, WeightFormat::Q8 | WeightFormat::Q4)
     }

@@ -1,16 +1,17 @@
-//! Continuous batching: one thread owns the GPU work. Requests wait in a bounded queue; each
-//! turn of the loop starts a few of them (vision + prefill) and then moves every running
-//! sequence forward by one token in a single batched step. A finished sequence leaves at once
+//! Continuous batching: one thread owns the GPU work. Requests (already decoded and
+//! preprocessed by the HTTP side) wait in a bounded queue; each turn of the loop starts a few
+//! of them (vision + prefill) and then moves every running sequence forward by one token in a
+//! single batched step. A finished sequence leaves at once
 //! and a waiting one takes its place; a client that went away (its receiver dropped) is
 //! noticed at the next turn and its sequence dropped, freeing its KV cache.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::model::session::DecodeBatch;
 use crate::paligemma::{GenerateOptions, PaliGemma};
 use crate::sequence::{FinishReason, Sequence, Token};
 
@@ -34,7 +35,8 @@ pub struct Outcome {
 
 /// One request for the engine.
 pub struct Job {
-    pub image: image::DynamicImage,
+    /// The preprocessed image, `[3, S, S]` (see [`crate::preprocess::preprocess`]).
+    pub pixels: Vec<f32>,
     pub prompt: String,
     pub opts: GenerateOptions,
     pub events: UnboundedSender<Event>,
@@ -113,7 +115,9 @@ impl Running {
     /// is gone.
     fn send(&self, token: Option<Token>) -> bool {
         let mut alive = token.is_none_or(|t| self.events.send(Event::Token(t)).is_ok());
-        if let Some(reason) = self.seq.finished() {
+        if let Some(why) = self.seq.error() {
+            alive &= self.events.send(Event::Failed(why.to_string())).is_ok();
+        } else if let Some(reason) = self.seq.finished() {
             let outcome = Outcome {
                 reason,
                 prompt_tokens: self.seq.prompt_ids().len(),
@@ -127,27 +131,29 @@ impl Running {
 }
 
 fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
-    let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
     let mut batch = None;
     loop {
-        if running.is_empty() && waiting.is_empty() {
-            match jobs.recv() {
-                Ok(job) => waiting.push_back(job),
-                Err(_) => return, // every handle dropped: the server is shutting down
-            }
-        }
-        waiting.extend(jobs.try_iter());
+        // Start a few waiting requests. Jobs stay in the bounded channel until they start,
+        // so a full queue is refused at the door (503).
         let mut started = 0;
         while started < opts.starts_per_step && running.len() < opts.max_batch {
-            let Some(job) = waiting.pop_front() else {
-                break;
+            let job = if running.is_empty() && started == 0 {
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return, // every handle dropped: the server is shutting down
+                }
+            } else {
+                match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
             };
             if job.events.is_closed() {
                 continue;
             }
             started += 1;
-            match model.start(&job.image, &job.prompt, &job.opts) {
+            match model.start_pixels(&job.pixels, &job.prompt, &job.opts) {
                 Ok((seq, first)) => {
                     let r = Running {
                         seq,
@@ -165,6 +171,10 @@ fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
         }
         running.retain(|r| !r.events.is_closed());
         if running.is_empty() {
+            // Idle: nothing may keep a finished request's buffers alive.
+            if let Some(b) = batch.as_mut() {
+                DecodeBatch::release(b);
+            }
             continue;
         }
         let batch = match &mut batch {

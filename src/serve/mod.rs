@@ -143,10 +143,51 @@ async fn accept(s: &Arc<AppState>, req: Request) -> Result<Response, ApiError> {
             )
         })?;
     let chat = ChatRequest::parse(&body)?;
+    // Reading, decoding and preprocessing the image and tokenizing the prompt are CPU work:
+    // off the async workers, and off the engine's thread.
+    let (state, c) = (s.clone(), chat.clone());
+    let (job, detect) = tokio::task::spawn_blocking(move || prepare(&state, &c))
+        .await
+        .map_err(|e| ApiError::status(500, format!("preparing the request: {e}")))??;
+    let (tx, rx) = unbounded_channel();
+    s.engine
+        .submit(Job { events: tx, ..job })
+        .map_err(|why| ApiError::status(503, why))?;
+    let id = format!("chatcmpl-{}", s.next_id.fetch_add(1, Ordering::Relaxed));
+    let meta = Meta {
+        id,
+        model: chat.model.unwrap_or_else(|| s.opts.model_name.clone()),
+        created: now(),
+        detect,
+    };
+    Ok(if chat.stream {
+        stream(meta, rx)
+    } else {
+        whole(meta, rx).await?
+    })
+}
+
+/// The engine's job for a checked request (its event channel still to be set), and the
+/// image's size when the answer will hold boxes.
+fn prepare(s: &AppState, chat: &ChatRequest) -> Result<(Job, Option<(u32, u32)>), ApiError> {
     let bytes = match &chat.image {
         ImageSource::Bytes(b) => b.clone(),
-        ImageSource::Path(p) if s.opts.allow_local_images => std::fs::read(p)
-            .map_err(|e| ApiError::bad(Some("messages"), format!("{}: {e}", p.display())))?,
+        ImageSource::Path(p) if s.opts.allow_local_images => {
+            let too_big =
+                std::fs::metadata(p).is_ok_and(|m| m.len() > s.opts.max_body_bytes as u64);
+            if too_big {
+                return Err(ApiError::status(
+                    413,
+                    format!(
+                        "{} is over the server's limit of {} bytes",
+                        p.display(),
+                        s.opts.max_body_bytes
+                    ),
+                ));
+            }
+            std::fs::read(p)
+                .map_err(|e| ApiError::bad(Some("messages"), format!("{}: {e}", p.display())))?
+        }
         ImageSource::Path(_) => {
             return Err(ApiError::bad(
                 Some("messages"),
@@ -154,40 +195,24 @@ async fn accept(s: &Arc<AppState>, req: Request) -> Result<Response, ApiError> {
             ));
         }
     };
-    let max_side = s.opts.max_image_side;
-    let image = tokio::task::spawn_blocking(move || decode_image(&bytes, max_side))
-        .await
-        .map_err(|e| ApiError::status(500, format!("decoding the image: {e}")))??;
+    let image = decode_image(&bytes, s.opts.max_image_side)?;
     let prompt_len = s
         .model
         .prompt_ids(&chat.prompt)
         .map_err(|e| ApiError::bad(Some("messages"), e.to_string()))?
         .len();
     let context = s.model.config().text.max_position_embeddings;
-    let opts = generate_options(&chat, prompt_len, context, s.opts.default_max_tokens)?;
-    let (tx, rx) = unbounded_channel();
-    let detect = answers_with_boxes(&chat.prompt);
-    let (width, height) = (image.width(), image.height());
-    s.engine
-        .submit(Job {
-            image,
-            prompt: chat.prompt,
-            opts,
-            events: tx,
-        })
-        .map_err(|why| ApiError::status(503, why))?;
-    let id = format!("chatcmpl-{}", s.next_id.fetch_add(1, Ordering::Relaxed));
-    let meta = Meta {
-        id,
-        model: chat.model.unwrap_or_else(|| s.opts.model_name.clone()),
-        created: now(),
-        detect: detect.then_some((width, height)),
+    let opts = generate_options(chat, prompt_len, context, s.opts.default_max_tokens)?;
+    let detect = answers_with_boxes(&chat.prompt).then_some((image.width(), image.height()));
+    let pixels = crate::preprocess::preprocess(&image, s.model.image_size() as u32);
+    let (events, _) = unbounded_channel();
+    let job = Job {
+        pixels,
+        prompt: chat.prompt.clone(),
+        opts,
+        events,
     };
-    Ok(if chat.stream {
-        stream(meta, rx)
-    } else {
-        whole(meta, rx).await?
-    })
+    Ok((job, detect))
 }
 
 struct Meta {
@@ -198,22 +223,21 @@ struct Meta {
     detect: Option<(u32, u32)>,
 }
 
-impl Meta {
-    /// The usage counts and the PaliGemma extension of a finished answer.
-    fn usage_and_extension(&self, o: &Outcome) -> (Value, Value) {
-        let usage = json!({
-            "prompt_tokens": o.prompt_tokens,
-            "completion_tokens": o.generated_ids.len(),
-            "total_tokens": o.prompt_tokens + o.generated_ids.len(),
-        });
-        let mut ext = json!({"generated_ids": o.generated_ids});
-        if let Some((w, h)) = self.detect {
-            let answer = parse_answer(&o.text, w, h);
-            ext["detections"] = json!(answer.detections);
-            ext["skipped_groups"] = json!(answer.skipped);
-        }
-        (usage, ext)
+/// The usage counts and the PaliGemma extension of a finished answer (`detect`: the image's
+/// size when the answer holds boxes).
+fn usage_and_extension(detect: Option<(u32, u32)>, o: &Outcome) -> (Value, Value) {
+    let usage = json!({
+        "prompt_tokens": o.prompt_tokens,
+        "completion_tokens": o.generated_ids.len(),
+        "total_tokens": o.prompt_tokens + o.generated_ids.len(),
+    });
+    let mut ext = json!({"generated_ids": o.generated_ids});
+    if let Some((w, h)) = detect {
+        let answer = parse_answer(&o.text, w, h);
+        ext["detections"] = json!(answer.detections);
+        ext["skipped_groups"] = json!(answer.skipped);
     }
+    (usage, ext)
 }
 
 /// Waits for the whole answer.
@@ -222,7 +246,7 @@ async fn whole(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Response,
         match rx.recv().await {
             Some(Event::Token(_)) => {}
             Some(Event::Done(o)) => {
-                let (usage, ext) = meta.usage_and_extension(&o);
+                let (usage, ext) = usage_and_extension(meta.detect, &o);
                 return Ok(axum::Json(json!({
                     "id": meta.id,
                     "object": "chat.completion",
@@ -249,6 +273,7 @@ fn finish_reason(r: crate::sequence::FinishReason) -> &'static str {
         crate::sequence::FinishReason::Stop => "stop",
         crate::sequence::FinishReason::Length => "length",
         crate::sequence::FinishReason::Cancelled => "cancelled",
+        crate::sequence::FinishReason::Failed => "error",
     }
 }
 
@@ -272,12 +297,10 @@ fn stream(meta: Meta, rx: UnboundedReceiver<Event>) -> Response {
         c
     };
     let mut first = true;
-    let meta_ext = Meta {
-        id: String::new(),
-        model: String::new(),
-        created: 0,
-        detect: meta.detect,
-    };
+    let detect = meta.detect;
+    // Whether the engine ended the answer (a finish or an error), rather than vanishing.
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ended_in = ended.clone();
     let events = UnboundedReceiverStream::new(rx).map(move |e| {
         let data = match e {
             Event::Token(t) => {
@@ -288,16 +311,34 @@ fn stream(meta: Meta, rx: UnboundedReceiver<Event>) -> Response {
                 chunk(delta, None, None)
             }
             Event::Done(o) => {
-                let extra = meta_ext.usage_and_extension(&o);
+                ended_in.store(true, Ordering::Relaxed);
+                let extra = usage_and_extension(detect, &o);
                 chunk(json!({}), Some(finish_reason(o.reason)), Some(extra))
             }
-            Event::Failed(why) => ApiError::status(500, why).body(),
+            Event::Failed(why) => {
+                ended_in.store(true, Ordering::Relaxed);
+                ApiError::status(500, why).body()
+            }
         };
         SseEvent::default().data(data.to_string())
     });
-    // The engine drops its sender after the last event.
+    // The engine drops its sender after the last event; if it went without one (it
+    // stopped), the client is told rather than handed a truncated answer as complete.
+    let mut tail: Option<std::vec::IntoIter<SseEvent>> = None;
+    let end = std::iter::from_fn(move || {
+        tail.get_or_insert_with(|| {
+            let mut last = Vec::new();
+            if !ended.load(Ordering::Relaxed) {
+                let e = ApiError::status(500, "the engine stopped before the answer was complete");
+                last.push(SseEvent::default().data(e.body().to_string()));
+            }
+            last.push(SseEvent::default().data("[DONE]"));
+            last.into_iter()
+        })
+        .next()
+    });
     let events = events
-        .chain(tokio_stream::once(SseEvent::default().data("[DONE]")))
+        .chain(tokio_stream::iter(end))
         .map(Ok::<_, std::convert::Infallible>);
     Sse::new(events)
         .keep_alive(KeepAlive::default())

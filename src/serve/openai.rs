@@ -1,7 +1,7 @@
 //! OpenAI's chat-completions request, read from untrusted bytes into what the model needs: one
 //! image, one prompt, the sampling settings. Every way a request can be wrong is an
 //! [`ApiError`] with a 4xx status, never a panic (the parsers here are property-tested on
-//! arbitrary bytes in `tests/serve_fuzz.rs`).
+//! arbitrary bytes in `tests/fuzz.rs`).
 
 use base64::Engine as _;
 use serde::Deserialize;
