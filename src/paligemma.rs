@@ -462,7 +462,8 @@ impl PaliGemma {
 
     /// One decode step for several sessions: `tokens[i]` is appended to `sessions[i]`;
     /// returns each one's greedy next token and leaves its logits in it, as
-    /// [`step`](Self::step) would (to the bit on lavapipe; see `TextModel::step_batch`). Each weight is read once per 16 sessions.
+    /// [`step`](Self::step) would (to the bit on lavapipe; see `TextModel::step_batch`).
+    /// Each weight is read once per 16 sessions.
     pub fn step_batch(
         &self,
         batch: &mut DecodeBatch,
