@@ -138,6 +138,34 @@ impl Gpu {
             self.inner.queue.submit([enc.finish()]);
         })
         .await?;
+        let mut out = self.read_mapped_async(&staging).await?;
+        out.truncate(size as usize);
+        Ok(out)
+    }
+
+    /// A small buffer to read results back through, kept across steps: a decode loop copies
+    /// its token into it inside the step's own submission, then maps it
+    /// ([`read_mapped`](Self::read_mapped)), with no buffer, encoder or submission per token.
+    pub(crate) fn read_back_buffer(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        self.scoped("allocating a read-back buffer", || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: size.max(4).div_ceil(4) * 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// The first `count` u32 values of a [`read_back_buffer`](Self::read_back_buffer) once the
+    /// submitted work that fills it is done.
+    pub(crate) fn read_mapped(&self, staging: &wgpu::Buffer, count: usize) -> Result<Vec<u32>> {
+        let bytes = pollster::block_on(self.read_mapped_async(staging))?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes[..count * 4]))
+    }
+
+    /// Maps `staging` (MAP_READ), copies it out and unmaps it.
+    async fn read_mapped_async(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let (tx, rx) = futures_channel::oneshot::channel();
         self.scoped_async("mapping a read-back buffer", || {
             staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -156,11 +184,10 @@ impl Gpu {
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| map_err(e.to_string()))?;
-        let mut out = view.to_vec();
+        let out = view.to_vec();
         drop(view);
         self.scoped_async("unmapping a read-back buffer", || staging.unmap())
             .await?;
-        out.truncate(size as usize);
         Ok(out)
     }
 

@@ -92,6 +92,8 @@ pub struct Session {
     pub(crate) logits: wgpu::Buffer,
     /// `u32 [1]`: the greedy choice, read back by the CPU and fed to the next step.
     token: wgpu::Buffer,
+    /// MAP_READ copy of `token`, filled inside each step's own submission.
+    readback: wgpu::Buffer,
     /// The split decode attention's per-chunk results.
     partial: wgpu::Buffer,
     /// Decode steps repeat the same dispatches: their bind groups are made once.
@@ -114,7 +116,8 @@ impl Session {
     pub fn gpu_bytes(&self) -> u64 {
         let cache: u64 = self.cache.iter().map(|c| c.k.size() + c.v.size()).sum();
         let scratch = self.scratch.as_ref().map_or(0, Scratch::bytes);
-        cache + self.logits.size() + self.token.size() + self.partial.size() + scratch
+        let small = self.token.size() + self.readback.size();
+        cache + self.logits.size() + small + self.partial.size() + scratch
     }
 }
 
@@ -220,6 +223,8 @@ pub struct DecodeBatch {
     logits: wgpu::Buffer,    // [GEMV_BATCH, vocab]
     /// `u32 [rows]` the greedy choices of every group of a step; regrown with the batch.
     tokens: wgpu::Buffer,
+    /// MAP_READ copy of `tokens`.
+    readback: wgpu::Buffer,
     /// Per group of GEMV_BATCH sessions: its cached bind groups, and whose they are.
     groups: Vec<(Vec<u64>, DispatchCache)>,
 }
@@ -289,6 +294,7 @@ impl TextModel {
             scratch: Some(Scratch::new(gpu, self, max_rows.max(1))?),
             logits: gpu.storage("logits", (c.vocab_size * 4) as u64)?,
             token: gpu.storage("next token", 4)?,
+            readback: gpu.read_back_buffer("next token read-back", 4)?,
             partial: gpu.storage(
                 "attention partials",
                 (partial_len(c.num_attention_heads, c.head_dim, capacity) * 4) as u64,
@@ -310,6 +316,7 @@ impl TextModel {
             positions: u32s("batch positions")?,
             logits: gpu.storage("batch logits", (GEMV_BATCH * c.vocab_size * 4) as u64)?,
             tokens: u32s("batch tokens")?,
+            readback: gpu.read_back_buffer("batch tokens read-back", (GEMV_BATCH * 4) as u64)?,
             groups: Vec::new(),
         })
     }
@@ -441,12 +448,13 @@ impl TextModel {
         self.forward(&mut rec, &p, &id_buffer, image)?;
         let out = View::new(&logits_buf, 1, self.cfg.vocab_size);
         self.record_logits(&mut rec, p.h().row(t - 1), out, &token, 0)?;
+        rec.copy(&token, 0, &s.readback, 0, 4);
         rec.submit("the prefill")?;
         (s.len, s.prefix_len) = (t, t);
         if t > 1 {
             s.scratch = None;
         }
-        Ok(gpu.read_u32(&s.token, 0, 1)?[0])
+        Ok(gpu.read_mapped(&s.readback, 1)?[0])
     }
 
     /// Appends one token and returns the greedy next token; the logits stay in the session.
@@ -461,11 +469,12 @@ impl TextModel {
         self.forward(&mut rec, &p, &ids, None)?;
         let out = View::new(&logits_buf, 1, self.cfg.vocab_size);
         self.record_logits(&mut rec, p.h(), out, &ids, 0)?;
+        rec.copy(&ids, 0, &s.readback, 0, 4);
         let done = rec.submit_cached("a decode step", &mut cache);
         s.dispatch_cache = cache;
         done?;
         s.len += 1;
-        Ok(gpu.read_u32(&s.token, 0, 1)?[0])
+        Ok(gpu.read_mapped(&s.readback, 1)?[0])
     }
 
     /// One decode step for several sessions at once: `tokens[i]` is appended to
@@ -507,7 +516,9 @@ impl TextModel {
         }
         let n = sessions.len();
         if b.tokens.size() < (n * 4) as u64 {
-            b.tokens = gpu.storage("batch tokens", (n.next_power_of_two() * 4) as u64)?;
+            let bytes = (n.next_power_of_two() * 4) as u64;
+            b.tokens = gpu.storage("batch tokens", bytes)?;
+            b.readback = gpu.read_back_buffer("batch tokens read-back", bytes)?;
             b.release(); // the cached bind groups name the old buffer
         }
         // Groups past this step's last one would keep their sessions alive.
@@ -552,10 +563,12 @@ impl TextModel {
             for (i, s) in group.iter().enumerate() {
                 rec.copy(&b.logits, (i * v * 4) as u64, &s.logits, 0, (v * 4) as u64);
             }
+            let at = (g * GEMV_BATCH * 4) as u64;
+            rec.copy(&b.tokens, at, &b.readback, at, (rows * 4) as u64);
             let members = group.iter().map(|s| s.id).collect();
             rec.submit_cached("a batched decode step", b.group(g, members))?;
         }
-        let next = gpu.read_u32(&b.tokens, 0, n)?;
+        let next = gpu.read_mapped(&b.readback, n)?;
         for s in sessions.iter_mut() {
             s.len += 1;
         }
