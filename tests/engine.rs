@@ -9,6 +9,13 @@ use std::sync::Arc;
 use common::gpu;
 use paligemma::{FinishReason, GenerateOptions, PaliGemma, Precision};
 
+/// The tests of this binary run one at a time: the memory test measures the process, which
+/// the others would disturb.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn model() -> PaliGemma {
     let dir = common::fixture_path("mqa/model");
     PaliGemma::load_on(gpu().clone(), &dir, Some(Precision::F32)).unwrap()
@@ -35,6 +42,7 @@ fn opts(n: usize) -> GenerateOptions {
 
 #[test]
 fn a_texture_is_answered_as_its_pixels_are() {
+    let _serial = serial();
     let model = model();
     let image = photo();
     let want = model
@@ -62,6 +70,7 @@ fn a_texture_is_answered_as_its_pixels_are() {
 
 #[test]
 fn generation_can_be_cancelled() {
+    let _serial = serial();
     let model = model();
     let image = photo();
     // From the callback.
@@ -85,6 +94,7 @@ fn generation_can_be_cancelled() {
 
 #[test]
 fn the_model_answers_from_another_thread() {
+    let _serial = serial();
     let model = Arc::new(model());
     let image = photo();
     let here = model
@@ -127,6 +137,7 @@ fn heavier_model() -> PaliGemma {
 #[cfg(target_os = "linux")]
 #[test]
 fn memory_is_reported_and_given_back_on_drop() {
+    let _serial = serial();
     let image = photo();
     let texture = texture_of(&image, wgpu::TextureFormat::Rgba8UnormSrgb);
     let cycle = || {
