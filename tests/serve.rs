@@ -62,10 +62,11 @@ impl Drop for Server {
     }
 }
 
-fn start_server() -> Server {
+fn start_server(extra: &[&str]) -> Server {
     let mut child = Command::new(binary())
         .args(["serve", "--model", &fixture("mqa/model"), "--port", "0"])
         .args(["--max-body-mb", "2", "--default-max-tokens", "8"])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -98,7 +99,7 @@ fn the_openai_client_gets_what_the_command_line_gets() {
         .collect();
     let path = std::env::temp_dir().join(format!("paligemma-serve-{}.json", std::process::id()));
     std::fs::write(&path, serde_json::to_string(&expect).unwrap()).unwrap();
-    let server = start_server();
+    let server = start_server(&[]);
     let script = common::repo_root().join("tests/serve_client.py");
     let out = Command::new("python3")
         .arg(&script)
@@ -182,4 +183,75 @@ fn batch_answers_every_readable_image_once_and_resumes() {
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), lines);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server that can run one sequence and queue one more answers the rest of a burst with 503
+/// and OpenAI-style errors, answers every accepted request in full, and stays up.
+#[test]
+fn a_full_queue_is_refused_with_503() {
+    let server = start_server(&["--max-batch", "1", "--max-queue", "1"]);
+    let image = std::fs::read(fixture("mqa/image.png")).unwrap();
+    let b64 = base64_encode(&image);
+    let body = serde_json::json!({
+        "model": "paligemma",
+        "max_tokens": 200,
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "caption en"},
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{b64}")}}]}],
+    })
+    .to_string();
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let handles: Vec<_> = (0..12)
+        .map(|_| {
+            let (addr, body) = (addr.clone(), body.clone());
+            std::thread::spawn(move || post(&addr, "/v1/chat/completions", &body))
+        })
+        .collect();
+    let answers: Vec<(u16, serde_json::Value)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let busy = answers.iter().filter(|(s, _)| *s == 503).count();
+    let ok: Vec<_> = answers.iter().filter(|(s, _)| *s == 200).collect();
+    assert!(busy > 0, "no request was refused: {answers:?}");
+    assert!(!ok.is_empty(), "no request was answered: {answers:?}");
+    assert_eq!(busy + ok.len(), answers.len(), "{answers:?}");
+    for (_, e) in answers.iter().filter(|(s, _)| *s == 503) {
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("busy"),
+            "{e}"
+        );
+    }
+    for (_, a) in &ok {
+        let reason = a["choices"][0]["finish_reason"].as_str().unwrap();
+        assert!(reason == "stop" || reason == "length", "{a}");
+    }
+    eprintln!(
+        "12 at once against a batch of 1 and a queue of 1: {} answered, {busy} refused",
+        ok.len()
+    );
+}
+
+/// One HTTP/1.1 request (POST with a JSON body); the status and the JSON answer.
+fn post(addr: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let json = out
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
