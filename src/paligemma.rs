@@ -475,7 +475,8 @@ impl PaliGemma {
 }
 
 // The model is shared across threads (a server's handlers and its engine, a game's render and
-// main threads).
+// main threads). Not on the web, where wgpu's handles are JS objects bound to one thread.
+#[cfg(not(target_arch = "wasm32"))]
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     const fn send<T: Send>() {}
