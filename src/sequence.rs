@@ -119,11 +119,12 @@ impl PaliGemma {
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
         let t0 = Instant::now();
+        let ids = self.prompt_ids(prompt)?;
         let pixels = preprocess(image, self.image_size() as u32);
         let preprocess_ms = ms(t0);
         let t1 = Instant::now();
         let features = self.encode_pixels(&pixels, None)?;
-        self.start_from(&features, prompt, opts, t0, preprocess_ms, t1)
+        self.start_from(&features, ids, opts, t0, preprocess_ms, t1)
     }
 
     /// [`start`](Self::start) on pixels already preprocessed (`[3, S, S]`, as
@@ -135,9 +136,20 @@ impl PaliGemma {
         prompt: &str,
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
+        self.start_pixels_ids(pixels, self.prompt_ids(prompt)?, opts)
+    }
+
+    /// [`start_pixels`](Self::start_pixels) with the prompt already tokenized
+    /// ([`prompt_ids`](Self::prompt_ids)): the server checks a request's length with them.
+    pub(crate) fn start_pixels_ids(
+        &self,
+        pixels: &[f32],
+        ids: Vec<u32>,
+        opts: &GenerateOptions,
+    ) -> Result<(Sequence, Option<Token>)> {
         let t0 = Instant::now();
         let features = self.encode_pixels(pixels, None)?;
-        self.start_from(&features, prompt, opts, t0, 0.0, t0)
+        self.start_from(&features, ids, opts, t0, 0.0, t0)
     }
 
     /// [`start`](Self::start) on a texture (a rendered frame), preprocessed on the GPU: see
@@ -149,16 +161,17 @@ impl PaliGemma {
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
         let t0 = Instant::now();
+        let ids = self.prompt_ids(prompt)?;
         let features = self.encode_texture(texture)?;
-        self.start_from(&features, prompt, opts, t0, 0.0, t0)
+        self.start_from(&features, ids, opts, t0, 0.0, t0)
     }
 
-    /// The prefill and first token after the image is encoded (`t0`: the start; `t1`: when
-    /// the vision work began).
+    /// The prefill of the prompt `ids` and the first token after the image is encoded (`t0`:
+    /// the start; `t1`: when the vision work began).
     fn start_from(
         &self,
         features: &ImageFeatures,
-        prompt: &str,
+        ids: Vec<u32>,
         opts: &GenerateOptions,
         t0: Instant,
         preprocess_ms: f64,
@@ -168,7 +181,6 @@ impl PaliGemma {
             preprocess_ms,
             ..Timings::default()
         };
-        let ids = self.prompt_ids(prompt)?;
         self.gpu().wait()?;
         timings.vision_ms = ms(t1);
 

@@ -37,7 +37,8 @@ pub struct Outcome {
 pub struct Job {
     /// The preprocessed image, `[3, S, S]` (see [`crate::preprocess::preprocess`]).
     pub pixels: Vec<f32>,
-    pub prompt: String,
+    /// The prompt, tokenized ([`PaliGemma::prompt_ids`]).
+    pub prompt_ids: Vec<u32>,
     pub opts: GenerateOptions,
     pub events: UnboundedSender<Event>,
 }
@@ -153,7 +154,7 @@ fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
                 continue;
             }
             started += 1;
-            match model.start_pixels(&job.pixels, &job.prompt, &job.opts) {
+            match model.start_pixels_ids(&job.pixels, job.prompt_ids, &job.opts) {
                 Ok((seq, first)) => {
                     let r = Running {
                         seq,

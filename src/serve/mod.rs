@@ -196,11 +196,11 @@ fn prepare(s: &AppState, chat: &ChatRequest) -> Result<(Job, Option<(u32, u32)>)
         }
     };
     let image = decode_image(&bytes, s.opts.max_image_side)?;
-    let prompt_len = s
+    let prompt_ids = s
         .model
         .prompt_ids(&chat.prompt)
-        .map_err(|e| ApiError::bad(Some("messages"), e.to_string()))?
-        .len();
+        .map_err(|e| ApiError::bad(Some("messages"), e.to_string()))?;
+    let prompt_len = prompt_ids.len();
     let context = s.model.config().text.max_position_embeddings;
     let opts = generate_options(chat, prompt_len, context, s.opts.default_max_tokens)?;
     let detect = answers_with_boxes(&chat.prompt).then_some((image.width(), image.height()));
@@ -208,7 +208,7 @@ fn prepare(s: &AppState, chat: &ChatRequest) -> Result<(Job, Option<(u32, u32)>)
     let (events, _) = unbounded_channel();
     let job = Job {
         pixels,
-        prompt: chat.prompt.clone(),
+        prompt_ids,
         opts,
         events,
     };
