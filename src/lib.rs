@@ -39,6 +39,8 @@ pub mod serve;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokenizer;
+#[cfg(all(target_arch = "wasm32", feature = "web"))]
+pub mod web;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions};
@@ -48,7 +50,9 @@ pub use model::quantize::{QuantizeReport, quantize_checkpoint};
 pub use model::reference::Reference;
 pub use model::session::{DecodeBatch, Session};
 pub use ops::WeightFormat;
+pub use model::checkpoint::ShardBytes;
 pub use paligemma::{
-    GenerateOptions, Generation, ImageFeatures, LoadOptions, LoadProgress, PaliGemma, Timings,
+    GenerateOptions, Generation, ImageFeatures, LoadOptions, LoadProgress, ModelFiles, PaliGemma,
+    Timings,
 };
 pub use sequence::{FinishReason, Sequence, Token};

@@ -2,11 +2,12 @@
 //! Mirrors transformers' `PaliGemmaForConditionalGeneration` + `PaliGemmaProcessor`.
 
 use std::path::Path;
-use std::time::Instant;
+
+use web_time::Instant;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, GpuOptions};
-use crate::model::checkpoint::Checkpoint;
+use crate::gpu::{Gpu, GpuOptions, block_on};
+use crate::model::checkpoint::{Checkpoint, ShardBytes};
 use crate::model::config::PaliGemmaConfig;
 use crate::model::gemma::TextModel;
 use crate::model::session::{DecodeBatch, Session};
@@ -39,6 +40,16 @@ impl std::fmt::Debug for LoadProgress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LoadProgress")
     }
+}
+
+/// A model's files as bytes, for [`PaliGemma::load_files`].
+pub struct ModelFiles {
+    /// `config.json`'s text.
+    pub config: String,
+    /// `tokenizer.json`'s bytes.
+    pub tokenizer: Vec<u8>,
+    /// The safetensors files, each with a name for errors (its file name or URL).
+    pub shards: Vec<(std::path::PathBuf, ShardBytes)>,
 }
 
 /// Options of [`PaliGemma::generate`].
@@ -130,9 +141,43 @@ impl PaliGemma {
     /// [`load_on`](Self::load_on) with every option (`opts.gpu` is not used: the device is
     /// given).
     pub fn load_on_with(gpu: Gpu, dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
-        let precision = opts.precision;
         let config = PaliGemmaConfig::from_file(&dir.join("config.json"))?;
         let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        Self::load_checkpoint(gpu, config, tokenizer, ckpt, dir, opts)
+    }
+
+    /// Loads a model from its files' bytes rather than a folder: what a web page fetched
+    /// (where the shards stay JS arrays and only the tensor being uploaded enters wasm memory).
+    /// `origin` names the files in errors (a URL, say).
+    pub fn load_files(
+        gpu: Gpu,
+        files: ModelFiles,
+        origin: &str,
+        opts: &LoadOptions,
+    ) -> Result<PaliGemma> {
+        let origin = Path::new(origin);
+        let config = PaliGemmaConfig::from_json(
+            &files.config,
+            &origin.join("config.json").display().to_string(),
+        )?;
+        let tokenizer =
+            PromptTokenizer::from_bytes(&files.tokenizer, &origin.join("tokenizer.json"))?;
+        let ckpt = Checkpoint::from_shards(origin, files.shards)?;
+        Self::load_checkpoint(gpu, config, tokenizer, ckpt, origin, opts)
+    }
+
+    /// The loading shared by folders and files: the tokenizer and the checkpoint checked
+    /// against the config, then the weights uploaded.
+    fn load_checkpoint(
+        gpu: Gpu,
+        config: PaliGemmaConfig,
+        tokenizer: PromptTokenizer,
+        ckpt: Checkpoint,
+        dir: &Path,
+        opts: &LoadOptions,
+    ) -> Result<PaliGemma> {
+        let precision = opts.precision;
         if tokenizer.image_token_id() != config.image_token_index {
             return Err(Error::invalid(format!(
                 "{}: the tokenizer's <image> is id {}, config.json's image_token_index is {}",
@@ -141,7 +186,6 @@ impl PaliGemma {
                 config.image_token_index
             )));
         }
-        let ckpt = Checkpoint::open(dir)?;
         // A checkpoint written by `paligemma quantize` says its own precision; a request for
         // another cannot be met without the original weights.
         let precision = match (
@@ -212,7 +256,7 @@ impl PaliGemma {
         let (dv, dt) = (config.vision.hidden_size, config.text.hidden_size);
         let projector = l.linear("projector.linear", dt, dv, true)?;
         let text = TextModel::load(&l, &config.text)?;
-        gpu.wait()?;
+        gpu.flush()?;
         Ok(PaliGemma {
             weight_bytes: gpu.allocated_bytes() - before,
             gpu,
@@ -361,6 +405,16 @@ impl PaliGemma {
     /// Runs the prompt (the image rows replace its `<image>` tokens); returns the greedy next
     /// token. Lower-level than [`generate`](Self::generate), for callers who drive decoding.
     pub fn prefill(&self, s: &mut Session, ids: &[u32], image: &ImageFeatures) -> Result<u32> {
+        block_on("prefill", self.prefill_async(s, ids, image))
+    }
+
+    /// [`prefill`](Self::prefill), awaitable.
+    pub async fn prefill_async(
+        &self,
+        s: &mut Session,
+        ids: &[u32],
+        image: &ImageFeatures,
+    ) -> Result<u32> {
         let image_id = self.config.image_token_index;
         if ids.len() < image.n || ids[..image.n].iter().any(|&t| t != image_id) {
             return Err(Error::invalid(format!(
@@ -370,16 +424,28 @@ impl PaliGemma {
         }
         self.text
             .prefill(&self.gpu, s, ids, Some((&image.buffer, image.n)))
+            .await
     }
 
     /// Appends `token`; returns the greedy next token.
     pub fn step(&self, s: &mut Session, token: u32) -> Result<u32> {
-        self.text.step(&self.gpu, s, token)
+        block_on("step", self.step_async(s, token))
+    }
+
+    /// [`step`](Self::step), awaitable.
+    pub async fn step_async(&self, s: &mut Session, token: u32) -> Result<u32> {
+        self.text.step(&self.gpu, s, token).await
     }
 
     /// The logits the session's last token was chosen from, read back: `[vocab]`.
     pub fn logits(&self, s: &Session) -> Result<Vec<f32>> {
-        self.gpu.read_f32(&s.logits, 0, self.config.text.vocab_size)
+        block_on("logits", self.logits_async(s))
+    }
+
+    /// [`logits`](Self::logits), awaitable.
+    pub async fn logits_async(&self, s: &Session) -> Result<Vec<f32>> {
+        let vocab = self.config.text.vocab_size;
+        self.gpu.read_f32_async(&s.logits, 0, vocab).await
     }
 
     /// Logits at every position of `ids` in one pass, `[ids.len(), vocab]`, the image rows
@@ -405,8 +471,19 @@ impl PaliGemma {
         opts: &GenerateOptions,
         on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<Generation> {
-        let started = self.start(image, prompt, opts)?;
-        self.finish(started, on_token)
+        block_on("generate", self.generate_async(image, prompt, opts, on_token))
+    }
+
+    /// [`generate`](Self::generate), awaitable: the form a web page uses.
+    pub async fn generate_async(
+        &self,
+        image: &image::DynamicImage,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<Generation> {
+        let started = self.start_async(image, prompt, opts).await?;
+        self.finish(started, on_token).await
     }
 
     /// [`generate`](Self::generate) about a texture, preprocessed on the GPU (see
@@ -418,12 +495,14 @@ impl PaliGemma {
         opts: &GenerateOptions,
         on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<Generation> {
-        let started = self.start_texture(texture, prompt, opts)?;
-        self.finish(started, on_token)
+        block_on("generate_texture", async {
+            let started = self.start_texture_async(texture, prompt, opts).await?;
+            self.finish(started, on_token).await
+        })
     }
 
     /// Drives a started sequence to its end.
-    fn finish(
+    async fn finish(
         &self,
         (mut seq, first): (Sequence, Option<Token>),
         mut on_token: impl FnMut(u32, &str) -> bool,
@@ -434,7 +513,7 @@ impl PaliGemma {
             if !on_token(id, &piece) {
                 seq.cancel();
             }
-            token = self.advance_one(&mut seq)?;
+            token = self.advance_one(&mut seq).await?;
         }
         if let Some(e) = seq.error() {
             return Err(Error::invalid(e.to_string()));
@@ -470,7 +549,18 @@ impl PaliGemma {
         sessions: &mut [&mut Session],
         tokens: &[u32],
     ) -> Result<Vec<u32>> {
-        self.text.step_batch(&self.gpu, batch, sessions, tokens)
+        block_on("step_batch", self.step_batch_async(batch, sessions, tokens))
+    }
+
+    /// [`step_batch`](Self::step_batch), awaitable.
+    pub async fn step_batch_async(
+        &self,
+        batch: &mut DecodeBatch,
+        sessions: &mut [&mut Session],
+        tokens: &[u32],
+    ) -> Result<Vec<u32>> {
+        let gpu = &self.gpu;
+        self.text.step_batch(gpu, batch, sessions, tokens).await
     }
 }
 

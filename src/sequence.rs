@@ -4,9 +4,10 @@
 //! driven to its end; a server or a batch job keeps many in flight, starting new ones as others
 //! finish (continuous batching).
 
-use std::time::Instant;
+use web_time::Instant;
 
 use crate::error::{Error, Result};
+use crate::gpu::block_on;
 use crate::model::session::{DecodeBatch, Session};
 use crate::ops::View;
 use crate::ops::softmax::softmax;
@@ -118,6 +119,16 @@ impl PaliGemma {
         prompt: &str,
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
+        block_on("start", self.start_async(image, prompt, opts))
+    }
+
+    /// [`start`](Self::start), awaitable.
+    pub async fn start_async(
+        &self,
+        image: &image::DynamicImage,
+        prompt: &str,
+        opts: &GenerateOptions,
+    ) -> Result<(Sequence, Option<Token>)> {
         let t0 = Instant::now();
         let ids = self.prompt_ids(prompt)?;
         let pixels = preprocess(image, self.image_size() as u32);
@@ -125,6 +136,7 @@ impl PaliGemma {
         let t1 = Instant::now();
         let features = self.encode_pixels(&pixels, None)?;
         self.start_from(&features, ids, opts, t0, preprocess_ms, t1)
+            .await
     }
 
     /// [`start`](Self::start) on pixels already preprocessed (`[3, S, S]`, as
@@ -136,12 +148,13 @@ impl PaliGemma {
         prompt: &str,
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
-        self.start_pixels_ids(pixels, self.prompt_ids(prompt)?, opts)
+        let ids = self.prompt_ids(prompt)?;
+        block_on("start_pixels", self.start_pixels_ids(pixels, ids, opts))
     }
 
     /// [`start_pixels`](Self::start_pixels) with the prompt already tokenized
     /// ([`prompt_ids`](Self::prompt_ids)): the server checks a request's length with them.
-    pub(crate) fn start_pixels_ids(
+    pub(crate) async fn start_pixels_ids(
         &self,
         pixels: &[f32],
         ids: Vec<u32>,
@@ -149,7 +162,7 @@ impl PaliGemma {
     ) -> Result<(Sequence, Option<Token>)> {
         let t0 = Instant::now();
         let features = self.encode_pixels(pixels, None)?;
-        self.start_from(&features, ids, opts, t0, 0.0, t0)
+        self.start_from(&features, ids, opts, t0, 0.0, t0).await
     }
 
     /// [`start`](Self::start) on a texture (a rendered frame), preprocessed on the GPU: see
@@ -160,15 +173,25 @@ impl PaliGemma {
         prompt: &str,
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
+        block_on("start_texture", self.start_texture_async(texture, prompt, opts))
+    }
+
+    /// [`start_texture`](Self::start_texture), awaitable.
+    pub async fn start_texture_async(
+        &self,
+        texture: &wgpu::Texture,
+        prompt: &str,
+        opts: &GenerateOptions,
+    ) -> Result<(Sequence, Option<Token>)> {
         let t0 = Instant::now();
         let ids = self.prompt_ids(prompt)?;
         let features = self.encode_texture(texture)?;
-        self.start_from(&features, ids, opts, t0, 0.0, t0)
+        self.start_from(&features, ids, opts, t0, 0.0, t0).await
     }
 
     /// The prefill of the prompt `ids` and the first token after the image is encoded (`t0`:
     /// the start; `t1`: when the vision work began).
-    fn start_from(
+    async fn start_from(
         &self,
         features: &ImageFeatures,
         ids: Vec<u32>,
@@ -181,12 +204,12 @@ impl PaliGemma {
             preprocess_ms,
             ..Timings::default()
         };
-        self.gpu().wait()?;
+        self.gpu().wait_async().await?;
         timings.vision_ms = ms(t1);
 
         let t2 = Instant::now();
         let mut session = self.session(ids.len(), opts.max_new_tokens)?;
-        let greedy = self.prefill(&mut session, &ids, features)?;
+        let greedy = self.prefill_async(&mut session, &ids, features).await?;
         timings.prefill_ms = ms(t2);
         timings.time_to_first_token_ms = ms(t0);
         let mut seq = Sequence {
@@ -212,7 +235,7 @@ impl PaliGemma {
             seq.finished = Some(FinishReason::Length);
             return Ok((seq, None));
         }
-        let token = self.choose(&mut seq)?;
+        let token = self.choose(&mut seq).await?;
         Ok((seq, Some(token)))
     }
 
@@ -225,6 +248,15 @@ impl PaliGemma {
     /// sequence whose next token cannot be chosen (its logits are all NaN, say) ends as
     /// [`FinishReason::Failed`] and the others go on.
     pub fn advance(
+        &self,
+        batch: &mut DecodeBatch,
+        seqs: &mut [&mut Sequence],
+    ) -> Result<Vec<Option<Token>>> {
+        block_on("advance", self.advance_async(batch, seqs))
+    }
+
+    /// [`advance`](Self::advance), awaitable.
+    pub async fn advance_async(
         &self,
         batch: &mut DecodeBatch,
         seqs: &mut [&mut Sequence],
@@ -249,7 +281,7 @@ impl PaliGemma {
             [] => Vec::new(),
             [i] => {
                 let mut out = vec![None; seqs.len()];
-                out[i] = self.advance_one(seqs[i])?;
+                out[i] = self.advance_one(seqs[i]).await?;
                 return Ok(out);
             }
             _ => {
@@ -258,31 +290,31 @@ impl PaliGemma {
                     .filter(|s| s.finished.is_none())
                     .map(|s| &mut s.session)
                     .collect();
-                self.step_batch(batch, &mut sessions, &tokens)?
+                self.step_batch_async(batch, &mut sessions, &tokens).await?
             }
         };
         let mut out = vec![None; seqs.len()];
         for (&i, g) in live.iter().zip(greedy) {
             seqs[i].greedy = g;
-            out[i] = self.choose_or_fail(seqs[i]);
+            out[i] = self.choose_or_fail(seqs[i]).await;
         }
         Ok(out)
     }
 
     /// Moves one sequence forward by a token with its own cached single-row step (no batch
     /// scratch needed); `None` when it had already finished.
-    pub(crate) fn advance_one(&self, s: &mut Sequence) -> Result<Option<Token>> {
+    pub(crate) async fn advance_one(&self, s: &mut Sequence) -> Result<Option<Token>> {
         if s.finished.is_some() {
             return Ok(None);
         }
         let last = *s.generated.last().expect("a started sequence has a token");
-        s.greedy = self.step(&mut s.session, last)?;
-        Ok(self.choose_or_fail(s))
+        s.greedy = self.step_async(&mut s.session, last).await?;
+        Ok(self.choose_or_fail(s).await)
     }
 
     /// [`choose`](Self::choose), or the sequence ends as failed, saying why.
-    fn choose_or_fail(&self, s: &mut Sequence) -> Option<Token> {
-        match self.choose(s) {
+    async fn choose_or_fail(&self, s: &mut Sequence) -> Option<Token> {
+        match self.choose(s).await {
             Ok(t) => Some(t),
             Err(e) => {
                 log::warn!("a sequence failed: {e}");
@@ -295,10 +327,11 @@ impl PaliGemma {
 
     /// Picks the next token of `s` from its session's logits, appends it, and ends the sequence
     /// at `<eos>` or its length limit.
-    fn choose(&self, s: &mut Sequence) -> Result<Token> {
+    async fn choose(&self, s: &mut Sequence) -> Result<Token> {
         let vocab = self.config().text.vocab_size;
-        if let Some(all) = s.step_logits.as_mut() {
-            all.extend(self.logits(&s.session)?);
+        if s.step_logits.is_some() {
+            let logits = self.logits_async(&s.session).await?;
+            s.step_logits.get_or_insert_default().extend(logits);
         }
         let id = match s.sampler.as_mut() {
             None => s.greedy,
@@ -311,7 +344,7 @@ impl PaliGemma {
                 );
                 softmax(&mut rec, x, y, s.opts.sampling.temperature)?;
                 rec.submit("the sampling softmax")?;
-                let probs = gpu.read_f32(probs, 0, vocab)?;
+                let probs = gpu.read_f32_async(probs, 0, vocab).await?;
                 sampler.sample(&probs).ok_or_else(|| {
                     Error::invalid("no token has a finite probability (are the logits NaN?)")
                 })?

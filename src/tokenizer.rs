@@ -38,6 +38,20 @@ impl PromptTokenizer {
         })
     }
 
+    /// [`from_file`](Self::from_file) on the file's bytes (fetched by a web page, say);
+    /// `origin` names them in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Self> {
+        let err = |message: String| Error::Tokenizer {
+            path: origin.to_path_buf(),
+            message,
+        };
+        let tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
+        Self::new(tokenizer).map_err(|e| match e {
+            Error::Invalid(message) => err(message),
+            other => other,
+        })
+    }
+
     /// Wraps an already built tokenizer (e.g. Gemma's after [`extend_gemma_vocabulary`]).
     /// Fails with a message naming the token if `<image>`, `<bos>` or `<eos>` is missing.
     pub fn new(tokenizer: Tokenizer) -> Result<Self> {

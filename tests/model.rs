@@ -363,6 +363,60 @@ fn generate_streams_what_it_returns() {
     assert_eq!(a.generated_ids, b.generated_ids);
 }
 
+/// The files of a model folder as bytes, as a web page would hold them.
+fn model_files(dir: &Path) -> paligemma::ModelFiles {
+    let mut shards: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    shards.sort();
+    paligemma::ModelFiles {
+        config: std::fs::read_to_string(dir.join("config.json")).unwrap(),
+        tokenizer: std::fs::read(dir.join("tokenizer.json")).unwrap(),
+        shards: shards
+            .into_iter()
+            .map(|p| {
+                let bytes = paligemma::ShardBytes::Owned(std::fs::read(&p).unwrap());
+                (p.file_name().unwrap().into(), bytes)
+            })
+            .collect(),
+    }
+}
+
+/// `load_files` (the web's loader: bytes, not a folder) gives the model the folder gives, on a
+/// single file and on shards; a damaged shard is an error naming it.
+#[test]
+fn loading_from_bytes_equals_loading_the_folder() {
+    for name in ["mqa", "newnames"] {
+        let case = cases().into_iter().find(|c| c.name == name).unwrap();
+        let opts = paligemma::LoadOptions {
+            precision: Some(Precision::F32),
+            ..Default::default()
+        };
+        let files = model_files(&case.dir.join("model"));
+        let model = PaliGemma::load_files(gpu().clone(), files, "https://example/m", &opts)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (ids, logits) = decode(&model, &case, 12);
+        let folder = case.load(Precision::F32);
+        let (want_ids, want_logits) = decode(&folder, &case, 12);
+        assert_eq!(ids, want_ids, "{name}");
+        assert_eq!(logits, want_logits, "{name}: logits differ from the folder's");
+        assert_eq!(ids, case.ids("generated_ids"), "{name}");
+    }
+    let case = cases().into_iter().find(|c| c.name == "mqa").unwrap();
+    let mut files = model_files(&case.dir.join("model"));
+    let paligemma::ShardBytes::Owned(bytes) = &mut files.shards[0].1 else {
+        unreachable!()
+    };
+    bytes.truncate(bytes.len() - 10);
+    let e = PaliGemma::load_files(gpu().clone(), files, "https://x/m", &Default::default())
+        .err()
+        .expect("a truncated shard must be refused")
+        .to_string();
+    assert!(e.contains("model.safetensors") && e.contains("bytes"), "{e}");
+}
+
 /// A copy of the mqa model folder with `edit` applied, in a fresh temporary folder.
 fn broken_copy(tag: &str, edit: impl FnOnce(&Path)) -> PathBuf {
     let src = common::fixture_path("mqa/model");

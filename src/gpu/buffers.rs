@@ -92,10 +92,14 @@ impl Gpu {
     }
 
     /// Sends every pending upload and waits for it, so wgpu frees the staging copies.
+    /// In a browser, which frees its staging memory itself, the uploads are submitted and not
+    /// waited for.
     pub fn flush(&self) -> Result<()> {
         self.inner.unflushed.store(0, Ordering::Relaxed);
         self.scoped("flushing uploads", || self.inner.queue.submit([]))?;
-        self.wait()
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait()?;
+        Ok(())
     }
 
     /// Writes `data` into `buf` at byte `offset` (queued; ordered before the next submission).
@@ -113,7 +117,7 @@ impl Gpu {
 
     /// Copies `size` bytes from `buf` at `offset` back to the CPU, waiting for the GPU.
     pub fn read(&self, buf: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        pollster::block_on(self.read_async(buf, offset, size))
+        super::block_on("read", self.read_async(buf, offset, size))
     }
 
     /// [`read`](Self::read), awaitable.
@@ -159,8 +163,8 @@ impl Gpu {
 
     /// The first `count` u32 values of a [`read_back_buffer`](Self::read_back_buffer) once the
     /// submitted work that fills it is done.
-    pub(crate) fn read_mapped(&self, staging: &wgpu::Buffer, count: usize) -> Result<Vec<u32>> {
-        let bytes = pollster::block_on(self.read_mapped_async(staging))?;
+    pub(crate) async fn read_mapped(&self, staging: &wgpu::Buffer, count: usize) -> Result<Vec<u32>> {
+        let bytes = self.read_mapped_async(staging).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes[..count * 4]))
     }
 
@@ -193,7 +197,19 @@ impl Gpu {
 
     /// Reads `count` f32 values starting at element `offset`.
     pub fn read_f32(&self, buf: &wgpu::Buffer, offset: usize, count: usize) -> Result<Vec<f32>> {
-        let bytes = self.read(buf, offset as u64 * 4, count as u64 * 4)?;
+        super::block_on("read_f32", self.read_f32_async(buf, offset, count))
+    }
+
+    /// [`read_f32`](Self::read_f32), awaitable.
+    pub async fn read_f32_async(
+        &self,
+        buf: &wgpu::Buffer,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<f32>> {
+        let bytes = self
+            .read_async(buf, offset as u64 * 4, count as u64 * 4)
+            .await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
@@ -205,7 +221,7 @@ impl Gpu {
 
     /// Blocks until all submitted work is done.
     pub fn wait(&self) -> Result<()> {
-        pollster::block_on(self.wait_async())
+        super::block_on("wait", self.wait_async())
     }
 
     /// [`wait`](Self::wait), awaitable: resolves when the queue's submitted work is done.

@@ -9,7 +9,9 @@
 //!
 //! Every wait on the GPU (device creation, error scopes, buffer mapping) is an `async fn`
 //! (`new_async`, `scoped_async`, `read_async`, `wait_async`); the blocking functions are
-//! `pollster` wrappers over them, so a web page, which cannot block, awaits the same code.
+//! wrappers over them ([`block_on`]), so a web page, which cannot block, awaits the same code.
+//! The model's API follows the same rule (`generate` / `generate_async`, ...): only the
+//! read-backs wait, and everything between them records and submits without waiting.
 
 pub mod buffers;
 pub mod pipelines;
@@ -55,6 +57,10 @@ struct Inner {
     features: wgpu::Features,
     /// Set by the device-lost callback (only on devices the library created itself).
     lost: Arc<Mutex<Option<String>>>,
+    /// The first error the uncaptured-error handler saw (only on devices the library created
+    /// itself): how errors reach the caller on the web, where scopes cannot be waited for.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    reported: Arc<Mutex<Option<String>>>,
     /// Bytes of every buffer the library allocated (never decremented): load and session
     /// footprints are differences of this counter.
     allocated: AtomicU64,
@@ -86,7 +92,7 @@ impl Gpu {
     /// (not wgpu's conservative defaults) and the optional features it has. Blocks; see
     /// [`new_async`](Self::new_async).
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
-        pollster::block_on(Self::new_async(opts))
+        block_on("Gpu::new", Self::new_async(opts))
     }
 
     /// Every adapter wgpu finds on the backends `WGPU_BACKEND` allows (all by default).
@@ -155,9 +161,17 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
-        // Everything the library does runs in error scopes; anything that still escapes them
-        // is logged rather than left to wgpu's default handler, which panics.
-        device.on_uncaptured_error(Arc::new(|e| log::error!("uncaptured wgpu error: {e}")));
+        // Natively everything the library does runs in error scopes; anything that still
+        // escapes them is logged rather than left to wgpu's default handler, which panics. On
+        // the web (no blocking scopes) the handler keeps the first error for the next call.
+        let reported = Arc::new(Mutex::new(None::<String>));
+        let keep = reported.clone();
+        device.on_uncaptured_error(Arc::new(move |e| {
+            log::error!("uncaptured wgpu error: {e}");
+            if let Ok(mut r) = keep.lock() {
+                r.get_or_insert_with(|| e.to_string());
+            }
+        }));
         let lost = Arc::new(Mutex::new(None));
         let lost_cb = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
@@ -171,7 +185,7 @@ impl Gpu {
             info.backend,
             info.device_type,
         );
-        Ok(Self::wrap(device, queue, Some(info), lost))
+        Ok(Self::wrap(device, queue, Some(info), lost, reported))
     }
 
     /// Wraps a device the caller already owns. The library uses the device's own features and
@@ -205,7 +219,7 @@ impl Gpu {
         queue: wgpu::Queue,
         info: Option<wgpu::AdapterInfo>,
     ) -> Gpu {
-        Self::wrap(device, queue, info, Arc::new(Mutex::new(None)))
+        Self::wrap(device, queue, info, Arc::default(), Arc::default())
     }
 
     fn wrap(
@@ -213,6 +227,7 @@ impl Gpu {
         queue: wgpu::Queue,
         info: Option<wgpu::AdapterInfo>,
         lost: Arc<Mutex<Option<String>>>,
+        reported: Arc<Mutex<Option<String>>>,
     ) -> Gpu {
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("dummy"),
@@ -228,6 +243,7 @@ impl Gpu {
                 queue,
                 info,
                 lost,
+                reported,
                 allocated: AtomicU64::new(0),
                 unflushed: AtomicU64::new(0),
                 dummy,
@@ -289,8 +305,32 @@ impl Gpu {
 
     /// Runs `f` inside validation and out-of-memory error scopes; any error becomes `Err`
     /// naming `op`. Blocks on the scopes; see [`scoped_async`](Self::scoped_async).
+    ///
+    /// In a browser nothing may block, so there `f` runs without scopes and the errors the
+    /// browser reports (asynchronously, to the device's uncaptured-error handler) are returned
+    /// by the next library call instead: later than natively, but never lost.
     pub fn scoped<T>(&self, op: &str, f: impl FnOnce() -> T) -> Result<T> {
-        pollster::block_on(self.scoped_async(op, f))
+        #[cfg(not(target_arch = "wasm32"))]
+        return pollster::block_on(self.scoped_async(op, f));
+        #[cfg(target_arch = "wasm32")]
+        {
+            self.check_lost()?;
+            let out = f();
+            self.take_reported(op)?;
+            Ok(out)
+        }
+    }
+
+    /// On the web: an error the browser reported since the last call, as an [`Error`].
+    #[cfg(target_arch = "wasm32")]
+    fn take_reported(&self, op: &str) -> Result<()> {
+        match self.inner.reported.lock().ok().and_then(|mut r| r.take()) {
+            Some(message) => Err(Error::Gpu {
+                op: format!("{op} (or GPU work before it: the browser reports errors late)"),
+                message,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// [`scoped`](Self::scoped), awaitable.
@@ -325,6 +365,30 @@ impl Gpu {
         } else {
             let y = n.div_ceil(max);
             [n.div_ceil(y), y, 1]
+        }
+    }
+}
+
+/// Runs a GPU operation's future to its end on the calling thread: the blocking form of an
+/// `_async` function. A web page cannot block (the browser's event loop must run for the GPU's
+/// answer to arrive), so there a future that is not ready at once becomes an error naming
+/// the `_async` form to use instead of a hang.
+pub(crate) fn block_on<T>(what: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = what;
+        pollster::block_on(f)
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => Err(Error::invalid(format!(
+                "`{what}` waits for the GPU, which a web page cannot block on: await \
+                 `{what}_async` instead"
+            ))),
         }
     }
 }

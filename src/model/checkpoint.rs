@@ -1,5 +1,7 @@
 //! A PaliGemma checkpoint folder: `model.safetensors`, or the shards listed in
 //! `model.safetensors.index.json`, memory-mapped; tensors found under either naming scheme.
+//! The shards may also be bytes the caller holds ([`Checkpoint::from_shards`]): in a browser,
+//! JS arrays outside wasm memory, of which only the tensor being uploaded is copied in.
 //!
 //! Published checkpoints name tensors `vision_tower.vision_model.*`,
 //! `multi_modal_projector.linear.*`, `language_model.model.*`; newer transformers writes
@@ -11,7 +13,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
+use safetensors::tensor::Metadata;
 
 use std::borrow::Cow;
 
@@ -20,9 +23,79 @@ use crate::ops::{HostWeight, WeightFormat};
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    bytes: ShardBytes,
     /// Where the tensor data starts (8-byte length + JSON header).
     data_start: usize,
+}
+
+impl Shard {
+    /// A tensor's bytes, from its offsets in the data section.
+    fn data(&self, (start, end): (usize, usize)) -> Cow<'_, [u8]> {
+        self.bytes.range(self.data_start + start, self.data_start + end)
+    }
+}
+
+/// The bytes of one safetensors file.
+pub enum ShardBytes {
+    /// A file, memory-mapped.
+    Mapped(Mmap),
+    /// Bytes in memory.
+    Owned(Vec<u8>),
+    /// A JS array (a fetched file) outside wasm memory: each tensor is copied in only while
+    /// it is uploaded, so wasm's 4 GiB never holds the checkpoint.
+    #[cfg(all(target_arch = "wasm32", feature = "web"))]
+    Js(js_sys::Uint8Array),
+}
+
+impl ShardBytes {
+    fn len(&self) -> usize {
+        match self {
+            ShardBytes::Mapped(m) => m.len(),
+            ShardBytes::Owned(v) => v.len(),
+            #[cfg(all(target_arch = "wasm32", feature = "web"))]
+            ShardBytes::Js(a) => a.length() as usize,
+        }
+    }
+
+    /// Bytes `start..end` (in range: the header was checked against the length).
+    fn range(&self, start: usize, end: usize) -> Cow<'_, [u8]> {
+        match self {
+            ShardBytes::Mapped(m) => Cow::Borrowed(&m[start..end]),
+            ShardBytes::Owned(v) => Cow::Borrowed(&v[start..end]),
+            #[cfg(all(target_arch = "wasm32", feature = "web"))]
+            ShardBytes::Js(a) => Cow::Owned(a.subarray(start as u32, end as u32).to_vec()),
+        }
+    }
+
+    /// The header's length and metadata, checked as `SafeTensors::read_metadata` checks them
+    /// (the tensors tile the data exactly to the end of the file) without needing every byte in
+    /// one slice.
+    fn metadata(&self) -> std::result::Result<(usize, Metadata), String> {
+        let len = self.len();
+        if len < 8 {
+            return Err("shorter than a safetensors header".into());
+        }
+        let n = u64::from_le_bytes(self.range(0, 8).as_ref().try_into().expect("8 bytes"));
+        if n > 100_000_000 || 8 + n as usize > len {
+            return Err(format!("header length {n} does not fit the file's {len} bytes"));
+        }
+        let n = n as usize;
+        let metadata: Metadata = serde_json::from_slice(&self.range(8, 8 + n))
+            .map_err(|e| format!("header: {e}"))?;
+        let end = metadata
+            .tensors()
+            .values()
+            .map(|t| t.data_offsets.1)
+            .max()
+            .unwrap_or(0);
+        if 8 + n + end != len {
+            return Err(format!(
+                "the header describes {} bytes, the file holds {len}",
+                8 + n + end
+            ));
+        }
+        Ok((n, metadata))
+    }
 }
 
 /// Where one tensor lives.
@@ -39,7 +112,7 @@ struct Entry {
 pub struct TensorData<'a> {
     pub name: &'a str,
     pub dtype: Dtype,
-    pub bytes: &'a [u8],
+    pub bytes: Cow<'a, [u8]>,
 }
 
 impl<'a> TensorData<'a> {
@@ -56,33 +129,31 @@ impl<'a> TensorData<'a> {
         }
     }
 
-    /// The tensor as stored, read as a `[rows, cols]` matrix.
-    fn as_stored(&self, rows: usize, cols: usize) -> Result<HostWeight<'a>> {
-        Ok(HostWeight {
-            format: self.format()?,
-            rows,
-            cols,
-            data: Cow::Borrowed(self.bytes),
-            scales: Cow::Borrowed(&[]),
-        })
-    }
-
     /// The values widened to f32 (exact for f16 and bf16).
     pub fn to_f32(&self) -> Result<Vec<f32>> {
-        let n = self.bytes.len() / self.format()?.row_bytes(1);
-        Ok(self.as_stored(1, n)?.decode())
+        let format = self.format()?;
+        let cols = self.bytes.len() / format.row_bytes(1);
+        let stored = HostWeight {
+            format,
+            rows: 1,
+            cols,
+            data: Cow::Borrowed(&self.bytes),
+            scales: Cow::Borrowed(&[]),
+        };
+        Ok(stored.decode())
     }
 
     /// The `[rows, cols]` matrix in `format`: the stored bytes themselves when the formats
     /// agree (a bf16 checkpoint's bytes are used as they are), otherwise converted.
-    pub fn to_host(
-        &self,
-        format: WeightFormat,
-        rows: usize,
-        cols: usize,
-    ) -> Result<HostWeight<'a>> {
+    pub fn to_host(self, format: WeightFormat, rows: usize, cols: usize) -> Result<HostWeight<'a>> {
         if self.format()? == format {
-            return self.as_stored(rows, cols);
+            return Ok(HostWeight {
+                format,
+                rows,
+                cols,
+                data: self.bytes,
+                scales: Cow::Borrowed(&[]),
+            });
         }
         Ok(HostWeight::encode(&self.to_f32()?, format, rows, cols))
     }
@@ -95,7 +166,7 @@ pub struct StoredTensor<'a> {
     pub canon: &'a str,
     pub dtype: Dtype,
     pub shape: &'a [usize],
-    pub bytes: &'a [u8],
+    pub bytes: Cow<'a, [u8]>,
 }
 
 /// Maps a checkpoint tensor name to the canonical one, or `None` for tensors the engine does
@@ -125,6 +196,7 @@ pub fn canonical_name(name: &str) -> Option<String> {
 
 /// The safetensors files of a checkpoint, memory-mapped, indexed by canonical name.
 pub struct Checkpoint {
+    /// The folder, or what the caller called the shards' source.
     dir: PathBuf,
     shards: Vec<Shard>,
     entries: HashMap<String, Entry>,
@@ -181,7 +253,6 @@ impl Checkpoint {
             });
         }
         let mut shards = Vec::new();
-        let mut entries: HashMap<String, Entry> = HashMap::new();
         for path in files {
             let file = File::open(&path).map_err(|source| Error::Io {
                 path: path.clone(),
@@ -193,11 +264,24 @@ impl Checkpoint {
                 path: path.clone(),
                 source,
             })?;
-            let (header_len, metadata) =
-                SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
+            shards.push((path, ShardBytes::Mapped(mmap)));
+        }
+        Self::from_shards(dir, shards)
+    }
+
+    /// A checkpoint from safetensors files the caller holds (named for errors, e.g. by their
+    /// URL; `source` names them all). The web loader's entry point.
+    pub fn from_shards(
+        source: impl Into<PathBuf>,
+        files: Vec<(PathBuf, ShardBytes)>,
+    ) -> Result<Checkpoint> {
+        let mut shards = Vec::new();
+        let mut entries: HashMap<String, Entry> = HashMap::new();
+        for (path, bytes) in files {
+            let (header_len, metadata) = bytes.metadata().map_err(|message| Error::Safetensors {
+                path: path.clone(),
+                message,
+            })?;
             let shard = shards.len();
             for (name, info) in metadata.tensors() {
                 let Some(canon) = canonical_name(&name) else {
@@ -223,12 +307,12 @@ impl Checkpoint {
             }
             shards.push(Shard {
                 path,
-                mmap,
+                bytes,
                 data_start: 8 + header_len,
             });
         }
         Ok(Checkpoint {
-            dir: dir.into(),
+            dir: source.into(),
             shards,
             entries,
             read: Default::default(),
@@ -263,8 +347,8 @@ impl Checkpoint {
                 format,
                 rows,
                 cols,
-                data: Cow::Borrowed(data),
-                scales: Cow::Borrowed(scales),
+                data,
+                scales,
             };
             host.check(&codes)?;
             return Ok(Some(host));
@@ -289,23 +373,20 @@ impl Checkpoint {
         let mut v: Vec<_> = self
             .entries
             .iter()
-            .map(|(canon, e)| {
-                let shard = &self.shards[e.shard];
-                StoredTensor {
+            .map(|(canon, e)| StoredTensor {
                     name: &e.name,
                     canon,
                     dtype: e.dtype,
                     shape: &e.shape,
-                    bytes: &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1],
-                }
-            })
+                    bytes: self.shards[e.shard].data(e.range),
+                })
             .collect();
         v.sort_by_key(|t| t.name);
         v
     }
 
     /// The bytes of tensor `canon`, checked to have `dtype` and `shape`.
-    fn raw(&self, canon: &str, dtype: Dtype, shape: &[usize]) -> Result<&[u8]> {
+    fn raw(&self, canon: &str, dtype: Dtype, shape: &[usize]) -> Result<Cow<'_, [u8]>> {
         let e = self.entries.get(canon).ok_or_else(|| Error::Tensor {
             name: canon.to_string(),
             message: format!("missing from the checkpoint in {}", self.dir.display()),
@@ -319,10 +400,9 @@ impl Checkpoint {
                 ),
             });
         }
-        let shard = &self.shards[e.shard];
         self.read
             .set(self.read.get() + (e.range.1 - e.range.0) as u64);
-        Ok(&shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1])
+        Ok(self.shards[e.shard].data(e.range))
     }
 
     /// Bytes of tensor data read so far, and in all.
@@ -361,7 +441,7 @@ impl Checkpoint {
         let t = TensorData {
             name: &e.name,
             dtype: e.dtype,
-            bytes: &shard.mmap[shard.data_start + e.range.0..shard.data_start + e.range.1],
+            bytes: shard.data(e.range),
         };
         t.format()?;
         self.read.set(self.read.get() + t.bytes.len() as u64);

@@ -101,7 +101,7 @@ pub fn quantize_checkpoint(dir: &Path, out: &Path, precision: Precision) -> Resu
                 name: name.to_string(),
                 dtype: t.dtype,
                 shape: shape.to_vec(),
-                bytes: t.bytes.into(),
+                bytes: t.bytes,
             });
             report.copied += 1;
         }

@@ -419,7 +419,7 @@ impl TextModel {
     /// Runs the prompt: `ids` (image placeholders first, replaced by the `n` rows of
     /// `image`), all of it one bidirectional prefix. Leaves the last position's logits in the
     /// session and returns the greedy next token. The prompt's scratch is freed after it.
-    pub fn prefill(
+    pub async fn prefill(
         &self,
         gpu: &Gpu,
         s: &mut Session,
@@ -454,11 +454,11 @@ impl TextModel {
         if t > 1 {
             s.scratch = None;
         }
-        Ok(gpu.read_mapped(&s.readback, 1)?[0])
+        Ok(gpu.read_mapped(&s.readback, 1).await?[0])
     }
 
     /// Appends one token and returns the greedy next token; the logits stay in the session.
-    pub fn step(&self, gpu: &Gpu, s: &mut Session, token: u32) -> Result<u32> {
+    pub async fn step(&self, gpu: &Gpu, s: &mut Session, token: u32) -> Result<u32> {
         self.check_ids(&[token])?;
         gpu.write(&s.token, 0, bytemuck::bytes_of(&token))?;
         let (ids, logits_buf) = (s.token.clone(), s.logits.clone());
@@ -474,7 +474,7 @@ impl TextModel {
         s.dispatch_cache = cache;
         done?;
         s.len += 1;
-        Ok(gpu.read_mapped(&s.readback, 1)?[0])
+        Ok(gpu.read_mapped(&s.readback, 1).await?[0])
     }
 
     /// One decode step for several sessions at once: `tokens[i]` is appended to
@@ -487,7 +487,7 @@ impl TextModel {
     /// On an error no session's length has advanced. (With more than 16 sessions, groups
     /// submitted before the failure have written their cache row and logits; the next step
     /// writes the same row again.)
-    pub fn step_batch(
+    pub async fn step_batch(
         &self,
         gpu: &Gpu,
         b: &mut DecodeBatch,
@@ -568,7 +568,7 @@ impl TextModel {
             let members = group.iter().map(|s| s.id).collect();
             rec.submit_cached("a batched decode step", b.group(g, members))?;
         }
-        let next = gpu.read_mapped(&b.readback, n)?;
+        let next = gpu.read_mapped(&b.readback, n).await?;
         for s in sessions.iter_mut() {
             s.len += 1;
         }

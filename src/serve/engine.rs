@@ -154,7 +154,8 @@ fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
                 continue;
             }
             started += 1;
-            match model.start_pixels_ids(&job.pixels, job.prompt_ids, &job.opts) {
+            let start = model.start_pixels_ids(&job.pixels, job.prompt_ids, &job.opts);
+            match crate::gpu::block_on("start_pixels", start) {
                 Ok((seq, first)) => {
                     let r = Running {
                         seq,

@@ -1,0 +1,180 @@
+//! The JS API (feature `web`, target `wasm32-unknown-unknown`): the same model, shaders and
+//! forward pass as native, driven from a web page or Node through wasm-bindgen.
+//!
+//! ```js
+//! import init, { Model } from "./pkg/paligemma.js";
+//! await init();
+//! const model = await Model.load(origin, configText, tokenizerBytes, [shardBytes], ["model.safetensors"],
+//!                                null, (done, total) => bar.value = done / total);
+//! const out = await model.generate(imageFileBytes, "detect cat", 32, (id, piece) => { text += piece; });
+//! // out = { promptIds, generatedIds, text, detections: [{label, x_min, ...}], timings }
+//! ```
+//!
+//! `web/paligemma.js` fetches a model folder by URL and calls [`Model::load`]. The shards stay
+//! JS arrays: wasm memory (4 GiB at most) holds one tensor at a time while it is uploaded.
+//! Every GPU wait is awaited (the browser's event loop delivers the GPU's answers); the page
+//! stays responsive between tokens, not during the (synchronous) upload of the weights.
+
+use std::path::PathBuf;
+
+use js_sys::{Function, Uint8Array};
+use wasm_bindgen::prelude::*;
+
+use crate::{
+    GenerateOptions, Gpu, GpuOptions, LoadOptions, LoadProgress, ModelFiles, PaliGemma,
+    Precision, ShardBytes, detection,
+};
+
+/// A JS callback the library may hold in its `Send + Sync` callback types. Sound because a
+/// wasm32 build without the `atomics` target feature has one thread: nothing can reach it from
+/// another.
+struct JsCallback(Function);
+// SAFETY: see above; the module does not build with `atomics` (checked below).
+unsafe impl Send for JsCallback {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for JsCallback {}
+#[cfg(target_feature = "atomics")]
+compile_error!("the web API assumes single-threaded wasm (no `atomics` target feature)");
+
+/// A loaded PaliGemma in a web page (or Node).
+#[wasm_bindgen]
+pub struct Model {
+    model: PaliGemma,
+}
+
+fn js_error(e: crate::Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+#[wasm_bindgen]
+impl Model {
+    /// Creates a WebGPU device and loads a model from its files: `config` (config.json's
+    /// text), `tokenizer` (tokenizer.json's bytes), the safetensors `shards` with their
+    /// `names`, and an optional `precision` ("f32", "f16", "q8", "q4"; by default 16-bit, or
+    /// what a quantized checkpoint holds). `on_progress(done, total)` is called with bytes of
+    /// tensors uploaded. `origin` (the folder's URL) names the files in errors.
+    pub async fn load(
+        origin: String,
+        config: String,
+        tokenizer: Vec<u8>,
+        shards: Vec<Uint8Array>,
+        names: Vec<String>,
+        precision: Option<String>,
+        on_progress: Option<Function>,
+    ) -> Result<Model, JsError> {
+        console_error_panic_hook::set_once();
+        if shards.len() != names.len() {
+            return Err(JsError::new(&format!(
+                "{} shards but {} names",
+                shards.len(),
+                names.len()
+            )));
+        }
+        let precision = match precision.as_deref() {
+            None => None,
+            Some("f32") => Some(Precision::F32),
+            Some("f16") => Some(Precision::F16),
+            Some("q8") => Some(Precision::Q8),
+            Some("q4") => Some(Precision::Q4),
+            Some(other) => {
+                return Err(JsError::new(&format!(
+                    "precision {other:?}: expected \"f32\", \"f16\", \"q8\" or \"q4\""
+                )));
+            }
+        };
+        let progress = on_progress.map(|f| {
+            let f = JsCallback(f);
+            LoadProgress(std::sync::Arc::new(move |done, total| {
+                let _ = f.0.call2(&JsValue::NULL, &done.into(), &total.into());
+            }))
+        });
+        let files = ModelFiles {
+            config,
+            tokenizer,
+            shards: names
+                .into_iter()
+                .map(PathBuf::from)
+                .zip(shards.into_iter().map(ShardBytes::Js))
+                .collect(),
+        };
+        let opts = LoadOptions {
+            precision,
+            progress,
+            ..Default::default()
+        };
+        let gpu = Gpu::new_async(&GpuOptions::default())
+            .await
+            .map_err(js_error)?;
+        let model = PaliGemma::load_files(gpu, files, &origin, &opts).map_err(js_error)?;
+        // The uploads were submitted as they went; wait for the last so the first image's
+        // timings do not include them.
+        model.gpu().wait_async().await.map_err(js_error)?;
+        Ok(Model { model })
+    }
+
+    /// The adapter the browser gave: "name (backend)".
+    pub fn adapter(&self) -> String {
+        let gpu = self.model.gpu();
+        match gpu.info() {
+            Some(i) if !i.name.is_empty() => format!("{} ({:?})", i.name, i.backend),
+            _ => gpu.adapter_name(),
+        }
+    }
+
+    /// Whether the device has `shader-f16` (informational: the kernels need no feature).
+    #[wasm_bindgen(js_name = hasShaderF16)]
+    pub fn has_shader_f16(&self) -> bool {
+        self.model.gpu().features().contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Bytes of GPU memory the weights hold.
+    #[wasm_bindgen(js_name = weightBytes)]
+    pub fn weight_bytes(&self) -> f64 {
+        self.model.weight_memory() as f64
+    }
+
+    /// Answers `prompt` about `image` (a PNG, JPEG, GIF, BMP or WebP file's bytes), greedily,
+    /// up to `max_new_tokens` tokens. `on_token(id, piece)` is called as each token is chosen
+    /// (return `false` to stop). Resolves to `{promptIds, generatedIds, text, detections,
+    /// timings}`; `detections` (boxes in the image's pixels) is filled for `detect` and
+    /// `segment` prompts.
+    pub async fn generate(
+        &self,
+        image: Vec<u8>,
+        prompt: String,
+        max_new_tokens: u32,
+        on_token: Option<Function>,
+    ) -> Result<JsValue, JsError> {
+        let image = image::load_from_memory(&image)
+            .map_err(|e| JsError::new(&format!("the image: {e}")))?;
+        let opts = GenerateOptions {
+            max_new_tokens: max_new_tokens as usize,
+            ..Default::default()
+        };
+        let callback = |id: u32, piece: &str| match &on_token {
+            None => true,
+            Some(f) => f
+                .call2(&JsValue::NULL, &id.into(), &piece.into())
+                .map(|v| v.as_bool() != Some(false))
+                .unwrap_or(false),
+        };
+        let g = self
+            .model
+            .generate_async(&image, &prompt, &opts, callback)
+            .await
+            .map_err(js_error)?;
+        let detections = if detection::answers_with_boxes(&prompt) {
+            detection::parse_answer(&g.text, image.width(), image.height()).detections
+        } else {
+            Vec::new()
+        };
+        let out = serde_json::json!({
+            "promptIds": g.prompt_ids,
+            "generatedIds": g.generated_ids,
+            "text": g.text,
+            "detections": detections,
+            "timings": g.timings,
+        });
+        js_sys::JSON::parse(&out.to_string()).map_err(|_| JsError::new("serialising the answer"))
+    }
+}
