@@ -12,15 +12,13 @@ fi
 target_dir="${CARGO_TARGET_DIR:-target/wasm}"
 PATH=/usr/bin:$PATH RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$target_dir" \
   /usr/bin/cargo rustc --lib --crate-type cdylib --no-default-features --features web \
-  -Zbuild-std=std,panic_abort --target wasm32-unknown-unknown "$@"
+  --profile wasm -Zbuild-std=std,panic_abort --target wasm32-unknown-unknown
 
 version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
 if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $version" ]; then
   cargo install --quiet wasm-bindgen-cli --version "$version"
 fi
-profile=debug
-for a in "$@"; do [ "$a" = --release ] && profile=release; done
-wasm="$target_dir/wasm32-unknown-unknown/$profile/paligemma.wasm"
+wasm="$target_dir/wasm32-unknown-unknown/wasm/paligemma.wasm"
 wasm-bindgen --target web --out-dir web/pkg --out-name paligemma "$wasm"
 wasm-bindgen --target nodejs --out-dir web/pkg-node --out-name paligemma "$wasm"
 ls -l web/pkg/paligemma_bg.wasm

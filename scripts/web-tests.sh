@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The browser build tested end to end (issue #13): builds the wasm package
 # (scripts/wasm-build.sh), answers each case below with the native CLI, then with the wasm in
-# Node on Dawn (npm `webgpu`, lavapipe) and in the demo page in headless Chromium (its
-# SwiftShader); both must give the native ids and text. Screenshots of the page go to
+# Node on Dawn (npm `webgpu`, on Mesa 25's lavapipe) and in the demo page in headless Chromium
+# (its SwiftShader); both must give the native ids and text. Screenshots of the page go to
 # target/web-tests/shots/. Needs Debian's rustc-web, node/npm and chromium (installed when
 # missing). `SKIP_CHROMIUM=1` runs Node only.
 set -euo pipefail
@@ -12,27 +12,34 @@ mkdir -p "$out"
 
 bash scripts/wasm-build.sh
 
-# name | precision ("" = the default, 16-bit) | prompt: each fixture's own prompt.
+# fixture | precision ("" = the default: 16-bit, or what a quantized checkpoint holds) | the
+# model folder when not the fixture's own. Each is asked its fixture's prompt about image.png.
+cargo build --quiet --bin paligemma
+target/debug/paligemma quantize --model tests/fixtures/gqa/model --precision q4 \
+  --out "$out/gqa-q4" >/dev/null
 cases=(
   "mqa|f32" "gqa|f32"
   "mqa|" "gqa|" "bf16|"
+  "mqa|q8" "gqa||$out/gqa-q4"
 )
-cargo build --quiet --bin paligemma
 python3 - "$out/cases.json" "${cases[@]}" <<'PY'
 import json, subprocess, sys
 out, specs = sys.argv[1], sys.argv[2:]
 cases = []
 for spec in specs:
-    name, precision = spec.split("|")
+    name, precision, model = (spec.split("|") + [""])[:3]
     d = f"tests/fixtures/{name}"
+    model = model or f"{d}/model"
     prompt = json.load(open(f"{d}/expected.json"))["prompt"]
-    cmd = ["target/debug/paligemma", "--model", f"{d}/model", "--image", f"{d}/image.png",
+    cmd = ["target/debug/paligemma", "--model", model, "--image", f"{d}/image.png",
            "--prompt", prompt, "--max-new-tokens", "12", "--json"]
     if precision:
         cmd += ["--precision", precision]
     native = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True)
                         .stdout.strip().splitlines()[-1])
-    cases.append({"name": name, "precision": precision or None, "model": f"{d}/model",
+    if model != f"{d}/model":
+        name += "-" + model.split("/")[-1]
+    cases.append({"name": name, "precision": precision or None, "model": model,
                   "image": f"{d}/image.png", "prompt": prompt, "max_new_tokens": 12,
                   "native_ids": native["generated_ids"], "native_text": native["text"]})
 json.dump(cases, open(out, "w"), indent=1)
@@ -42,10 +49,24 @@ PY
 if ! command -v chromium >/dev/null; then
   apt-get install -y -qq chromium >/dev/null
 fi
-# Dawn refuses Debian 12's lavapipe (Mesa 22.3 lacks shaderUniform*ArrayDynamicIndexing), so
-# Node's Dawn runs on the Vulkan SwiftShader that Chromium's package ships.
+# Dawn refuses Debian 12's lavapipe (Mesa 22.3 lacks shaderUniform*ArrayDynamicIndexing).
+# Mesa 25's, from bookworm-backports, is unpacked under target/ for Node alone (the system's
+# driver, which the native tests use, is untouched).
+mesa="$PWD/$out/mesa"
+if [ ! -f "$mesa/lvp.json" ]; then
+  mkdir -p "$mesa/lists/partial"
+  echo "deb http://deb.debian.org/debian bookworm-backports main" >"$mesa/sources.list"
+  apt_opts=(-qq -o Dir::Etc::SourceList="$mesa/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o Dir::State::Lists="$mesa/lists")
+  apt-get "${apt_opts[@]}" update
+  (cd "$mesa" && apt-get "${apt_opts[@]}" download mesa-vulkan-drivers/bookworm-backports 2>/dev/null)
+  dpkg -x "$mesa"/mesa-vulkan-drivers_*.deb "$mesa/root"
+  lib="$mesa/root/usr/lib/x86_64-linux-gnu/libvulkan_lvp.so"
+  sed "s|\"library_path\": \"[^\"]*\"|\"library_path\": \"$lib\"|" \
+    "$mesa/root/usr/share/vulkan/icd.d/lvp_icd.json" >"$mesa/lvp.json"
+fi
 echo "== Node + Dawn"
-VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json node web/test-node.mjs "$out/cases.json"
+VK_ICD_FILENAMES="$mesa/lvp.json" node web/test-node.mjs "$out/cases.json"
 
 if [ -z "${SKIP_CHROMIUM:-}" ]; then
   python3 -m http.server --bind 127.0.0.1 8765 >/dev/null 2>&1 &

@@ -45,12 +45,12 @@ pub mod web;
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions};
 pub use model::Precision;
+pub use model::checkpoint::ShardBytes;
 pub use model::config;
 pub use model::quantize::{QuantizeReport, quantize_checkpoint};
 pub use model::reference::Reference;
 pub use model::session::{DecodeBatch, Session};
 pub use ops::WeightFormat;
-pub use model::checkpoint::ShardBytes;
 pub use paligemma::{
     GenerateOptions, Generation, ImageFeatures, LoadOptions, LoadProgress, ModelFiles, PaliGemma,
     Timings,

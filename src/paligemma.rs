@@ -6,7 +6,7 @@ use std::path::Path;
 use web_time::Instant;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, GpuOptions, block_on};
+use crate::gpu::{Gpu, GpuOptions};
 use crate::model::checkpoint::{Checkpoint, ShardBytes};
 use crate::model::config::PaliGemmaConfig;
 use crate::model::gemma::TextModel;
@@ -336,6 +336,17 @@ impl PaliGemma {
         pixels: &[f32],
         vision_out: Option<&wgpu::Buffer>,
     ) -> Result<ImageFeatures> {
+        let encode = self.encode_pixels_async(pixels, vision_out);
+        self.gpu.block_on("encode_pixels", encode)
+    }
+
+    /// [`encode_pixels`](Self::encode_pixels), awaitable (it waits for nothing, but returns to
+    /// a frame loop between layers: see [`Gpu::set_polled_by_caller`]).
+    pub async fn encode_pixels_async(
+        &self,
+        pixels: &[f32],
+        vision_out: Option<&wgpu::Buffer>,
+    ) -> Result<ImageFeatures> {
         let (s, c) = (self.image_size(), self.config.vision.num_channels);
         if pixels.len() != c * s * s {
             return Err(Error::invalid(format!(
@@ -344,7 +355,7 @@ impl PaliGemma {
             )));
         }
         let buffer = self.gpu.upload_f32("pixels", pixels)?;
-        self.encode_pixel_buffer(&buffer, vision_out)
+        self.encode_pixel_buffer(&buffer, vision_out).await
     }
 
     /// Preprocesses a texture on the GPU (a rendered frame never visits the CPU) and encodes
@@ -359,15 +370,22 @@ impl PaliGemma {
     /// so far (so a frame rendered and submitted before this call is what is read), in
     /// submissions of one layer each.
     pub fn encode_texture(&self, texture: &wgpu::Texture) -> Result<ImageFeatures> {
+        let encode = self.encode_texture_async(texture);
+        self.gpu.block_on("encode_texture", encode)
+    }
+
+    /// [`encode_texture`](Self::encode_texture), awaitable (see
+    /// [`encode_pixels_async`](Self::encode_pixels_async)).
+    pub async fn encode_texture_async(&self, texture: &wgpu::Texture) -> Result<ImageFeatures> {
         let s = self.image_size();
         let pixels = self.gpu.storage("pixels", (3 * s * s * 4) as u64)?;
         let mut rec = self.gpu.recorder();
         crate::ops::resize::preprocess_texture(&mut rec, texture, s, View::new(&pixels, 3, s * s))?;
         rec.submit("preprocessing a texture")?;
-        self.encode_pixel_buffer(&pixels, None)
+        self.encode_pixel_buffer(&pixels, None).await
     }
 
-    fn encode_pixel_buffer(
+    async fn encode_pixel_buffer(
         &self,
         pixels: &wgpu::Buffer,
         vision_out: Option<&wgpu::Buffer>,
@@ -385,7 +403,7 @@ impl PaliGemma {
                 &owned
             }
         };
-        self.vision.encode_buffer(&self.gpu, pixels, vout)?;
+        self.vision.encode_buffer(&self.gpu, pixels, vout).await?;
         let buffer = self.gpu.storage("image features", (n * dt * 4) as u64)?;
         let mut rec = self.gpu.recorder();
         let (x, y) = (View::new(vout, n, dv), View::new(&buffer, n, dt));
@@ -405,7 +423,8 @@ impl PaliGemma {
     /// Runs the prompt (the image rows replace its `<image>` tokens); returns the greedy next
     /// token. Lower-level than [`generate`](Self::generate), for callers who drive decoding.
     pub fn prefill(&self, s: &mut Session, ids: &[u32], image: &ImageFeatures) -> Result<u32> {
-        block_on("prefill", self.prefill_async(s, ids, image))
+        self.gpu()
+            .block_on("prefill", self.prefill_async(s, ids, image))
     }
 
     /// [`prefill`](Self::prefill), awaitable.
@@ -429,7 +448,7 @@ impl PaliGemma {
 
     /// Appends `token`; returns the greedy next token.
     pub fn step(&self, s: &mut Session, token: u32) -> Result<u32> {
-        block_on("step", self.step_async(s, token))
+        self.gpu().block_on("step", self.step_async(s, token))
     }
 
     /// [`step`](Self::step), awaitable.
@@ -439,7 +458,7 @@ impl PaliGemma {
 
     /// The logits the session's last token was chosen from, read back: `[vocab]`.
     pub fn logits(&self, s: &Session) -> Result<Vec<f32>> {
-        block_on("logits", self.logits_async(s))
+        self.gpu().block_on("logits", self.logits_async(s))
     }
 
     /// [`logits`](Self::logits), awaitable.
@@ -471,7 +490,10 @@ impl PaliGemma {
         opts: &GenerateOptions,
         on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<Generation> {
-        block_on("generate", self.generate_async(image, prompt, opts, on_token))
+        self.gpu().block_on(
+            "generate",
+            self.generate_async(image, prompt, opts, on_token),
+        )
     }
 
     /// [`generate`](Self::generate), awaitable: the form a web page uses.
@@ -495,10 +517,21 @@ impl PaliGemma {
         opts: &GenerateOptions,
         on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<Generation> {
-        block_on("generate_texture", async {
-            let started = self.start_texture_async(texture, prompt, opts).await?;
-            self.finish(started, on_token).await
-        })
+        let generation = self.generate_texture_async(texture, prompt, opts, on_token);
+        self.gpu().block_on("generate_texture", generation)
+    }
+
+    /// [`generate_texture`](Self::generate_texture), awaitable: what a frame loop polls (see
+    /// [`Gpu::set_polled_by_caller`]).
+    pub async fn generate_texture_async(
+        &self,
+        texture: &wgpu::Texture,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<Generation> {
+        let started = self.start_texture_async(texture, prompt, opts).await?;
+        self.finish(started, on_token).await
     }
 
     /// Drives a started sequence to its end.
@@ -549,7 +582,8 @@ impl PaliGemma {
         sessions: &mut [&mut Session],
         tokens: &[u32],
     ) -> Result<Vec<u32>> {
-        block_on("step_batch", self.step_batch_async(batch, sessions, tokens))
+        self.gpu()
+            .block_on("step_batch", self.step_batch_async(batch, sessions, tokens))
     }
 
     /// [`step_batch`](Self::step_batch), awaitable.

@@ -7,7 +7,6 @@
 use web_time::Instant;
 
 use crate::error::{Error, Result};
-use crate::gpu::block_on;
 use crate::model::session::{DecodeBatch, Session};
 use crate::ops::View;
 use crate::ops::softmax::softmax;
@@ -119,7 +118,8 @@ impl PaliGemma {
         prompt: &str,
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
-        block_on("start", self.start_async(image, prompt, opts))
+        self.gpu()
+            .block_on("start", self.start_async(image, prompt, opts))
     }
 
     /// [`start`](Self::start), awaitable.
@@ -134,7 +134,7 @@ impl PaliGemma {
         let pixels = preprocess(image, self.image_size() as u32);
         let preprocess_ms = ms(t0);
         let t1 = Instant::now();
-        let features = self.encode_pixels(&pixels, None)?;
+        let features = self.encode_pixels_async(&pixels, None).await?;
         self.start_from(&features, ids, opts, t0, preprocess_ms, t1)
             .await
     }
@@ -149,7 +149,8 @@ impl PaliGemma {
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
         let ids = self.prompt_ids(prompt)?;
-        block_on("start_pixels", self.start_pixels_ids(pixels, ids, opts))
+        self.gpu()
+            .block_on("start_pixels", self.start_pixels_ids(pixels, ids, opts))
     }
 
     /// [`start_pixels`](Self::start_pixels) with the prompt already tokenized
@@ -161,7 +162,7 @@ impl PaliGemma {
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
         let t0 = Instant::now();
-        let features = self.encode_pixels(pixels, None)?;
+        let features = self.encode_pixels_async(pixels, None).await?;
         self.start_from(&features, ids, opts, t0, 0.0, t0).await
     }
 
@@ -173,7 +174,10 @@ impl PaliGemma {
         prompt: &str,
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
-        block_on("start_texture", self.start_texture_async(texture, prompt, opts))
+        self.gpu().block_on(
+            "start_texture",
+            self.start_texture_async(texture, prompt, opts),
+        )
     }
 
     /// [`start_texture`](Self::start_texture), awaitable.
@@ -185,7 +189,7 @@ impl PaliGemma {
     ) -> Result<(Sequence, Option<Token>)> {
         let t0 = Instant::now();
         let ids = self.prompt_ids(prompt)?;
-        let features = self.encode_texture(texture)?;
+        let features = self.encode_texture_async(texture).await?;
         self.start_from(&features, ids, opts, t0, 0.0, t0).await
     }
 
@@ -252,7 +256,8 @@ impl PaliGemma {
         batch: &mut DecodeBatch,
         seqs: &mut [&mut Sequence],
     ) -> Result<Vec<Option<Token>>> {
-        block_on("advance", self.advance_async(batch, seqs))
+        self.gpu()
+            .block_on("advance", self.advance_async(batch, seqs))
     }
 
     /// [`advance`](Self::advance), awaitable.

@@ -21,8 +21,8 @@ use js_sys::{Function, Uint8Array};
 use wasm_bindgen::prelude::*;
 
 use crate::{
-    GenerateOptions, Gpu, GpuOptions, LoadOptions, LoadProgress, ModelFiles, PaliGemma,
-    Precision, ShardBytes, detection,
+    GenerateOptions, Gpu, GpuOptions, LoadOptions, LoadProgress, ModelFiles, PaliGemma, Precision,
+    ShardBytes, detection,
 };
 
 /// A JS callback the library may hold in its `Send + Sync` callback types. Sound because a
@@ -112,19 +112,28 @@ impl Model {
         Ok(Model { model })
     }
 
-    /// The adapter the browser gave: "name (backend)".
+    /// The adapter's name as the runtime reports it: Dawn in Node names it ("SwiftShader
+    /// driver 5.0.0"); browsers usually keep it empty (the page can show `adapter.info`'s
+    /// vendor and architecture instead).
     pub fn adapter(&self) -> String {
-        let gpu = self.model.gpu();
-        match gpu.info() {
-            Some(i) if !i.name.is_empty() => format!("{} ({:?})", i.name, i.backend),
-            _ => gpu.adapter_name(),
-        }
+        let info = self.model.gpu().info();
+        info.map(|i| i.name.clone()).unwrap_or_default()
+    }
+
+    /// Whether the adapter is a CPU fallback (SwiftShader, lavapipe).
+    #[wasm_bindgen(js_name = isFallback)]
+    pub fn is_fallback(&self) -> bool {
+        let info = self.model.gpu().info();
+        info.is_some_and(|i| i.device_type == wgpu::DeviceType::Cpu)
     }
 
     /// Whether the device has `shader-f16` (informational: the kernels need no feature).
     #[wasm_bindgen(js_name = hasShaderF16)]
     pub fn has_shader_f16(&self) -> bool {
-        self.model.gpu().features().contains(wgpu::Features::SHADER_F16)
+        self.model
+            .gpu()
+            .features()
+            .contains(wgpu::Features::SHADER_F16)
     }
 
     /// Bytes of GPU memory the weights hold.

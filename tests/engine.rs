@@ -110,6 +110,74 @@ fn the_model_answers_from_another_thread() {
     assert_eq!(here.generated_ids, there.generated_ids);
 }
 
+/// A game's frame loop drives a generation without ever blocking on the GPU: the device is
+/// polled by the loop (`set_polled_by_caller`), and the `_async` future, polled once a frame
+/// with a no-op waker, returns to the loop between layers (the frame's own work is queued
+/// between them, not behind the whole prefill) and at every read-back, and ends with what the
+/// blocking call gives.
+#[test]
+fn a_frame_loop_drives_generation_without_blocking() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    use std::time::{Duration, Instant};
+
+    let _serial = serial();
+    // A device of its own: the flag is the device's, and the other tests block.
+    let gpu = paligemma::Gpu::new(&Default::default()).unwrap();
+    let dir = common::fixture_path("mqa/model");
+    let model = PaliGemma::load_on(gpu.clone(), &dir, Some(Precision::F32)).unwrap();
+    let image = photo();
+    let want = model
+        .generate(&image, "caption en", &opts(8), |_, _| true)
+        .unwrap();
+    gpu.set_polled_by_caller(true);
+    // Rendered on the model's device (a texture of another device is a wgpu panic).
+    let rgba = image.to_rgba8();
+    let format = wgpu::TextureFormat::Rgba8UnormSrgb;
+    let texture = paligemma::testing::texture_with(&gpu, format, rgba.dimensions(), rgba.as_raw());
+    let mut streamed = Vec::new();
+    let (mut frames, mut longest) = (0usize, Duration::ZERO);
+    let got = {
+        let on_token = |id, _: &str| {
+            streamed.push(id);
+            true
+        };
+        let opts = opts(8);
+        let future = model.generate_texture_async(&texture, "caption en", &opts, on_token);
+        let mut future = std::pin::pin!(future);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            let t = Instant::now();
+            let poll = future.as_mut().poll(&mut cx);
+            longest = longest.max(t.elapsed());
+            if let Poll::Ready(out) = poll {
+                break out.unwrap();
+            }
+            // The rest of the frame: the engine renders, then polls its device.
+            frames += 1;
+            gpu.device().poll(wgpu::PollType::Poll).unwrap();
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    };
+    gpu.set_polled_by_caller(false);
+    assert_eq!(got.generated_ids, want.generated_ids);
+    assert_eq!(got.step_logits, want.step_logits);
+    assert_eq!(streamed, got.generated_ids);
+    // Back to the loop between the layers of the vision tower and of the prefill, and at each
+    // token's read-back.
+    let cfg = model.config();
+    let layers = cfg.vision.num_hidden_layers + cfg.text.num_hidden_layers;
+    assert!(
+        frames >= layers + got.generated_ids.len(),
+        "{frames} frames for {layers} layers and {} tokens",
+        got.generated_ids.len()
+    );
+    eprintln!(
+        "{} tokens over {frames} frames; the longest poll of the future took {longest:?}",
+        got.generated_ids.len()
+    );
+}
+
 /// Anonymous + shared resident memory of this process, in KiB (lavapipe's GPU memory is host
 /// memory, so GPU buffers count here).
 #[cfg(target_os = "linux")]

@@ -401,7 +401,10 @@ fn loading_from_bytes_equals_loading_the_folder() {
         let folder = case.load(Precision::F32);
         let (want_ids, want_logits) = decode(&folder, &case, 12);
         assert_eq!(ids, want_ids, "{name}");
-        assert_eq!(logits, want_logits, "{name}: logits differ from the folder's");
+        assert_eq!(
+            logits, want_logits,
+            "{name}: logits differ from the folder's"
+        );
         assert_eq!(ids, case.ids("generated_ids"), "{name}");
     }
     let case = cases().into_iter().find(|c| c.name == "mqa").unwrap();
@@ -414,7 +417,10 @@ fn loading_from_bytes_equals_loading_the_folder() {
         .err()
         .expect("a truncated shard must be refused")
         .to_string();
-    assert!(e.contains("model.safetensors") && e.contains("bytes"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("bytes"),
+        "{e}"
+    );
 }
 
 /// A copy of the mqa model folder with `edit` applied, in a fresh temporary folder.

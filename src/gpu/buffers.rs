@@ -117,7 +117,7 @@ impl Gpu {
 
     /// Copies `size` bytes from `buf` at `offset` back to the CPU, waiting for the GPU.
     pub fn read(&self, buf: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        super::block_on("read", self.read_async(buf, offset, size))
+        self.block_on("read", self.read_async(buf, offset, size))
     }
 
     /// [`read`](Self::read), awaitable.
@@ -163,7 +163,11 @@ impl Gpu {
 
     /// The first `count` u32 values of a [`read_back_buffer`](Self::read_back_buffer) once the
     /// submitted work that fills it is done.
-    pub(crate) async fn read_mapped(&self, staging: &wgpu::Buffer, count: usize) -> Result<Vec<u32>> {
+    pub(crate) async fn read_mapped(
+        &self,
+        staging: &wgpu::Buffer,
+        count: usize,
+    ) -> Result<Vec<u32>> {
         let bytes = self.read_mapped_async(staging).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes[..count * 4]))
     }
@@ -197,7 +201,7 @@ impl Gpu {
 
     /// Reads `count` f32 values starting at element `offset`.
     pub fn read_f32(&self, buf: &wgpu::Buffer, offset: usize, count: usize) -> Result<Vec<f32>> {
-        super::block_on("read_f32", self.read_f32_async(buf, offset, count))
+        self.block_on("read_f32", self.read_f32_async(buf, offset, count))
     }
 
     /// [`read_f32`](Self::read_f32), awaitable.
@@ -221,7 +225,7 @@ impl Gpu {
 
     /// Blocks until all submitted work is done.
     pub fn wait(&self) -> Result<()> {
-        super::block_on("wait", self.wait_async())
+        self.block_on("wait", self.wait_async())
     }
 
     /// [`wait`](Self::wait), awaitable: resolves when the queue's submitted work is done.
@@ -236,17 +240,28 @@ impl Gpu {
         self.check_lost()
     }
 
-    /// On native backends callbacks run only inside `device.poll`, so drive the device until
-    /// the queue is idle; in a browser the event loop runs them and this does nothing.
+    /// On native backends callbacks run only inside `device.poll`, so drive the device: until
+    /// the queue is idle, or only what is ready when the caller polls the device itself
+    /// ([`set_polled_by_caller`](Self::set_polled_by_caller)). In a browser the event loop
+    /// runs them and this does nothing.
     fn poll_native(&self) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
-        self.inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu {
-                op: "waiting for the GPU".into(),
-                message: e.to_string(),
-            })?;
+        self.poll_device(!self.inner.polled_by_caller.load(Ordering::Relaxed))?;
+        Ok(())
+    }
+
+    /// `device.poll`: until the queue is idle (`wait`), or once.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(super) fn poll_device(&self, wait: bool) -> Result<()> {
+        let how = if wait {
+            wgpu::PollType::wait_indefinitely()
+        } else {
+            wgpu::PollType::Poll
+        };
+        self.inner.device.poll(how).map_err(|e| Error::Gpu {
+            op: "waiting for the GPU".into(),
+            message: e.to_string(),
+        })?;
         Ok(())
     }
 }

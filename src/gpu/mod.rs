@@ -9,7 +9,7 @@
 //!
 //! Every wait on the GPU (device creation, error scopes, buffer mapping) is an `async fn`
 //! (`new_async`, `scoped_async`, `read_async`, `wait_async`); the blocking functions are
-//! wrappers over them ([`block_on`]), so a web page, which cannot block, awaits the same code.
+//! wrappers over them (`Gpu::block_on`), so a web page, which cannot block, awaits the same code.
 //! The model's API follows the same rule (`generate` / `generate_async`, ...): only the
 //! read-backs wait, and everything between them records and submits without waiting.
 
@@ -64,6 +64,9 @@ struct Inner {
     /// Bytes of every buffer the library allocated (never decremented): load and session
     /// footprints are differences of this counter.
     allocated: AtomicU64,
+    /// See [`Gpu::set_polled_by_caller`].
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    polled_by_caller: std::sync::atomic::AtomicBool,
     /// Bytes uploaded since the queue was last flushed (see `buffers::FLUSH_BYTES`).
     unflushed: AtomicU64,
     /// A 16-byte buffer bound where a kernel's optional input (e.g. a bias) is absent.
@@ -92,7 +95,15 @@ impl Gpu {
     /// (not wgpu's conservative defaults) and the optional features it has. Blocks; see
     /// [`new_async`](Self::new_async).
     pub fn new(opts: &GpuOptions) -> Result<Gpu> {
-        block_on("Gpu::new", Self::new_async(opts))
+        #[cfg(not(target_arch = "wasm32"))]
+        return pollster::block_on(Self::new_async(opts));
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = opts;
+            Err(Error::invalid(
+                "`Gpu::new` would block, which a web page cannot do: await `Gpu::new_async`",
+            ))
+        }
     }
 
     /// Every adapter wgpu finds on the backends `WGPU_BACKEND` allows (all by default).
@@ -246,6 +257,7 @@ impl Gpu {
                 reported,
                 allocated: AtomicU64::new(0),
                 unflushed: AtomicU64::new(0),
+                polled_by_caller: Default::default(),
                 dummy,
                 pipelines: RwLock::default(),
                 profile: Mutex::new(None),
@@ -352,6 +364,58 @@ impl Gpu {
         Ok(out)
     }
 
+    /// Runs `f`, one of the library's `_async` operations, to its end on the calling thread:
+    /// the blocking forms are this over the awaitable ones. Natively, while `f` waits, the
+    /// device is polled until the GPU is idle (its callbacks are what `f` waits for). A web page
+    /// cannot block (the browser's event loop must run for the GPU's answer to arrive), so
+    /// there a future not ready at once is an error naming the `_async` form, not a hang.
+    pub(crate) fn block_on<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+                return out;
+            }
+            #[cfg(target_arch = "wasm32")]
+            return Err(Error::invalid(format!(
+                "`{what}` waits for the GPU, which a web page cannot block on: await \
+                 `{what}_async` instead"
+            )));
+            #[cfg(not(target_arch = "wasm32"))]
+            {
+                let _ = what;
+                self.poll_device(true)?;
+            }
+        }
+    }
+
+    /// The caller polls the device itself: a game engine's frame loop calls
+    /// `device.poll(PollType::Poll)` every frame (Bevy's renderer does). The `_async` forms
+    /// then never block the thread inside `device.poll`: a future such as
+    /// [`PaliGemma::advance_async`](crate::PaliGemma::advance_async) is polled once per frame
+    /// (any executor, or a no-op waker) and is ready once the GPU has answered. The blocking
+    /// forms still wait. Off by default: the `_async` forms then wait inside `device.poll`,
+    /// which suits a thread that does nothing else.
+    pub fn set_polled_by_caller(&self, on: bool) {
+        self.inner.polled_by_caller.store(on, Ordering::Relaxed);
+    }
+
+    /// Between the layers of long work (vision, prefill): when the caller polls the device
+    /// ([`set_polled_by_caller`](Self::set_polled_by_caller)), returns to its frame loop once,
+    /// so the frame's own submissions go to the queue between two layers instead of behind the
+    /// whole prefill. Otherwise ready at once.
+    pub(crate) fn between_layers(&self) -> YieldOnce {
+        #[cfg(not(target_arch = "wasm32"))]
+        let yielded = !self.inner.polled_by_caller.load(Ordering::Relaxed);
+        #[cfg(target_arch = "wasm32")]
+        let yielded = true;
+        YieldOnce { yielded }
+    }
+
     /// Splits `n` workgroups over x and y so no dimension exceeds the device limit; shaders
     /// rebuild the linear index with `flat_workgroup` (grid.wgsl) and drop the overhang.
     pub(crate) fn grid(&self, n: u32) -> [u32; 3] {
@@ -369,27 +433,23 @@ impl Gpu {
     }
 }
 
-/// Runs a GPU operation's future to its end on the calling thread: the blocking form of an
-/// `_async` function. A web page cannot block (the browser's event loop must run for the GPU's
-/// answer to arrive), so there a future that is not ready at once becomes an error naming
-/// the `_async` form to use instead of a hang.
-pub(crate) fn block_on<T>(what: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let _ = what;
-        pollster::block_on(f)
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let mut f = std::pin::pin!(f);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match f.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(out) => out,
-            std::task::Poll::Pending => Err(Error::invalid(format!(
-                "`{what}` waits for the GPU, which a web page cannot block on: await \
-                 `{what}_async` instead"
-            ))),
+/// A future that is pending once (waking its task at once), then ready.
+pub(crate) struct YieldOnce {
+    yielded: bool,
+}
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.yielded {
+            return std::task::Poll::Ready(());
         }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 

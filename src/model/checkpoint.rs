@@ -31,7 +31,8 @@ struct Shard {
 impl Shard {
     /// A tensor's bytes, from its offsets in the data section.
     fn data(&self, (start, end): (usize, usize)) -> Cow<'_, [u8]> {
-        self.bytes.range(self.data_start + start, self.data_start + end)
+        self.bytes
+            .range(self.data_start + start, self.data_start + end)
     }
 }
 
@@ -77,11 +78,13 @@ impl ShardBytes {
         }
         let n = u64::from_le_bytes(self.range(0, 8).as_ref().try_into().expect("8 bytes"));
         if n > 100_000_000 || 8 + n as usize > len {
-            return Err(format!("header length {n} does not fit the file's {len} bytes"));
+            return Err(format!(
+                "header length {n} does not fit the file's {len} bytes"
+            ));
         }
         let n = n as usize;
-        let metadata: Metadata = serde_json::from_slice(&self.range(8, 8 + n))
-            .map_err(|e| format!("header: {e}"))?;
+        let metadata: Metadata =
+            serde_json::from_slice(&self.range(8, 8 + n)).map_err(|e| format!("header: {e}"))?;
         let end = metadata
             .tensors()
             .values()
@@ -145,7 +148,12 @@ impl<'a> TensorData<'a> {
 
     /// The `[rows, cols]` matrix in `format`: the stored bytes themselves when the formats
     /// agree (a bf16 checkpoint's bytes are used as they are), otherwise converted.
-    pub fn to_host(self, format: WeightFormat, rows: usize, cols: usize) -> Result<HostWeight<'a>> {
+    pub fn into_host(
+        self,
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+    ) -> Result<HostWeight<'a>> {
         if self.format()? == format {
             return Ok(HostWeight {
                 format,
@@ -278,10 +286,11 @@ impl Checkpoint {
         let mut shards = Vec::new();
         let mut entries: HashMap<String, Entry> = HashMap::new();
         for (path, bytes) in files {
-            let (header_len, metadata) = bytes.metadata().map_err(|message| Error::Safetensors {
-                path: path.clone(),
-                message,
-            })?;
+            let (header_len, metadata) =
+                bytes.metadata().map_err(|message| Error::Safetensors {
+                    path: path.clone(),
+                    message,
+                })?;
             let shard = shards.len();
             for (name, info) in metadata.tensors() {
                 let Some(canon) = canonical_name(&name) else {
@@ -374,12 +383,12 @@ impl Checkpoint {
             .entries
             .iter()
             .map(|(canon, e)| StoredTensor {
-                    name: &e.name,
-                    canon,
-                    dtype: e.dtype,
-                    shape: &e.shape,
-                    bytes: self.shards[e.shard].data(e.range),
-                })
+                name: &e.name,
+                canon,
+                dtype: e.dtype,
+                shape: &e.shape,
+                bytes: self.shards[e.shard].data(e.range),
+            })
             .collect();
         v.sort_by_key(|t| t.name);
         v

@@ -129,7 +129,7 @@ impl Loader<'_> {
                 }
                 let t = c.get(name, &[rows, cols])?;
                 let format = self.precision.format_for(t.format()?, cols, quantizable);
-                t.to_host(format, rows, cols)
+                t.into_host(format, rows, cols)
             }
             WeightSource::Random { seed, format } => {
                 let format = self.precision.format_for(*format, cols, quantizable);

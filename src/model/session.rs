@@ -324,12 +324,13 @@ impl TextModel {
     /// Records one forward pass `p` whose token ids are in `ids` (`u32 [rows]`); the `image`
     /// rows `[n, H]` replace the first n embeddings. Leaves the final normed hidden states in
     /// the scratch's `h` and K, V in the caches. Many rows are submitted a layer at a time (no
-    /// watchdog fires on a long prompt); the caller advances the sessions once the rest is
-    /// submitted, so a failure leaves them as they were.
-    fn forward(
+    /// watchdog fires on a long prompt, and a caller that polls the device gets its frame loop
+    /// back between layers); the caller advances the sessions once the rest is submitted, so a
+    /// failure leaves them as they were.
+    async fn forward(
         &self,
-        rec: &mut Recorder,
-        p: &Pass,
+        rec: &mut Recorder<'_>,
+        p: &Pass<'_>,
         ids: &wgpu::Buffer,
         image: Option<(&wgpu::Buffer, usize)>,
     ) -> Result<()> {
@@ -344,6 +345,7 @@ impl TextModel {
             layer.forward(rec, p, li)?;
             if matches!(p.kind, Rows::Run { .. }) && p.rows > 1 {
                 rec.flush(&format!("decoder layer {li}"))?;
+                rec.gpu().between_layers().await;
             }
         }
         self.norm.forward(rec, p.x(), p.h())
@@ -445,7 +447,7 @@ impl TextModel {
         let t = ids.len();
         let mut rec = gpu.recorder();
         let p = self.run_pass(gpu, s, t, t)?;
-        self.forward(&mut rec, &p, &id_buffer, image)?;
+        self.forward(&mut rec, &p, &id_buffer, image).await?;
         let out = View::new(&logits_buf, 1, self.cfg.vocab_size);
         self.record_logits(&mut rec, p.h().row(t - 1), out, &token, 0)?;
         rec.copy(&token, 0, &s.readback, 0, 4);
@@ -466,7 +468,7 @@ impl TextModel {
         let mut rec = gpu.recorder();
         let prefix_len = s.prefix_len;
         let p = self.run_pass(gpu, s, 1, prefix_len)?;
-        self.forward(&mut rec, &p, &ids, None)?;
+        self.forward(&mut rec, &p, &ids, None).await?;
         let out = View::new(&logits_buf, 1, self.cfg.vocab_size);
         self.record_logits(&mut rec, p.h(), out, &ids, 0)?;
         rec.copy(&ids, 0, &s.readback, 0, 4);
@@ -556,7 +558,7 @@ impl TextModel {
                 kv_width,
                 scratch: &b.scratch,
             };
-            self.forward(&mut rec, &p, &b.ids, None)?;
+            self.forward(&mut rec, &p, &b.ids, None).await?;
             let out = View::new(&b.logits, rows, v);
             self.record_logits(&mut rec, p.h(), out, &b.tokens, g * GEMV_BATCH)?;
             // Each session keeps the logits its token was chosen from, as its own step does.
@@ -591,7 +593,8 @@ impl TextModel {
         let id_buffer = gpu.storage_init("ids", bytemuck::cast_slice(ids))?;
         let mut rec = gpu.recorder();
         let p = self.run_pass(gpu, &mut s, t, prefix_len)?;
-        self.forward(&mut rec, &p, &id_buffer, image)?;
+        let pass = self.forward(&mut rec, &p, &id_buffer, image);
+        gpu.block_on("all_logits", pass)?;
         rec.submit("a full forward pass")?;
         let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         // In blocks of rows whose logits fit one binding.

@@ -118,9 +118,10 @@ impl VisionTower {
     }
 
     /// Encodes preprocessed pixels [C, S, S] into `out` [N, D] ("vision_out"), a submission
-    /// per layer so that no command buffer runs long enough to trip a driver watchdog.
+    /// per layer so that no command buffer runs long enough to trip a driver watchdog (and,
+    /// when the caller polls the device, a return to its frame loop between layers).
     /// The pixels are on the GPU, `[3, S, S]` f32.
-    pub fn encode_buffer(
+    pub async fn encode_buffer(
         &self,
         gpu: &Gpu,
         pixels: &wgpu::Buffer,
@@ -152,6 +153,7 @@ impl VisionTower {
         for (li, layer) in self.layers.iter().enumerate() {
             layer.forward(&mut rec, cfg, &s)?;
             rec.flush(&format!("vision layer {li}"))?;
+            gpu.between_layers().await;
         }
         let x = View::new(&s.x, n, d);
         self.post_layernorm

@@ -155,7 +155,7 @@ fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
             }
             started += 1;
             let start = model.start_pixels_ids(&job.pixels, job.prompt_ids, &job.opts);
-            match crate::gpu::block_on("start_pixels", start) {
+            match model.gpu().block_on("start_pixels", start) {
                 Ok((seq, first)) => {
                     let r = Running {
                         seq,
