@@ -38,7 +38,7 @@ for spec in specs:
     native = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True)
                         .stdout.strip().splitlines()[-1])
     if model != f"{d}/model":
-        name += "-" + model.split("/")[-1]
+        name = model.rstrip("/").split("/")[-1]
     cases.append({"name": name, "precision": precision or None, "model": model,
                   "image": f"{d}/image.png", "prompt": prompt, "max_new_tokens": 12,
                   "native_ids": native["generated_ids"], "native_text": native["text"]})
@@ -69,10 +69,11 @@ echo "== Node + Dawn"
 VK_ICD_FILENAMES="$mesa/lvp.json" node web/test-node.mjs "$out/cases.json"
 
 if [ -z "${SKIP_CHROMIUM:-}" ]; then
-  python3 -m http.server --bind 127.0.0.1 8765 >/dev/null 2>&1 &
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  python3 -m http.server --bind 127.0.0.1 "$port" >/dev/null 2>&1 &
   server=$!
-  trap 'kill $server' EXIT
-  for _ in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:8765/ && break; sleep 0.1; done
+  trap 'kill $server 2>/dev/null || true' EXIT
+  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   echo "== Chromium (headless)"
-  node web/test-chromium.mjs "$out/cases.json" "$out/shots"
+  PAGE_ORIGIN="http://127.0.0.1:$port" node web/test-chromium.mjs "$out/cases.json" "$out/shots"
 fi
