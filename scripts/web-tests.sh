@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 out=target/web-tests
 mkdir -p "$out"
 
-bash scripts/wasm-build.sh
+WASM_PROFILE="${WASM_PROFILE:-wasm-test}" bash scripts/wasm-build.sh
 
 # fixture | precision ("" = the default: 16-bit, or what a quantized checkpoint holds) | the
 # model folder when not the fixture's own. Each is asked its fixture's prompt about image.png.
@@ -47,7 +47,8 @@ PY
 
 (cd web && npm install --silent --no-audit --no-fund)
 if ! command -v chromium >/dev/null; then
-  apt-get install -y -qq chromium >/dev/null
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 # Dawn refuses Debian 12's lavapipe (Mesa 22.3 lacks shaderUniform*ArrayDynamicIndexing).
 # Mesa 25's, from bookworm-backports, is unpacked under target/ for Node alone (the system's

@@ -27,25 +27,22 @@ pub struct PromptTokenizer {
 impl PromptTokenizer {
     /// Loads a `tokenizer.json` (as shipped with PaliGemma checkpoints).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let err = |message: String| Error::Tokenizer {
-            path: path.to_path_buf(),
-            message,
-        };
-        let tokenizer = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
-        Self::new(tokenizer).map_err(|e| match e {
-            Error::Invalid(message) => err(message),
-            other => other,
-        })
+        Self::parsed(Tokenizer::from_file(path), path)
     }
 
     /// [`from_file`](Self::from_file) on the file's bytes (fetched by a web page, say);
     /// `origin` names them in errors.
     pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Self> {
+        Self::parsed(Tokenizer::from_bytes(bytes), origin)
+    }
+
+    /// [`new`](Self::new) on a parsed file, every error naming `origin`.
+    fn parsed(parsed: tokenizers::Result<Tokenizer>, origin: &Path) -> Result<Self> {
         let err = |message: String| Error::Tokenizer {
             path: origin.to_path_buf(),
             message,
         };
-        let tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| err(e.to_string()))?;
+        let tokenizer = parsed.map_err(|e| err(e.to_string()))?;
         Self::new(tokenizer).map_err(|e| match e {
             Error::Invalid(message) => err(message),
             other => other,

@@ -209,16 +209,21 @@ impl Gpu {
     ///   call (a frame rendered into a texture given to
     ///   [`PaliGemma::encode_texture`](crate::PaliGemma::encode_texture)) is complete before the
     ///   library's reads, and the caller's later submissions come after the library's.
-    /// - **What blocks the calling thread.** Loading (uploads), the end of the image encoding
+    /// - **What waits for the GPU.** Loading (uploads), the end of the image encoding
     ///   (`start*`, `generate*` wait for the vision tower), the prefill and each decode step
     ///   (one 4-byte read-back of the chosen token; sampling reads one row of probabilities).
-    ///   Nothing else waits on the GPU. Long work is cut into one submission per layer, so the
-    ///   renderer's submissions interleave with a prefill instead of queueing behind all of it,
-    ///   and no driver watchdog fires.
-    /// - **Keeping frames smooth.** Drive decoding a token per frame
-    ///   ([`PaliGemma::advance`](crate::PaliGemma::advance) blocks for one decode step), and do
-    ///   the `start` (vision + prefill) on a worker thread: the model is `Send + Sync`, and
-    ///   wgpu's device and queue may be used from any thread.
+    ///   Nothing else does. Long work (vision, prefill) is cut into one submission per layer,
+    ///   so no driver watchdog fires.
+    /// - **Keeping frames smooth.** Call [`Gpu::set_polled_by_caller`] when the engine polls
+    ///   its device every frame, and poll an `_async` future
+    ///   ([`PaliGemma::generate_texture_async`](crate::PaliGemma::generate_texture_async),
+    ///   [`start_texture_async`](crate::PaliGemma::start_texture_async) then
+    ///   [`advance_async`](crate::PaliGemma::advance_async) a token per frame) once per frame:
+    ///   it never blocks, and it returns to the frame loop between layers, so each frame's own
+    ///   submissions reach the queue between two layers of the prefill rather than behind all of
+    ///   it (`tests/engine.rs` drives a generation this way). Or run the blocking forms on a
+    ///   worker thread: the model is `Send + Sync`, and wgpu's device and queue may be used from
+    ///   any thread.
     /// - **Memory.** [`PaliGemma::weight_memory`](crate::PaliGemma::weight_memory),
     ///   [`Session::gpu_bytes`](crate::Session::gpu_bytes) and
     ///   [`Sequence::gpu_bytes`](crate::Sequence::gpu_bytes) report what the library holds;
