@@ -13,21 +13,24 @@ mkdir -p "$out"
 WASM_PROFILE="${WASM_PROFILE:-wasm-test}" bash scripts/wasm-build.sh
 
 # fixture | precision ("" = the default: 16-bit, or what a quantized checkpoint holds) | the
-# model folder when not the fixture's own. Each is asked its fixture's prompt about image.png.
-cargo build --quiet --bin paligemma
+# model folder when not the fixture's own | sampling "temperature,top_p,seed" (greedy when
+# empty). Each is asked its fixture's prompt about image.png.
+# The CLI as the tests build it (with the dev-dependencies' features, so after `cargo test` this
+# builds nothing; `cargo build --bin` would rebuild wgpu and naga with other features).
+cargo test --quiet --no-run --test cli
 target/debug/paligemma quantize --model tests/fixtures/gqa/model --precision q4 \
   --out "$out/gqa-q4" >/dev/null
 cases=(
   "mqa|f32" "gqa|f32"
   "mqa|" "gqa|" "bf16|"
-  "mqa|q8" "gqa||$out/gqa-q4"
+  "mqa|q8" "gqa||$out/gqa-q4" "gqa|f32||1.0,0.9,42"
 )
 python3 - "$out/cases.json" "${cases[@]}" <<'PY'
 import json, subprocess, sys
 out, specs = sys.argv[1], sys.argv[2:]
 cases = []
 for spec in specs:
-    name, precision, model = (spec.split("|") + [""])[:3]
+    name, precision, model, sampling = (spec.split("|") + ["", ""])[:4]
     d = f"tests/fixtures/{name}"
     model = model or f"{d}/model"
     prompt = json.load(open(f"{d}/expected.json"))["prompt"]
@@ -35,12 +38,19 @@ for spec in specs:
            "--prompt", prompt, "--max-new-tokens", "12", "--json"]
     if precision:
         cmd += ["--precision", precision]
+    if sampling:
+        t, p, seed = sampling.split(",")
+        cmd += ["--temperature", t, "--top-p", p, "--seed", seed]
+        sampling = {"temperature": float(t), "topP": float(p), "seed": int(seed)}
     native = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True)
                         .stdout.strip().splitlines()[-1])
     if model != f"{d}/model":
         name = model.rstrip("/").split("/")[-1]
+    if sampling:
+        name += "-sampled"
     cases.append({"name": name, "precision": precision or None, "model": model,
                   "image": f"{d}/image.png", "prompt": prompt, "max_new_tokens": 12,
+                  "sampling": sampling or None,
                   "native_ids": native["generated_ids"], "native_text": native["text"]})
 json.dump(cases, open(out, "w"), indent=1)
 PY

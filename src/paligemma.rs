@@ -368,7 +368,8 @@ impl PaliGemma {
     ///
     /// On a shared device the work goes to the queue after whatever the caller has submitted
     /// so far (so a frame rendered and submitted before this call is what is read), in
-    /// submissions of one layer each.
+    /// submissions of one layer each. The texture must belong to the model's device: wgpu
+    /// panics on another device's texture, and offers no way to check beforehand.
     pub fn encode_texture(&self, texture: &wgpu::Texture) -> Result<ImageFeatures> {
         let encode = self.encode_texture_async(texture);
         self.gpu.block_on("encode_texture", encode)

@@ -6,7 +6,8 @@
 //! await init();
 //! const model = await Model.load(origin, configText, tokenizerBytes, [shardBytes], ["model.safetensors"],
 //!                                null, (done, total) => bar.value = done / total);
-//! const out = await model.generate(imageFileBytes, "detect cat", 32, (id, piece) => { text += piece; });
+//! const out = await model.generate(imageFileBytes, "detect cat", 32, (id, piece) => { text += piece; },
+//!                                  { temperature: 0.7, topP: 0.9, seed: 1 }); // sampling: optional
 //! // out = { promptIds, generatedIds, text, detections: [{label, x_min, ...}], timings }
 //! ```
 //!
@@ -44,6 +45,21 @@ pub struct Model {
 
 fn js_error(e: crate::Error) -> JsError {
     JsError::new(&e.to_string())
+}
+
+/// The number `o[key]`, `None` when absent; an error naming the key when it is not a finite,
+/// non-negative number.
+fn number(o: &js_sys::Object, key: &str) -> Result<Option<f64>, JsError> {
+    let v = js_sys::Reflect::get(o, &key.into()).unwrap_or(JsValue::UNDEFINED);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    match v.as_f64() {
+        Some(x) if x.is_finite() && x >= 0.0 => Ok(Some(x)),
+        _ => Err(JsError::new(&format!(
+            "sampling.{key} must be a non-negative number"
+        ))),
+    }
 }
 
 #[wasm_bindgen]
@@ -142,24 +158,36 @@ impl Model {
         self.model.weight_memory() as f64
     }
 
-    /// Answers `prompt` about `image` (a PNG, JPEG, GIF, BMP or WebP file's bytes), greedily,
-    /// up to `max_new_tokens` tokens. `on_token(id, piece)` is called as each token is chosen
-    /// (return `false` to stop). Resolves to `{promptIds, generatedIds, text, detections,
-    /// timings}`; `detections` (boxes in the image's pixels) is filled for `detect` and
-    /// `segment` prompts.
+    /// Answers `prompt` about `image` (a PNG, JPEG, GIF, BMP or WebP file's bytes), up to
+    /// `max_new_tokens` tokens. `on_token(id, piece)` is called as each token is chosen
+    /// (return `false` to stop). `sampling` (optional) is `{temperature, topP, topK, seed}`,
+    /// greedy when absent or when `temperature` is 0. Resolves to `{promptIds, generatedIds,
+    /// text, detections, timings}`; `detections` (boxes in the image's pixels) is filled for
+    /// `detect` and `segment` prompts.
     pub async fn generate(
         &self,
         image: Vec<u8>,
         prompt: String,
         max_new_tokens: u32,
         on_token: Option<Function>,
+        sampling: Option<js_sys::Object>,
     ) -> Result<JsValue, JsError> {
         let image = image::load_from_memory(&image)
             .map_err(|e| JsError::new(&format!("the image: {e}")))?;
-        let opts = GenerateOptions {
+        let mut opts = GenerateOptions {
             max_new_tokens: max_new_tokens as usize,
             ..Default::default()
         };
+        if let Some(o) = &sampling {
+            let s = &mut opts.sampling;
+            s.temperature = number(o, "temperature")?.map_or(s.temperature, |v| v as f32);
+            s.top_p = number(o, "topP")?.map_or(s.top_p, |v| v as f32);
+            s.top_k = number(o, "topK")?.map_or(s.top_k, |v| v as usize);
+            s.seed = number(o, "seed")?.map_or(s.seed, |v| v as u64);
+            if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+                return Err(JsError::new("sampling.topP must be in (0, 1]"));
+            }
+        }
         let callback = |id: u32, piece: &str| match &on_token {
             None => true,
             Some(f) => f

@@ -35,6 +35,7 @@ try {
       run: "1",
     });
     if (c.precision) query.set("precision", c.precision);
+    for (const [k, v] of Object.entries(c.sampling ?? {})) query.set(k, String(v));
     await page.goto(`${origin}/web/index.html?${query}`);
     await page.waitForSelector("body[data-done]", { timeout: 240_000 });
     const out = await page.evaluate(() => window.paligemmaResult);

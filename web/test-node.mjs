@@ -35,10 +35,11 @@ for (const c of cases) {
   const loadMs = performance.now() - t0;
   const streamed = [];
   const image = new Uint8Array(fs.readFileSync(c.image));
-  const out = await model.generate(image, c.prompt, c.max_new_tokens, (id) => {
+  const onToken = (id) => {
     streamed.push(id);
     return true;
-  });
+  };
+  const out = await model.generate(image, c.prompt, c.max_new_tokens, onToken, c.sampling);
   const ok =
     JSON.stringify(out.generatedIds) === JSON.stringify(c.native_ids) &&
     JSON.stringify(streamed) === JSON.stringify(out.generatedIds) &&
@@ -54,4 +55,39 @@ for (const c of cases) {
   model.free();
 }
 console.log(failed ? `${failed} of ${cases.length} cases differ from native` : `all ${cases.length} cases match native`);
+
+// Bad input is a rejected promise whose message names the culprit, and the model still answers.
+const c = cases[0];
+const read = (f) => new Uint8Array(fs.readFileSync(path.join(c.model, f)));
+const config = fs.readFileSync(path.join(c.model, "config.json"), "utf8");
+const shard = read("model.safetensors");
+const load = (shards) => Model.load(c.model, config, read("tokenizer.json"), shards, ["model.safetensors"], "f32", null);
+const refusals = [
+  ["a truncated shard", () => load([shard.subarray(0, shard.length - 10)]), "model.safetensors"],
+  ["a config that is not JSON", () => Model.load(c.model, "{", read("tokenizer.json"), [shard], ["model.safetensors"], null, null), "config.json"],
+  ["an unknown precision", () => Model.load(c.model, config, read("tokenizer.json"), [shard], ["model.safetensors"], "q3", null), "precision"],
+];
+const model = await load([shard]);
+const image = new Uint8Array(fs.readFileSync(c.image));
+refusals.push(
+  ["bytes that are no image", () => model.generate(new Uint8Array([1, 2, 3]), c.prompt, 4, null), "image"],
+  ["top-p 0", () => model.generate(image, c.prompt, 4, null, { topP: 0 }), "topP"],
+  ["a negative temperature", () => model.generate(image, c.prompt, 4, null, { temperature: -1 }), "temperature"],
+);
+let refused = 0;
+for (const [what, call, names] of refusals) {
+  let message = null;
+  try {
+    await call();
+  } catch (e) {
+    message = String(e.message ?? e);
+  }
+  const ok = message !== null && message.includes(names);
+  refused += ok;
+  console.log(`${ok ? "ok  " : "FAIL"} ${what}: ${message ?? "accepted"}`);
+}
+const after = await model.generate(image, c.prompt, c.max_new_tokens, null, c.sampling);
+const stillOk = JSON.stringify(after.generatedIds) === JSON.stringify(c.native_ids);
+console.log(`${stillOk ? "ok  " : "FAIL"} the model answers after the refusals`);
+if (refused !== refusals.length || !stillOk) failed++;
 process.exit(failed ? 1 : 0);
