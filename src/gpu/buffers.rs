@@ -142,7 +142,7 @@ impl Gpu {
             self.inner.queue.submit([enc.finish()]);
         })
         .await?;
-        let mut out = self.read_mapped_async(&staging).await?;
+        let mut out = self.read_mapped_bytes(&staging).await?;
         out.truncate(size as usize);
         Ok(out)
     }
@@ -168,12 +168,12 @@ impl Gpu {
         staging: &wgpu::Buffer,
         count: usize,
     ) -> Result<Vec<u32>> {
-        let bytes = self.read_mapped_async(staging).await?;
+        let bytes = self.read_mapped_bytes(staging).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes[..count * 4]))
     }
 
     /// Maps `staging` (MAP_READ), copies it out and unmaps it.
-    async fn read_mapped_async(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+    async fn read_mapped_bytes(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let (tx, rx) = futures_channel::oneshot::channel();
         self.scoped_async("mapping a read-back buffer", || {
             staging.map_async(wgpu::MapMode::Read, .., move |r| {

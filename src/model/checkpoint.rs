@@ -36,6 +36,9 @@ impl Shard {
     }
 }
 
+/// The largest header accepted: safetensors' own bound (`MAX_HEADER_SIZE`, private to it).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
 /// The bytes of one safetensors file.
 pub enum ShardBytes {
     /// A file, memory-mapped.
@@ -77,7 +80,7 @@ impl ShardBytes {
             return Err("shorter than a safetensors header".into());
         }
         let n = u64::from_le_bytes(self.range(0, 8).as_ref().try_into().expect("8 bytes"));
-        if n > 100_000_000 || 8 + n as usize > len {
+        if n > MAX_HEADER_BYTES || 8 + n as usize > len {
             return Err(format!(
                 "header length {n} does not fit the file's {len} bytes"
             ));
@@ -136,14 +139,7 @@ impl<'a> TensorData<'a> {
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let format = self.format()?;
         let cols = self.bytes.len() / format.row_bytes(1);
-        let stored = HostWeight {
-            format,
-            rows: 1,
-            cols,
-            data: Cow::Borrowed(&self.bytes),
-            scales: Cow::Borrowed(&[]),
-        };
-        Ok(stored.decode())
+        Ok(unscaled(format, 1, cols, Cow::Borrowed(&self.bytes)).decode())
     }
 
     /// The `[rows, cols]` matrix in `format`: the stored bytes themselves when the formats
@@ -155,15 +151,20 @@ impl<'a> TensorData<'a> {
         cols: usize,
     ) -> Result<HostWeight<'a>> {
         if self.format()? == format {
-            return Ok(HostWeight {
-                format,
-                rows,
-                cols,
-                data: self.bytes,
-                scales: Cow::Borrowed(&[]),
-            });
+            return Ok(unscaled(format, rows, cols, self.bytes));
         }
         Ok(HostWeight::encode(&self.to_f32()?, format, rows, cols))
+    }
+}
+
+/// Bytes stored as `format` (a format without block scales), read as a `[rows, cols]` matrix.
+fn unscaled(format: WeightFormat, rows: usize, cols: usize, data: Cow<'_, [u8]>) -> HostWeight<'_> {
+    HostWeight {
+        format,
+        rows,
+        cols,
+        data,
+        scales: Cow::Borrowed(&[]),
     }
 }
 
