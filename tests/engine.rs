@@ -68,6 +68,40 @@ fn a_texture_is_answered_as_its_pixels_are() {
     }
 }
 
+/// Every awaitable form is `Send`: an engine's task pool, tokio or a render thread may move a
+/// generation between threads while it waits (the Bevy example keeps its generations in a
+/// render-world resource). Checked by the compiler; nothing runs. (wgpu's error-scope guards
+/// are not `Send`, so no scope may live across an await.)
+#[test]
+fn the_awaitable_api_is_send() {
+    #[allow(clippy::too_many_arguments)]
+    fn send_everywhere(
+        m: &PaliGemma,
+        image: &image::DynamicImage,
+        texture: &wgpu::Texture,
+        pixels: &[f32],
+        features: &paligemma::ImageFeatures,
+        session: &mut paligemma::Session,
+        batch: &mut paligemma::DecodeBatch,
+        seqs: &mut [&mut paligemma::Sequence],
+    ) {
+        fn send<T: Send>(_: T) {}
+        let o = GenerateOptions::default();
+        send(m.generate_async(image, "", &o, |_, _| true));
+        send(m.generate_texture_async(texture, "", &o, |_, _| true));
+        send(m.start_async(image, "", &o));
+        send(m.start_texture_async(texture, "", &o));
+        send(m.encode_pixels_async(pixels, None));
+        send(m.encode_texture_async(texture));
+        send(m.logits_async(session));
+        send(m.gpu().read_async(&features.buffer, 0, 4));
+        send(m.prefill_async(session, &[], features));
+        send(m.step_async(session, 0));
+        send(m.advance_async(batch, seqs));
+    }
+    let _ = send_everywhere;
+}
+
 #[test]
 fn generation_can_be_cancelled() {
     let _serial = serial();

@@ -357,8 +357,12 @@ impl Gpu {
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out = f();
-        let v = val.pop().await;
-        let o = oom.pop().await;
+        // Both scopes are popped before anything is awaited: wgpu's scopes belong to the
+        // thread that pushed them (their guards are not `Send`), and a future that held one
+        // across an await could neither move to another thread nor be `Send` for executors
+        // that require it (an engine's task pool, tokio).
+        let (v, o) = (val.pop(), oom.pop());
+        let (v, o) = (v.await, o.await);
         if let Some(e) = v.or(o) {
             return Err(Error::Gpu {
                 op: op.to_string(),
