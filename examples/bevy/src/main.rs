@@ -1,6 +1,6 @@
 //! PaliGemma inside a Bevy app, on Bevy's own device: a small 3D scene is rendered into an
-//! image, and at a key press (or on a timer) PaliGemma captions it or detects in it straight
-//! from that GPU texture. The answer streams onto the screen and detection boxes are drawn over
+//! image, and at a key press (headless: every few frames) PaliGemma captions it or detects in
+//! it straight from that GPU texture. The answer streams onto the screen and detection boxes are drawn over
 //! the scene.
 //!
 //! ```text
