@@ -56,9 +56,13 @@ struct Args {
     #[arg(long)]
     sizes: bool,
     /// Batched decoding: sequences decoding together (a table of aggregate tokens/s follows;
-    /// empty for none).
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    /// `--batches` with no value for none).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64", num_args = 0..)]
     batches: Vec<usize>,
+    /// Vision and prefill on cooperative matrices (tensor cores, f16 operands) where the
+    /// adapter has them (otherwise the tiled f32 matmul, as without the flag).
+    #[arg(long)]
+    coop: bool,
 }
 
 /// The kernel table's real-size cases: time per run and the bandwidth their bytes imply.
@@ -67,6 +71,10 @@ fn bench_kernels(gpu: &Gpu) -> anyhow::Result<()> {
     println!("| case | ms | GB/s (bytes in + out / time) |\n|---|---|---|");
     for case in paligemma::testing::kernel_cases() {
         if !case.real_size || case.refuses.is_some() {
+            continue;
+        }
+        if case.family == "matmul_coop" && !gpu.cooperative_matrix() {
+            println!("| {} | not run: no cooperative matrices | |", case.name);
             continue;
         }
         let (ms, bytes) = case.time(gpu, 5)?;
@@ -126,7 +134,18 @@ fn main() -> anyhow::Result<()> {
     )
     .init();
     let args = Args::parse();
-    let gpu = Gpu::new(&GpuOptions::default())?;
+    let gpu = Gpu::new(&GpuOptions {
+        cooperative_matrix: args.coop,
+        ..Default::default()
+    })?;
+    println!(
+        "many-row products (vision, prefill): {}",
+        if gpu.cooperative_matrix() {
+            "cooperative matrices (tensor cores, f16 operands)"
+        } else {
+            "tiled f32 matmul"
+        }
+    );
     if args.kernels {
         return bench_kernels(&gpu);
     }

@@ -51,12 +51,17 @@ run)
         grep -E "^test result|FAILED|panicked|adapter" "$out/$name.log" || true
         [ "$rc" -eq 0 ] || echo "!! $name exited $rc"
     done
-    echo "== bench --kernels"
-    /tmp/gpu-bundle/bin/bench --kernels >"$out/kernels.log" 2>&1 || status=1
+    # The kernel table with cooperative matrices on (its matmul_coop cases run only so).
+    echo "== bench --kernels --coop"
+    /tmp/gpu-bundle/bin/bench --kernels --coop >"$out/kernels.log" 2>&1 || status=1
     cat "$out/kernels.log"
     echo "== bench"
     /tmp/gpu-bundle/bin/bench ${BENCH_ARGS:-} >"$out/bench.log" 2>&1 || status=1
     cat "$out/bench.log"
+    # Vision and prefill on the tensor cores (decode is unchanged: GEMVs), to compare.
+    echo "== bench --coop --batches"
+    /tmp/gpu-bundle/bin/bench --coop --batches --new 16 >"$out/bench-coop.log" 2>&1 || status=1
+    cat "$out/bench-coop.log"
     echo "== exit $status"
     exit $status
     ;;

@@ -1,13 +1,13 @@
 // linear: y = x W^T (+ b), or y += x W^T (+ b) to fold a residual connection into the
 // projection that feeds it; the workhorse of every projection and of the logits.
 //
-// Bindings: 0 params, 1 x [m, k] f32 (rows at x_offset + r * x_stride), 2 W [n, k] in W_DTYPE
-// (see weight_format.wgsl; quantized: block scales after the codes), 3 b [n] f32 (read only when flags has BIAS), 4 y f32 written at
-// y_offset + r * y_stride + c (added to when flags has ACCUMULATE). The offsets let one kernel write K/V straight into a KV-cache
-// row, project only the last prompt row, or fill one vocabulary chunk of the logits.
+// Params, bindings and `store` (bias, residual accumulate): linear_io.wgsl. x's and y's
+// offsets and strides let one kernel write K/V straight into a KV-cache row, project only the
+// last prompt row, or fill one vocabulary chunk of the logits.
 //
 // Entry points:
-// - `matmul` (many rows, prefill): a TILE x TILE output tile per workgroup of (TILE / 4)^2 = WG
+// - `matmul` (many rows, prefill, the vision tower; matmul_coop.wgsl where tensor cores are
+//   available): a TILE x TILE output tile per workgroup of (TILE / 4)^2 = WG
 //   invocations, each computing a 4x4 block; x and W tiles of depth TILE_K are staged in
 //   workgroup memory. Dispatch (ceil(n / TILE), ceil(m / TILE), 1).
 // - `gemv` (decode: up to GEMV_BATCH rows, one per sequence of a batch): GEMV_ROWS output
@@ -21,44 +21,6 @@
 //   start on a 16-byte boundary (k a multiple of 4, 8, or of a 32-weight block).
 // - `gemv_gated`: Gemma's MLP input side in one pass, y = gelu_tanh(x W^T) * (x W2^T) with
 //   W2 (the up projection) at binding 5; no bias, no accumulate. Same dispatch as `gemv_vec`.
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    flags: u32, // BIAS | ACCUMULATE
-    x_offset: u32,
-    x_stride: u32,
-    y_offset: u32,
-    y_stride: u32,
-    w_scales: u32, // quantized W: where its (scale, min) words start, in u32 words
-    w2_scales: u32, // the same for W2
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<storage, read> w2: array<vec4<u32>>;
-
-
-const BIAS: u32 = 1u;
-const ACCUMULATE: u32 = 2u;
-
-/// Writes one output: adds the bias and, when accumulating, what y held.
-fn store(c: u32, index: u32, value: f32) {
-    var v = value;
-    if ((p.flags & BIAS) != 0u) {
-        v += b[c];
-    }
-    if ((p.flags & ACCUMULATE) != 0u) {
-        v += y[index];
-    }
-    y[index] = v;
-}
 
 var<workgroup> xs: array<f32, TILE * TILE_K>; // [TILE rows of x][TILE_K]
 var<workgroup> ws: array<f32, TILE * TILE_K>; // [TILE rows of W][TILE_K]

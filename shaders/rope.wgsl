@@ -14,6 +14,10 @@
 //
 // `rope_at` (a batch of decoding sequences, each at its own position): row r has position
 // positions[r] (binding 4) instead of pos0 + r.
+//
+// `rope_qk`: the queries (binding 3, `heads` per row) and the keys (binding 5, `k_heads` per
+// row at k_offset + r * k_stride) of the same rows in one dispatch, one fewer per layer.
+// Dispatch ceil(rows * (heads + k_heads) * head_dim / 2 / WG) workgroups.
 
 struct Params {
     rows: u32,
@@ -22,8 +26,12 @@ struct Params {
     stride: u32,
     offset: u32,
     pos0: u32,
+    k_heads: u32,
+    k_stride: u32,
+    k_offset: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,6 +40,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 
 @group(0) @binding(4) var<storage, read> positions: array<u32>;
+@group(0) @binding(5) var<storage, read_write> k: array<f32>;
 
 /// Rotates element i of head h of row r, at position `pos`.
 fn rotate(r: u32, h: u32, i: u32, pos: u32) {
@@ -70,4 +79,32 @@ fn rope_at(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let r = g / (half * p.heads);
     rotate(r, (g / half) % p.heads, g % half, positions[r]);
+}
+
+@compute @workgroup_size(WG)
+fn rope_qk(@builtin(workgroup_id) wid: vec3<u32>,
+           @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32) {
+    let half = p.head_dim / 2u;
+    let heads = p.heads + p.k_heads;
+    let g = flat_invocation(wid, nwg, li);
+    if (g >= p.rows * heads * half) {
+        return;
+    }
+    let r = g / (half * heads);
+    let h = (g / half) % heads;
+    let i = g % half;
+    if (h < p.heads) {
+        rotate(r, h, i, p.pos0 + r);
+        return;
+    }
+    // A key: as `rotate`, in k.
+    let o = p.k_offset + r * p.k_stride + (h - p.heads) * p.head_dim + i;
+    let t = (p.pos0 + r) * half + i;
+    let c = cos_t[t];
+    let s = sin_t[t];
+    let a = k[o];
+    let b = k[o + half];
+    k[o] = a * c - b * s;
+    k[o + half] = b * c + a * s;
 }

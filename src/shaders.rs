@@ -10,8 +10,8 @@ use std::fmt::Write;
 
 /// Preludes (no entry points of their own): `grid` (flat workgroup indices), `reduce` (tree
 /// reductions in workgroup memory), `weight_format` (f32/f16/bf16 weights from u32 words),
-/// `math` (stable tanh, GELU).
-pub(crate) const PRELUDES: &[&str] = &["grid", "reduce", "weight_format", "math"];
+/// `math` (stable tanh, GELU), `linear_io` (the linear layers' params, bindings and store).
+pub(crate) const PRELUDES: &[&str] = &["grid", "reduce", "weight_format", "math", "linear_io"];
 
 /// One kernel family's WGSL and the host constants it is compiled with.
 #[derive(Debug)]
@@ -24,16 +24,25 @@ pub(crate) struct Shader {
 }
 
 impl Shader {
-    /// The complete WGSL: the host's constants, the preludes, the family's file.
+    /// The complete WGSL: the family's `enable` directives (WGSL wants them before anything
+    /// else), the host's constants, the preludes, the family's file.
     pub fn source(&self) -> String {
-        let mut s = format!(
-            "// {}.wgsl, compiled with the host's constants (src/ops/{}.rs):\n",
+        let is_enable = |l: &str| l.starts_with("enable ");
+        let mut s = String::new();
+        for line in self.body.lines().filter(|l| is_enable(l)) {
+            let _ = writeln!(s, "{line}");
+        }
+        let _ = writeln!(
+            s,
+            "// {}.wgsl, compiled with the host's constants (src/ops/{}.rs):",
             self.name, self.name
         );
         for (name, value) in self.constants {
             let _ = writeln!(s, "const {name}: u32 = {value}u;");
         }
-        s.push_str(self.body);
+        for line in self.body.lines().filter(|l| !is_enable(l)) {
+            let _ = writeln!(s, "{line}");
+        }
         s
     }
 }
@@ -64,6 +73,7 @@ pub(crate) const ALL: &[&Shader] = {
         &conv::SHADER,
         &gather::SHADER,
         &linear::SHADER,
+        &matmul_coop::SHADER,
         &norm::SHADER,
         &patch_embed::SHADER,
         &resize::SHADER,

@@ -11,6 +11,10 @@ use common::gpu;
 
 /// Runs every case of `family`, reporting all failures at once.
 fn check_family(family: &str) {
+    check_family_on(gpu(), family)
+}
+
+fn check_family_on(gpu: &paligemma::Gpu, family: &str) {
     let cases: Vec<_> = paligemma::testing::kernel_cases()
         .into_iter()
         .filter(|c| c.family == family)
@@ -18,7 +22,7 @@ fn check_family(family: &str) {
     assert!(!cases.is_empty(), "no cases for {family}");
     let mut failures = Vec::new();
     for case in &cases {
-        match case.check(gpu()) {
+        match case.check(gpu) {
             Ok(err) => eprintln!("ok   {:.2e} (tol {:.0e})  {}", err, case.tol, case.name),
             Err(e) => failures.push(e),
         }
@@ -35,6 +39,37 @@ fn check_family(family: &str) {
 #[test]
 fn linear() {
     check_family("linear");
+}
+
+/// The tensor-core matmul, where the device has cooperative matrices. Elsewhere it says so on
+/// the terminal (past the test harness's capture) and checks that the kernel is refused rather
+/// than run.
+#[test]
+fn matmul_coop() {
+    use std::io::Write;
+    let gpu = &paligemma::Gpu::new(&paligemma::GpuOptions {
+        cooperative_matrix: true,
+        ..Default::default()
+    })
+    .expect("a GPU");
+    if !gpu.cooperative_matrix() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "matmul_coop: NOT RUN: {} has no cooperative matrices (EXPERIMENTAL_COOPERATIVE_MATRIX \
+             with a 16x16x16 f16 configuration); the tiled matmul serves it",
+            gpu.adapter_name()
+        );
+        let case = paligemma::testing::kernel_cases()
+            .into_iter()
+            .find(|c| c.family == "matmul_coop")
+            .expect("matmul_coop cases");
+        let refused = case
+            .check(gpu)
+            .expect_err("matmul_coop ran without the feature");
+        assert!(refused.contains("cooperative matrices"), "{refused}");
+        return;
+    }
+    check_family_on(gpu, "matmul_coop");
 }
 
 #[test]

@@ -34,8 +34,14 @@ pub struct GpuOptions {
     pub backends: Option<wgpu::Backends>,
     /// A case-insensitive substring of the adapter's name, e.g. `"llvmpipe"` or `"H100"`.
     pub adapter_name: Option<String>,
-    /// Request no optional feature (timestamps), to exercise the portable path.
+    /// Request no optional feature (timestamps, cooperative matrices), to exercise the
+    /// portable path.
     pub no_optional_features: bool,
+    /// Run the vision tower's and the prefill's products on cooperative matrices (tensor
+    /// cores; `ops::matmul_coop`) where the adapter supports them. Off by default: wgpu calls
+    /// the feature experimental, and the kernel has not yet been measured on a GPU that has it
+    /// (lavapipe lacks it); `bench --coop` and `tests/kernels.rs` exercise it.
+    pub cooperative_matrix: bool,
 }
 
 /// Optional features some path uses when present; each has a fallback that needs none.
@@ -67,6 +73,8 @@ struct Inner {
     /// See [`Gpu::set_polled_by_caller`].
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     polled_by_caller: std::sync::atomic::AtomicBool,
+    /// See [`Gpu::cooperative_matrix`].
+    cooperative_matrix: std::sync::atomic::AtomicBool,
     /// Bytes uploaded since the queue was last flushed (see `buffers::FLUSH_BYTES`).
     unflushed: AtomicU64,
     /// A 16-byte buffer bound where a kernel's optional input (e.g. a bias) is absent.
@@ -156,17 +164,30 @@ impl Gpu {
                 })?,
         };
         let info = adapter.get_info();
-        let features = if opts.no_optional_features {
+        let mut features = if opts.no_optional_features {
             wgpu::Features::empty()
         } else {
             adapter.features() & OPTIONAL_FEATURES
+        };
+        let coop = opts.cooperative_matrix
+            && !opts.no_optional_features
+            && crate::ops::matmul_coop::adapter_supports(&adapter);
+        let experimental = if coop {
+            features |= crate::ops::matmul_coop::FEATURES;
+            // SAFETY: wgpu marks cooperative matrices experimental (its validation of them is
+            // incomplete), hence opt-in. The one shader that uses them (matmul_coop.wgsl) is
+            // validated and translated by naga in tests/portability.rs and checked against the
+            // reference wherever the feature exists (tests/kernels.rs).
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
         };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("paligemma"),
                 required_features: features,
                 required_limits: adapter.limits(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features: experimental,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -196,7 +217,9 @@ impl Gpu {
             info.backend,
             info.device_type,
         );
-        Ok(Self::wrap(device, queue, Some(info), lost, reported))
+        let gpu = Self::wrap(device, queue, Some(info), lost, reported);
+        gpu.inner.cooperative_matrix.store(coop, Ordering::Relaxed);
+        Ok(gpu)
     }
 
     /// Wraps a device the caller already owns. The library uses the device's own features and
@@ -263,6 +286,7 @@ impl Gpu {
                 allocated: AtomicU64::new(0),
                 unflushed: AtomicU64::new(0),
                 polled_by_caller: Default::default(),
+                cooperative_matrix: Default::default(),
                 dummy,
                 pipelines: RwLock::default(),
                 profile: Mutex::new(None),
@@ -291,6 +315,42 @@ impl Gpu {
     }
     pub fn features(&self) -> wgpu::Features {
         self.inner.features
+    }
+
+    /// Whether the many-row products (vision tower, prefill) run on cooperative matrices
+    /// (tensor cores; `ops::matmul_coop`) rather than the tiled f32 kernel: where
+    /// [`GpuOptions::cooperative_matrix`] asked for them and the adapter has them, or on a
+    /// caller's device after [`set_cooperative_matrix`](Self::set_cooperative_matrix).
+    pub fn cooperative_matrix(&self) -> bool {
+        self.inner.cooperative_matrix.load(Ordering::Relaxed)
+    }
+
+    /// Turns cooperative matrices on or off for the products recorded from now on. On needs
+    /// a device created with [`matmul_coop::FEATURES`](crate::ops::matmul_coop::FEATURES) (and
+    /// wgpu's experimental features) from an adapter that
+    /// [`matmul_coop::adapter_supports`](crate::ops::matmul_coop::adapter_supports); the
+    /// features and the subgroup sizes of the adapter info are checked here, the adapter's
+    /// matrix configurations cannot be (a device does not list them).
+    pub fn set_cooperative_matrix(&self, on: bool) -> Result<()> {
+        use crate::ops::matmul_coop::{FEATURES, subgroups_fit};
+        if on {
+            if !self.inner.features.contains(FEATURES) {
+                return Err(Error::invalid(format!(
+                    "cooperative matrices need the device features {FEATURES:?}; {} has {:?}",
+                    self.adapter_name(),
+                    self.inner.features
+                )));
+            }
+            if !self.inner.info.as_ref().is_some_and(subgroups_fit) {
+                return Err(Error::invalid(format!(
+                    "cooperative matrices need subgroups of at most 32 invocations that divide \
+                     32, which {} does not report",
+                    self.adapter_name()
+                )));
+            }
+        }
+        self.inner.cooperative_matrix.store(on, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Bytes allocated through this `Gpu` so far (a cumulative counter).

@@ -19,7 +19,7 @@ use crate::ops::add::add_inplace;
 use crate::ops::attention::{AttentionKernel, AttentionParams, attention};
 use crate::ops::linear::{GEMV_BATCH, Linear, gated_supported, gemv_gated};
 use crate::ops::norm::RmsNorm;
-use crate::ops::rope::{RopeTables, rope, rope_at};
+use crate::ops::rope::{RopeTables, rope_at, rope_qk};
 use crate::ops::{ChunkedTable, View};
 
 /// The attention block: norm, projections, RoPE, attention over the cache, output projection.
@@ -80,8 +80,8 @@ impl SelfAttention {
                 self.k_proj.forward(rec, p.h(), k)?;
                 self.v_proj.forward(rec, p.h(), v)?;
                 // transformers numbers positions from 1.
-                rope(rec, p.q(), p.rope, c.num_attention_heads, start + 1)?;
-                rope(rec, k, p.rope, c.num_key_value_heads, start + 1)?;
+                let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+                rope_qk(rec, p.q(), k, p.rope, nh, nkv, start + 1)?;
                 let params = c.attention(self.sliding, p.rows, *start, *prefix_len);
                 let kernel = AttentionKernel::for_rows(params.q_rows, partial);
                 attention(

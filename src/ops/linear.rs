@@ -2,9 +2,9 @@
 //! decode), with W in any `WeightFormat` (f32, f16, bf16, q8, q4); Gemma's gated MLP input in
 //! one GEMV; and the logits over a chunked vocabulary.
 
-use super::{ChunkedTable, View, Weight, WeightFormat, u32_of};
+use super::{ChunkedTable, View, Weight, WeightFormat, matmul_coop, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, Recorder, bind};
+use crate::gpu::{Gpu, Kernel, Recorder, bind};
 use crate::shaders::{Shader, shader};
 
 /// Invocations per workgroup, in every entry point.
@@ -23,7 +23,7 @@ const _: () = assert!((TILE / 4) * (TILE / 4) == WG);
 
 pub(crate) const SHADER: Shader = shader!(
     "linear",
-    ["grid", "reduce", "weight_format", "math"],
+    ["grid", "reduce", "weight_format", "math", "linear_io"],
     &[
         ("WG", WG),
         ("TILE", TILE),
@@ -108,6 +108,9 @@ impl Params {
 pub enum LinearKernel {
     /// Tiled in workgroup memory; for many rows.
     Matmul,
+    /// [`Matmul`](Self::Matmul) on cooperative matrices (tensor cores), f16 operands
+    /// (`ops::matmul_coop`); where the device has them, for weights other than f32.
+    MatmulCoop,
     /// One workgroup per GEMV_ROWS output features, each weight read once for up to
     /// [`GEMV_BATCH`] rows; for decoding.
     Gemv,
@@ -125,9 +128,26 @@ impl LinearKernel {
         }
     }
 
+    /// [`choose`](Self::choose) on `gpu`: `Matmul` becomes `MatmulCoop` where cooperative
+    /// matrices are on and the weights are not f32 (whose precision f16 operands would lose).
+    pub fn choose_on(gpu: &Gpu, m: usize, k: usize, format: WeightFormat) -> LinearKernel {
+        match LinearKernel::choose(m, k, format) {
+            LinearKernel::Matmul if gpu.cooperative_matrix() && format != WeightFormat::F32 => {
+                LinearKernel::MatmulCoop
+            }
+            kernel => kernel,
+        }
+    }
+
+    /// Whether this kernel takes any number of rows (the GEMVs take up to [`GEMV_BATCH`]).
+    fn many_rows(self) -> bool {
+        matches!(self, LinearKernel::Matmul | LinearKernel::MatmulCoop)
+    }
+
     fn entry(self) -> &'static str {
         match self {
             LinearKernel::Matmul => "matmul",
+            LinearKernel::MatmulCoop => "matmul_coop",
             LinearKernel::Gemv => "gemv",
             LinearKernel::GemvVec => "gemv_vec",
         }
@@ -144,13 +164,15 @@ pub struct Linear {
 impl Linear {
     /// y = x W^T (+ b).
     pub fn forward(&self, rec: &mut Recorder, x: View, y: View) -> Result<()> {
-        let kernel = LinearKernel::choose(x.rows, self.weight.cols, self.weight.format);
+        let w = &self.weight;
+        let kernel = LinearKernel::choose_on(rec.gpu(), x.rows, w.cols, w.format);
         self.forward_with(rec, kernel, x, y, false)
     }
 
     /// y += x W^T (+ b): the projection and the residual connection after it in one pass.
     pub fn forward_add(&self, rec: &mut Recorder, x: View, y: View) -> Result<()> {
-        let kernel = LinearKernel::choose(x.rows, self.weight.cols, self.weight.format);
+        let w = &self.weight;
+        let kernel = LinearKernel::choose_on(rec.gpu(), x.rows, w.cols, w.format);
         self.forward_with(rec, kernel, x, y, true)
     }
 
@@ -165,7 +187,13 @@ impl Linear {
         accumulate: bool,
     ) -> Result<()> {
         let w = &self.weight;
-        if kernel != LinearKernel::Matmul && x.rows > GEMV_BATCH {
+        if kernel == LinearKernel::MatmulCoop && !rec.gpu().cooperative_matrix() {
+            return Err(Error::invalid(format!(
+                "matmul_coop needs cooperative matrices, which are off on {}",
+                rec.gpu().adapter_name()
+            )));
+        }
+        if !kernel.many_rows() && x.rows > GEMV_BATCH {
             return Err(Error::invalid(format!(
                 "gemv takes up to {GEMV_BATCH} rows, not {}",
                 x.rows
@@ -187,6 +215,11 @@ impl Linear {
                 (x.rows as u32).div_ceil(TILE),
                 1,
             ],
+            LinearKernel::MatmulCoop => [
+                (w.rows as u32).div_ceil(matmul_coop::BN),
+                (x.rows as u32).div_ceil(matmul_coop::BM),
+                1,
+            ],
             _ => gpu.grid((w.rows as u32).div_ceil(GEMV_ROWS)),
         };
         let binds = vec![
@@ -197,6 +230,9 @@ impl Linear {
         ];
         let k = match kernel {
             LinearKernel::Matmul => Kernel::new(&SHADER, "matmul").with(w.format.overrides()),
+            LinearKernel::MatmulCoop => {
+                Kernel::new(&matmul_coop::SHADER, "matmul_coop").with(w.format.overrides())
+            }
             _ => gemv_kernel(kernel.entry(), w.format, x.rows),
         };
         rec.dispatch(k, &params, binds, groups)

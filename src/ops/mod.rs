@@ -13,6 +13,7 @@ pub mod attention;
 pub mod conv;
 pub mod gather;
 pub mod linear;
+pub mod matmul_coop;
 pub mod norm;
 pub mod patch_embed;
 pub mod resize;

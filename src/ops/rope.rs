@@ -20,9 +20,13 @@ struct Params {
     stride: u32,
     offset: u32,
     pos0: u32,
-    _pad: [u32; 2],
+    /// `rope_qk`'s keys: heads per row, and where their rows are.
+    k_heads: u32,
+    k_stride: u32,
+    k_offset: u32,
+    _pad: [u32; 3],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 32);
+const _: () = assert!(std::mem::size_of::<Params>() == 48);
 
 /// cos and sin of pos * `inv_freq[i]`, `[max_pos, head_dim / 2]` each, on the GPU.
 #[derive(Clone, Debug)]
@@ -105,6 +109,41 @@ pub fn rope_at(
 }
 
 /// Checks the rows and the highest position `end - 1` against the tables.
+/// RoPE on the queries `q` (`heads` per row) and the keys `k` (`k_heads` per row) of the same
+/// rows, the first at position `pos0`: [`rope`] on both, in one dispatch.
+pub fn rope_qk(
+    rec: &mut Recorder,
+    q: View,
+    k: View,
+    tables: &RopeTables,
+    heads: usize,
+    k_heads: usize,
+    pos0: usize,
+) -> Result<()> {
+    if k.rows != q.rows {
+        return Err(Error::invalid(format!(
+            "rope_qk: {} query rows but {} key rows",
+            q.rows, k.rows
+        )));
+    }
+    let kp = params(&k, tables, k_heads, pos0, pos0 + k.rows)?;
+    let params = Params {
+        k_heads: kp.heads,
+        k_stride: kp.stride,
+        k_offset: kp.offset,
+        ..params(&q, tables, heads, pos0, pos0 + q.rows)?
+    };
+    let n = q.rows * (heads + k_heads) * tables.head_dim / 2;
+    let groups = grid_for(rec.gpu(), n, WG);
+    let binds = vec![
+        bind(1, &tables.cos),
+        bind(2, &tables.sin),
+        bind(3, q.buffer),
+        bind(5, k.buffer),
+    ];
+    rec.dispatch(Kernel::new(&SHADER, "rope_qk"), &params, binds, groups)
+}
+
 fn params(x: &View, tables: &RopeTables, heads: usize, pos0: usize, end: usize) -> Result<Params> {
     x.expect("rotated rows", x.rows, heads * tables.head_dim)?;
     if end > tables.max_pos {
@@ -120,7 +159,10 @@ fn params(x: &View, tables: &RopeTables, heads: usize, pos0: usize, end: usize) 
         stride: u32_of("stride", x.stride)?,
         offset: u32_of("offset", x.offset)?,
         pos0: u32_of("position", pos0)?,
-        _pad: [0; 2],
+        k_heads: 0,
+        k_stride: 0,
+        k_offset: 0,
+        _pad: [0; 3],
     })
 }
 

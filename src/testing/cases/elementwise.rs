@@ -241,6 +241,50 @@ pub(super) fn rope_cases(v: &mut Vec<KernelCase>) {
     }
 }
 
+pub(super) fn rope_qk_cases(v: &mut Vec<KernelCase>) {
+    // Queries and keys in one dispatch, placed in one buffer as a layer's q scratch and a KV
+    // cache row would be (keys after the queries, at an odd offset and stride): awkward sizes,
+    // Gemma's 8 query heads over 1 key head at 224px, and a decode step deep into a 896px
+    // prompt with PaliGemma 2 10B's 16 over 8.
+    for (rows, heads, k_heads, hd, pos0) in [
+        (1, 1, 1, 2, 0),
+        (5, 3, 2, 6, 1),
+        (7, 4, 1, 30, 11),
+        (261, 8, 1, 256, 1),
+        (1, 16, 8, 256, 4101),
+    ] {
+        let case = KernelCase::new(
+            "rope",
+            format!("rope_qk {rows}x({heads}+{k_heads})x{hd} @{pos0}"),
+            1e-6,
+            move |io| {
+                let (qw, kw) = (heads * hd, k_heads * hd);
+                let (ko, ks) = (rows * qw + 3, kw + 5);
+                let x = io.rand(ko + rows * ks, 1.0);
+                let tables = RopeTables::new(io.gpu, hd, 10000.0, pos0 + rows + 3)?;
+                let xb = io.upload(&x)?;
+                prepared(
+                    xb.clone(),
+                    x.len(),
+                    move |rec| {
+                        let q = View::new(&xb, rows, qw);
+                        let k = placed(&xb, rows, kw, ko, ks);
+                        rope_qk(rec, q, k, &tables, heads, k_heads, pos0)
+                    },
+                    move || {
+                        let q = rope_ref(&x[..rows * qw], rows, heads, hd, pos0, 10000.0);
+                        let k = gather_rows(&x, rows, kw, ko, ks);
+                        let k = rope_ref(&k, rows, k_heads, hd, pos0, 10000.0);
+                        let y = scatter(&x, &q, qw, 0, qw, |_, new| new);
+                        scatter(&y, &k, kw, ko, ks, |_, new| new)
+                    },
+                )
+            },
+        );
+        v.push(if hd == 256 { case.real() } else { case });
+    }
+}
+
 pub(super) fn rope_at_cases(v: &mut Vec<KernelCase>) {
     // A batch of sequences at their own positions: awkward sizes, then 16 of Gemma's q rows at
     // positions across a 896px prompt's range.

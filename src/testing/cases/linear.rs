@@ -19,7 +19,12 @@ fn linear_case(
         "linear {kernel:?} {format:?} m={m} n={n} k={k}{}",
         if add { " +=" } else { "" }
     );
-    let case = KernelCase::new("linear", name, TOL, move |io: &mut Io| {
+    // The tensor-core kernel has its own family (and shader), and f16 operands' tolerance.
+    let (family, tol) = match kernel {
+        LinearKernel::MatmulCoop => ("matmul_coop", crate::ops::matmul_coop::TOLERANCE),
+        _ => ("linear", TOL),
+    };
+    let case = KernelCase::new(family, name, tol, move |io: &mut Io| {
         // Awkward cases: x rows at offset 3 and stride k + 2, y at 5 and n + 1, with a bias.
         let (xo, xs, yo, ys) = if real {
             (0, k, 0, n)
@@ -120,6 +125,50 @@ pub(super) fn linear_cases(v: &mut Vec<KernelCase>) {
             k,
             format,
             LinearKernel::choose(m, k, format),
+            false,
+            true,
+        ));
+    }
+    // matmul_coop (tensor cores; run where the device has them): awkward shapes in every
+    // format it serves (not f32), then SigLIP's fc1 and fc2 at 224px and a 261-row prefill
+    // projection in 4 bits.
+    for (m, n, k) in [
+        (1, 1, 1),
+        (3, 7, 5),
+        (67, 131, 97),
+        (65, 64, 17),
+        (70, 65, 32),
+        (17, 9, 32),
+        (130, 200, 96),
+    ] {
+        for format in FORMATS
+            .into_iter()
+            .filter(|f| f.holds(k) && *f != WeightFormat::F32)
+        {
+            for add in [false, true] {
+                v.push(linear_case(
+                    m,
+                    n,
+                    k,
+                    format,
+                    LinearKernel::MatmulCoop,
+                    add,
+                    false,
+                ));
+            }
+        }
+    }
+    for (m, n, k, format) in [
+        (256, 4304, 1152, WeightFormat::F16),
+        (256, 1152, 4304, WeightFormat::Bf16),
+        (261, 2048, 2048, WeightFormat::Q4),
+    ] {
+        v.push(linear_case(
+            m,
+            n,
+            k,
+            format,
+            LinearKernel::MatmulCoop,
             false,
             true,
         ));

@@ -29,6 +29,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
     elementwise::elementwise_cases(&mut v);
     elementwise::rope_cases(&mut v);
     elementwise::rope_at_cases(&mut v);
+    elementwise::rope_qk_cases(&mut v);
     attention::attention_cases(&mut v);
     v.extend(attention::patch_cases());
     conv::conv_cases(&mut v);
