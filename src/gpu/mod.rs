@@ -325,12 +325,24 @@ impl Gpu {
         self.inner.cooperative_matrix.load(Ordering::Relaxed)
     }
 
+    /// The device features cooperative matrices need (with wgpu's experimental features
+    /// enabled): request them when making a device to share (see
+    /// [`set_cooperative_matrix`](Self::set_cooperative_matrix)).
+    pub const COOPERATIVE_MATRIX_FEATURES: wgpu::Features = crate::ops::matmul_coop::FEATURES;
+
+    /// Whether `adapter` can run the library's cooperative-matrix matmul: the features, a
+    /// subgroup-scoped 16 x 16 x 16 configuration of f16 operands with f32 accumulation, and
+    /// subgroups of at most 32 invocations that divide 32.
+    pub fn adapter_supports_cooperative_matrix(adapter: &wgpu::Adapter) -> bool {
+        crate::ops::matmul_coop::adapter_supports(adapter)
+    }
+
     /// Turns cooperative matrices on or off for the products recorded from now on. On needs
-    /// a device created with [`matmul_coop::FEATURES`](crate::ops::matmul_coop::FEATURES) (and
-    /// wgpu's experimental features) from an adapter that
-    /// [`matmul_coop::adapter_supports`](crate::ops::matmul_coop::adapter_supports); the
-    /// features and the subgroup sizes of the adapter info are checked here, the adapter's
-    /// matrix configurations cannot be (a device does not list them).
+    /// a device created with [`COOPERATIVE_MATRIX_FEATURES`](Self::COOPERATIVE_MATRIX_FEATURES)
+    /// (and wgpu's experimental features) from an adapter for which
+    /// [`adapter_supports_cooperative_matrix`](Self::adapter_supports_cooperative_matrix)
+    /// holds; the features and the subgroup sizes of the adapter info are checked here, the
+    /// adapter's matrix configurations cannot be (a device does not list them).
     pub fn set_cooperative_matrix(&self, on: bool) -> Result<()> {
         use crate::ops::matmul_coop::{FEATURES, subgroups_fit};
         if on {

@@ -125,6 +125,30 @@ fn runs_without_optional_features() {
     compare("linear (no optional features)", &got, &want, TOL).unwrap();
 }
 
+/// Cooperative matrices are opt-in, and turning them on where the device lacks the features is
+/// an error naming them, not a pipeline that fails later (or, worse, runs).
+#[test]
+fn cooperative_matrices_are_opt_in_and_checked() {
+    let plain = gpu();
+    assert!(!plain.cooperative_matrix(), "on without being asked for");
+    if !plain.features().contains(Gpu::COOPERATIVE_MATRIX_FEATURES) {
+        let e = plain.set_cooperative_matrix(true).unwrap_err().to_string();
+        assert!(e.contains("EXPERIMENTAL_COOPERATIVE_MATRIX"), "{e}");
+        assert!(!plain.cooperative_matrix());
+    }
+    plain.set_cooperative_matrix(false).unwrap();
+    // Asked for: on exactly where the adapter supports it.
+    let asked = Gpu::new(&GpuOptions {
+        cooperative_matrix: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        asked.cooperative_matrix(),
+        asked.features().contains(Gpu::COOPERATIVE_MATRIX_FEATURES)
+    );
+}
+
 #[test]
 fn a_lost_device_is_an_error_not_a_panic() {
     let g = gpu();
