@@ -42,17 +42,21 @@ struct Params {
 @group(0) @binding(4) var<storage, read> positions: array<u32>;
 @group(0) @binding(5) var<storage, read_write> k: array<f32>;
 
-/// Rotates element i of head h of row r, at position `pos`.
+/// The pair (a, b) of element i, rotated by position `pos`'s angle.
+fn rotated(a: f32, b: f32, i: u32, pos: u32) -> vec2<f32> {
+    let t = pos * (p.head_dim / 2u) + i;
+    let c = cos_t[t];
+    let s = sin_t[t];
+    return vec2<f32>(a * c - b * s, b * c + a * s);
+}
+
+/// Rotates element i of head h of row r of x, at position `pos`.
 fn rotate(r: u32, h: u32, i: u32, pos: u32) {
     let half = p.head_dim / 2u;
     let o = p.offset + r * p.stride + h * p.head_dim + i;
-    let t = pos * half + i;
-    let c = cos_t[t];
-    let s = sin_t[t];
-    let a = x[o];
-    let b = x[o + half];
-    x[o] = a * c - b * s;
-    x[o + half] = b * c + a * s;
+    let v = rotated(x[o], x[o + half], i, pos);
+    x[o] = v.x;
+    x[o + half] = v.y;
 }
 
 @compute @workgroup_size(WG)
@@ -100,11 +104,7 @@ fn rope_qk(@builtin(workgroup_id) wid: vec3<u32>,
     }
     // A key: as `rotate`, in k.
     let o = p.k_offset + r * p.k_stride + (h - p.heads) * p.head_dim + i;
-    let t = (p.pos0 + r) * half + i;
-    let c = cos_t[t];
-    let s = sin_t[t];
-    let a = k[o];
-    let b = k[o + half];
-    k[o] = a * c - b * s;
-    k[o + half] = b * c + a * s;
+    let v = rotated(k[o], k[o + half], i, p.pos0 + r);
+    k[o] = v.x;
+    k[o + half] = v.y;
 }
