@@ -26,6 +26,10 @@ for line in sys.stdin:
         print(m["target"]["kind"][0] + "-" + m["target"]["name"], m["executable"])
 ' | while read -r name exe; do cp "$exe" ".device/bin/test-$name"; done
     cp target/release/paligemma target/release/examples/bench .device/bin/
+    # The Bevy example (its own crate; see examples/bevy/Cargo.toml for the Rust version). Its
+    # quick-to-build dev profile: a few headless frames do not need an optimised Bevy.
+    cargo build --manifest-path examples/bevy/Cargo.toml --ignore-rust-version
+    cp examples/bevy/target/debug/paligemma-bevy .device/bin/
     strip .device/bin/* 2>/dev/null || true
     tar -C .device -cJf .device/bundle.tar.xz bin
     rm -rf .device/bin
@@ -51,6 +55,13 @@ run)
         grep -E "^test result|FAILED|panicked|adapter" "$out/$name.log" || true
         [ "$rc" -eq 0 ] || echo "!! $name exited $rc"
     done
+    # Bevy and the model on one real device: headless captures, answers checked against the
+    # CPU path, the view written to $out/bevy-view.png.
+    echo "== bevy example"
+    /tmp/gpu-bundle/bin/paligemma-bevy tests/fixtures/bf16/model --headless --check --captures 3 \
+        --every 4 --prompt "caption en" --prompt "detect cat" --screenshot "$out/bevy-view.png" \
+        >"$out/bevy.log" 2>&1 || status=1
+    grep -vE " (INFO|WARN) " "$out/bevy.log" || true
     # The kernel table with cooperative matrices on (its matmul_coop cases run only so).
     echo "== bench --kernels --coop"
     /tmp/gpu-bundle/bin/bench --kernels --coop >"$out/kernels.log" 2>&1 || status=1
