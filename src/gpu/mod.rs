@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::{Error, Result};
 pub(crate) use pipelines::Kernel;
-pub(crate) use recorder::{DispatchCache, Recorder, bind};
+pub(crate) use recorder::{Bind, DispatchCache, Recorder, bind};
 
 /// How [`Gpu::new`] picks an adapter. Fields left `None` fall back to the environment
 /// variables wgpu users know (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`), then to

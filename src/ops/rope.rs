@@ -2,7 +2,7 @@
 
 use super::{View, grid_for, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, Recorder, bind};
+use crate::gpu::{Bind, Gpu, Kernel, Recorder, bind};
 use crate::shaders::{Shader, shader};
 
 /// Invocations per workgroup.
@@ -105,10 +105,9 @@ pub fn rope_at(
     max_position: usize,
 ) -> Result<()> {
     let params = params(&x, tables, heads, 0, max_position + 1)?;
-    dispatch(rec, "rope_at", params, x, tables, Some(positions))
+    dispatch(rec, "rope_at", params, x, tables, Some(bind(4, positions)))
 }
 
-/// Checks the rows and the highest position `end - 1` against the tables.
 /// RoPE on the queries `q` (`heads` per row) and the keys `k` (`k_heads` per row) of the same
 /// rows, the first at position `pos0`: [`rope`] on both, in one dispatch.
 pub fn rope_qk(
@@ -133,17 +132,10 @@ pub fn rope_qk(
         k_offset: kp.offset,
         ..params(&q, tables, heads, pos0, pos0 + q.rows)?
     };
-    let n = q.rows * (heads + k_heads) * tables.head_dim / 2;
-    let groups = grid_for(rec.gpu(), n, WG);
-    let binds = vec![
-        bind(1, &tables.cos),
-        bind(2, &tables.sin),
-        bind(3, q.buffer),
-        bind(5, k.buffer),
-    ];
-    rec.dispatch(Kernel::new(&SHADER, "rope_qk"), &params, binds, groups)
+    dispatch(rec, "rope_qk", params, q, tables, Some(bind(5, k.buffer)))
 }
 
+/// Checks the rows and the highest position `end - 1` against the tables.
 fn params(x: &View, tables: &RopeTables, heads: usize, pos0: usize, end: usize) -> Result<Params> {
     x.expect("rotated rows", x.rows, heads * tables.head_dim)?;
     if end > tables.max_pos {
@@ -172,16 +164,18 @@ fn dispatch(
     params: Params,
     x: View,
     tables: &RopeTables,
-    positions: Option<&wgpu::Buffer>,
+    extra: Option<Bind>,
 ) -> Result<()> {
-    let n = x.rows * params.heads as usize * tables.head_dim / 2;
+    // One invocation per rotated pair, over the queries' heads and `rope_qk`'s keys.
+    let heads = (params.heads + params.k_heads) as usize;
+    let n = x.rows * heads * tables.head_dim / 2;
     let groups = grid_for(rec.gpu(), n, WG);
     let mut binds = vec![
         bind(1, &tables.cos),
         bind(2, &tables.sin),
         bind(3, x.buffer),
     ];
-    binds.extend(positions.map(|p| bind(4, p)));
+    binds.extend(extra);
     rec.dispatch(Kernel::new(&SHADER, entry), &params, binds, groups)
 }
 
