@@ -7,7 +7,7 @@
 // Precision: x is rounded to f16 (clamped to f16's range) as it is staged; 16-bit weights are
 // exact in f16 when f16 (bf16 and quantized weights round once more, to 11 significant bits);
 // the products accumulate in f32. So each output is within about 2^-10 of sum |x w| of the f32
-// result (src/ops/matmul_coop.rs states the tested bound).
+// result (src/ops/matmul_coop.rs states the tested bound, relative to max |reference|).
 //
 // Work: a workgroup computes a BM x BN block of y with SLOTS = (BM / 32) * (BN / 32) slots of 32
 // invocations, each slot a 32 x 32 sub-block held in 2 x 2 accumulators. Per step of BK along k,
