@@ -200,7 +200,7 @@ fn main() -> anyhow::Result<()> {
         let weight_bytes = gpu.allocated_bytes() - before;
         if args.sizes {
             let before_session = gpu.allocated_bytes();
-            let session = model.session(model.num_image_tokens() + args.text_tokens, args.new)?;
+            let session = model.new_state(model.num_image_tokens() + args.text_tokens, args.new)?;
             let session_bytes = gpu.allocated_bytes() - before_session;
             drop(session);
             println!(
@@ -226,12 +226,12 @@ fn main() -> anyhow::Result<()> {
         let mut feats = None;
         for rep in 0..=args.repeat {
             let t = Instant::now();
-            let f = model.encode_pixels(&pixels, None)?;
+            let f = model.block_on(model.encode(paligemma::ImageInput::pixels(&pixels)))?;
             gpu.wait()?;
             let v = t.elapsed().as_secs_f64() * 1e3;
-            let mut session = model.session(ids.len(), args.new + 1)?;
+            let mut session = model.new_state(ids.len(), args.new + 1)?;
             let t = Instant::now();
-            model.prefill(&mut session, &ids, &f)?;
+            model.block_on(model.prefill(&mut session, &ids, &f))?;
             let p = t.elapsed().as_secs_f64() * 1e3;
             if rep > 0 {
                 vision_ms.push(v);
@@ -241,35 +241,48 @@ fn main() -> anyhow::Result<()> {
         }
         let feats = feats.expect("at least one run");
         let before_session = gpu.allocated_bytes();
-        let mut session = model.session(ids.len(), args.new + 1)?;
+        let mut session = model.new_state(ids.len(), args.new + 1)?;
         let session_bytes = gpu.allocated_bytes() - before_session;
-        let mut tok = model.prefill(&mut session, &ids, &feats)?;
-        tok = model.step(&mut session, tok)?; // warm-up step
+        let mut tok = model.block_on(model.prefill(&mut session, &ids, &feats))?;
+        let mut scratch = model.decode_scratch()?;
+        tok = model.block_on(model.step(&mut scratch, &mut [&mut session], &[tok]))?[0]; // warm-up step
         let t = Instant::now();
         for _ in 0..args.new {
-            tok = model.step(&mut session, tok.min(cfg.text.vocab_size as u32 - 1))?;
+            tok = model.block_on(model.step(
+                &mut scratch,
+                &mut [&mut session],
+                &[tok.min(cfg.text.vocab_size as u32 - 1)],
+            ))?[0];
         }
         let decode_s = t.elapsed().as_secs_f64();
         // The same work timed by GPU timestamps.
         gpu.set_profiling(true, false);
-        model.encode_pixels(&pixels, None)?;
+        model.block_on(model.encode(paligemma::ImageInput::pixels(&pixels)))?;
         let gpu_vision = gpu.take_gpu_ms();
-        let mut s2 = model.session(ids.len(), 9)?;
-        let mut t2 = model.prefill(&mut s2, &ids, &feats)?;
+        let mut s2 = model.new_state(ids.len(), 9)?;
+        let mut t2 = model.block_on(model.prefill(&mut s2, &ids, &feats))?;
         let gpu_prefill = gpu.take_gpu_ms();
         for _ in 0..8 {
-            t2 = model.step(&mut s2, t2.min(cfg.text.vocab_size as u32 - 1))?;
+            t2 = model.block_on(model.step(
+                &mut scratch,
+                &mut [&mut s2],
+                &[t2.min(cfg.text.vocab_size as u32 - 1)],
+            ))?[0];
         }
         let gpu_step = gpu.take_gpu_ms().map(|ms| ms / 8.0);
         if args.profile {
             gpu.set_profiling(true, true);
-            model.encode_pixels(&pixels, None)?;
+            model.block_on(model.encode(paligemma::ImageInput::pixels(&pixels)))?;
             print_kernels(&format!("{name} vision"), gpu.take_kernel_times());
-            let mut s3 = model.session(ids.len(), 9)?;
-            let mut t3 = model.prefill(&mut s3, &ids, &feats)?;
+            let mut s3 = model.new_state(ids.len(), 9)?;
+            let mut t3 = model.block_on(model.prefill(&mut s3, &ids, &feats))?;
             print_kernels(&format!("{name} prefill"), gpu.take_kernel_times());
             for _ in 0..8 {
-                t3 = model.step(&mut s3, t3.min(cfg.text.vocab_size as u32 - 1))?;
+                t3 = model.block_on(model.step(
+                    &mut scratch,
+                    &mut [&mut s3],
+                    &[t3.min(cfg.text.vocab_size as u32 - 1)],
+                ))?[0];
             }
             print_kernels(&format!("{name} 8 decode steps"), gpu.take_kernel_times());
         }
@@ -342,22 +355,22 @@ fn bench_batches(
     args: &Args,
 ) -> anyhow::Result<Vec<(usize, f64)>> {
     let vocab = model.config().text.vocab_size as u32;
-    let mut batch = model.decode_batch()?;
+    let mut batch = model.decode_scratch()?;
     let mut rows = Vec::new();
     for &b in &args.batches {
         let mut sessions = Vec::with_capacity(b);
         let mut tokens = Vec::with_capacity(b);
         for _ in 0..b {
-            let mut s = model.session(ids.len(), args.new + 1)?;
-            tokens.push(model.prefill(&mut s, ids, feats)?);
+            let mut s = model.new_state(ids.len(), args.new + 1)?;
+            tokens.push(model.block_on(model.prefill(&mut s, ids, feats))?);
             sessions.push(s);
         }
-        let mut refs: Vec<&mut paligemma::Session> = sessions.iter_mut().collect();
-        tokens = model.step_batch(&mut batch, &mut refs, &tokens)?; // warm-up
+        let mut refs: Vec<&mut paligemma::DecoderState> = sessions.iter_mut().collect();
+        tokens = model.block_on(model.step(&mut batch, &mut refs, &tokens))?; // warm-up
         let t = Instant::now();
         for _ in 1..args.new {
             let next: Vec<u32> = tokens.iter().map(|&t| t.min(vocab - 1)).collect();
-            tokens = model.step_batch(&mut batch, &mut refs, &next)?;
+            tokens = model.block_on(model.step(&mut batch, &mut refs, &next))?;
         }
         let steps = args.new.saturating_sub(1).max(1);
         rows.push((b, t.elapsed().as_secs_f64() * 1e3 / steps as f64));

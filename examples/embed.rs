@@ -29,17 +29,21 @@ fn main() -> anyhow::Result<()> {
 
     // The library uses it as it is; the engine keeps its handles (they are reference-counted).
     let gpu = Gpu::from_device(device.clone(), queue.clone(), Some(adapter.get_info()));
-    let model = PaliGemma::load_on(gpu, model_dir.as_ref(), None)?;
+    let model = PaliGemma::load_on(
+        gpu,
+        model_dir.as_ref(),
+        &paligemma::LoadOptions::in_precision(None),
+    )?;
     let image = paligemma::preprocess::load_image(image_path.as_ref())?;
 
     let opts = GenerateOptions {
         max_new_tokens: 16,
         ..Default::default()
     };
-    let out = model.generate(&image, &prompt, &opts, |_, piece| {
+    let out = model.block_on(model.generate(&image, &prompt, &opts, |_, piece| {
         print!("{piece}");
         true
-    })?;
+    }))?;
     println!();
     for d in parse_detections(&out.text, image.width(), image.height()) {
         println!(

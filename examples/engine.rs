@@ -193,12 +193,16 @@ fn main() -> anyhow::Result<()> {
     let frame = render(&device, &queue);
     // The library borrows the device and queue; its work is queued after the render.
     let gpu = Gpu::from_device(device.clone(), queue.clone(), Some(adapter.get_info()));
-    let model = PaliGemma::load_on(gpu, model_dir.as_ref(), None)?;
+    let model = PaliGemma::load_on(
+        gpu,
+        model_dir.as_ref(),
+        &paligemma::LoadOptions::in_precision(None),
+    )?;
     let opts = GenerateOptions {
         max_new_tokens: 12,
         ..Default::default()
     };
-    let out = model.generate_texture(&frame, prompt, &opts, |_, _| true)?;
+    let out = model.block_on(model.generate(&frame, prompt, &opts, |_, _| true))?;
     println!(
         "{prompt:?} about the rendered frame ({}x{}, {:?}) on {}: {:?}",
         SIZE.0,
@@ -223,7 +227,7 @@ fn main() -> anyhow::Result<()> {
         }
         if check {
             let image = image::DynamicImage::ImageRgba8(pixels);
-            let cpu = model.generate(&image, prompt, &opts, |_, _| true)?;
+            let cpu = model.block_on(model.generate(&image, prompt, &opts, |_, _| true))?;
             if cpu.generated_ids != out.generated_ids {
                 bail!(
                     "the texture path chose {:?}, the CPU path {:?}",

@@ -1,110 +1,36 @@
 //! The whole model: load a checkpoint folder, encode an image, run the prompt, generate text.
 //! Mirrors transformers' `PaliGemmaForConditionalGeneration` + `PaliGemmaProcessor`.
+//!
+//! Every operation that waits for the GPU is an `async fn` (the core: what a web page or a
+//! game's frame loop awaits); [`PaliGemma::block_on`] is the one blocking facade over all of
+//! them, for everyone else.
 
 use std::path::Path;
 
 use web_time::Instant;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, GpuOptions};
-use crate::model::checkpoint::{Checkpoint, ShardBytes};
+use crate::generation::{GenerateOptions, Generation, ImageInput, Prompt, Token, elapsed_ms};
+use crate::gpu::Gpu;
 use crate::model::config::PaliGemmaConfig;
 use crate::model::gemma::TextModel;
-use crate::model::session::{DecodeBatch, Session};
+use crate::model::load::{LoadOptions, LoadProgress, ModelFiles, Opened};
 use crate::model::siglip::VisionTower;
+use crate::model::state::{DecodeScratch, DecoderState};
 use crate::model::{Loader, Precision, WeightSource};
 use crate::ops::linear::Linear;
 use crate::ops::{View, WeightFormat};
-use crate::sampling::SamplingOptions;
-use crate::sequence::{Sequence, Token};
-use crate::tokenizer::PromptTokenizer;
-
-/// How to load a model.
-#[derive(Clone, Debug, Default)]
-pub struct LoadOptions {
-    /// `None`: 16-bit weights (half the memory and bandwidth of f32; the shaders widen them from
-    /// u32 words, so no device feature is needed), or the precision a checkpoint written by
-    /// `paligemma quantize` was quantized in.
-    pub precision: Option<Precision>,
-    /// Which adapter to use when the library creates the device.
-    pub gpu: GpuOptions,
-    /// Told how far loading has come, after each tensor.
-    pub progress: Option<LoadProgress>,
-}
-
-/// A loading-progress callback: (bytes of the checkpoint read, bytes in all).
-#[derive(Clone)]
-pub struct LoadProgress(pub std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>);
-
-impl std::fmt::Debug for LoadProgress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LoadProgress")
-    }
-}
-
-/// A model's files as bytes, for [`PaliGemma::load_files`].
-pub struct ModelFiles {
-    /// `config.json`'s text.
-    pub config: String,
-    /// `tokenizer.json`'s bytes.
-    pub tokenizer: Vec<u8>,
-    /// The safetensors files, each with a name for errors (its file name or URL).
-    pub shards: Vec<(std::path::PathBuf, ShardBytes)>,
-}
-
-/// Options of [`PaliGemma::generate`].
-#[derive(Clone, Debug)]
-pub struct GenerateOptions {
-    pub max_new_tokens: usize,
-    pub sampling: SamplingOptions,
-    /// Stop when the model emits `<eos>` (on by default).
-    pub stop_at_eos: bool,
-    /// Keep the logits each token was chosen from (for `--dump-logits` and parity checks).
-    pub keep_logits: bool,
-}
-
-impl Default for GenerateOptions {
-    fn default() -> Self {
-        GenerateOptions {
-            max_new_tokens: 64,
-            sampling: SamplingOptions::default(),
-            stop_at_eos: true,
-            keep_logits: false,
-        }
-    }
-}
-
-/// Wall-clock phases of one generation, in milliseconds.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Timings {
-    pub preprocess_ms: f64,
-    pub vision_ms: f64,
-    pub prefill_ms: f64,
-    /// From the call to the first token: preprocessing, vision and prefill.
-    pub time_to_first_token_ms: f64,
-    pub decode_ms: f64,
-    /// Tokens after the first, per second of decoding.
-    pub decode_tokens_per_s: f64,
-}
-
-/// What [`PaliGemma::generate`] returns.
-#[derive(Clone, Debug)]
-pub struct Generation {
-    /// The full prompt, image placeholders included.
-    pub prompt_ids: Vec<u32>,
-    pub generated_ids: Vec<u32>,
-    /// The generated text, special tokens (`<eos>`) removed.
-    pub text: String,
-    /// [generated_ids.len(), vocab] when `keep_logits` was set.
-    pub step_logits: Option<Vec<f32>>,
-    pub timings: Timings,
-}
+use crate::sequence::{Sequence, advance_all};
+use crate::tokenizer::{PromptTokenizer, check_image_prefix};
 
 /// An image encoded and projected: the rows that replace the `<image>` tokens, on the GPU.
 pub struct ImageFeatures {
-    /// [n, text hidden] f32.
+    /// `[n, text hidden]` f32.
     pub buffer: wgpu::Buffer,
     pub n: usize,
+    /// SigLIP's output before the projector, `[n, vision hidden]` f32 (transformers'
+    /// `vision_out`, for comparisons).
+    pub vision: wgpu::Buffer,
 }
 
 /// A loaded PaliGemma. `Send + Sync`: load it on one thread, use it from others (each call
@@ -125,26 +51,12 @@ pub struct PaliGemma {
 impl PaliGemma {
     /// Loads `dir` (config.json, safetensors, tokenizer.json) on a device the library picks.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
-        let gpu = Gpu::new(&opts.gpu)?;
-        Self::load_on_with(gpu, dir, opts)
+        Self::load_on(Gpu::new(&opts.gpu)?, dir, opts)
     }
 
-    /// Loads `dir` on `gpu` (which may wrap the caller's own device).
-    pub fn load_on(gpu: Gpu, dir: &Path, precision: Option<Precision>) -> Result<PaliGemma> {
-        let opts = LoadOptions {
-            precision,
-            ..Default::default()
-        };
-        Self::load_on_with(gpu, dir, &opts)
-    }
-
-    /// [`load_on`](Self::load_on) with every option (`opts.gpu` is not used: the device is
-    /// given).
-    pub fn load_on_with(gpu: Gpu, dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
-        let config = PaliGemmaConfig::from_file(&dir.join("config.json"))?;
-        let tokenizer = PromptTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let ckpt = Checkpoint::open(dir)?;
-        Self::load_checkpoint(gpu, config, tokenizer, ckpt, dir, opts)
+    /// Loads `dir` on `gpu`, which may wrap the caller's own device (`opts.gpu` is not used).
+    pub fn load_on(gpu: Gpu, dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
+        Self::upload(gpu, Opened::folder(dir, opts.precision)?, dir, opts)
     }
 
     /// Loads a model from its files' bytes rather than a folder: what a web page fetched
@@ -157,59 +69,24 @@ impl PaliGemma {
         opts: &LoadOptions,
     ) -> Result<PaliGemma> {
         let origin = Path::new(origin);
-        let config = PaliGemmaConfig::from_json(
-            &files.config,
-            &origin.join("config.json").display().to_string(),
-        )?;
-        let tokenizer =
-            PromptTokenizer::from_bytes(&files.tokenizer, &origin.join("tokenizer.json"))?;
-        let ckpt = Checkpoint::from_shards(origin, files.shards)?;
-        Self::load_checkpoint(gpu, config, tokenizer, ckpt, origin, opts)
+        Self::upload(
+            gpu,
+            Opened::files(files, origin, opts.precision)?,
+            origin,
+            opts,
+        )
     }
 
-    /// The loading shared by folders and files: the tokenizer and the checkpoint checked
-    /// against the config, then the weights uploaded.
-    fn load_checkpoint(
-        gpu: Gpu,
-        config: PaliGemmaConfig,
-        tokenizer: PromptTokenizer,
-        ckpt: Checkpoint,
-        dir: &Path,
-        opts: &LoadOptions,
-    ) -> Result<PaliGemma> {
-        let precision = opts.precision;
-        if tokenizer.image_token_id() != config.image_token_index {
-            return Err(Error::invalid(format!(
-                "{}: the tokenizer's <image> is id {}, config.json's image_token_index is {}",
-                dir.display(),
-                tokenizer.image_token_id(),
-                config.image_token_index
-            )));
-        }
-        // A checkpoint written by `paligemma quantize` says its own precision; a request for
-        // another cannot be met without the original weights.
-        let precision = match (
-            ckpt.quantized_format().map(Precision::of_quantized),
-            precision,
-        ) {
-            (Some(q), Some(p)) if p != q => {
-                return Err(Error::invalid(format!(
-                    "{}: the checkpoint is quantized as {q:?}; it cannot be loaded as {p:?} \
-                     (load the original checkpoint instead)",
-                    dir.display()
-                )));
-            }
-            (Some(q), _) => Some(q),
-            (None, p) => p,
-        };
-        let source = WeightSource::Checkpoint(&ckpt);
-        let model = Self::from_source(
+    fn upload(gpu: Gpu, o: Opened, dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
+        let source = WeightSource::Checkpoint(&o.checkpoint);
+        let progress = opts.progress.as_ref();
+        let model = Self::build(
             gpu,
-            config,
+            o.config,
             source,
-            Some(tokenizer),
-            precision,
-            opts.progress.as_ref(),
+            Some(o.tokenizer),
+            o.precision,
+            progress,
         )?;
         log::info!(
             "loaded {} on {} with {:?} weights",
@@ -222,7 +99,7 @@ impl PaliGemma {
 
     /// A model at `config`'s shapes with uniform random weights stored as `format` (seeded per
     /// tensor): the published sizes with no download, for benchmarks. Without a tokenizer only
-    /// the id-level API (`encode_pixels`, `session`, `prefill`, `step`) works.
+    /// the id-level API (`encode`, `new_state`, `prefill`, `step`) works.
     pub fn random(
         gpu: Gpu,
         config: PaliGemmaConfig,
@@ -231,11 +108,11 @@ impl PaliGemma {
         precision: Option<Precision>,
     ) -> Result<PaliGemma> {
         let source = WeightSource::Random { seed, format };
-        Self::from_source(gpu, config, source, None, precision, None)
+        Self::build(gpu, config, source, None, precision, None)
     }
 
-    /// Builds a model from any weight source.
-    pub(crate) fn from_source(
+    /// Uploads every part from a weight source.
+    fn build(
         gpu: Gpu,
         config: PaliGemmaConfig,
         source: WeightSource,
@@ -246,12 +123,7 @@ impl PaliGemma {
         config.check("the model config")?;
         let precision = precision.unwrap_or(Precision::F16);
         let before = gpu.allocated_bytes();
-        let l = Loader {
-            gpu: &gpu,
-            source,
-            precision,
-            progress,
-        };
+        let l = Loader::new(&gpu, source, precision, progress);
         let vision = VisionTower::load(&l, &config.vision)?;
         let (dv, dt) = (config.vision.hidden_size, config.text.hidden_size);
         let projector = l.linear("projector.linear", dt, dv, true)?;
@@ -285,21 +157,18 @@ impl PaliGemma {
             .ok_or_else(|| Error::invalid("this model was built without a tokenizer"))
     }
     /// GPU memory the model holds for its weights (vision tower, projector, decoder, tables),
-    /// in bytes; freed when the model is dropped. Each [`Session`] / [`Sequence`] reports its
-    /// own (KV cache, logits), as does a [`DecodeBatch`]; the vision tower's activations
-    /// (`image tokens x intermediate x 4` bytes and a few more rows) live only while an image
-    /// is encoded. (Measured as what the `Gpu` allocated during the load: on a `Gpu` shared
-    /// with another thread that allocates meanwhile, that counts too.)
+    /// in bytes; freed when the model is dropped. Each [`DecoderState`] / [`Sequence`] reports
+    /// its own (KV cache, logits), as does a [`DecodeScratch`]; the vision tower's activations
+    /// live only while an image is encoded. (Measured as what the `Gpu` allocated during the
+    /// load: on a `Gpu` shared with another thread that allocates meanwhile, that counts too.)
     pub fn weight_memory(&self) -> u64 {
         self.weight_bytes
     }
-
     /// Bytes a decode step reads from weights: every decoder matrix (block scales included)
     /// and the logits table; with the bandwidth, the floor of the time per token.
     pub fn decode_weight_bytes(&self) -> u64 {
         self.text.weight_bytes()
     }
-
     /// The side of the square image the vision tower takes.
     pub fn image_size(&self) -> usize {
         self.config.vision.image_size
@@ -311,159 +180,128 @@ impl PaliGemma {
 
     /// `<image>` * N + `<bos>` + prompt + "\n", tokenized.
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
-        let ids = self
-            .tokenizer()?
-            .prompt_ids(prompt, self.num_image_tokens())?;
-        let n = self.num_image_tokens();
-        if ids
-            .iter()
-            .filter(|&&t| t == self.config.image_token_index)
-            .count()
-            != n
-        {
-            return Err(Error::invalid(format!(
-                "the prompt must hold exactly {n} image tokens (id {}), at its start",
-                self.config.image_token_index
-            )));
-        }
+        self.tokenizer()?
+            .prompt_ids(prompt, self.num_image_tokens())
+    }
+
+    /// The ids of `prompt`, checked: exactly the image's tokens first.
+    fn ids_of(&self, prompt: Prompt) -> Result<Vec<u32>> {
+        let ids = match prompt {
+            Prompt::Text(text) => self.prompt_ids(&text)?,
+            Prompt::Ids(ids) => ids,
+        };
+        check_image_prefix(&ids, self.num_image_tokens(), self.config.image_token_index)?;
         Ok(ids)
     }
 
-    /// Runs SigLIP and the projector on preprocessed pixels [3, S, S]. Returns the features on
-    /// the GPU and leaves "vision_out" in `vision_out` when given.
-    pub fn encode_pixels(
-        &self,
-        pixels: &[f32],
-        vision_out: Option<&wgpu::Buffer>,
-    ) -> Result<ImageFeatures> {
-        let encode = self.encode_pixels_async(pixels, vision_out);
-        self.gpu.block_on("encode_pixels", encode)
-    }
-
-    /// [`encode_pixels`](Self::encode_pixels), awaitable (it waits for nothing, but returns to
-    /// a frame loop between layers: see [`Gpu::set_polled_by_caller`]).
-    pub async fn encode_pixels_async(
-        &self,
-        pixels: &[f32],
-        vision_out: Option<&wgpu::Buffer>,
-    ) -> Result<ImageFeatures> {
-        let (s, c) = (self.image_size(), self.config.vision.num_channels);
-        if pixels.len() != c * s * s {
-            return Err(Error::invalid(format!(
-                "pixel buffer holds {} values, the vision tower wants {c} x {s} x {s}",
-                pixels.len()
-            )));
-        }
-        let buffer = self.gpu.upload_f32("pixels", pixels)?;
-        self.encode_pixel_buffer(&buffer, vision_out).await
-    }
-
-    /// Preprocesses a texture on the GPU (a rendered frame never visits the CPU) and encodes
-    /// it. The texture (rgba8 or bgra8, unorm or srgb, `COPY_SRC` usage, any size whose bytes
-    /// fit one storage binding: 8K frames fit the 128 MiB default) is read as its stored bytes,
+    /// Runs the vision tower and the projector on an image. Long work is submitted a layer at
+    /// a time, returning to a frame loop between layers (see [`Gpu::set_polled_by_caller`]);
+    /// nothing is awaited.
+    ///
+    /// A texture (rgba8 or bgra8, unorm or srgb, `COPY_SRC` usage, any size whose bytes fit one
+    /// storage binding: 8K frames fit the 128 MiB default) is read as its stored bytes,
     /// resized as Pillow's bicubic in the same integer arithmetic and normalised through the
     /// same table as [`preprocess`](crate::preprocess::preprocess) on the same bytes: the
     /// pixels are identical (integer math and a lookup, so on any driver), and so is the
-    /// answer. Alpha is dropped, as Pillow's `convert("RGB")` drops it.
-    ///
-    /// On a shared device the work goes to the queue after whatever the caller has submitted
-    /// so far (so a frame rendered and submitted before this call is what is read), in
-    /// submissions of one layer each. The texture must belong to the model's device: wgpu
-    /// panics on another device's texture, and offers no way to check beforehand.
-    pub fn encode_texture(&self, texture: &wgpu::Texture) -> Result<ImageFeatures> {
-        let encode = self.encode_texture_async(texture);
-        self.gpu.block_on("encode_texture", encode)
+    /// answer. Alpha is dropped, as Pillow's `convert("RGB")` drops it. On a shared device the
+    /// work goes to the queue after whatever the caller has submitted so far, so a frame
+    /// rendered and submitted before this call is what is read. The texture must belong to
+    /// the model's device: wgpu panics on another device's texture, and offers no way to check
+    /// beforehand.
+    pub async fn encode(&self, image: impl Into<ImageInput<'_>>) -> Result<ImageFeatures> {
+        let pixels = self.pixels(image.into())?;
+        self.encode_pixels(&pixels).await
     }
 
-    /// [`encode_texture`](Self::encode_texture), awaitable (see
-    /// [`encode_pixels_async`](Self::encode_pixels_async)).
-    pub async fn encode_texture_async(&self, texture: &wgpu::Texture) -> Result<ImageFeatures> {
-        let s = self.image_size();
-        let pixels = self.gpu.storage("pixels", (3 * s * s * 4) as u64)?;
-        let mut rec = self.gpu.recorder();
-        crate::ops::resize::preprocess_texture(&mut rec, texture, s, View::new(&pixels, 3, s * s))?;
-        rec.submit("preprocessing a texture")?;
-        self.encode_pixel_buffer(&pixels, None).await
+    /// The image as preprocessed pixels `[3, S, S]` on the GPU: resized and normalised on the
+    /// CPU for an image, on the GPU for a texture.
+    fn pixels(&self, image: ImageInput) -> Result<wgpu::Buffer> {
+        let (s, c) = (self.image_size(), self.config.vision.num_channels);
+        match image {
+            ImageInput::Image(image) => {
+                let pixels = crate::preprocess::preprocess(&image, s as u32);
+                self.gpu.upload_f32("pixels", &pixels)
+            }
+            ImageInput::Pixels(pixels) if pixels.len() != c * s * s => {
+                Err(Error::invalid(format!(
+                    "pixel buffer holds {} values, the vision tower wants {c} x {s} x {s}",
+                    pixels.len()
+                )))
+            }
+            ImageInput::Pixels(pixels) => self.gpu.upload_f32("pixels", &pixels),
+            ImageInput::Texture(texture) => {
+                let pixels = self.gpu.storage("pixels", (3 * s * s * 4) as u64)?;
+                let mut rec = self.gpu.recorder();
+                let out = View::new(&pixels, 3, s * s);
+                crate::ops::resize::preprocess_texture(&mut rec, &texture, s, out)?;
+                rec.submit("preprocessing a texture")?;
+                Ok(pixels)
+            }
+        }
     }
 
-    async fn encode_pixel_buffer(
-        &self,
-        pixels: &wgpu::Buffer,
-        vision_out: Option<&wgpu::Buffer>,
-    ) -> Result<ImageFeatures> {
+    /// SigLIP, then the projector, on pixels on the GPU.
+    async fn encode_pixels(&self, pixels: &wgpu::Buffer) -> Result<ImageFeatures> {
         let (n, dv, dt) = (
             self.num_image_tokens(),
             self.config.vision.hidden_size,
             self.config.text.hidden_size,
         );
-        let owned;
-        let vout = match vision_out {
-            Some(b) => b,
-            None => {
-                owned = self.gpu.storage("vision out", (n * dv * 4) as u64)?;
-                &owned
-            }
-        };
-        self.vision.encode_buffer(&self.gpu, pixels, vout).await?;
+        let vision = self.gpu.storage("vision out", (n * dv * 4) as u64)?;
+        self.vision
+            .encode_buffer(&self.gpu, pixels, &vision)
+            .await?;
         let buffer = self.gpu.storage("image features", (n * dt * 4) as u64)?;
         let mut rec = self.gpu.recorder();
-        let (x, y) = (View::new(vout, n, dv), View::new(&buffer, n, dt));
+        let (x, y) = (View::new(&vision, n, dv), View::new(&buffer, n, dt));
         self.projector.forward(&mut rec, x, y)?;
         rec.submit("the projector")?;
-        Ok(ImageFeatures { buffer, n })
+        Ok(ImageFeatures { buffer, n, vision })
     }
 
-    /// A session for a prompt of `prompt_len` tokens and up to `max_new_tokens` more.
-    pub fn session(&self, prompt_len: usize, max_new_tokens: usize) -> Result<Session> {
+    /// An empty decoder state for a prompt of `prompt_len` tokens and up to `max_new_tokens`
+    /// more.
+    pub fn new_state(&self, prompt_len: usize, max_new_tokens: usize) -> Result<DecoderState> {
         let capacity = prompt_len.checked_add(max_new_tokens).ok_or_else(|| {
             Error::invalid(format!("{prompt_len} + {max_new_tokens} tokens overflow"))
         })?;
-        self.text.session(&self.gpu, capacity, prompt_len)
+        DecoderState::new(&self.gpu, &self.text, capacity)
     }
 
-    /// Runs the prompt (the image rows replace its `<image>` tokens); returns the greedy next
-    /// token. Lower-level than [`generate`](Self::generate), for callers who drive decoding.
-    pub fn prefill(&self, s: &mut Session, ids: &[u32], image: &ImageFeatures) -> Result<u32> {
-        self.gpu()
-            .block_on("prefill", self.prefill_async(s, ids, image))
-    }
-
-    /// [`prefill`](Self::prefill), awaitable.
-    pub async fn prefill_async(
+    /// Runs the prompt `ids` (the image rows replace its `<image>` tokens) into the empty
+    /// state `s`; returns the greedy next token.
+    pub async fn prefill(
         &self,
-        s: &mut Session,
+        s: &mut DecoderState,
         ids: &[u32],
         image: &ImageFeatures,
     ) -> Result<u32> {
-        let image_id = self.config.image_token_index;
-        if ids.len() < image.n || ids[..image.n].iter().any(|&t| t != image_id) {
-            return Err(Error::invalid(format!(
-                "the prompt must start with the {} image tokens (id {image_id}) its image replaces",
-                image.n
-            )));
-        }
-        self.text
-            .prefill(&self.gpu, s, ids, Some((&image.buffer, image.n)))
-            .await
+        check_image_prefix(ids, image.n, self.config.image_token_index)?;
+        let image = Some((&image.buffer, image.n));
+        self.text.prefill(&self.gpu, s, ids, image).await
     }
 
-    /// Appends `token`; returns the greedy next token.
-    pub fn step(&self, s: &mut Session, token: u32) -> Result<u32> {
-        self.gpu().block_on("step", self.step_async(s, token))
+    /// Buffers for [`step`](Self::step) and [`advance`](Self::advance): one per caller that
+    /// steps (a few MB at most: 16 rows of activations and logits).
+    pub fn decode_scratch(&self) -> Result<DecodeScratch> {
+        DecodeScratch::new(&self.gpu, &self.text)
     }
 
-    /// [`step`](Self::step), awaitable.
-    pub async fn step_async(&self, s: &mut Session, token: u32) -> Result<u32> {
-        self.text.step(&self.gpu, s, token).await
+    /// One decode step for any number of states (one is a batch of one): `tokens[i]` is
+    /// appended to `states[i]`; returns each one's greedy next token and leaves its logits in
+    /// it. Each weight is read once per 16 states; a state's logits are the same alone or in a
+    /// batch (to the bit on lavapipe).
+    pub async fn step(
+        &self,
+        scratch: &mut DecodeScratch,
+        states: &mut [&mut DecoderState],
+        tokens: &[u32],
+    ) -> Result<Vec<u32>> {
+        self.text.step(&self.gpu, scratch, states, tokens).await
     }
 
-    /// The logits the session's last token was chosen from, read back: `[vocab]`.
-    pub fn logits(&self, s: &Session) -> Result<Vec<f32>> {
-        self.gpu().block_on("logits", self.logits_async(s))
-    }
-
-    /// [`logits`](Self::logits), awaitable.
-    pub async fn logits_async(&self, s: &Session) -> Result<Vec<f32>> {
+    /// The logits the state's last token was chosen from, read back: `[vocab]`.
+    pub async fn logits(&self, s: &DecoderState) -> Result<Vec<f32>> {
         let vocab = self.config.text.vocab_size;
         self.gpu.read_f32_async(&s.logits, 0, vocab).await
     }
@@ -472,130 +310,94 @@ impl PaliGemma {
     /// replacing the first ids and positions from `prefix_len` on causal: what KV-cache
     /// decoding must reproduce (`prefix_len` = the prompt's length), and transformers'
     /// prefill logits when `prefix_len == ids.len()`.
-    pub fn all_logits(
+    pub async fn all_logits(
         &self,
         ids: &[u32],
         image: Option<&ImageFeatures>,
         prefix_len: usize,
     ) -> Result<Vec<f32>> {
         let image = image.map(|f| (&f.buffer, f.n));
-        self.text.all_logits(&self.gpu, ids, image, prefix_len)
+        self.text
+            .all_logits(&self.gpu, ids, image, prefix_len)
+            .await
+    }
+
+    /// Starts answering `prompt` about `image`: the image encoded, the prompt run, and the
+    /// first token chosen, which is returned with the sequence (and ends it if it is `<eos>`
+    /// or `max_new_tokens` is 1).
+    pub async fn start(
+        &self,
+        image: impl Into<ImageInput<'_>>,
+        prompt: impl Into<Prompt>,
+        opts: &GenerateOptions,
+    ) -> Result<(Sequence, Option<Token>)> {
+        let t0 = Instant::now();
+        let ids = self.ids_of(prompt.into())?;
+        let pixels = self.pixels(image.into())?;
+        let preprocess_ms = elapsed_ms(t0);
+        let t1 = Instant::now();
+        let features = self.encode_pixels(&pixels).await?;
+        self.gpu.wait_async().await?;
+        let vision_ms = elapsed_ms(t1);
+        let t2 = Instant::now();
+        let mut state = self.new_state(ids.len(), opts.max_new_tokens)?;
+        let greedy = self.prefill(&mut state, &ids, &features).await?;
+        let mut seq = Sequence::new(self, state, ids, greedy, opts)?;
+        seq.timings.preprocess_ms = preprocess_ms;
+        seq.timings.vision_ms = vision_ms;
+        seq.timings.prefill_ms = elapsed_ms(t2);
+        seq.timings.time_to_first_token_ms = elapsed_ms(t0);
+        let first = seq.first_token(self).await?;
+        Ok((seq, first))
+    }
+
+    /// Moves every unfinished sequence of `seqs` forward by one token, all in one decode step;
+    /// returns what each chose (`None` for those already finished). A sequence decodes to the
+    /// same tokens alone or in any batch (checked on lavapipe).
+    ///
+    /// An error of the step itself (the GPU) is returned, and no sequence has advanced. A
+    /// sequence whose next token cannot be chosen (its logits are all NaN, say) ends as
+    /// [`FinishReason::Failed`](crate::FinishReason::Failed) and the others go on.
+    pub async fn advance(
+        &self,
+        scratch: &mut DecodeScratch,
+        seqs: &mut [&mut Sequence],
+    ) -> Result<Vec<Option<Token>>> {
+        advance_all(self, scratch, seqs).await
     }
 
     /// Generates text about `image` for `prompt`, calling `on_token(id, text_piece)` as each
     /// token is chosen; returning `false` from it stops generation.
-    pub fn generate(
+    pub async fn generate(
         &self,
-        image: &image::DynamicImage,
-        prompt: &str,
+        image: impl Into<ImageInput<'_>>,
+        prompt: impl Into<Prompt>,
         opts: &GenerateOptions,
-        on_token: impl FnMut(u32, &str) -> bool,
-    ) -> Result<Generation> {
-        self.gpu().block_on(
-            "generate",
-            self.generate_async(image, prompt, opts, on_token),
-        )
-    }
-
-    /// [`generate`](Self::generate), awaitable: the form a web page uses.
-    pub async fn generate_async(
-        &self,
-        image: &image::DynamicImage,
-        prompt: &str,
-        opts: &GenerateOptions,
-        on_token: impl FnMut(u32, &str) -> bool,
-    ) -> Result<Generation> {
-        let started = self.start_async(image, prompt, opts).await?;
-        self.finish(started, on_token).await
-    }
-
-    /// [`generate`](Self::generate) about a texture, preprocessed on the GPU (see
-    /// [`encode_texture`](Self::encode_texture)).
-    pub fn generate_texture(
-        &self,
-        texture: &wgpu::Texture,
-        prompt: &str,
-        opts: &GenerateOptions,
-        on_token: impl FnMut(u32, &str) -> bool,
-    ) -> Result<Generation> {
-        let generation = self.generate_texture_async(texture, prompt, opts, on_token);
-        self.gpu().block_on("generate_texture", generation)
-    }
-
-    /// [`generate_texture`](Self::generate_texture), awaitable: what a frame loop polls (see
-    /// [`Gpu::set_polled_by_caller`]).
-    pub async fn generate_texture_async(
-        &self,
-        texture: &wgpu::Texture,
-        prompt: &str,
-        opts: &GenerateOptions,
-        on_token: impl FnMut(u32, &str) -> bool,
-    ) -> Result<Generation> {
-        let started = self.start_texture_async(texture, prompt, opts).await?;
-        self.finish(started, on_token).await
-    }
-
-    /// Drives a started sequence to its end.
-    async fn finish(
-        &self,
-        (mut seq, first): (Sequence, Option<Token>),
         mut on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<Generation> {
+        let (mut seq, first) = self.start(image, prompt, opts).await?;
+        let mut scratch = self.decode_scratch()?;
         let t = Instant::now();
         let mut token = first;
         while let Some(Token { id, piece }) = token.take() {
             if !on_token(id, &piece) {
                 seq.cancel();
             }
-            token = self.advance_one(&mut seq).await?;
+            token = self.advance(&mut scratch, &mut [&mut seq]).await?.remove(0);
         }
         if let Some(e) = seq.error() {
             return Err(Error::invalid(e.to_string()));
         }
-        let (prompt_ids, generated_ids, text, step_logits, mut timings) = seq.into_parts();
-        timings.decode_ms = ms(t);
-        if generated_ids.len() > 1 {
-            timings.decode_tokens_per_s =
-                (generated_ids.len() - 1) as f64 / (timings.decode_ms / 1e3);
-        }
-        Ok(Generation {
-            prompt_ids,
-            generated_ids,
-            text,
-            step_logits,
-            timings,
-        })
+        Ok(seq.into_generation(elapsed_ms(t)))
     }
 
-    /// Scratch for [`step_batch`](Self::step_batch) and [`advance`](Self::advance): one per
-    /// caller that steps batches (a few MB: GEMV_BATCH rows of activations and logits).
-    pub fn decode_batch(&self) -> Result<DecodeBatch> {
-        self.text.decode_batch(&self.gpu)
-    }
-
-    /// One decode step for several sessions: `tokens[i]` is appended to `sessions[i]`;
-    /// returns each one's greedy next token and leaves its logits in it, as
-    /// [`step`](Self::step) would (to the bit on lavapipe; see `TextModel::step_batch`).
-    /// Each weight is read once per 16 sessions.
-    pub fn step_batch(
-        &self,
-        batch: &mut DecodeBatch,
-        sessions: &mut [&mut Session],
-        tokens: &[u32],
-    ) -> Result<Vec<u32>> {
-        self.gpu()
-            .block_on("step_batch", self.step_batch_async(batch, sessions, tokens))
-    }
-
-    /// [`step_batch`](Self::step_batch), awaitable.
-    pub async fn step_batch_async(
-        &self,
-        batch: &mut DecodeBatch,
-        sessions: &mut [&mut Session],
-        tokens: &[u32],
-    ) -> Result<Vec<u32>> {
-        let gpu = &self.gpu;
-        self.text.step_batch(gpu, batch, sessions, tokens).await
+    /// Runs any of the awaitable operations to its end on the calling thread: the blocking
+    /// form of all of them (`model.block_on(model.generate(...))`). Natively the device is
+    /// polled while the operation waits. A web page cannot block (the browser's event loop
+    /// must run for the GPU's answer to arrive): there, an operation that must wait is an
+    /// error saying to await it instead.
+    pub fn block_on<T>(&self, op: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        self.gpu.block_on("this operation", op)
     }
 }
 
@@ -608,9 +410,5 @@ const _: () = {
     send_sync::<PaliGemma>();
     send_sync::<Gpu>();
     send::<Sequence>();
-    send::<DecodeBatch>();
+    send::<DecodeScratch>();
 };
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
-}

@@ -27,7 +27,41 @@ impl Default for SamplingOptions {
     }
 }
 
+/// A sampling option out of range: which one (`temperature`, `top_p`), and why. Each front
+/// end names the option in its own words (`--top-p`, `top_p`, `sampling.topP`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidSampling {
+    pub option: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for InvalidSampling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.option, self.message)
+    }
+}
+
 impl SamplingOptions {
+    /// The one check of sampling options, for the CLI, the server, the batch command and the
+    /// web API: the temperature a finite number >= 0, top-p in (0, 1].
+    pub fn check(&self) -> Result<(), InvalidSampling> {
+        let t = self.temperature;
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(InvalidSampling {
+                option: "temperature",
+                message: format!("must be a finite number >= 0, got {t}"),
+            });
+        }
+        let p = self.top_p;
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(InvalidSampling {
+                option: "top_p",
+                message: format!("must be in (0, 1], got {p}"),
+            });
+        }
+        Ok(())
+    }
+
     /// Greedy when the temperature is 0 (or so small that 1 / T is not a finite f32, where
     /// softmax(logits / T) is the argmax anyway).
     pub fn is_greedy(&self) -> bool {

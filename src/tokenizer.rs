@@ -94,6 +94,8 @@ impl PromptTokenizer {
                 self.bos_id
             )));
         }
+        // And no `<image>` in the prompt's own text.
+        check_image_prefix(&ids, num_image_tokens, self.image_id)?;
         Ok(ids)
     }
 
@@ -160,6 +162,20 @@ pub fn extend_gemma_vocabulary(tokenizer: &mut Tokenizer) -> Result<()> {
                 base + want
             )));
         }
+    }
+    Ok(())
+}
+
+/// The one check of a prompt's image tokens: `ids` must start with exactly `n` image tokens
+/// (`image_id`), the rows the image's features replace, and hold no other.
+pub(crate) fn check_image_prefix(ids: &[u32], n: usize, image_id: u32) -> Result<()> {
+    let leading = ids.iter().take_while(|&&t| t == image_id).count();
+    let total = ids.iter().filter(|&&t| t == image_id).count();
+    if leading != n || total != n {
+        return Err(Error::Invalid(format!(
+            "the prompt must start with exactly the {n} image tokens (id {image_id}) its image \
+             replaces, and hold no other; it has {leading} at its start and {total} in all"
+        )));
     }
     Ok(())
 }

@@ -184,9 +184,14 @@ impl Model {
             s.top_p = number(o, "topP")?.map_or(s.top_p, |v| v as f32);
             s.top_k = number(o, "topK")?.map_or(s.top_k, |v| v as usize);
             s.seed = number(o, "seed")?.map_or(s.seed, |v| v as u64);
-            if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-                return Err(JsError::new("sampling.topP must be in (0, 1]"));
-            }
+        }
+        if let Err(e) = opts.sampling.check() {
+            let option = if e.option == "top_p" {
+                "topP"
+            } else {
+                e.option
+            };
+            return Err(JsError::new(&format!("sampling.{option} {}", e.message)));
         }
         let callback = |id: u32, piece: &str| match &on_token {
             None => true,
@@ -197,7 +202,7 @@ impl Model {
         };
         let g = self
             .model
-            .generate_async(&image, &prompt, &opts, callback)
+            .generate(&image, prompt.as_str(), &opts, callback)
             .await
             .map_err(js_error)?;
         let detections = if detection::answers_with_boxes(&prompt) {

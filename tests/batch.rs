@@ -65,12 +65,12 @@ fn check(model: &PaliGemma, what: &str) {
         .iter()
         .map(|j| {
             model
-                .generate(&j.image, &j.prompt, &j.opts, |_, _| true)
+                .block_on(model.generate(&j.image, &j.prompt, &j.opts, |_, _| true))
                 .unwrap()
         })
         .collect();
 
-    let mut batch = model.decode_batch().unwrap();
+    let mut batch = model.decode_scratch().unwrap();
     let mut running: Vec<(usize, Sequence, Vec<Token>)> = Vec::new();
     let mut done: Vec<Option<(Sequence, Vec<Token>)>> = (0..jobs.len()).map(|_| None).collect();
     let mut step = 0;
@@ -78,13 +78,17 @@ fn check(model: &PaliGemma, what: &str) {
     while done.iter().any(Option::is_none) {
         for (i, j) in jobs.iter().enumerate() {
             if j.joins_at == step {
-                let (seq, first) = model.start(&j.image, &j.prompt, &j.opts).unwrap();
+                let (seq, first) = model
+                    .block_on(model.start(&j.image, &j.prompt, &j.opts))
+                    .unwrap();
                 running.push((i, seq, first.into_iter().collect()));
             }
         }
         let mut seqs: Vec<&mut Sequence> = running.iter_mut().map(|(_, s, _)| s).collect();
         largest = largest.max(seqs.iter().filter(|s| s.finished().is_none()).count());
-        let out = model.advance(&mut batch, &mut seqs).unwrap();
+        let out = model
+            .block_on(model.advance(&mut batch, &mut seqs))
+            .unwrap();
         for ((_, _, tokens), t) in running.iter_mut().zip(out) {
             tokens.extend(t);
         }
@@ -154,51 +158,64 @@ fn a_batch_decodes_as_each_sequence_alone() {
         ("gemma2", Precision::Q8),
     ] {
         let dir = common::fixture_path(name).join("model");
-        let model = PaliGemma::load_on(gpu().clone(), &dir, Some(precision)).unwrap();
+        let model = PaliGemma::load_on(
+            gpu().clone(),
+            &dir,
+            &paligemma::LoadOptions::in_precision(Some(precision)),
+        )
+        .unwrap();
         check(&model, &format!("{name} {precision:?}"));
     }
 }
 
 #[test]
-fn a_batched_step_refuses_bad_input_and_leaves_sessions_alone() {
+fn a_batched_step_refuses_bad_input_and_leaves_states_alone() {
     let dir = common::fixture_path("mqa").join("model");
-    let model = PaliGemma::load_on(gpu().clone(), &dir, Some(Precision::F32)).unwrap();
-    let mut batch = model.decode_batch().unwrap();
+    let model = PaliGemma::load_on(
+        gpu().clone(),
+        &dir,
+        &paligemma::LoadOptions::in_precision(Some(Precision::F32)),
+    )
+    .unwrap();
+    let mut batch = model.decode_scratch().unwrap();
     let ids = model.prompt_ids("caption en").unwrap();
     let features = model
-        .encode_pixels(
+        .block_on(model.encode(paligemma::ImageInput::pixels(
             &paligemma::preprocess::preprocess(&picture(1), model.image_size() as u32),
-            None,
-        )
+        )))
         .unwrap();
-    let mut a = model.session(ids.len(), 2).unwrap();
-    let mut b = model.session(ids.len(), 2).unwrap();
-    let t = model.prefill(&mut a, &ids, &features).unwrap();
+    let mut a = model.new_state(ids.len(), 2).unwrap();
+    let mut b = model.new_state(ids.len(), 2).unwrap();
+    let t = model
+        .block_on(model.prefill(&mut a, &ids, &features))
+        .unwrap();
     // b was never prefilled.
     let err = model
-        .step_batch(&mut batch, &mut [&mut a, &mut b], &[t, t])
+        .block_on(model.step(&mut batch, &mut [&mut a, &mut b], &[t, t]))
         .unwrap_err();
     assert!(err.to_string().contains("prefilled"), "{err}");
     assert_eq!(a.len(), ids.len());
-    model.prefill(&mut b, &ids, &features).unwrap();
+    model
+        .block_on(model.prefill(&mut b, &ids, &features))
+        .unwrap();
     let vocab = model.config().text.vocab_size as u32;
     let err = model
-        .step_batch(&mut batch, &mut [&mut a, &mut b], &[t, vocab])
+        .block_on(model.step(&mut batch, &mut [&mut a, &mut b], &[t, vocab]))
         .unwrap_err();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
     let err = model
-        .step_batch(&mut batch, &mut [&mut a, &mut b], &[t])
+        .block_on(model.step(&mut batch, &mut [&mut a, &mut b], &[t]))
         .unwrap_err();
-    assert!(err.to_string().contains("2 sessions but 1 tokens"), "{err}");
+    assert!(err.to_string().contains("2 states but 1 tokens"), "{err}");
     assert_eq!((a.len(), b.len()), (ids.len(), ids.len()));
     // Two steps fill both; a third has no room.
     for _ in 0..2 {
         model
-            .step_batch(&mut batch, &mut [&mut a, &mut b], &[t, t])
+            .block_on(model.step(&mut batch, &mut [&mut a, &mut b], &[t, t]))
             .unwrap();
     }
     let err = model
-        .step_batch(&mut batch, &mut [&mut a, &mut b], &[t, t])
+        .block_on(model.step(&mut batch, &mut [&mut a, &mut b], &[t, t]))
         .unwrap_err();
     assert!(err.to_string().contains("room"), "{err}");
 }

@@ -18,7 +18,12 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn model() -> PaliGemma {
     let dir = common::fixture_path("mqa/model");
-    PaliGemma::load_on(gpu().clone(), &dir, Some(Precision::F32)).unwrap()
+    PaliGemma::load_on(
+        gpu().clone(),
+        &dir,
+        &paligemma::LoadOptions::in_precision(Some(Precision::F32)),
+    )
+    .unwrap()
 }
 
 /// The fixture photo as a texture of `format` (as a render target would hold it).
@@ -46,7 +51,7 @@ fn a_texture_is_answered_as_its_pixels_are() {
     let model = model();
     let image = photo();
     let want = model
-        .generate(&image, "detect cat", &opts(8), |_, _| true)
+        .block_on(model.generate(&image, "detect cat", &opts(8), |_, _| true))
         .unwrap();
     for format in [
         wgpu::TextureFormat::Rgba8Unorm,
@@ -56,7 +61,7 @@ fn a_texture_is_answered_as_its_pixels_are() {
     ] {
         let texture = texture_of(&image, format);
         let got = model
-            .generate_texture(&texture, "detect cat", &opts(8), |_, _| true)
+            .block_on(model.generate(&texture, "detect cat", &opts(8), |_, _| true))
             .unwrap();
         assert_eq!(got.generated_ids, want.generated_ids, "{format:?}");
         assert_eq!(got.text, want.text, "{format:?}");
@@ -74,30 +79,33 @@ fn a_texture_is_answered_as_its_pixels_are() {
 /// are not `Send`, so no scope may live across an await.)
 #[test]
 fn the_awaitable_api_is_send() {
-    #[allow(clippy::too_many_arguments)]
+    type Inputs<'a> = (&'a image::DynamicImage, &'a wgpu::Texture, &'a [f32]);
+    type Decoding<'a, 'b> = (
+        &'a mut paligemma::DecoderState,
+        &'a mut paligemma::DecodeScratch,
+        &'a mut [&'b mut paligemma::Sequence],
+    );
     fn send_everywhere(
         m: &PaliGemma,
-        image: &image::DynamicImage,
-        texture: &wgpu::Texture,
-        pixels: &[f32],
+        (image, texture, pixels): Inputs,
         features: &paligemma::ImageFeatures,
-        session: &mut paligemma::Session,
-        batch: &mut paligemma::DecodeBatch,
-        seqs: &mut [&mut paligemma::Sequence],
+        (state, scratch, seqs): Decoding,
     ) {
         fn send<T: Send>(_: T) {}
         let o = GenerateOptions::default();
-        send(m.generate_async(image, "", &o, |_, _| true));
-        send(m.generate_texture_async(texture, "", &o, |_, _| true));
-        send(m.start_async(image, "", &o));
-        send(m.start_texture_async(texture, "", &o));
-        send(m.encode_pixels_async(pixels, None));
-        send(m.encode_texture_async(texture));
-        send(m.logits_async(session));
+        send(m.generate(image, "", &o, |_, _| true));
+        send(m.generate(texture, "", &o, |_, _| true));
+        send(m.start(image, "", &o));
+        send(m.start(texture, "", &o));
+        send(m.encode(paligemma::ImageInput::pixels(pixels)));
+        send(m.encode(texture));
+        send(m.logits(state));
         send(m.gpu().read_async(&features.buffer, 0, 4));
-        send(m.prefill_async(session, &[], features));
-        send(m.step_async(session, 0));
-        send(m.advance_async(batch, seqs));
+        send(m.prefill(state, &[], features));
+        send(m.step(scratch, &mut [state], &[0]));
+        send(m.advance(scratch, seqs));
+        let mut scheduler = paligemma::Scheduler::new(Default::default());
+        send(async move { scheduler.step(m).await });
     }
     let _ = send_everywhere;
 }
@@ -110,19 +118,31 @@ fn generation_can_be_cancelled() {
     // From the callback.
     let mut seen = 0;
     let out = model
-        .generate(&image, "caption en", &opts(20), |_, _| {
+        .block_on(model.generate(&image, "caption en", &opts(20), |_, _| {
             seen += 1;
             seen < 3
-        })
+        }))
         .unwrap();
     assert_eq!(out.generated_ids.len(), 3);
     // A sequence driven a step per frame, cancelled between frames.
-    let (mut seq, _) = model.start(&image, "caption en", &opts(20)).unwrap();
-    let mut batch = model.decode_batch().unwrap();
-    assert!(model.advance(&mut batch, &mut [&mut seq]).unwrap()[0].is_some());
+    let (mut seq, _) = model
+        .block_on(model.start(&image, "caption en", &opts(20)))
+        .unwrap();
+    let mut batch = model.decode_scratch().unwrap();
+    assert!(
+        model
+            .block_on(model.advance(&mut batch, &mut [&mut seq]))
+            .unwrap()[0]
+            .is_some()
+    );
     seq.cancel();
     assert_eq!(seq.finished(), Some(FinishReason::Cancelled));
-    assert!(model.advance(&mut batch, &mut [&mut seq]).unwrap()[0].is_none());
+    assert!(
+        model
+            .block_on(model.advance(&mut batch, &mut [&mut seq]))
+            .unwrap()[0]
+            .is_none()
+    );
     assert_eq!(seq.generated_ids().len(), 2);
 }
 
@@ -132,11 +152,11 @@ fn the_model_answers_from_another_thread() {
     let model = Arc::new(model());
     let image = photo();
     let here = model
-        .generate(&image, "caption en", &opts(6), |_, _| true)
+        .block_on(model.generate(&image, "caption en", &opts(6), |_, _| true))
         .unwrap();
     let (m, img) = (model.clone(), image.clone());
     let there = std::thread::spawn(move || {
-        m.generate(&img, "caption en", &opts(6), |_, _| true)
+        m.block_on(m.generate(&img, "caption en", &opts(6), |_, _| true))
             .unwrap()
     })
     .join()
@@ -159,10 +179,15 @@ fn a_frame_loop_drives_generation_without_blocking() {
     // A device of its own: the flag is the device's, and the other tests block.
     let gpu = paligemma::Gpu::new(&Default::default()).unwrap();
     let dir = common::fixture_path("mqa/model");
-    let model = PaliGemma::load_on(gpu.clone(), &dir, Some(Precision::F32)).unwrap();
+    let model = PaliGemma::load_on(
+        gpu.clone(),
+        &dir,
+        &paligemma::LoadOptions::in_precision(Some(Precision::F32)),
+    )
+    .unwrap();
     let image = photo();
     let want = model
-        .generate(&image, "caption en", &opts(8), |_, _| true)
+        .block_on(model.generate(&image, "caption en", &opts(8), |_, _| true))
         .unwrap();
     gpu.set_polled_by_caller(true);
     // Rendered on the model's device (a texture of another device is a wgpu panic).
@@ -177,7 +202,7 @@ fn a_frame_loop_drives_generation_without_blocking() {
             true
         };
         let opts = opts(8);
-        let future = model.generate_texture_async(&texture, "caption en", &opts, on_token);
+        let future = model.generate(&texture, "caption en", &opts, on_token);
         let mut future = std::pin::pin!(future);
         let mut cx = Context::from_waker(Waker::noop());
         loop {
@@ -249,17 +274,22 @@ fn memory_is_reported_and_given_back_on_drop() {
             "{}",
             model.weight_memory()
         );
-        let features = model.encode_texture(&texture).unwrap();
+        let features = model.block_on(model.encode(&texture)).unwrap();
         let t = &model.config().text;
         let mut ids = vec![model.config().image_token_index; features.n];
         ids.extend([2, 100, 101]);
-        let mut s = model.session(ids.len(), 4).unwrap();
+        let mut s = model.new_state(ids.len(), 4).unwrap();
         // At least the KV cache: layers x 2 x positions x kv width x 4 bytes.
         let cache = t.num_hidden_layers * 2 * (ids.len() + 4) * t.head_dim * 4;
         assert!(s.gpu_bytes() >= cache as u64, "{} < {cache}", s.gpu_bytes());
-        let mut tok = model.prefill(&mut s, &ids, &features).unwrap();
+        let mut tok = model
+            .block_on(model.prefill(&mut s, &ids, &features))
+            .unwrap();
+        let mut scratch = model.decode_scratch().unwrap();
         for _ in 0..3 {
-            tok = model.step(&mut s, tok).unwrap();
+            tok = model
+                .block_on(model.step(&mut scratch, &mut [&mut s], &[tok]))
+                .unwrap()[0];
         }
         gpu().wait().unwrap();
     };

@@ -282,7 +282,11 @@ fn mutated_checkpoints_load_or_fail_cleanly() {
                 bytes.truncate(n);
             }
             std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
-            match paligemma::PaliGemma::load_on(common::gpu().clone(), &dir, None) {
+            match paligemma::PaliGemma::load_on(
+                common::gpu().clone(),
+                &dir,
+                &paligemma::LoadOptions::in_precision(None),
+            ) {
                 Ok(_) => loaded.set(loaded.get() + 1),
                 Err(e) => {
                     prop_assert!(!e.to_string().is_empty());

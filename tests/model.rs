@@ -36,8 +36,12 @@ impl Case {
             .collect()
     }
     fn load(&self, precision: Precision) -> PaliGemma {
-        PaliGemma::load_on(gpu().clone(), &self.dir.join("model"), Some(precision))
-            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+        PaliGemma::load_on(
+            gpu().clone(),
+            &self.dir.join("model"),
+            &paligemma::LoadOptions::in_precision(Some(precision)),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", self.name))
     }
 }
 
@@ -83,15 +87,21 @@ fn greedy_opts(n: usize) -> GenerateOptions {
 fn decode(model: &PaliGemma, case: &Case, n: usize) -> (Vec<u32>, Vec<f32>) {
     let pixels = case.tensor("pixel_values");
     let ids = case.ids("input_ids");
-    let feats = model.encode_pixels(&pixels, None).unwrap();
-    let mut s = model.session(ids.len(), n).unwrap();
-    let mut next = model.prefill(&mut s, &ids, &feats).unwrap();
+    let feats = model
+        .block_on(model.encode(paligemma::ImageInput::pixels(&pixels)))
+        .unwrap();
+    let mut s = model.new_state(ids.len(), n).unwrap();
+    let mut next = model.block_on(model.prefill(&mut s, &ids, &feats)).unwrap();
+    let mut scratch = model.decode_scratch().unwrap();
     let (mut toks, mut logits) = (Vec::new(), Vec::new());
     for i in 0..n {
-        logits.extend(model.logits(&s).unwrap());
+        logits.extend(model.block_on(model.logits(&s)).unwrap());
         toks.push(next);
         if i + 1 < n {
-            next = model.step(&mut s, next).unwrap();
+            next = model
+                .block_on(model.step(&mut scratch, &mut [&mut s], &[next]))
+                .map(|v| v[0])
+                .unwrap();
         }
     }
     (toks, logits)
@@ -116,14 +126,11 @@ fn f32_matches_transformers_on_every_fixture() {
         assert_eq!(ids, case.ids("input_ids"), "{name}: prompt ids");
 
         // SigLIP and the projector, from the fixture's own pixels.
-        let vout = model
-            .gpu()
-            .storage("vision_out", (n * dv * 4) as u64)
-            .unwrap();
+        let pixels = case.tensor("pixel_values");
         let feats = model
-            .encode_pixels(&case.tensor("pixel_values"), Some(&vout))
+            .block_on(model.encode(paligemma::ImageInput::pixels(&pixels)))
             .unwrap();
-        let got = model.gpu().read_f32(&vout, 0, n * dv).unwrap();
+        let got = model.gpu().read_f32(&feats.vision, 0, n * dv).unwrap();
         let vision_err = assert_close(
             &format!("{name}: vision_out"),
             &got,
@@ -142,7 +149,9 @@ fn f32_matches_transformers_on_every_fixture() {
         );
 
         // Logits at every prompt position, the prefix bidirectional.
-        let all = model.all_logits(&ids, Some(&feats), ids.len()).unwrap();
+        let all = model
+            .block_on(model.all_logits(&ids, Some(&feats), ids.len()))
+            .unwrap();
         let prefill_err = assert_close(
             &format!("{name}: prefill_logits"),
             &all,
@@ -187,9 +196,11 @@ fn kv_cache_decoding_equals_recomputing_the_sequence() {
         let mut seq = ids.clone();
         seq.extend(&toks[..toks.len() - 1]);
         let feats = model
-            .encode_pixels(&case.tensor("pixel_values"), None)
+            .block_on(model.encode(paligemma::ImageInput::pixels(&case.tensor("pixel_values"))))
             .unwrap();
-        let all = model.all_logits(&seq, Some(&feats), ids.len()).unwrap();
+        let all = model
+            .block_on(model.all_logits(&seq, Some(&feats), ids.len()))
+            .unwrap();
         let recomputed = &all[(ids.len() - 1) * v..];
         // Same arithmetic in a different order (GEMV vs tiled matmul): f32 rounding only.
         assert_close(
@@ -306,7 +317,12 @@ fn a_quantized_checkpoint_equals_quantizing_on_load() {
                 paligemma::quantize_checkpoint(&case.dir.join("model"), &out, precision).unwrap();
             assert!(r.quantized > 0 && r.bytes_out < r.bytes_in, "{r:?}");
             let on_load = decode(&case.load(precision), &case, 6);
-            let written = PaliGemma::load_on(gpu().clone(), &out, None).unwrap();
+            let written = PaliGemma::load_on(
+                gpu().clone(),
+                &out,
+                &paligemma::LoadOptions::in_precision(None),
+            )
+            .unwrap();
             assert_eq!(written.precision(), precision);
             let from_file = decode(&written, &case, 6);
             assert_eq!(on_load.0, from_file.0, "{}: {precision:?} ids", case.name);
@@ -316,7 +332,11 @@ fn a_quantized_checkpoint_equals_quantizing_on_load() {
                 case.name
             );
             // The precision is the file's own: asking for another is an error.
-            let other = PaliGemma::load_on(gpu().clone(), &out, Some(Precision::F16));
+            let other = PaliGemma::load_on(
+                gpu().clone(),
+                &out,
+                &paligemma::LoadOptions::in_precision(Some(Precision::F16)),
+            );
             assert!(other.is_err());
             let _ = std::fs::remove_dir_all(&out);
         }
@@ -332,11 +352,13 @@ fn generate_streams_what_it_returns() {
     let mut streamed = Vec::new();
     let mut text = String::new();
     let out = model
-        .generate(&image, prompt, &greedy_opts(12), |id, piece| {
-            streamed.push(id);
-            text.push_str(piece);
-            true
-        })
+        .block_on(
+            model.generate(&image, prompt, &greedy_opts(12), |id, piece| {
+                streamed.push(id);
+                text.push_str(piece);
+                true
+            }),
+        )
         .unwrap();
     assert_eq!(out.generated_ids, case.ids("generated_ids"));
     assert_eq!(streamed, out.generated_ids);
@@ -350,7 +372,7 @@ fn generate_streams_what_it_returns() {
     );
     // Stopping from the callback.
     let out = model
-        .generate(&image, prompt, &greedy_opts(12), |_, _| false)
+        .block_on(model.generate(&image, prompt, &greedy_opts(12), |_, _| false))
         .unwrap();
     assert_eq!(out.generated_ids.len(), 1);
     // Sampling is reproducible for a seed.
@@ -358,8 +380,12 @@ fn generate_streams_what_it_returns() {
     opts.sampling.temperature = 1.0;
     opts.sampling.top_p = 0.9;
     opts.sampling.seed = 42;
-    let a = model.generate(&image, prompt, &opts, |_, _| true).unwrap();
-    let b = model.generate(&image, prompt, &opts, |_, _| true).unwrap();
+    let a = model
+        .block_on(model.generate(&image, prompt, &opts, |_, _| true))
+        .unwrap();
+    let b = model
+        .block_on(model.generate(&image, prompt, &opts, |_, _| true))
+        .unwrap();
     assert_eq!(a.generated_ids, b.generated_ids);
 }
 
@@ -439,10 +465,14 @@ fn broken_copy(tag: &str, edit: impl FnOnce(&Path)) -> PathBuf {
 #[test]
 fn bad_checkpoints_are_errors_that_name_the_culprit() {
     let load = |dir: &Path| {
-        PaliGemma::load_on(gpu().clone(), dir, Some(Precision::F32))
-            .err()
-            .expect("should fail")
-            .to_string()
+        PaliGemma::load_on(
+            gpu().clone(),
+            dir,
+            &paligemma::LoadOptions::in_precision(Some(Precision::F32)),
+        )
+        .err()
+        .expect("should fail")
+        .to_string()
     };
     // A config whose sizes disagree with the tensors: the error names the tensor.
     let dir = broken_copy("shape", |d| {
@@ -522,9 +552,11 @@ fn cpu_reference_matches_transformers_and_the_gpu() {
         let mut seq = ids.clone();
         seq.extend(&case.ids("generated_ids")[..6]);
         let feats = model
-            .encode_pixels(&case.tensor("pixel_values"), None)
+            .block_on(model.encode(paligemma::ImageInput::pixels(&case.tensor("pixel_values"))))
             .unwrap();
-        let gpu_logits = model.all_logits(&seq, Some(&feats), ids.len()).unwrap();
+        let gpu_logits = model
+            .block_on(model.all_logits(&seq, Some(&feats), ids.len()))
+            .unwrap();
         let cpu_logits = cpu.logits(&seq, &features, ids.len()).unwrap();
         assert_close(
             &format!("{name}: GPU vs CPU logits with a causal tail"),
@@ -552,8 +584,12 @@ fn every_precision_matches_the_cpu_model_at_that_precision() {
             let features = cpu.project(&cpu.vision(&pixels).unwrap()).unwrap();
             let cpu_logits = cpu.logits(&seq, &features, ids.len()).unwrap();
             let model = case.load(precision);
-            let feats = model.encode_pixels(&pixels, None).unwrap();
-            let gpu_logits = model.all_logits(&seq, Some(&feats), ids.len()).unwrap();
+            let feats = model
+                .block_on(model.encode(paligemma::ImageInput::pixels(&pixels)))
+                .unwrap();
+            let gpu_logits = model
+                .block_on(model.all_logits(&seq, Some(&feats), ids.len()))
+                .unwrap();
             let err = assert_close(
                 &format!("{}: {precision:?} GPU vs CPU logits", case.name),
                 &gpu_logits,
@@ -574,36 +610,60 @@ fn bad_requests_are_errors_not_panics() {
     let model = case.load(Precision::F32);
     let ids = case.ids("input_ids");
     let feats = model
-        .encode_pixels(&case.tensor("pixel_values"), None)
+        .block_on(model.encode(paligemma::ImageInput::pixels(&case.tensor("pixel_values"))))
         .unwrap();
     // A prompt whose first rows are not image tokens, or shorter than the image.
-    let mut s = model.session(ids.len(), 4).unwrap();
+    let mut s = model.new_state(ids.len(), 4).unwrap();
     let mut wrong = ids.clone();
     wrong[0] = 2;
-    assert!(model.prefill(&mut s, &wrong, &feats).is_err());
-    assert!(model.prefill(&mut s, &ids[..3], &feats).is_err());
+    assert!(
+        model
+            .block_on(model.prefill(&mut s, &wrong, &feats))
+            .is_err()
+    );
+    assert!(
+        model
+            .block_on(model.prefill(&mut s, &ids[..3], &feats))
+            .is_err()
+    );
     // The session is untouched by the refused calls and still works.
     assert_eq!(s.len(), 0);
-    let first = model.prefill(&mut s, &ids, &feats).unwrap();
+    let first = model.block_on(model.prefill(&mut s, &ids, &feats)).unwrap();
     assert_eq!(first, case.ids("generated_ids")[0]);
     // Token ids outside the vocabulary, capacity overflow, a full session.
-    assert!(model.step(&mut s, 1_000_000).is_err());
-    assert_eq!(s.len(), ids.len());
-    assert!(model.session(ids.len(), usize::MAX).is_err());
+    let mut scratch = model.decode_scratch().unwrap();
     assert!(
-        model.session(ids.len(), 100_000).is_err(),
+        model
+            .block_on(model.step(&mut scratch, &mut [&mut s], &[1_000_000]))
+            .map(|v| v[0])
+            .is_err()
+    );
+    assert_eq!(s.len(), ids.len());
+    assert!(model.new_state(ids.len(), usize::MAX).is_err());
+    assert!(
+        model.new_state(ids.len(), 100_000).is_err(),
         "over max_position_embeddings"
     );
     let mut t = first;
     for _ in 0..4 {
-        t = model.step(&mut s, t).unwrap();
+        t = model
+            .block_on(model.step(&mut scratch, &mut [&mut s], &[t]))
+            .map(|v| v[0])
+            .unwrap();
     }
     assert!(
-        model.step(&mut s, t).is_err(),
+        model
+            .block_on(model.step(&mut scratch, &mut [&mut s], &[t]))
+            .map(|v| v[0])
+            .is_err(),
         "past the session's capacity"
     );
     // Pixels of the wrong size.
-    assert!(model.encode_pixels(&[0.0; 10], None).is_err());
+    assert!(
+        model
+            .block_on(model.encode(paligemma::ImageInput::pixels(&[0.0; 10])))
+            .is_err()
+    );
 }
 
 #[test]

@@ -463,8 +463,7 @@ impl Gpu {
             }
             #[cfg(target_arch = "wasm32")]
             return Err(Error::invalid(format!(
-                "`{what}` waits for the GPU, which a web page cannot block on: await \
-                 `{what}_async` instead"
+                "`{what}` waits for the GPU, which a web page cannot block on: await it instead"
             )));
             #[cfg(not(target_arch = "wasm32"))]
             {

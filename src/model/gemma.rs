@@ -7,19 +7,19 @@
 //! ```
 //!
 //! The bracketed norms are Gemma 2's; Gemma adds each branch straight into x inside its last
-//! projection. The decoding state (KV cache, scratch) is a [`Session`](super::session::Session).
+//! projection. The pass these layers run in (its rows, activations and caches) is `super::pass`, the layer loop `super::decoder`.
 
 use super::Loader;
 use super::config::{Decoder, TextConfig};
-use super::session::{Pass, Rows};
+use super::pass::Pass;
 use crate::error::Result;
 use crate::gpu::Recorder;
 use crate::ops::activation::gelu_tanh_gated;
 use crate::ops::add::add_inplace;
-use crate::ops::attention::{AttentionKernel, AttentionParams, attention};
+use crate::ops::attention::AttentionParams;
 use crate::ops::linear::{GEMV_BATCH, Linear, gated_supported, gemv_gated};
 use crate::ops::norm::RmsNorm;
-use crate::ops::rope::{RopeTables, rope_at, rope_qk};
+use crate::ops::rope::RopeTables;
 use crate::ops::{ChunkedTable, View};
 
 /// The attention block: norm, projections, RoPE, attention over the cache, output projection.
@@ -64,92 +64,28 @@ impl TextLayer {
 
 impl SelfAttention {
     fn forward(&self, rec: &mut Recorder, p: &Pass, li: usize) -> Result<()> {
-        let c = p.cfg;
-        self.norm.forward(rec, p.x(), p.h())?;
-        self.q_proj.forward(rec, p.h(), p.q())?;
-        match &p.kind {
-            Rows::Run {
-                cache,
-                start,
-                prefix_len,
-                partial,
-            } => {
-                let cache = &cache[li];
-                let k = cache.k_rows(*start, p.rows, p.kv_width);
-                let v = cache.v_rows(*start, p.rows, p.kv_width);
-                self.k_proj.forward(rec, p.h(), k)?;
-                self.v_proj.forward(rec, p.h(), v)?;
-                // transformers numbers positions from 1.
-                let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
-                rope_qk(rec, p.q(), k, p.rope, nh, nkv, start + 1)?;
-                let params = c.attention(self.sliding, p.rows, *start, *prefix_len);
-                let kernel = AttentionKernel::for_rows(params.q_rows, partial);
-                attention(
-                    rec,
-                    kernel,
-                    p.q().buffer,
-                    &cache.k,
-                    &cache.v,
-                    p.a().buffer,
-                    &params,
-                )?;
-            }
-            Rows::Batch {
-                seqs,
-                positions,
-                k,
-                v,
-            } => {
-                let (k, v) = (
-                    View::new(k, p.rows, p.kv_width),
-                    View::new(v, p.rows, p.kv_width),
-                );
-                self.k_proj.forward(rec, p.h(), k)?;
-                self.v_proj.forward(rec, p.h(), v)?;
-                let last = seqs.iter().map(|s| s.pos + 1).max().unwrap_or(0);
-                rope_at(rec, p.q(), p.rope, c.num_attention_heads, positions, last)?;
-                rope_at(rec, k, p.rope, c.num_key_value_heads, positions, last)?;
-                // Every row's K and V into its own cache first (one run of copies), then each
-                // row's attention over its cache.
-                let row_bytes = (p.kv_width * 4) as u64;
-                for (i, s) in seqs.iter().enumerate() {
-                    let (at, dst) = (i as u64 * row_bytes, s.pos as u64 * row_bytes);
-                    rec.copy(k.buffer, at, &s.cache[li].k, dst, row_bytes);
-                    rec.copy(v.buffer, at, &s.cache[li].v, dst, row_bytes);
-                }
-                let qd = p.q().width;
-                for (i, s) in seqs.iter().enumerate() {
-                    let params = AttentionParams {
-                        q_offset: (i * qd) as u32,
-                        o_offset: (i * qd) as u32,
-                        ..c.attention(self.sliding, 1, s.pos, s.prefix_len)
-                    };
-                    let kernel = AttentionKernel::Split { partial: s.partial };
-                    let cache = &s.cache[li];
-                    attention(
-                        rec,
-                        kernel,
-                        p.q().buffer,
-                        &cache.k,
-                        &cache.v,
-                        p.a().buffer,
-                        &params,
-                    )?;
-                }
-            }
-        }
-        into_branch(rec, &self.o_proj, p.a(), p, p.x(), self.post_norm.as_ref())?;
-        close_branch(rec, p, self.post_norm.as_ref())
+        self.norm.forward(rec, p.residual(), p.normed())?;
+        self.q_proj.forward(rec, p.normed(), p.queries())?;
+        let (keys, values) = p.new_keys_values(li);
+        self.k_proj.forward(rec, p.normed(), keys)?;
+        self.v_proj.forward(rec, p.normed(), values)?;
+        p.rotate(rec, keys)?;
+        p.store_keys_values(rec, li, keys, values);
+        p.attend(rec, li, self.sliding)?;
+        let post_norm = self.post_norm.as_ref();
+        branch_out(rec, &self.o_proj, p.attended(), p, p.residual(), post_norm)?;
+        add_branch(rec, p, post_norm)
     }
 }
 
 impl Mlp {
     fn forward(&self, rec: &mut Recorder, p: &Pass) -> Result<()> {
-        self.norm.forward(rec, p.x(), p.h())?;
+        self.norm.forward(rec, p.residual(), p.normed())?;
         let (gate, up) = (&self.gate_proj.weight, &self.up_proj.weight);
+        let post_norm = self.post_norm.as_ref();
         // In blocks of rows, so the [rows, I] intermediates fit one binding.
         for (r0, n) in p.mlp_blocks() {
-            let (h, g, u) = (p.h().rows(r0, n), p.gate(n), p.up(n));
+            let (h, g, u) = (p.normed().rows(r0, n), p.gate(n), p.up(n));
             if n <= GEMV_BATCH && gated_supported(gate, up) {
                 // Decode: gate, up and the activation in one pass over both weights.
                 gemv_gated(rec, h, gate, up, u)?;
@@ -158,22 +94,16 @@ impl Mlp {
                 self.up_proj.forward(rec, h, u)?;
                 gelu_tanh_gated(rec, g, u)?;
             }
-            into_branch(
-                rec,
-                &self.down_proj,
-                u,
-                p,
-                p.x().rows(r0, n),
-                self.post_norm.as_ref(),
-            )?;
+            let x = p.residual().rows(r0, n);
+            branch_out(rec, &self.down_proj, u, p, x, post_norm)?;
         }
-        close_branch(rec, p, self.post_norm.as_ref())
+        add_branch(rec, p, post_norm)
     }
 }
 
-/// The block's last projection: added straight into the residual rows `x` (Gemma), or written
-/// to the same rows of o when a post-norm must come first (Gemma 2).
-fn into_branch(
+/// A block's last projection of `input`: added straight into the residual rows `x` (Gemma), or
+/// written to the same rows of the branch buffer when a post-norm must come first (Gemma 2).
+fn branch_out(
     rec: &mut Recorder,
     proj: &Linear,
     input: View,
@@ -183,24 +113,23 @@ fn into_branch(
 ) -> Result<()> {
     match post_norm {
         None => proj.forward_add(rec, input, x),
-        Some(_) => proj.forward(
-            rec,
-            input,
-            View {
-                buffer: p.o().buffer,
+        Some(_) => {
+            let branch = View {
+                buffer: p.branch().buffer,
                 ..x
-            },
-        ),
+            };
+            proj.forward(rec, input, branch)
+        }
     }
 }
 
-/// Gemma 2: x += post_norm(o). Nothing for Gemma, whose branch is already in x.
-fn close_branch(rec: &mut Recorder, p: &Pass, post_norm: Option<&RmsNorm>) -> Result<()> {
+/// Gemma 2: x += post_norm(branch). Nothing for Gemma, whose branch is already in x.
+fn add_branch(rec: &mut Recorder, p: &Pass, post_norm: Option<&RmsNorm>) -> Result<()> {
     match post_norm {
         None => Ok(()),
         Some(norm) => {
-            norm.forward(rec, p.o(), p.h())?;
-            add_inplace(rec, p.x(), p.h())
+            norm.forward(rec, p.branch(), p.normed())?;
+            add_inplace(rec, p.residual(), p.normed())
         }
     }
 }

@@ -3,11 +3,14 @@
 
 pub(crate) mod checkpoint;
 pub mod config;
+pub(crate) mod decoder;
 pub(crate) mod gemma;
+pub mod load;
+pub(crate) mod pass;
 pub mod quantize;
 pub mod reference;
-pub mod session;
 pub(crate) mod siglip;
+pub mod state;
 
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -81,7 +84,23 @@ pub(crate) struct Loader<'a> {
     pub source: WeightSource<'a>,
     pub precision: Precision,
     /// Told (bytes read, bytes in all) after each tensor.
-    pub progress: Option<&'a crate::paligemma::LoadProgress>,
+    pub progress: Option<&'a load::LoadProgress>,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(
+        gpu: &'a Gpu,
+        source: WeightSource<'a>,
+        precision: Precision,
+        progress: Option<&'a load::LoadProgress>,
+    ) -> Loader<'a> {
+        Loader {
+            gpu,
+            source,
+            precision,
+            progress,
+        }
+    }
 }
 
 impl Loader<'_> {

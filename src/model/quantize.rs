@@ -40,6 +40,91 @@ pub struct QuantizeReport {
     pub bytes_out: u64,
 }
 
+/// An I/O error's mapping, naming `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
+    let path = path.to_path_buf();
+    move |source| Error::Io { path, source }
+}
+
+/// The checkpoint's tensors as they will be written: the decoder's matrices quantized as
+/// `format` (codes `{name}.{suffix}` and `{name}.{suffix}_scales`), the rest as stored.
+/// Quantized tensors own their bytes; the others borrow the checkpoint's.
+fn quantized_tensors<'c>(
+    ckpt: &'c Checkpoint,
+    format: crate::WeightFormat,
+    suffix: &str,
+    code_dtype: Dtype,
+    report: &mut QuantizeReport,
+) -> Result<Vec<OutTensor<'c>>> {
+    let mut tensors = Vec::new();
+    for t in ckpt.tensors() {
+        report.bytes_in += t.bytes.len() as u64;
+        let (name, shape) = (t.name, t.shape);
+        let matrix =
+            super::quantizable(t.canon) && t.canon.ends_with(".weight") && shape.len() == 2;
+        if !(matrix && format.holds(shape[1])) {
+            tensors.push(OutTensor {
+                name: name.to_string(),
+                dtype: t.dtype,
+                shape: shape.to_vec(),
+                bytes: t.bytes,
+            });
+            report.copied += 1;
+            continue;
+        }
+        let (rows, cols) = (shape[0], shape[1]);
+        let values = ckpt.get(t.canon, shape)?.to_f32()?;
+        let host = HostWeight::encode(&values, format, rows, cols);
+        let code_cols = format.row_bytes(cols) * 8 / code_dtype.bitsize();
+        let codes = format!("{name}.{suffix}");
+        tensors.push(OutTensor {
+            name: format!("{codes}_scales"),
+            dtype: Dtype::F16,
+            shape: vec![rows, cols / BLOCK, 2],
+            bytes: host.scales,
+        });
+        tensors.push(OutTensor {
+            name: codes,
+            dtype: code_dtype,
+            shape: vec![rows, code_cols],
+            bytes: host.data,
+        });
+        report.quantized += 1;
+    }
+    Ok(tensors)
+}
+
+/// Writes `tensors` to `file`, the quantization named in the metadata.
+fn write_safetensors(
+    tensors: &[OutTensor],
+    file: &Path,
+    suffix: &str,
+    report: &mut QuantizeReport,
+) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|t| {
+            report.bytes_out += t.bytes.len() as u64;
+            TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| Error::Tensor {
+                    name: t.name.clone(),
+                    message: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = [
+        ("format".to_string(), "pt".to_string()),
+        ("quantization".to_string(), suffix.to_string()),
+    ];
+    safetensors::serialize_to_file(views, Some(metadata.into()), file).map_err(|e| {
+        Error::Safetensors {
+            path: file.to_path_buf(),
+            message: e.to_string(),
+        }
+    })
+}
+
 /// Writes `dir`'s checkpoint to `out` with the decoder quantized at `precision` (Q8 or Q4).
 pub fn quantize_checkpoint(dir: &Path, out: &Path, precision: Precision) -> Result<QuantizeReport> {
     let (format, suffix, code_dtype) = match precision {
@@ -63,72 +148,15 @@ pub fn quantize_checkpoint(dir: &Path, out: &Path, precision: Precision) -> Resu
     if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(dir).ok() {
         return Err(Error::invalid("--out must not be the model's own folder"));
     }
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
     std::fs::create_dir_all(out).map_err(io(out))?;
-
     let mut report = QuantizeReport::default();
-    // Quantized tensors own their bytes; the others borrow the checkpoint's.
-    let mut tensors: Vec<OutTensor> = Vec::new();
-    for t in ckpt.tensors() {
-        report.bytes_in += t.bytes.len() as u64;
-        let (name, shape) = (t.name, t.shape);
-        let matrix =
-            super::quantizable(t.canon) && t.canon.ends_with(".weight") && shape.len() == 2;
-        if matrix && format.holds(shape[1]) {
-            let (rows, cols) = (shape[0], shape[1]);
-            let values = ckpt.get(t.canon, shape)?.to_f32()?;
-            let host = HostWeight::encode(&values, format, rows, cols);
-            let code_cols = format.row_bytes(cols) * 8 / code_dtype.bitsize();
-            let codes = format!("{name}.{suffix}");
-            tensors.push(OutTensor {
-                name: format!("{codes}_scales"),
-                dtype: Dtype::F16,
-                shape: vec![rows, cols / BLOCK, 2],
-                bytes: host.scales,
-            });
-            tensors.push(OutTensor {
-                name: codes,
-                dtype: code_dtype,
-                shape: vec![rows, code_cols],
-                bytes: host.data,
-            });
-            report.quantized += 1;
-        } else {
-            tensors.push(OutTensor {
-                name: name.to_string(),
-                dtype: t.dtype,
-                shape: shape.to_vec(),
-                bytes: t.bytes,
-            });
-            report.copied += 1;
-        }
-    }
-    let views = tensors
-        .iter()
-        .map(|t| {
-            report.bytes_out += t.bytes.len() as u64;
-            TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
-                .map(|v| (t.name.clone(), v))
-                .map_err(|e| Error::Tensor {
-                    name: t.name.clone(),
-                    message: e.to_string(),
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let file = out.join("model.safetensors");
-    let metadata = [
-        ("format".to_string(), "pt".to_string()),
-        ("quantization".to_string(), suffix.to_string()),
-    ];
-    safetensors::serialize_to_file(views, Some(metadata.into()), &file).map_err(|e| {
-        Error::Safetensors {
-            path: file.clone(),
-            message: e.to_string(),
-        }
-    })?;
+    let tensors = quantized_tensors(&ckpt, format, suffix, code_dtype, &mut report)?;
+    write_safetensors(
+        &tensors,
+        &out.join("model.safetensors"),
+        suffix,
+        &mut report,
+    )?;
     // Everything else in the folder (config, tokenizer, processor files).
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let path = entry.map_err(io(dir))?.path();

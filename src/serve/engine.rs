@@ -1,19 +1,20 @@
-//! Continuous batching: one thread owns the GPU work. Requests (already decoded and
-//! preprocessed by the HTTP side) wait in a bounded queue; each turn of the loop starts a few
-//! of them (vision + prefill) and then moves every running sequence forward by one token in a
-//! single batched step. A finished sequence leaves at once
-//! and a waiting one takes its place; a client that went away (its receiver dropped) is
-//! noticed at the next turn and its sequence dropped, freeing its KV cache.
+//! The server's engine: one thread owns the GPU work, driving the library's [`Scheduler`]
+//! (continuous batching). Requests (already decoded and preprocessed by the HTTP side) wait in
+//! a bounded channel and enter the scheduler only as it has room to start them, so a full
+//! queue is refused at the door (503). Each request's events go back over its own channel; a
+//! client that went away (its receiver dropped) is noticed at the next step and its request
+//! cancelled, freeing its KV cache.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::model::session::DecodeBatch;
-use crate::paligemma::{GenerateOptions, PaliGemma};
-use crate::sequence::{FinishReason, Sequence, Token};
+use crate::generation::{FinishReason, GenerateOptions, ImageInput, Token};
+use crate::paligemma::PaliGemma;
+use crate::scheduler::{self, Request, RequestId, Scheduler, SchedulerOptions};
 
 /// What a request's handler hears from the engine.
 #[derive(Debug)]
@@ -106,112 +107,105 @@ impl Engine {
     }
 }
 
-struct Running {
-    seq: Sequence,
-    events: UnboundedSender<Event>,
-}
-
-impl Running {
-    /// Sends a token, and the outcome once the sequence is finished; false when the client
-    /// is gone.
-    fn send(&self, token: Option<Token>) -> bool {
-        let mut alive = token.is_none_or(|t| self.events.send(Event::Token(t)).is_ok());
-        if let Some(why) = self.seq.error() {
-            alive &= self.events.send(Event::Failed(why.to_string())).is_ok();
-        } else if let Some(reason) = self.seq.finished() {
-            let outcome = Outcome {
-                reason,
-                prompt_tokens: self.seq.prompt_ids().len(),
-                generated_ids: self.seq.generated_ids().to_vec(),
-                text: self.seq.text().to_string(),
-            };
-            alive &= self.events.send(Event::Done(outcome)).is_ok();
-        }
-        alive
-    }
-}
+/// Where each request's events go.
+type Clients = HashMap<RequestId, UnboundedSender<Event>>;
 
 fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
-    let mut running: Vec<Running> = Vec::new();
-    let mut batch = None;
+    // Jobs enter the scheduler only when they can start at once: the rest wait in the bounded
+    // channel, which refuses the overflow.
+    let mut scheduler = Scheduler::new(SchedulerOptions {
+        max_batch: opts.max_batch,
+        max_waiting: opts.starts_per_step,
+        starts_per_step: opts.starts_per_step,
+    });
+    let mut clients = Clients::new();
     loop {
-        // Start a few waiting requests. Jobs stay in the bounded channel until they start,
-        // so a full queue is refused at the door (503).
-        let mut started = 0;
-        while started < opts.starts_per_step && running.len() < opts.max_batch {
-            let job = if running.is_empty() && started == 0 {
-                match jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => return, // every handle dropped: the server is shutting down
-                }
-            } else {
-                match jobs.try_recv() {
-                    Ok(job) => job,
-                    Err(_) => break,
-                }
-            };
-            if job.events.is_closed() {
-                continue;
-            }
-            started += 1;
-            let start = model.start_pixels_ids(&job.pixels, job.prompt_ids, &job.opts);
-            match model.gpu().block_on("start_pixels", start) {
-                Ok((seq, first)) => {
-                    let r = Running {
-                        seq,
-                        events: job.events,
-                    };
-                    if r.send(first) && r.seq.finished().is_none() {
-                        running.push(r);
-                    }
-                }
-                Err(e) => {
-                    log::warn!("starting a request failed: {e}");
-                    let _ = job.events.send(Event::Failed(e.to_string()));
-                }
-            }
+        if !admit(&mut scheduler, &mut clients, &jobs, opts.starts_per_step) {
+            return; // every handle dropped: the server is shutting down
         }
-        running.retain(|r| !r.events.is_closed());
-        if running.is_empty() {
-            // Idle: nothing may keep a finished request's buffers alive.
-            if let Some(b) = batch.as_mut() {
-                DecodeBatch::release(b);
-            }
-            continue;
+        let gone: Vec<RequestId> = clients
+            .iter()
+            .filter(|(_, tx)| tx.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            scheduler.cancel(id);
+            clients.remove(&id);
         }
-        let batch = match &mut batch {
-            Some(b) => b,
-            None => match model.decode_batch() {
-                Ok(b) => batch.insert(b),
-                Err(e) => {
-                    fail_all(&mut running, &e.to_string());
-                    continue;
-                }
-            },
-        };
-        let mut seqs: Vec<&mut Sequence> = running.iter_mut().map(|r| &mut r.seq).collect();
-        match model.advance(batch, &mut seqs) {
-            Ok(tokens) => {
-                let mut keep = Vec::with_capacity(running.len());
-                for (r, t) in running.drain(..).zip(tokens) {
-                    if r.send(t) && r.seq.finished().is_none() {
-                        keep.push(r);
-                    }
-                }
-                running = keep;
-            }
+        match model.block_on(scheduler.step(model)) {
+            Ok(events) => events.into_iter().for_each(|e| route(&mut clients, e)),
             Err(e) => {
-                log::error!("a batched decode step failed: {e}");
-                fail_all(&mut running, &e.to_string());
+                log::error!("the engine's device failed: {e}");
+                for (_, tx) in clients.drain() {
+                    let _ = tx.send(Event::Failed(e.to_string()));
+                }
             }
         }
     }
 }
 
-/// Ends every running request with a server error; the engine then takes new ones (a
-/// transient failure, such as running out of memory, does not take the server down).
-fn fail_all(running: &mut Vec<Running>, why: &str) {
-    for r in running.drain(..) {
-        let _ = r.events.send(Event::Failed(why.to_string()));
+/// Moves up to `n` jobs from the channel into the scheduler, while it has room; waits for one
+/// when the scheduler is idle. False when the channel is closed.
+fn admit(s: &mut Scheduler, clients: &mut Clients, jobs: &Receiver<Job>, n: usize) -> bool {
+    for _ in 0..n {
+        if !s.has_room() {
+            break;
+        }
+        let job = if s.is_idle() {
+            match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return false,
+            }
+        } else {
+            match jobs.try_recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        };
+        if job.events.is_closed() {
+            continue;
+        }
+        let request = Request {
+            image: ImageInput::Pixels(job.pixels.into()),
+            prompt: job.prompt_ids.into(),
+            opts: job.opts,
+        };
+        match s.submit(request) {
+            Ok(id) => {
+                clients.insert(id, job.events);
+            }
+            Err(e) => {
+                let _ = job.events.send(Event::Failed(e.to_string()));
+            }
+        }
+    }
+    true
+}
+
+/// Sends a scheduler event to its client; a finished request's channel is closed.
+fn route(clients: &mut Clients, event: scheduler::Event) {
+    let (id, event, last) = match event {
+        scheduler::Event::Token { id, token } => (id, Event::Token(token), false),
+        scheduler::Event::Done { id, generation: g } => {
+            let outcome = Outcome {
+                reason: g.finish_reason,
+                prompt_tokens: g.prompt_ids.len(),
+                generated_ids: g.generated_ids,
+                text: g.text,
+            };
+            (id, Event::Done(outcome), true)
+        }
+        scheduler::Event::Failed { id, error } => (id, Event::Failed(error), true),
+        scheduler::Event::Cancelled { id } => {
+            clients.remove(&id);
+            return;
+        }
+    };
+    // A client gone stays listed until the next turn cancels its request.
+    if let Some(tx) = clients.get(&id) {
+        let _ = tx.send(event);
+    }
+    if last {
+        clients.remove(&id);
     }
 }

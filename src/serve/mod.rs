@@ -268,12 +268,12 @@ async fn whole(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Response,
     }
 }
 
-fn finish_reason(r: crate::sequence::FinishReason) -> &'static str {
+fn finish_reason(r: crate::generation::FinishReason) -> &'static str {
     match r {
-        crate::sequence::FinishReason::Stop => "stop",
-        crate::sequence::FinishReason::Length => "length",
-        crate::sequence::FinishReason::Cancelled => "cancelled",
-        crate::sequence::FinishReason::Failed => "error",
+        crate::generation::FinishReason::Stop => "stop",
+        crate::generation::FinishReason::Length => "length",
+        crate::generation::FinishReason::Cancelled => "cancelled",
+        crate::generation::FinishReason::Failed => "error",
     }
 }
 

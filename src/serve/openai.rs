@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::paligemma::GenerateOptions;
+use crate::generation::GenerateOptions;
 use crate::sampling::SamplingOptions;
 
 /// An error as OpenAI writes them: `{"error": {"message", "type", "param", "code"}}`.
@@ -145,25 +145,33 @@ impl RawRequest {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::bad(Some("n"), "only n = 1 is supported"));
         }
-        let temperature = self.temperature.unwrap_or(0.0);
-        if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
-            return Err(ApiError::bad(
-                Some("temperature"),
-                format!("temperature must be between 0 and 2, got {temperature}"),
-            ));
-        }
-        let top_p = self.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::bad(
-                Some("top_p"),
-                format!("top_p must be in (0, 1], got {top_p}"),
-            ));
-        }
+        let sampling = self.sampling()?;
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         if max_tokens == Some(0) {
             return Err(ApiError::bad(
                 Some("max_tokens"),
                 "max_tokens must be at least 1",
+            ));
+        }
+        let (prompt, url) = self.prompt_and_image()?;
+        Ok(ChatRequest {
+            prompt,
+            image: image_source(&url)?,
+            max_tokens: max_tokens.map(|n| n.min(usize::MAX as u64) as usize),
+            sampling,
+            stream: self.stream.unwrap_or(false),
+            model: self.model,
+        })
+    }
+
+    /// The sampling options, checked by the library's one check, and OpenAI's temperature
+    /// range (at most 2).
+    fn sampling(&self) -> Result<SamplingOptions, ApiError> {
+        let temperature = self.temperature.unwrap_or(0.0);
+        if temperature > 2.0 {
+            return Err(ApiError::bad(
+                Some("temperature"),
+                format!("temperature must be between 0 and 2, got {temperature}"),
             ));
         }
         let seed = match self.seed {
@@ -172,6 +180,23 @@ impl RawRequest {
             }
             s => s.unwrap_or(0) as u64,
         };
+        let sampling = SamplingOptions {
+            temperature: temperature as f32,
+            top_p: self.top_p.unwrap_or(1.0) as f32,
+            top_k: self.top_k.unwrap_or(0).min(usize::MAX as u64) as usize,
+            seed,
+        };
+        match sampling.check() {
+            Ok(()) => Ok(sampling),
+            Err(e) => Err(ApiError::bad(
+                Some(e.option),
+                format!("{} {}", e.option, e.message),
+            )),
+        }
+    }
+
+    /// The last user message's text (trimmed, not empty) and its one image's URL.
+    fn prompt_and_image(&self) -> Result<(String, String), ApiError> {
         let user = self
             .messages
             .iter()
@@ -193,7 +218,7 @@ impl RawRequest {
             }
         }
         let url = match images[..] {
-            [url] => url,
+            [url] => url.to_string(),
             [] => {
                 return Err(ApiError::bad(
                     Some("messages"),
@@ -215,19 +240,7 @@ impl RawRequest {
         if prompt.is_empty() {
             return Err(ApiError::bad(Some("messages"), "the prompt text is empty"));
         }
-        Ok(ChatRequest {
-            model: self.model,
-            prompt,
-            image: image_source(url)?,
-            max_tokens: max_tokens.map(|n| n.min(usize::MAX as u64) as usize),
-            sampling: SamplingOptions {
-                temperature: temperature as f32,
-                top_p: top_p as f32,
-                top_k: self.top_k.unwrap_or(0).min(usize::MAX as u64) as usize,
-                seed,
-            },
-            stream: self.stream.unwrap_or(false),
-        })
+        Ok((prompt, url))
     }
 }
 

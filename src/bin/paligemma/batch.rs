@@ -1,9 +1,9 @@
-//! `paligemma batch`: one prompt over many images, decoded together (continuous batching: an
-//! image starts as soon as another finishes), one JSON line per image appended to `--out` as it
+//! `paligemma batch`: one prompt over many images, decoded together by the library's
+//! [`Scheduler`] (continuous batching: an image starts as soon as another finishes), one JSON line per image appended to `--out` as it
 //! finishes. Images already in `--out` are skipped, so an interrupted run resumes; an image
 //! that cannot be read is reported and skipped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use paligemma::detection::{answers_with_boxes, parse_answer};
 use paligemma::sampling::SamplingOptions;
-use paligemma::{GenerateOptions, PaliGemma, Sequence};
+use paligemma::{
+    Event, GenerateOptions, Generation, PaliGemma, Request, RequestId, Scheduler, SchedulerOptions,
+};
 
 use crate::load_model;
 
@@ -81,42 +83,80 @@ fn already_done(out: &Path) -> anyhow::Result<HashSet<String>> {
         .collect())
 }
 
-struct Running {
+/// An image whose request is in the scheduler.
+struct Pending {
     path: String,
     size: (u32, u32),
-    seq: Sequence,
+}
+
+/// Where answers go, and the counts so far.
+struct Output {
+    file: std::fs::File,
+    path: PathBuf,
+    prompt: String,
+    bar: indicatif::ProgressBar,
+    pending: HashMap<RequestId, Pending>,
+    answered: usize,
+    failed: usize,
+    tokens: usize,
+}
+
+impl Output {
+    fn skip(&mut self, what: &str, why: &dyn std::fmt::Display) {
+        self.failed += 1;
+        self.bar.suspend(|| eprintln!("skipped {what}: {why}"));
+        self.bar.inc(1);
+    }
+
+    /// Counts a token, writes a finished answer's line, reports a failed one.
+    fn record(&mut self, event: Event) -> anyhow::Result<()> {
+        match event {
+            Event::Token { .. } => self.tokens += 1,
+            Event::Done { id, generation } => {
+                let p = self.pending.remove(&id).expect("a submitted image");
+                let line = result_line(&p, &self.prompt, &generation);
+                writeln!(self.file, "{line}")
+                    .and_then(|()| self.file.flush())
+                    .with_context(|| format!("writing {}", self.path.display()))?;
+                self.answered += 1;
+                self.bar.inc(1);
+            }
+            Event::Failed { id, error } => {
+                let p = self.pending.remove(&id).expect("a submitted image");
+                self.skip(&p.path, &error);
+            }
+            Event::Cancelled { .. } => {}
+        }
+        Ok(())
+    }
 }
 
 pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 || args.max_new_tokens == 0 {
         bail!("--batch-size and --max-new-tokens must be at least 1");
     }
-    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
-        bail!("--temperature must be a finite number >= 0");
-    }
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        sampling: crate::sampling_options(SamplingOptions {
+            temperature: args.temperature,
+            seed: args.seed,
+            ..Default::default()
+        })?,
+        ..Default::default()
+    };
     let images = image_files(&args.images)?;
     let done = already_done(&args.out)?;
     let todo: Vec<PathBuf> = images
         .into_iter()
         .filter(|p| !done.contains(&p.display().to_string()))
         .collect();
-    let skipped = done.len();
     let m = &args.model;
     let model = load_model(&m.model, m.precision, m.adapter.as_deref())?;
-    let mut out = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&args.out)
         .with_context(|| format!("opening {}", args.out.display()))?;
-    let opts = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        sampling: SamplingOptions {
-            temperature: args.temperature,
-            seed: args.seed,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
     let bar = indicatif::ProgressBar::new(todo.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -124,81 +164,95 @@ pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
         )
         .expect("a valid template"),
     );
-    let mut queue = todo.into_iter();
-    let mut running: Vec<Running> = Vec::new();
-    let (mut answered, mut failed) = (0usize, 0usize);
-    let mut decode = model.decode_batch()?;
+    let mut out = Output {
+        file,
+        path: args.out.clone(),
+        prompt: args.prompt.clone(),
+        bar,
+        pending: HashMap::new(),
+        answered: 0,
+        failed: 0,
+        tokens: 0,
+    };
     let t0 = std::time::Instant::now();
-    let mut tokens = 0usize;
-    loop {
-        while running.len() < args.batch_size {
-            let Some(path) = queue.next() else { break };
-            match start(&model, &path, &args.prompt, &opts) {
-                Ok(r) => running.push(r),
-                Err(e) => {
-                    failed += 1;
-                    bar.suspend(|| eprintln!("skipped {}: {e:#}", path.display()));
-                    bar.inc(1);
-                }
-            }
-        }
-        if running.is_empty() {
-            break;
-        }
-        let mut seqs: Vec<&mut Sequence> = running.iter_mut().map(|r| &mut r.seq).collect();
-        let live = seqs.iter().filter(|s| s.finished().is_none()).count();
-        if live > 0 {
-            model.advance(&mut decode, &mut seqs)?;
-            tokens += live;
-        }
-        let (finished, still): (Vec<_>, Vec<_>) = running
-            .into_iter()
-            .partition(|r| r.seq.finished().is_some());
-        running = still;
-        for r in finished {
-            writeln!(out, "{}", result_line(&r, &args.prompt))
-                .and_then(|()| out.flush())
-                .with_context(|| format!("writing {}", args.out.display()))?;
-            answered += 1;
-            bar.inc(1);
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        bar.set_message(format!("{:.0} tokens/s", tokens as f64 / secs));
-    }
-    bar.finish_and_clear();
+    run(&model, todo, &opts, args.batch_size, &mut out)?;
+    out.bar.finish_and_clear();
     eprintln!(
-        "{answered} answered, {failed} skipped as unreadable, {skipped} already in {} ({:.1} s)",
+        "{} answered, {} skipped as unreadable, {} already in {} ({:.1} s)",
+        out.answered,
+        out.failed,
+        done.len(),
         args.out.display(),
         t0.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
-fn start(
+/// Every image starts as soon as there is room: `batch_size` decoding together.
+fn run(
     model: &PaliGemma,
+    todo: Vec<PathBuf>,
+    opts: &GenerateOptions,
+    batch_size: usize,
+    out: &mut Output,
+) -> anyhow::Result<()> {
+    let mut scheduler = Scheduler::new(SchedulerOptions {
+        max_batch: batch_size,
+        max_waiting: batch_size,
+        starts_per_step: batch_size,
+    });
+    let mut queue = todo.into_iter();
+    let t0 = std::time::Instant::now();
+    loop {
+        while scheduler.has_room() {
+            let Some(path) = queue.next() else { break };
+            match submit(&mut scheduler, &path, &out.prompt, opts) {
+                Ok((id, p)) => {
+                    out.pending.insert(id, p);
+                }
+                Err(e) => out.skip(&path.display().to_string(), &format!("{e:#}")),
+            }
+        }
+        if scheduler.is_idle() {
+            return Ok(());
+        }
+        for event in model.block_on(scheduler.step(model))? {
+            out.record(event)?;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let rate = out.tokens as f64 / secs;
+        out.bar.set_message(format!("{rate:.0} tokens/s"));
+    }
+}
+
+/// Reads the image at `path` and queues its request.
+fn submit(
+    scheduler: &mut Scheduler,
     path: &Path,
     prompt: &str,
     opts: &GenerateOptions,
-) -> anyhow::Result<Running> {
+) -> anyhow::Result<(RequestId, Pending)> {
     let image = paligemma::preprocess::load_image(path)?;
-    let (seq, _first) = model.start(&image, prompt, opts)?;
-    Ok(Running {
-        path: path.display().to_string(),
-        size: (image.width(), image.height()),
-        seq,
-    })
+    let size = (image.width(), image.height());
+    let id = scheduler.submit(Request {
+        image: image.into(),
+        prompt: prompt.into(),
+        opts: opts.clone(),
+    })?;
+    let path = path.display().to_string();
+    Ok((id, Pending { path, size }))
 }
 
-fn result_line(r: &Running, prompt: &str) -> serde_json::Value {
+fn result_line(p: &Pending, prompt: &str, g: &Generation) -> serde_json::Value {
     let mut line = serde_json::json!({
-        "image": r.path,
+        "image": p.path,
         "prompt": prompt,
-        "text": r.seq.text(),
-        "generated_ids": r.seq.generated_ids(),
-        "finish_reason": r.seq.finished(),
+        "text": g.text,
+        "generated_ids": g.generated_ids,
+        "finish_reason": g.finish_reason,
     });
     if answers_with_boxes(prompt) {
-        let answer = parse_answer(r.seq.text(), r.size.0, r.size.1);
+        let answer = parse_answer(&g.text, p.size.0, p.size.1);
         line["detections"] = serde_json::json!(answer.detections);
     }
     line

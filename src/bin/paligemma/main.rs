@@ -362,21 +362,26 @@ fn quantize(model: &Path, precision: Precision, out: &Path) -> anyhow::Result<()
     Ok(())
 }
 
+/// The sampling options, checked by the library's one check; the error names the flag.
+fn sampling_options(s: SamplingOptions) -> anyhow::Result<SamplingOptions> {
+    match s.check() {
+        Ok(()) => Ok(s),
+        Err(e) => bail!("--{} {}", e.option.replace('_', "-"), e.message),
+    }
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
     let (Some(model_dir), Some(image_path), Some(prompt)) =
         (&args.model, &args.image, &args.prompt)
     else {
         bail!("--model, --image and --prompt are required");
     };
-    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
-        bail!(
-            "--temperature must be a finite number >= 0, got {}",
-            args.temperature
-        );
-    }
-    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
-        bail!("--top-p must be in (0, 1], got {}", args.top_p);
-    }
+    let sampling = sampling_options(SamplingOptions {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        seed: args.seed,
+    })?;
     if args.max_new_tokens == 0 {
         bail!("--max-new-tokens must be at least 1");
     }
@@ -387,12 +392,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let model = load_model(model_dir, args.precision, args.adapter.as_deref())?;
     let gen_opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
-        sampling: SamplingOptions {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            top_k: args.top_k,
-            seed: args.seed,
-        },
+        sampling,
         stop_at_eos: true,
         keep_logits: args.dump_logits.is_some(),
     };
@@ -402,11 +402,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
         None => None,
     };
     let mut stdout = std::io::stdout();
-    let out = model.generate(&image, prompt, &gen_opts, |_, piece| {
-        let _ = write!(stdout, "{piece}");
-        let _ = stdout.flush();
-        true
-    })?;
+    let out = model.block_on(
+        model.generate(&image, prompt.as_str(), &gen_opts, |_, piece| {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+            true
+        }),
+    )?;
     println!();
     let (answer, masks) = objects(&out.text, &image, decoder.as_ref())?;
     if let Some(path) = &args.draw {

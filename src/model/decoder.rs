@@ -1,0 +1,334 @@
+//! The decoder's forward pass, in one place: the layer loop, and the three ways it is run.
+//!
+//! - [`prefill`](TextModel::prefill): the prompt (image rows first) as one span of many rows,
+//!   one bidirectional block, into an empty [`DecoderState`].
+//! - [`step`](TextModel::step): one new token for each of any number of states, a span of one
+//!   row each, [`GEMV_BATCH`] rows a submission (decoding one sequence is a batch of one).
+//! - [`all_logits`](TextModel::all_logits): a whole sequence in one pass, the oracle that
+//!   KV-cache decoding must reproduce.
+
+use super::gemma::TextModel;
+use super::pass::{Gathered, Pass, Span};
+use super::state::{Activations, DecodeScratch, DecoderState};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Recorder};
+use crate::ops::View;
+use crate::ops::activation::softcap;
+use crate::ops::argmax::argmax;
+use crate::ops::gather::gather;
+use crate::ops::linear::{GEMV_BATCH, logits};
+
+/// What happens between two layers of a pass: the caller's choice, not the math's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BetweenLayers {
+    /// Nothing: the pass is one submission (a decode step: short, and cached whole).
+    Nothing,
+    /// Submit what is recorded and return to a caller's frame loop once (a prefill: no
+    /// watchdog fires on a long prompt, and a game's frames go to the queue between layers).
+    FlushAndYield,
+}
+
+impl TextModel {
+    /// Records the pass `p` over the token ids in `ids` (`u32 [rows]`), the `image` rows
+    /// `[n, H]` replacing the first n embeddings; leaves the final normed rows in
+    /// `p.normed()` and each row's K and V in its cache.
+    async fn forward(
+        &self,
+        rec: &mut Recorder<'_>,
+        p: &Pass<'_>,
+        ids: &wgpu::Buffer,
+        image: Option<(&wgpu::Buffer, usize)>,
+        between: BetweenLayers,
+    ) -> Result<()> {
+        gather(rec, ids, &self.embed_tokens, self.embed_scale, p.residual())?;
+        if let Some((features, n)) = image {
+            // The image features enter as they are (transformers divides them by sqrt(H) and
+            // the embedding scale multiplies them back).
+            let bytes = (n * self.cfg.hidden_size * 4) as u64;
+            rec.copy(features, 0, p.residual().buffer, 0, bytes);
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            layer.forward(rec, p, li)?;
+            if between == BetweenLayers::FlushAndYield {
+                rec.flush(&format!("decoder layer {li}"))?;
+                rec.gpu().between_layers().await;
+            }
+        }
+        self.norm.forward(rec, p.residual(), p.normed())
+    }
+
+    /// Records the logits of the rows `h` into `out` (soft-capped for Gemma 2) and their
+    /// argmax into `tokens[first..first + rows]`.
+    fn record_logits(
+        &self,
+        rec: &mut Recorder,
+        h: View,
+        out: View,
+        tokens: &wgpu::Buffer,
+        first: usize,
+    ) -> Result<()> {
+        logits(rec, h, self.output_table(), out)?;
+        if let Some(cap) = self.cfg.final_logit_softcapping {
+            softcap(rec, out, cap)?;
+        }
+        for r in 0..h.rows {
+            argmax(rec, out.row(r), tokens, first + r)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(Error::invalid("no tokens to process"));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// A pass over one span: `rows` new positions of `s` from its current length.
+    fn span_pass<'a>(&'a self, s: &'a DecoderState, acts: &'a Activations) -> Pass<'a> {
+        let span = Span {
+            first_row: 0,
+            rows: acts.rows,
+            cache: &s.cache,
+            start: s.len,
+            prefix_len: s.prefix_len,
+            partial: &s.partial,
+        };
+        Pass {
+            cfg: &self.cfg,
+            rope: &self.rope,
+            rows: acts.rows,
+            spans: vec![span],
+            gathered: None,
+            acts,
+        }
+    }
+
+    /// Runs the prompt `ids` (image placeholders first, replaced by the `n` rows of `image`),
+    /// all of it one bidirectional prefix, into the empty state `s`. Leaves the last
+    /// position's logits in the state and returns the greedy next token. The prompt's
+    /// activations live for this call only.
+    pub(crate) async fn prefill(
+        &self,
+        gpu: &Gpu,
+        s: &mut DecoderState,
+        ids: &[u32],
+        image: Option<(&wgpu::Buffer, usize)>,
+    ) -> Result<u32> {
+        self.check_ids(ids)?;
+        if s.len != 0 {
+            return Err(Error::invalid(
+                "prefill on a state that already holds tokens",
+            ));
+        }
+        if let Some((_, n)) = image
+            && n > ids.len()
+        {
+            return Err(Error::invalid(format!(
+                "{n} image rows do not fit a prompt of {} tokens",
+                ids.len()
+            )));
+        }
+        let t = ids.len();
+        s.check_room(t)?;
+        let id_buffer = gpu.storage_init("prompt ids", bytemuck::cast_slice(ids))?;
+        let token = gpu.storage("next token", 4)?;
+        let readback = gpu.read_back_buffer("next token read-back", 4)?;
+        let acts = Activations::new(gpu, self, t)?;
+        s.prefix_len = t;
+        let mut rec = gpu.recorder();
+        let p = self.span_pass(s, &acts);
+        let pass = self.forward(
+            &mut rec,
+            &p,
+            &id_buffer,
+            image,
+            BetweenLayers::FlushAndYield,
+        );
+        let recorded = pass.await.and_then(|()| {
+            let out = View::new(&s.logits, 1, self.cfg.vocab_size);
+            self.record_logits(&mut rec, p.normed().row(t - 1), out, &token, 0)?;
+            rec.copy(&token, 0, &readback, 0, 4);
+            rec.submit("the prefill")
+        });
+        if let Err(e) = recorded {
+            s.prefix_len = 0;
+            return Err(e);
+        }
+        s.len = t;
+        Ok(gpu.read_mapped(&readback, 1).await?[0])
+    }
+
+    /// One decode step for any number of states: `tokens[i]` is appended to `states[i]`;
+    /// returns each one's greedy next token and leaves its logits in it. Every
+    /// [`GEMV_BATCH`] states read the weights once. A row's sums are formed the same way
+    /// whatever the batch, so the logits are bit-identical alone or batched on lavapipe
+    /// (tested); a driver that contracts multiply-adds differently in the one-row and many-row
+    /// pipelines could differ in the last bit.
+    ///
+    /// On an error no state's length has advanced. (With more than 16 states, groups submitted
+    /// before the failure have written their cache row and logits; the next step writes the
+    /// same row again.)
+    pub(crate) async fn step(
+        &self,
+        gpu: &Gpu,
+        b: &mut DecodeScratch,
+        states: &mut [&mut DecoderState],
+        tokens: &[u32],
+    ) -> Result<Vec<u32>> {
+        self.check_step(states, tokens)?;
+        let n = states.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        b.reserve(gpu, self, n)?;
+        for (g, (group, ids)) in states
+            .chunks(GEMV_BATCH)
+            .zip(tokens.chunks(GEMV_BATCH))
+            .enumerate()
+        {
+            self.step_group(gpu, b, g, group, ids).await?;
+        }
+        let next = gpu.read_mapped(&b.readback, n).await?;
+        for s in states.iter_mut() {
+            s.len += 1;
+        }
+        Ok(next)
+    }
+
+    fn check_step(&self, states: &[&mut DecoderState], tokens: &[u32]) -> Result<()> {
+        if states.len() != tokens.len() {
+            return Err(Error::invalid(format!(
+                "a step takes a token per state: {} states but {} tokens",
+                states.len(),
+                tokens.len()
+            )));
+        }
+        if states.is_empty() {
+            return Ok(());
+        }
+        self.check_ids(tokens)?;
+        for s in states {
+            if s.len == 0 || s.len >= s.capacity {
+                return Err(Error::invalid(format!(
+                    "a decode step needs prefilled states with room for a token; one holds \
+                     {} of {} positions",
+                    s.len, s.capacity
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records and submits the step of group `g` (at most GEMV_BATCH states), its greedy
+    /// choices into `b.tokens[g * GEMV_BATCH..]` and their read-back copy.
+    async fn step_group(
+        &self,
+        gpu: &Gpu,
+        b: &mut DecodeScratch,
+        g: usize,
+        group: &[&mut DecoderState],
+        ids: &[u32],
+    ) -> Result<()> {
+        let (rows, vocab) = (group.len(), self.cfg.vocab_size);
+        let positions: Vec<u32> = group.iter().map(|s| s.len as u32 + 1).collect();
+        gpu.write(&b.ids, 0, bytemuck::cast_slice(ids))?;
+        gpu.write(&b.positions, 0, bytemuck::cast_slice(&positions))?;
+        let mut rec = gpu.recorder();
+        let acts = b.activations.as_ref().expect("reserved");
+        let spans = group.iter().enumerate().map(|(i, s)| Span {
+            first_row: i,
+            rows: 1,
+            cache: &s.cache,
+            start: s.len,
+            prefix_len: s.prefix_len,
+            partial: &s.partial,
+        });
+        let p = Pass {
+            cfg: &self.cfg,
+            rope: &self.rope,
+            rows,
+            spans: spans.collect(),
+            gathered: (rows > 1).then_some(Gathered {
+                keys: &b.new_keys,
+                values: &b.new_values,
+                positions: &b.positions,
+            }),
+            acts,
+        };
+        self.forward(&mut rec, &p, &b.ids, None, BetweenLayers::Nothing)
+            .await?;
+        let first = g * GEMV_BATCH;
+        if let [s] = group {
+            // One row: its logits straight into the state.
+            let out = View::new(&s.logits, 1, vocab);
+            self.record_logits(&mut rec, p.normed(), out, &b.tokens, first)?;
+        } else {
+            let logits = b.logits.as_ref().expect("reserved");
+            let out = View::new(logits, rows, vocab);
+            self.record_logits(&mut rec, p.normed(), out, &b.tokens, first)?;
+            // Each state keeps the logits its token was chosen from, as alone.
+            for (i, s) in group.iter().enumerate() {
+                let bytes = (vocab * 4) as u64;
+                rec.copy(logits, i as u64 * bytes, &s.logits, 0, bytes);
+            }
+        }
+        let at = (first * 4) as u64;
+        rec.copy(&b.tokens, at, &b.readback, at, (rows * 4) as u64);
+        let members = group.iter().map(|s| s.id).collect();
+        rec.submit_cached("a decode step", b.group(g, members))
+    }
+
+    /// Logits at every row of a whole sequence computed in one pass, with positions from
+    /// `prefix_len` on causal: the reference that KV-cache decoding must reproduce, and
+    /// transformers' prefill logits when `prefix_len == ids.len()`. `[ids.len(), vocab]`.
+    pub(crate) async fn all_logits(
+        &self,
+        gpu: &Gpu,
+        ids: &[u32],
+        image: Option<(&wgpu::Buffer, usize)>,
+        prefix_len: usize,
+    ) -> Result<Vec<f32>> {
+        self.check_ids(ids)?;
+        let t = ids.len();
+        let mut s = DecoderState::new(gpu, self, t)?;
+        s.prefix_len = prefix_len;
+        let acts = Activations::new(gpu, self, t)?;
+        let id_buffer = gpu.storage_init("ids", bytemuck::cast_slice(ids))?;
+        let mut rec = gpu.recorder();
+        let p = self.span_pass(&s, &acts);
+        self.forward(
+            &mut rec,
+            &p,
+            &id_buffer,
+            image,
+            BetweenLayers::FlushAndYield,
+        )
+        .await?;
+        rec.submit("a full forward pass")?;
+        let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        // In blocks of rows whose logits fit one binding.
+        let block = ((gpu.max_binding_bytes() / (v as u64 * 4)) as usize).clamp(1, t);
+        let out = gpu.storage("all logits", (block * v * 4) as u64)?;
+        let hidden = View::new(&acts.normed, t, h);
+        let mut all = Vec::with_capacity(t * v);
+        for r0 in (0..t).step_by(block) {
+            let n = block.min(t - r0);
+            let y = View::new(&out, n, v);
+            let mut rec = gpu.recorder();
+            logits(&mut rec, hidden.rows(r0, n), self.output_table(), y)?;
+            if let Some(cap) = self.cfg.final_logit_softcapping {
+                softcap(&mut rec, y, cap)?;
+            }
+            rec.submit("logits of every row")?;
+            all.extend(gpu.read_f32_async(&out, 0, n * v).await?);
+        }
+        Ok(all)
+    }
+}

@@ -1,0 +1,159 @@
+//! What a decoder forward pass works on: its rows, described as [`Span`]s (consecutive rows of
+//! one sequence over that sequence's KV cache), and its [`Activations`] as views.
+//!
+//! A prefill is one span of many rows; a decode step of one sequence one span of one row; a
+//! batched step one span of one row per sequence. The layers are written once against this
+//! description: where the new keys go, how RoPE finds each row's position and which attention
+//! kernel runs all follow from the spans.
+
+use super::config::TextConfig;
+use super::state::{Activations, LayerCache, rows_of};
+use crate::error::Result;
+use crate::gpu::Recorder;
+use crate::ops::View;
+use crate::ops::attention::{AttentionKernel, AttentionParams, attention};
+use crate::ops::rope::{RopeTables, rope_at, rope_qk};
+
+/// Consecutive rows of a pass that belong to one sequence.
+pub(crate) struct Span<'a> {
+    /// The pass's row where the span begins.
+    pub first_row: usize,
+    pub rows: usize,
+    pub cache: &'a [LayerCache],
+    /// The cache position of the span's first row.
+    pub start: usize,
+    /// Positions below this form the bidirectional block (image + prompt).
+    pub prefix_len: usize,
+    /// Scratch of the split decode attention.
+    pub partial: &'a wgpu::Buffer,
+}
+
+/// Where the new keys and values of a pass are computed when its rows are of several
+/// sequences (each row is then copied into its own cache), and each row's RoPE position.
+pub(crate) struct Gathered<'a> {
+    pub keys: &'a wgpu::Buffer,
+    pub values: &'a wgpu::Buffer,
+    /// `u32 [rows]`: each row's position, 1-based as transformers numbers them.
+    pub positions: &'a wgpu::Buffer,
+}
+
+/// One forward pass over `rows` new positions.
+pub(crate) struct Pass<'a> {
+    pub cfg: &'a TextConfig,
+    pub rope: &'a RopeTables,
+    pub rows: usize,
+    pub spans: Vec<Span<'a>>,
+    /// Set when there are several spans.
+    pub gathered: Option<Gathered<'a>>,
+    pub acts: &'a Activations,
+}
+
+impl<'a> Pass<'a> {
+    fn packed(&self, buffer: &'a wgpu::Buffer, width: usize) -> View<'a> {
+        View::new(buffer, self.rows, width)
+    }
+    fn heads_width(&self) -> usize {
+        self.cfg.num_attention_heads * self.cfg.head_dim
+    }
+    fn kv_width(&self) -> usize {
+        self.cfg.num_key_value_heads * self.cfg.head_dim
+    }
+    /// The residual stream x, `[rows, H]`.
+    pub fn residual(&self) -> View<'a> {
+        self.packed(&self.acts.residual, self.cfg.hidden_size)
+    }
+    /// norm(x), a block's input, `[rows, H]`.
+    pub fn normed(&self) -> View<'a> {
+        self.packed(&self.acts.normed, self.cfg.hidden_size)
+    }
+    /// `[rows, heads * hd]`.
+    pub fn queries(&self) -> View<'a> {
+        self.packed(&self.acts.queries, self.heads_width())
+    }
+    /// The attention's output, `[rows, heads * hd]`.
+    pub fn attended(&self) -> View<'a> {
+        self.packed(&self.acts.attended, self.heads_width())
+    }
+    /// A block's output before Gemma 2's post-norm, `[rows, H]`.
+    pub fn branch(&self) -> View<'a> {
+        self.packed(&self.acts.branch, self.cfg.hidden_size)
+    }
+    /// The MLP's gate activations for a block of `n` rows, `[n, I]`.
+    pub fn gate(&self, n: usize) -> View<'a> {
+        View::new(&self.acts.gate, n, self.cfg.intermediate_size)
+    }
+    /// The MLP's up activations (then the gated product) for a block of `n` rows, `[n, I]`.
+    pub fn up(&self, n: usize) -> View<'a> {
+        View::new(&self.acts.up, n, self.cfg.intermediate_size)
+    }
+    /// The MLP's blocks of rows, each small enough for `[n, I]` to fit a binding: (first, n).
+    pub fn mlp_blocks(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let (rows, step) = (self.rows, self.acts.mlp_rows);
+        (0..rows)
+            .step_by(step)
+            .map(move |r0| (r0, step.min(rows - r0)))
+    }
+
+    /// Where layer `li`'s projections write the new keys and values: straight into the cache
+    /// rows of a single span, or gathered for several.
+    pub fn new_keys_values(&self, li: usize) -> (View<'a>, View<'a>) {
+        let w = self.kv_width();
+        match (&self.gathered, &self.spans[..]) {
+            (Some(g), _) => (self.packed(g.keys, w), self.packed(g.values, w)),
+            (None, [s]) => (
+                rows_of(&s.cache[li].keys, s.start, s.rows, w),
+                rows_of(&s.cache[li].values, s.start, s.rows, w),
+            ),
+            (None, _) => unreachable!("a pass of several spans gathers its keys"),
+        }
+    }
+
+    /// RoPE on the queries and the new keys, at each row's position: in one dispatch from the
+    /// span's start for a single span, from the positions buffer for several.
+    pub fn rotate(&self, rec: &mut Recorder, keys: View) -> Result<()> {
+        let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
+        match (&self.gathered, &self.spans[..]) {
+            (Some(g), spans) => {
+                let last = spans.iter().map(|s| s.start + s.rows).max().unwrap_or(0);
+                rope_at(rec, self.queries(), self.rope, nh, g.positions, last)?;
+                rope_at(rec, keys, self.rope, nkv, g.positions, last)
+            }
+            // transformers numbers positions from 1.
+            (None, [s]) => rope_qk(rec, self.queries(), keys, self.rope, nh, nkv, s.start + 1),
+            (None, _) => unreachable!("a pass of several spans has positions"),
+        }
+    }
+
+    /// Copies gathered keys and values into each span's cache (nothing for a single span,
+    /// whose projections wrote them in place).
+    pub fn store_keys_values(&self, rec: &mut Recorder, li: usize, keys: View, values: View) {
+        if self.gathered.is_none() {
+            return;
+        }
+        let row_bytes = (self.kv_width() * 4) as u64;
+        for s in &self.spans {
+            let (at, dst) = (s.first_row as u64 * row_bytes, s.start as u64 * row_bytes);
+            let bytes = s.rows as u64 * row_bytes;
+            rec.copy(keys.buffer, at, &s.cache[li].keys, dst, bytes);
+            rec.copy(values.buffer, at, &s.cache[li].values, dst, bytes);
+        }
+    }
+
+    /// Each span's queries attend over its own cache (`sliding`: Gemma 2's windowed layers):
+    /// the blocked kernel for many rows, the split one for a single row.
+    pub fn attend(&self, rec: &mut Recorder, li: usize, sliding: bool) -> Result<()> {
+        let qd = self.heads_width();
+        for s in &self.spans {
+            let params = AttentionParams {
+                q_offset: (s.first_row * qd) as u32,
+                o_offset: (s.first_row * qd) as u32,
+                ..self.cfg.attention(sliding, s.rows, s.start, s.prefix_len)
+            };
+            let kernel = AttentionKernel::for_rows(params.q_rows, s.partial);
+            let cache = &s.cache[li];
+            let (q, out) = (self.queries().buffer, self.attended().buffer);
+            attention(rec, kernel, q, &cache.keys, &cache.values, out, &params)?;
+        }
+        Ok(())
+    }
+}
