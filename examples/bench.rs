@@ -270,21 +270,27 @@ fn main() -> anyhow::Result<()> {
             ))?[0];
         }
         let gpu_step = gpu.take_gpu_ms().map(|ms| ms / 8.0);
+        // Dispatches per decode token, counted by the per-kernel profile of 8 steps.
+        gpu.set_profiling(true, true);
         if args.profile {
-            gpu.set_profiling(true, true);
             model.block_on(model.encode(paligemma::ImageInput::pixels(&pixels)))?;
             print_kernels(&format!("{name} vision"), gpu.take_kernel_times());
-            let mut s3 = model.new_state(ids.len(), 9)?;
-            let mut t3 = model.block_on(model.prefill(&mut s3, &ids, &feats))?;
-            print_kernels(&format!("{name} prefill"), gpu.take_kernel_times());
-            for _ in 0..8 {
-                t3 = model.block_on(model.step(
-                    &mut scratch,
-                    &mut [&mut s3],
-                    &[t3.min(cfg.text.vocab_size as u32 - 1)],
-                ))?[0];
-            }
-            print_kernels(&format!("{name} 8 decode steps"), gpu.take_kernel_times());
+        }
+        let mut s3 = model.new_state(ids.len(), 9)?;
+        let mut t3 = model.block_on(model.prefill(&mut s3, &ids, &feats))?;
+        let prefill_kernels = gpu.take_kernel_times();
+        for _ in 0..8 {
+            let t = t3.min(cfg.text.vocab_size as u32 - 1);
+            t3 = model.block_on(model.step(&mut scratch, &mut [&mut s3], &[t]))?[0];
+        }
+        let decode_kernels = gpu.take_kernel_times();
+        match decode_kernels.iter().map(|k| k.1).sum::<usize>() {
+            0 => println!("{name}: decode dispatches per token not counted (no timestamp queries)"),
+            n => println!("{name}: {} decode dispatches per token", n / 8),
+        }
+        if args.profile {
+            print_kernels(&format!("{name} prefill"), prefill_kernels);
+            print_kernels(&format!("{name} 8 decode steps"), decode_kernels);
         }
         gpu.set_profiling(false, false);
         let batch_rows = bench_batches(&model, &feats, &ids, &args)?;

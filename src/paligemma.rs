@@ -20,7 +20,7 @@ use crate::model::state::{DecodeScratch, DecoderState};
 use crate::model::{Loader, Precision, WeightSource};
 use crate::ops::linear::Linear;
 use crate::ops::{View, WeightFormat};
-use crate::sequence::{Sequence, advance_all};
+use crate::sequence::{Chooser, Sequence};
 use crate::tokenizer::{PromptTokenizer, check_image_prefix};
 
 /// An image encoded and projected: the rows that replace the `<image>` tokens, on the GPU.
@@ -265,7 +265,7 @@ impl PaliGemma {
         let capacity = prompt_len.checked_add(max_new_tokens).ok_or_else(|| {
             Error::invalid(format!("{prompt_len} + {max_new_tokens} tokens overflow"))
         })?;
-        DecoderState::new(&self.gpu, &self.text, capacity)
+        DecoderState::new(&self.gpu, &self.text.cfg, capacity)
     }
 
     /// Runs the prompt `ids` (the image rows replace its `<image>` tokens) into the empty
@@ -284,7 +284,7 @@ impl PaliGemma {
     /// Buffers for [`step`](Self::step) and [`advance`](Self::advance): one per caller that
     /// steps (a few MB at most: 16 rows of activations and logits).
     pub fn decode_scratch(&self) -> Result<DecodeScratch> {
-        DecodeScratch::new(&self.gpu, &self.text)
+        DecodeScratch::new(&self.gpu, &self.text.cfg)
     }
 
     /// One decode step for any number of states (one is a batch of one): `tokens[i]` is
@@ -342,12 +342,12 @@ impl PaliGemma {
         let t2 = Instant::now();
         let mut state = self.new_state(ids.len(), opts.max_new_tokens)?;
         let greedy = self.prefill(&mut state, &ids, &features).await?;
-        let mut seq = Sequence::new(self, state, ids, greedy, opts)?;
+        let mut seq = Sequence::new(&self.gpu, state, ids, greedy, opts)?;
         seq.timings.preprocess_ms = preprocess_ms;
         seq.timings.vision_ms = vision_ms;
         seq.timings.prefill_ms = elapsed_ms(t2);
         seq.timings.time_to_first_token_ms = elapsed_ms(t0);
-        let first = seq.first_token(self).await?;
+        let first = seq.first_token(&self.chooser()?).await?;
         Ok((seq, first))
     }
 
@@ -363,7 +363,33 @@ impl PaliGemma {
         scratch: &mut DecodeScratch,
         seqs: &mut [&mut Sequence],
     ) -> Result<Vec<Option<Token>>> {
-        advance_all(self, scratch, seqs).await
+        let mut out = vec![None; seqs.len()];
+        let mut live: Vec<(usize, &mut Sequence, u32)> = seqs
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| s.next_input().map(|t| (i, &mut **s, t)))
+            .collect();
+        if live.is_empty() {
+            return Ok(out);
+        }
+        let tokens: Vec<u32> = live.iter().map(|l| l.2).collect();
+        let mut states: Vec<_> = live.iter_mut().map(|l| l.1.state_mut()).collect();
+        let greedy = self.step(scratch, &mut states, &tokens).await?;
+        let chooser = self.chooser()?;
+        for ((i, s, _), g) in live.into_iter().zip(greedy) {
+            s.set_greedy(g);
+            out[i] = s.choose_or_fail(&chooser).await;
+        }
+        Ok(out)
+    }
+
+    /// What a sequence needs of the model to choose its tokens.
+    fn chooser(&self) -> Result<Chooser<'_>> {
+        Ok(Chooser {
+            gpu: &self.gpu,
+            tokenizer: self.tokenizer()?,
+            eos: self.config.eos_token_id,
+        })
     }
 
     /// Generates text about `image` for `prompt`, calling `on_token(id, text_piece)` as each

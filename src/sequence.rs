@@ -1,15 +1,24 @@
 //! A generation in progress: a [`Sequence`] is one image and prompt being answered (its
-//! decoder state on the GPU, its sampler, the tokens so far). [`PaliGemma::advance`] moves any
-//! number of them forward by a token in one decode step; the [`Scheduler`](crate::Scheduler)
+//! decoder state on the GPU, its sampler, the tokens so far).
+//! [`PaliGemma::advance`](crate::PaliGemma::advance) moves any number of them forward by a
+//! token in one decode step; the [`Scheduler`](crate::Scheduler)
 //! keeps many in flight, starting new ones as others finish (continuous batching).
 
 use crate::error::{Error, Result};
 use crate::generation::{FinishReason, GenerateOptions, Generation, Timings, Token};
-use crate::model::state::{DecodeScratch, DecoderState};
+use crate::gpu::Gpu;
+use crate::model::state::DecoderState;
 use crate::ops::View;
 use crate::ops::softmax::softmax;
-use crate::paligemma::PaliGemma;
 use crate::sampling::Sampler;
+use crate::tokenizer::PromptTokenizer;
+
+/// What choosing a token needs of the model.
+pub(crate) struct Chooser<'a> {
+    pub gpu: &'a Gpu,
+    pub tokenizer: &'a PromptTokenizer,
+    pub eos: u32,
+}
 
 /// One generation in progress.
 pub struct Sequence {
@@ -33,7 +42,7 @@ pub struct Sequence {
 impl Sequence {
     /// A sequence whose prompt `prompt_ids` has been run into `state`, `greedy` its argmax.
     pub(crate) fn new(
-        model: &PaliGemma,
+        gpu: &Gpu,
         state: DecoderState,
         prompt_ids: Vec<u32>,
         greedy: u32,
@@ -42,8 +51,7 @@ impl Sequence {
         let sampler = if opts.sampling.is_greedy() {
             None
         } else {
-            let bytes = (model.config().text.vocab_size * 4) as u64;
-            let probs = model.gpu().storage("probabilities", bytes)?;
+            let probs = gpu.storage("probabilities", state.logits.size())?;
             Some((Sampler::new(&opts.sampling), probs))
         };
         Ok(Sequence {
@@ -88,7 +96,8 @@ impl Sequence {
     pub fn timings(&self) -> &Timings {
         &self.timings
     }
-    /// Stops the sequence; [`PaliGemma::advance`] leaves it alone from now on.
+    /// Stops the sequence; [`PaliGemma::advance`](crate::PaliGemma::advance) leaves it alone
+    /// from now on.
     pub fn cancel(&mut self) {
         self.finished.get_or_insert(FinishReason::Cancelled);
     }
@@ -117,17 +126,17 @@ impl Sequence {
     }
 
     /// The first token, chosen from the prefill's logits (none when `max_new_tokens` is 0).
-    pub(crate) async fn first_token(&mut self, model: &PaliGemma) -> Result<Option<Token>> {
+    pub(crate) async fn first_token(&mut self, c: &Chooser<'_>) -> Result<Option<Token>> {
         if self.opts.max_new_tokens == 0 {
             self.finished = Some(FinishReason::Length);
             return Ok(None);
         }
-        self.choose(model).await.map(Some)
+        self.choose(c).await.map(Some)
     }
 
     /// [`choose`](Self::choose), or the sequence ends as failed, saying why.
-    async fn choose_or_fail(&mut self, model: &PaliGemma) -> Option<Token> {
-        match self.choose(model).await {
+    pub(crate) async fn choose_or_fail(&mut self, c: &Chooser<'_>) -> Option<Token> {
+        match self.choose(c).await {
             Ok(t) => Some(t),
             Err(e) => {
                 log::warn!("a sequence failed: {e}");
@@ -140,70 +149,58 @@ impl Sequence {
 
     /// Picks the next token from the state's logits (the GPU's argmax, or a draw from the
     /// softmax the GPU computed), appends it, and ends the sequence at `<eos>` or its length.
-    async fn choose(&mut self, model: &PaliGemma) -> Result<Token> {
+    async fn choose(&mut self, c: &Chooser<'_>) -> Result<Token> {
+        let vocab = (self.state.logits.size() / 4) as usize;
         if self.step_logits.is_some() {
-            let logits = model.logits(&self.state).await?;
+            let logits = c.gpu.read_f32_async(&self.state.logits, 0, vocab).await?;
             self.step_logits.get_or_insert_default().extend(logits);
         }
         let id = match self.sampler.as_mut() {
             None => self.greedy,
             Some((sampler, probs)) => {
-                let (gpu, vocab) = (model.gpu(), model.config().text.vocab_size);
-                let mut rec = gpu.recorder();
+                let mut rec = c.gpu.recorder();
                 let (x, y) = (
                     View::new(&self.state.logits, 1, vocab),
                     View::new(probs, 1, vocab),
                 );
                 softmax(&mut rec, x, y, self.opts.sampling.temperature)?;
                 rec.submit("the sampling softmax")?;
-                let probs = gpu.read_f32_async(probs, 0, vocab).await?;
+                let probs = c.gpu.read_f32_async(probs, 0, vocab).await?;
                 sampler.sample(&probs).ok_or_else(|| {
                     Error::invalid("no token has a finite probability (are the logits NaN?)")
                 })?
             }
         };
         self.generated.push(id);
-        let now = model.tokenizer()?.decode(&self.generated, true)?;
+        let now = c.tokenizer.decode(&self.generated, true)?;
         let piece = now
             .strip_prefix(self.text.as_str())
             .unwrap_or("")
             .to_string();
         self.text = now;
-        if self.opts.stop_at_eos && id == model.config().eos_token_id {
+        if self.opts.stop_at_eos && id == c.eos {
             self.finished = Some(FinishReason::Stop);
         } else if self.generated.len() >= self.opts.max_new_tokens {
             self.finished = Some(FinishReason::Length);
         }
         Ok(Token { id, piece })
     }
-}
 
-/// [`PaliGemma::advance`]: one decode step over the unfinished sequences, then each one's
-/// next token chosen.
-pub(crate) async fn advance_all(
-    model: &PaliGemma,
-    scratch: &mut DecodeScratch,
-    seqs: &mut [&mut Sequence],
-) -> Result<Vec<Option<Token>>> {
-    let mut out = vec![None; seqs.len()];
-    let mut live: Vec<(usize, &mut Sequence)> = seqs
-        .iter_mut()
-        .enumerate()
-        .filter(|(_, s)| s.finished.is_none())
-        .map(|(i, s)| (i, &mut **s))
-        .collect();
-    if live.is_empty() {
-        return Ok(out);
+    /// The token this sequence's next step starts from (its last); `None` once finished.
+    pub(crate) fn next_input(&self) -> Option<u32> {
+        match self.finished {
+            Some(_) => None,
+            None => self.generated.last().copied(),
+        }
     }
-    let tokens: Vec<u32> = live
-        .iter()
-        .map(|(_, s)| *s.generated.last().expect("a started sequence has a token"))
-        .collect();
-    let mut states: Vec<&mut DecoderState> = live.iter_mut().map(|(_, s)| &mut s.state).collect();
-    let greedy = model.step(scratch, &mut states, &tokens).await?;
-    for ((i, s), g) in live.into_iter().zip(greedy) {
-        s.greedy = g;
-        out[i] = s.choose_or_fail(model).await;
+
+    /// The decoder state and where the step's greedy choice goes.
+    pub(crate) fn state_mut(&mut self) -> &mut DecoderState {
+        &mut self.state
     }
-    Ok(out)
+
+    /// Takes the step's greedy choice for the next token.
+    pub(crate) fn set_greedy(&mut self, id: u32) {
+        self.greedy = id;
+    }
 }

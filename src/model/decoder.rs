@@ -140,7 +140,7 @@ impl TextModel {
         let id_buffer = gpu.storage_init("prompt ids", bytemuck::cast_slice(ids))?;
         let token = gpu.storage("next token", 4)?;
         let readback = gpu.read_back_buffer("next token read-back", 4)?;
-        let acts = Activations::new(gpu, self, t)?;
+        let acts = Activations::new(gpu, &self.cfg, t)?;
         s.prefix_len = t;
         let mut rec = gpu.recorder();
         let p = self.span_pass(s, &acts);
@@ -187,7 +187,7 @@ impl TextModel {
         if n == 0 {
             return Ok(Vec::new());
         }
-        b.reserve(gpu, self, n)?;
+        b.reserve(gpu, &self.cfg, n)?;
         for (g, (group, ids)) in states
             .chunks(GEMV_BATCH)
             .zip(tokens.chunks(GEMV_BATCH))
@@ -297,9 +297,9 @@ impl TextModel {
     ) -> Result<Vec<f32>> {
         self.check_ids(ids)?;
         let t = ids.len();
-        let mut s = DecoderState::new(gpu, self, t)?;
+        let mut s = DecoderState::new(gpu, &self.cfg, t)?;
         s.prefix_len = prefix_len;
-        let acts = Activations::new(gpu, self, t)?;
+        let acts = Activations::new(gpu, &self.cfg, t)?;
         let id_buffer = gpu.storage_init("ids", bytemuck::cast_slice(ids))?;
         let mut rec = gpu.recorder();
         let p = self.span_pass(&s, &acts);

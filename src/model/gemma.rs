@@ -7,7 +7,7 @@
 //! ```
 //!
 //! The bracketed norms are Gemma 2's; Gemma adds each branch straight into x inside its last
-//! projection. The pass these layers run in (its rows, activations and caches) is `super::pass`, the layer loop `super::decoder`.
+//! projection. The pass these layers run in (its rows, activations and caches) is `pass.rs`; the layer loop, `decoder.rs`.
 
 use super::Loader;
 use super::config::{Decoder, TextConfig};

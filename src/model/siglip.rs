@@ -33,7 +33,7 @@ pub struct VisionTower {
 }
 
 /// The tower's activations for one image, `[N, D]` each (`[N, I]` for the MLP).
-struct Scratch {
+struct VisionActivations {
     x: wgpu::Buffer, // residual stream
     h: wgpu::Buffer, // normed
     q: wgpu::Buffer,
@@ -64,7 +64,7 @@ impl VisionConfig {
 
 impl VisionLayer {
     /// x = x + out_proj(attention(layer_norm1(x))), then x = x + fc2(gelu(fc1(layer_norm2(x)))).
-    fn forward(&self, rec: &mut Recorder, cfg: &VisionConfig, s: &Scratch) -> Result<()> {
+    fn forward(&self, rec: &mut Recorder, cfg: &VisionConfig, s: &VisionActivations) -> Result<()> {
         let (n, d, i) = (cfg.num_patches(), cfg.hidden_size, cfg.intermediate_size);
         let rows = |b| View::new(b, n, d);
         let (x, h, a) = (rows(&s.x), rows(&s.h), rows(&s.a));
@@ -137,7 +137,7 @@ impl VisionTower {
             )));
         }
         let f = |label: &str, len: usize| gpu.storage(label, len as u64 * 4);
-        let s = Scratch {
+        let s = VisionActivations {
             x: f("vision x", n * d)?,
             h: f("vision h", n * d)?,
             q: f("vision q", n * d)?,

@@ -2,7 +2,7 @@
 //! ([`DecoderState`]: KV cache, position, last logits), and the activations a forward pass works
 //! in ([`Activations`], inside a [`DecodeScratch`] for decode steps or made for one prefill).
 
-use super::gemma::TextModel;
+use super::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{DispatchCache, Gpu};
 use crate::ops::View;
@@ -35,8 +35,7 @@ static NEXT_STATE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 
 impl DecoderState {
     /// An empty state able to hold `capacity` positions of `model`.
-    pub(crate) fn new(gpu: &Gpu, model: &TextModel, capacity: usize) -> Result<DecoderState> {
-        let c = &model.cfg;
+    pub(crate) fn new(gpu: &Gpu, c: &TextConfig, capacity: usize) -> Result<DecoderState> {
         if capacity > c.max_position_embeddings {
             return Err(Error::invalid(format!(
                 "{capacity} positions exceed the model's max_position_embeddings {}",
@@ -119,8 +118,7 @@ pub(crate) struct Activations {
 }
 
 impl Activations {
-    pub fn new(gpu: &Gpu, m: &TextModel, rows: usize) -> Result<Activations> {
-        let c = &m.cfg;
+    pub fn new(gpu: &Gpu, c: &TextConfig, rows: usize) -> Result<Activations> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let qd = c.num_attention_heads * c.head_dim;
         let mlp_rows = ((gpu.max_binding_bytes() / (i as u64 * 4)) as usize).clamp(1, rows);
@@ -176,8 +174,7 @@ pub struct DecodeScratch {
 }
 
 impl DecodeScratch {
-    pub(crate) fn new(gpu: &Gpu, m: &TextModel) -> Result<DecodeScratch> {
-        let c = &m.cfg;
+    pub(crate) fn new(gpu: &Gpu, c: &TextConfig) -> Result<DecodeScratch> {
         let kv = (GEMV_BATCH * c.num_key_value_heads * c.head_dim * 4) as u64;
         let u32s = |label: &str| gpu.storage(label, (GEMV_BATCH * 4) as u64);
         Ok(DecodeScratch {
@@ -215,16 +212,16 @@ impl DecodeScratch {
 
     /// Makes room for a step of `n` states: activations for `min(n, GEMV_BATCH)` rows and a
     /// token slot per state.
-    pub(crate) fn reserve(&mut self, gpu: &Gpu, m: &TextModel, n: usize) -> Result<()> {
+    pub(crate) fn reserve(&mut self, gpu: &Gpu, c: &TextConfig, n: usize) -> Result<()> {
         let rows = n.min(GEMV_BATCH);
         if self.activations.as_ref().is_none_or(|a| a.rows < rows) {
             // Grown to a power of two so a batch that fills up regrows a few times only.
             let rows = rows.next_power_of_two().min(GEMV_BATCH);
-            self.activations = Some(Activations::new(gpu, m, rows)?);
+            self.activations = Some(Activations::new(gpu, c, rows)?);
             self.release(); // the cached bind groups name the old buffers
         }
         if n > 1 && self.logits.is_none() {
-            let bytes = (GEMV_BATCH * m.cfg.vocab_size * 4) as u64;
+            let bytes = (GEMV_BATCH * c.vocab_size * 4) as u64;
             self.logits = Some(gpu.storage("step logits", bytes)?);
         }
         if self.tokens.size() < (n * 4) as u64 {

@@ -56,6 +56,14 @@ pub(super) fn norm_cases(v: &mut Vec<KernelCase>) {
 }
 
 pub(super) fn elementwise_cases(v: &mut Vec<KernelCase>) {
+    activation_cases(v);
+    add_cases(v);
+    softmax_cases(v);
+    argmax_cases(v);
+}
+
+/// GELU, gated GELU and the soft-cap, from one element to SigLIP's fc1 output at 224px.
+fn activation_cases(v: &mut Vec<KernelCase>) {
     for n in [1usize, 7, 1000, 256 * 4304] {
         // Saturated arguments must not overflow to NaN.
         let input = move |io: &mut Io| {
@@ -114,6 +122,9 @@ pub(super) fn elementwise_cases(v: &mut Vec<KernelCase>) {
             },
         )));
     }
+}
+
+fn add_cases(v: &mut Vec<KernelCase>) {
     for n in [1usize, 257, 1_000_003] {
         v.push(KernelCase::new(
             "add",
@@ -131,6 +142,10 @@ pub(super) fn elementwise_cases(v: &mut Vec<KernelCase>) {
             },
         ));
     }
+}
+
+/// Awkward shapes, the vocabulary, and temperature 0 refused.
+fn softmax_cases(v: &mut Vec<KernelCase>) {
     for (rows, n, t) in [
         (1, 1, 1.0),
         (3, 7, 0.7),
@@ -159,6 +174,10 @@ pub(super) fn elementwise_cases(v: &mut Vec<KernelCase>) {
             _ => case,
         });
     }
+}
+
+/// One value, ties (the first wins), the vocabulary's last id, negatives.
+fn argmax_cases(v: &mut Vec<KernelCase>) {
     let argmax_cases: [(&str, usize); 5] = [
         ("one", 1),
         ("ties", 300),

@@ -108,8 +108,14 @@ pub(super) fn linear_cases(v: &mut Vec<KernelCase>) {
             }
         }
     }
-    // SigLIP fc1 at 224px (256 tokens, 1152 -> 4304); Gemma's MLP rows (decode) in 16, 8 and 4
-    // bits, alone and for a batch of 16 sequences; a 261-row prefill projection in 4 bits.
+    real_linear_cases(v);
+    matmul_coop_cases(v);
+    gemv_gated_cases(v);
+}
+
+/// SigLIP fc1 at 224px (256 tokens, 1152 -> 4304); Gemma's MLP rows (decode) in 16, 8 and 4
+/// bits, alone and for a batch of 16 sequences; a 261-row prefill projection in 4 bits.
+fn real_linear_cases(v: &mut Vec<KernelCase>) {
     for (m, n, k, format) in [
         (256, 4304, 1152, WeightFormat::F32),
         (1, 16384, 2048, WeightFormat::Bf16),
@@ -129,9 +135,12 @@ pub(super) fn linear_cases(v: &mut Vec<KernelCase>) {
             true,
         ));
     }
-    // matmul_coop (tensor cores; run where the device has them): awkward shapes in every
-    // format it serves (not f32), then SigLIP's fc1 and fc2 at 224px and a 261-row prefill
-    // projection in 4 bits.
+}
+
+/// matmul_coop (tensor cores; run where the device has them): awkward shapes in every format it
+/// serves (not f32), then SigLIP's fc1 and fc2 at 224px and a 261-row prefill projection in 4
+/// bits.
+fn matmul_coop_cases(v: &mut Vec<KernelCase>) {
     for (m, n, k) in [
         (1, 1, 1),
         (3, 7, 5),
@@ -173,8 +182,11 @@ pub(super) fn linear_cases(v: &mut Vec<KernelCase>) {
             true,
         ));
     }
-    // The gated decode MLP: awkward sizes and batches, then Gemma's 16384 x 2048 for one
-    // sequence and for a batch of 8.
+}
+
+/// The gated decode MLP: awkward sizes and batches, then Gemma's 16384 x 2048 for one sequence
+/// and for a batch of 8; weights the fused kernel cannot combine are refused.
+fn gemv_gated_cases(v: &mut Vec<KernelCase>) {
     for (m, n, k) in [
         (1, 1, 8),
         (3, 13, 24),
@@ -188,40 +200,7 @@ pub(super) fn linear_cases(v: &mut Vec<KernelCase>) {
             if n == 16384 && m > 1 && format != WeightFormat::Bf16 {
                 continue;
             }
-            let case = KernelCase::new(
-                "linear",
-                format!("gemv_gated {format:?} m={m} {n}x{k}"),
-                TOL,
-                move |io| {
-                    let (wg, wu) = (io.rand(n * k, 0.1), io.rand(n * k, 0.1));
-                    // x rows at offset 2 and stride k + 1, y rows at 3 and n + 2.
-                    let (x, y0) = (io.rand(2 + m * (k + 1), 1.0), io.rand(3 + m * (n + 2), 1.0));
-                    let gate = Weight::from_f32(io.gpu, "gate", &wg, format, n, k)?;
-                    let up = Weight::from_f32(io.gpu, "up", &wu, format, n, k)?;
-                    io.bytes += gate.bytes() + up.bytes();
-                    let (xb, yb) = (io.upload(&x)?, io.upload(&y0)?);
-                    prepared(
-                        yb.clone(),
-                        y0.len(),
-                        move |rec| {
-                            gemv_gated(
-                                rec,
-                                placed(&xb, m, k, 2, k + 1),
-                                &gate,
-                                &up,
-                                placed(&yb, m, n, 3, n + 2),
-                            )
-                        },
-                        move || {
-                            let xr = gather_rows(&x, m, k, 2, k + 1);
-                            let g = linear_ref(&xr, &format.round_trip(&wg), None, m, n, k);
-                            let u = linear_ref(&xr, &format.round_trip(&wu), None, m, n, k);
-                            let r = gelu_tanh_gated_ref(&g, &u);
-                            scatter(&y0, &r, n, 3, n + 2, |_, new| new)
-                        },
-                    )
-                },
-            );
+            let case = gemv_gated_case(m, n, k, format);
             v.push(if n == 16384 { case.real() } else { case });
         }
     }
@@ -239,6 +218,34 @@ pub(super) fn linear_cases(v: &mut Vec<KernelCase>) {
         })
         .refused("16 bytes"),
     );
+}
+
+fn gemv_gated_case(m: usize, n: usize, k: usize, format: WeightFormat) -> KernelCase {
+    let name = format!("gemv_gated {format:?} m={m} {n}x{k}");
+    KernelCase::new("linear", name, TOL, move |io| {
+        let (wg, wu) = (io.rand(n * k, 0.1), io.rand(n * k, 0.1));
+        // x rows at offset 2 and stride k + 1, y rows at 3 and n + 2.
+        let (x, y0) = (io.rand(2 + m * (k + 1), 1.0), io.rand(3 + m * (n + 2), 1.0));
+        let gate = Weight::from_f32(io.gpu, "gate", &wg, format, n, k)?;
+        let up = Weight::from_f32(io.gpu, "up", &wu, format, n, k)?;
+        io.bytes += gate.bytes() + up.bytes();
+        let (xb, yb) = (io.upload(&x)?, io.upload(&y0)?);
+        prepared(
+            yb.clone(),
+            y0.len(),
+            move |rec| {
+                let (x, y) = (placed(&xb, m, k, 2, k + 1), placed(&yb, m, n, 3, n + 2));
+                gemv_gated(rec, x, &gate, &up, y)
+            },
+            move || {
+                let xr = gather_rows(&x, m, k, 2, k + 1);
+                let g = linear_ref(&xr, &format.round_trip(&wg), None, m, n, k);
+                let u = linear_ref(&xr, &format.round_trip(&wu), None, m, n, k);
+                let r = gelu_tanh_gated_ref(&g, &u);
+                scatter(&y0, &r, n, 3, n + 2, |_, new| new)
+            },
+        )
+    })
 }
 
 /// Logits of `rows` rows and the embedding gather of `ids` (and, with `boundaries`, of the ids

@@ -68,42 +68,44 @@ pub(super) fn resize_cases(v: &mut Vec<KernelCase>) {
         (1280, 720, 448, F::Rgba8UnormSrgb, true),
         (800, 600, 896, F::Rgba8Unorm, true),
     ] {
-        let case = KernelCase::new(
-            "resize",
-            format!("preprocess_texture {w}x{h} {format:?} -> {size}"),
-            0.0,
-            move |io| {
-                let rgba: Vec<u8> = io
-                    .rand((w * h * 4) as usize, 1.0)
-                    .iter()
-                    .map(|u| ((u + 1.0) * 127.99) as u8)
-                    .collect();
-                let texture = texture_with(io.gpu, format, (w, h), &rgba);
-                let n = (3 * size * size) as usize;
-                let init = io.rand(n + 5, 1.0);
-                let out = io.upload(&init)?;
-                let o = out.clone();
-                prepared(
-                    out,
-                    init.len(),
-                    move |rec| {
-                        preprocess_texture(rec, &texture, size as usize, placed_pixels(&o, size))
-                    },
-                    move || {
-                        let rgb: Vec<u8> =
-                            rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
-                        let img = image::RgbImage::from_raw(w, h, rgb).expect("w * h pixels");
-                        let px = preprocess(&image::DynamicImage::ImageRgb8(img), size);
-                        let mut want = init;
-                        want[2..2 + n].copy_from_slice(&px);
-                        want
-                    },
-                )
-            },
-        );
+        let case = preprocess_texture_case(w, h, size, format);
         v.push(if real { case.real() } else { case });
     }
-    // Textures the preprocessor cannot read are refused, naming why.
+    refused_texture_cases(v);
+}
+
+/// A random `w` x `h` texture of `format` preprocessed to `size`: the CPU preprocessor's bits.
+fn preprocess_texture_case(w: u32, h: u32, size: u32, format: wgpu::TextureFormat) -> KernelCase {
+    let name = format!("preprocess_texture {w}x{h} {format:?} -> {size}");
+    KernelCase::new("resize", name, 0.0, move |io| {
+        let rgba: Vec<u8> = io
+            .rand((w * h * 4) as usize, 1.0)
+            .iter()
+            .map(|u| ((u + 1.0) * 127.99) as u8)
+            .collect();
+        let texture = texture_with(io.gpu, format, (w, h), &rgba);
+        let n = (3 * size * size) as usize;
+        let init = io.rand(n + 5, 1.0);
+        let out = io.upload(&init)?;
+        let o = out.clone();
+        prepared(
+            out,
+            init.len(),
+            move |rec| preprocess_texture(rec, &texture, size as usize, placed_pixels(&o, size)),
+            move || {
+                let rgb: Vec<u8> = rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+                let img = image::RgbImage::from_raw(w, h, rgb).expect("w * h pixels");
+                let px = preprocess(&image::DynamicImage::ImageRgb8(img), size);
+                let mut want = init;
+                want[2..2 + n].copy_from_slice(&px);
+                want
+            },
+        )
+    })
+}
+
+/// Textures the preprocessor cannot read are refused, naming why.
+fn refused_texture_cases(v: &mut Vec<KernelCase>) {
     for (format, usage, why) in [
         (
             wgpu::TextureFormat::Rgba16Float,
