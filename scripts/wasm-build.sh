@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the JS package for the browser and Node (`web/pkg/`): the library for
-# wasm32-unknown-unknown with the `web` feature (src/web.rs), through Debian's rustc-web as
-# ../shared/docs/browser.md describes, then wasm-bindgen's glue for `--target web` (pages) and
+# wasm32-unknown-unknown with the `web` feature (src/web.rs), through Debian's rustc-web (its
+# wasm32 std built from source; docs/BROWSER.md has why, and the commands for a rustup wasm32
+# target instead), then wasm-bindgen's glue for `--target web` (pages) and
 # `--target nodejs` (web/pkg-node/, the Node + Dawn test). The bindgen CLI is installed once at
 # exactly the version in Cargo.lock (2.5 minutes, once). The profile is `release` (4 minutes
 # from clean on 2 cores, a 5 MB .wasm) unless WASM_PROFILE says otherwise (the tests use

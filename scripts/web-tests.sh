@@ -4,7 +4,7 @@
 # Node on Dawn (npm `webgpu`, on Mesa 25's lavapipe) and in the demo page in headless Chromium
 # (its SwiftShader); both must give the native ids and text. Screenshots of the page go to
 # target/web-tests/shots/. Needs Debian's rustc-web, node/npm and chromium (installed when
-# missing). `SKIP_CHROMIUM=1` runs Node only.
+# missing). `SKIP_CHROMIUM=1` runs Node only. docs/BROWSER.md describes each step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/web-tests

@@ -189,3 +189,43 @@ fn draw_puts_an_answer_on_the_picture() {
     assert_eq!(drawn.get_pixel(5, 5), scene.get_pixel(5, 5));
     let _ = std::fs::remove_file(out);
 }
+
+#[test]
+fn draw_says_why_nothing_was_drawn() {
+    let out = std::env::temp_dir().join(format!(
+        "paligemma-cli-draw-none-{}.png",
+        std::process::id()
+    ));
+    let scene = common::repo_root().join("docs/examples/scene.png");
+    let draw = |answer: &str| {
+        run(&[
+            "draw",
+            "--image",
+            scene.to_str().unwrap(),
+            "--answer",
+            answer,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    // Inverted in y, in x, a zero-height box, and a short run: all skipped, each kind named.
+    let (ok, stdout, stderr) = draw(
+        "<loc0700><loc0100><loc0650><loc0400> cat ; <loc0100><loc0700><loc0650><loc0400> dog ; \
+         <loc0300><loc0100><loc0300><loc0400> line ; <loc0012> x",
+    );
+    assert!(ok, "stderr: {stderr}");
+    assert!(
+        stdout.contains("0 objects (4 malformed groups skipped)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("4 malformed groups skipped, nothing to draw")
+            && stderr.contains("3 inverted or empty")
+            && stderr.contains("1 short"),
+        "{stderr}"
+    );
+    // No group at all: said too.
+    let (ok, _, stderr) = draw("a cat on a mat");
+    assert!(ok && stderr.contains("no <loc> group"), "{stderr}");
+    let _ = std::fs::remove_file(out);
+}

@@ -312,6 +312,20 @@ fn draw_answer(
         None => None,
     };
     let (answer, masks) = objects(text, &image, decoder.as_ref())?;
+    if answer.skipped > 0 {
+        let nothing = if answer.detections.is_empty() {
+            ", nothing to draw"
+        } else {
+            ""
+        };
+        eprintln!(
+            "warning: {} malformed groups skipped{nothing}: {}",
+            answer.skipped,
+            answer.malformed_summary()
+        );
+    } else if answer.detections.is_empty() {
+        eprintln!("warning: the answer has no <loc> group, nothing to draw");
+    }
     save_drawing(&image, &answer, &masks, out)?;
     if json {
         let objects = objects_json(&answer, &masks);
