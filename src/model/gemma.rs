@@ -1,5 +1,6 @@
 //! The Gemma (PaliGemma) and Gemma 2 (PaliGemma 2) decoder: each layer an attention block and an
-//! MLP block around the residual stream, as `docs/paligemma.md` writes them:
+//! MLP block around the residual stream, as transformers' `GemmaDecoderLayer` and
+//! `Gemma2DecoderLayer` compute them:
 //!
 //! ```text
 //! x = x + [post_norm](o_proj(attention(rope(q_proj(norm(x))), rope(k_proj(norm(x))), v_proj(norm(x)))))

@@ -1,5 +1,5 @@
 //! PaliGemma's parts as typed structs of GPU buffers, each with `load` (shapes checked against
-//! the config) and a forward pass that reads like `docs/paligemma.md`.
+//! the config) and a forward pass that reads like the math it computes (transformers' modules).
 
 pub(crate) mod checkpoint;
 pub mod config;
@@ -19,7 +19,10 @@ use crate::ops::norm::{LayerNorm, RmsNorm};
 use crate::ops::{ChunkedTable, HostWeight, Weight, WeightFormat};
 use checkpoint::Checkpoint;
 
-/// How weights are kept on the GPU. Activations and reductions are f32 either way.
+/// How a model's weights are kept on the GPU: the user's one choice for the whole model
+/// (`--precision`). Each matrix then gets a [`WeightFormat`], the storage its kernels read,
+/// from the precision, where it is in the model and how the checkpoint stores it
+/// ([`format_for`](Self::format_for)). Activations and reductions are f32 either way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     /// Every weight widened to f32: for verification against the reference.

@@ -20,7 +20,8 @@ use crate::gpu::Gpu;
 /// Weights per quantization block (along the input dimension).
 pub const BLOCK: usize = 32;
 
-/// How a weight matrix is stored on the GPU (the `W_DTYPE` override in weight_format.wgsl).
+/// How one weight matrix is stored on the GPU (the `W_DTYPE` override in weight_format.wgsl):
+/// what its kernels read. A model's [`Precision`](crate::Precision) chooses it per matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightFormat {
     F32,

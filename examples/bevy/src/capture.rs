@@ -44,7 +44,8 @@ pub enum Reply {
     },
     Done {
         id: usize,
-        result: paligemma::Result<Generation>,
+        /// The answer, or why there is none.
+        result: Result<Generation, String>,
     },
 }
 
