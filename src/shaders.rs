@@ -1,5 +1,6 @@
 //! The WGSL sources, embedded at compile time: one file per kernel family in `shaders/`, each
-//! registered by its op module (`ops::linear::SHADER` for `shaders/linear.wgsl`).
+//! registered by its op module (`ops::linear::SHADER` for `shaders/linear.wgsl`; the list of
+//! all of them is `ops::SHADERS`).
 //!
 //! WGSL has no includes, so the preludes a family uses are prepended to it, and no way to share
 //! a constant with the host, so every size both sides depend on (workgroup sizes, tiles, rows
@@ -15,12 +16,16 @@ pub(crate) const PRELUDES: &[&str] = &["grid", "reduce", "weight_format", "math"
 
 /// One kernel family's WGSL and the host constants it is compiled with.
 #[derive(Debug)]
-pub(crate) struct Shader {
+pub struct Shader {
     pub name: &'static str,
     /// The preludes it uses, then `shaders/<name>.wgsl`, as written.
     pub body: &'static str,
     /// `(NAME, value)` pairs defined by the host and emitted as WGSL constants.
     pub constants: &'static [(&'static str, u32)],
+    /// The device features the shader needs (empty for all but the optional paths): declared
+    /// here so a pipeline is refused with their names on a device without them, and so the
+    /// naga tests validate the shader with exactly the capabilities they grant.
+    pub features: wgpu::Features,
 }
 
 impl Shader {
@@ -47,9 +52,13 @@ impl Shader {
     }
 }
 
-/// A [`Shader`] from `shaders/<name>.wgsl`, the listed preludes and constants.
+/// A [`Shader`] from `shaders/<name>.wgsl`, the listed preludes and constants, and the device
+/// features it needs (none unless given).
 macro_rules! shader {
     ($name:literal, [$($prelude:literal),*], $constants:expr) => {
+        $crate::shaders::shader!($name, [$($prelude),*], $constants, wgpu::Features::empty())
+    };
+    ($name:literal, [$($prelude:literal),*], $constants:expr, $features:expr) => {
         $crate::shaders::Shader {
             name: $name,
             body: concat!(
@@ -57,27 +66,8 @@ macro_rules! shader {
                 include_str!(concat!("../../shaders/", $name, ".wgsl"))
             ),
             constants: $constants,
+            features: $features,
         }
     };
 }
 pub(crate) use shader;
-
-/// Every shader, for the portability test that translates each one to SPIR-V, MSL, HLSL, GLSL.
-pub(crate) const ALL: &[&Shader] = {
-    use crate::ops::*;
-    &[
-        &activation::SHADER,
-        &add::SHADER,
-        &argmax::SHADER,
-        &attention::SHADER,
-        &conv::SHADER,
-        &gather::SHADER,
-        &linear::SHADER,
-        &matmul_coop::SHADER,
-        &norm::SHADER,
-        &patch_embed::SHADER,
-        &resize::SHADER,
-        &rope::SHADER,
-        &softmax::SHADER,
-    ]
-};

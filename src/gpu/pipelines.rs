@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use super::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::shaders::Shader;
 
 /// One entry point of one shader with its pipeline-overridable constants: what a compute
@@ -71,6 +71,13 @@ impl Gpu {
             return Ok(p.clone());
         }
         let name = kernel.name();
+        let missing = kernel.shader.features - self.features();
+        if !missing.is_empty() {
+            return Err(Error::invalid(format!(
+                "{name} needs the device features {missing:?}, which {} lacks",
+                self.adapter_name()
+            )));
+        }
         let pipeline = self.scoped(&format!("building pipeline {name}"), || {
             let mut cache = lock.write().expect("pipeline cache");
             let module = cache

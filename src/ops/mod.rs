@@ -11,6 +11,7 @@ pub mod add;
 pub mod argmax;
 pub mod attention;
 pub mod conv;
+mod device;
 pub mod gather;
 pub mod linear;
 pub mod matmul_coop;
@@ -25,6 +26,24 @@ pub use weights::{ChunkedTable, HostWeight, Weight, WeightFormat};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::shaders::Shader;
+
+/// Every shader: the naga test translates each one to every backend (`tests/portability.rs`).
+pub(crate) const SHADERS: &[&Shader] = &[
+    &activation::SHADER,
+    &add::SHADER,
+    &argmax::SHADER,
+    &attention::SHADER,
+    &conv::SHADER,
+    &gather::SHADER,
+    &linear::SHADER,
+    &matmul_coop::SHADER,
+    &norm::SHADER,
+    &patch_embed::SHADER,
+    &resize::SHADER,
+    &rope::SHADER,
+    &softmax::SHADER,
+];
 
 /// `rows` rows of `width` f32 values inside a buffer, row r starting at element
 /// `offset + r * stride`: an operand of an op. Lets kernels read or write a slice of a larger

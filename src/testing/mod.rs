@@ -221,12 +221,16 @@ pub fn compare(
     ))
 }
 
+pub use crate::shaders::Shader;
+
 /// Every shader's name and complete WGSL source, for the naga portability test.
 pub fn shader_sources() -> Vec<(&'static str, String)> {
-    crate::shaders::ALL
-        .iter()
-        .map(|s| (s.name, s.source()))
-        .collect()
+    shaders().iter().map(|s| (s.name, s.source())).collect()
+}
+
+/// Every shader, with the device features it declares.
+pub fn shaders() -> &'static [&'static Shader] {
+    crate::ops::SHADERS
 }
 
 /// The names of the preludes (WGSL files without entry points).
