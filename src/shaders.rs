@@ -1,6 +1,7 @@
 //! The WGSL sources, embedded at compile time: one file per kernel family in `shaders/`, each
 //! registered by its op module (`ops::linear::SHADER` for `shaders/linear.wgsl`; the list of
-//! all of them is `ops::SHADERS`).
+//! all of them is `ops::KERNELS`), and the host's declaration of each entry point's interface
+//! ([`Entry`]), which `tests/interfaces.rs` checks against the WGSL.
 //!
 //! WGSL has no includes, so the preludes a family uses are prepended to it, and no way to share
 //! a constant with the host, so every size both sides depend on (workgroup sizes, tiles, rows
@@ -8,6 +9,8 @@
 //! `const NAME: u32 = V;`. The shader files use the names and never restate the values.
 
 use std::fmt::Write;
+
+use crate::error::{Error, Result};
 
 /// Preludes (no entry points of their own): `grid` (flat workgroup indices), `reduce` (tree
 /// reductions in workgroup memory), `weight_format` (f32/f16/bf16 weights from u32 words),
@@ -71,3 +74,100 @@ macro_rules! shader {
     };
 }
 pub(crate) use shader;
+
+/// One entry point of a [`Shader`] and its interface, declared once by its op module: the size
+/// of the `Params` struct at `@binding(0)` and the storage buffers after it, in the order a
+/// dispatch passes them. `Recorder::dispatch` (`gpu/recorder.rs`) binds buffers
+/// by position in this list (so a call site cannot mistype an index) and refuses a wrong count
+/// or params size; `tests/interfaces.rs` checks every declaration against what naga finds in
+/// the WGSL (indices, address spaces, access, element types, the params size, and that every
+/// entry point is declared).
+#[derive(Debug)]
+pub struct Entry {
+    pub shader: &'static Shader,
+    /// The `@compute fn`'s name.
+    pub name: &'static str,
+    /// Bytes of the host's `Params` (`size_of`), which must be the WGSL struct's size.
+    pub params: usize,
+    /// The storage bindings the entry point uses, in ascending `@binding` order.
+    pub bindings: &'static [Binding],
+}
+
+/// A storage buffer at `@group(0) @binding(index)`: `var<storage, access> name: array<elem>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub index: u32,
+    /// The WGSL variable's name, also what errors call the operand.
+    pub name: &'static str,
+    pub access: Access,
+    pub elem: Elem,
+}
+
+/// How a storage buffer is declared in WGSL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// What a storage buffer's WGSL array holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    U32,
+    I32,
+    /// `vec4<u32>`: weights read 16 bytes at a time.
+    U32x4,
+}
+
+impl Binding {
+    /// `var<storage, read> name: array<elem>` at `@binding(index)`.
+    pub const fn read(index: u32, name: &'static str, elem: Elem) -> Binding {
+        Binding {
+            index,
+            name,
+            access: Access::Read,
+            elem,
+        }
+    }
+
+    /// `var<storage, read_write> name: array<elem>` at `@binding(index)`.
+    pub const fn read_write(index: u32, name: &'static str, elem: Elem) -> Binding {
+        Binding {
+            index,
+            name,
+            access: Access::ReadWrite,
+            elem,
+        }
+    }
+}
+
+impl Entry {
+    /// `shader::entry`: the entry point's name in errors and profiles.
+    pub fn qualified_name(&self) -> String {
+        format!("{}::{}", self.shader.name, self.name)
+    }
+
+    /// Checks a dispatch against the declaration: `params` bytes of parameters and `buffers`
+    /// storage buffers. A mismatch is a bug of the calling op, reported as an error rather
+    /// than left to wgpu (which would name a bind group, not the operand).
+    pub(crate) fn check(&self, params: usize, buffers: usize) -> Result<()> {
+        if params != self.params {
+            return Err(Error::invalid(format!(
+                "{} takes {} bytes of parameters, the dispatch passed {params}",
+                self.qualified_name(),
+                self.params
+            )));
+        }
+        if buffers != self.bindings.len() {
+            let names: Vec<&str> = self.bindings.iter().map(|b| b.name).collect();
+            return Err(Error::invalid(format!(
+                "{} takes {} buffers ({}), the dispatch passed {buffers}",
+                self.qualified_name(),
+                names.len(),
+                names.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}

@@ -141,9 +141,9 @@ fn metal_dx12_gl(
 
 #[test]
 fn every_shader_translates_to_every_backend() {
-    let failures: Vec<String> = paligemma::testing::shaders()
+    let failures: Vec<String> = paligemma::testing::kernels()
         .iter()
-        .flat_map(|shader| translate(shader))
+        .flat_map(|(shader, _)| translate(shader))
         .collect();
     assert!(
         failures.is_empty(),
@@ -169,7 +169,7 @@ fn every_shader_file_is_registered() {
                 || paligemma::testing::shader_sources()
                     .iter()
                     .any(|(s, _)| *s == stem),
-            "shaders/{name} is not in ops::SHADERS, so no test translates it"
+            "shaders/{name} is not in ops::KERNELS, so no test translates it"
         );
     }
 }

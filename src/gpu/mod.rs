@@ -3,7 +3,7 @@
 //!   limits, and error scopes that turn wgpu errors into [`Error`] values;
 //! - `adapter`: choosing an adapter, and the [`Requirement`] of an optional kernel path;
 //! - [`buffers`]: allocation, upload, read-back;
-//! - [`pipelines`]: a [`Kernel`] (shader, entry point, override constants) built once;
+//! - [`pipelines`]: a [`Kernel`] (a declared entry point, override constants) built once;
 //! - [`recorder`]: a [`Recorder`] batching dispatches into one submission, and the
 //!   [`DispatchCache`] that makes a repeated submission (a decode step) create no GPU objects;
 //! - [`profile`]: GPU timestamps per submission or per kernel.
@@ -15,8 +15,9 @@
 //! read-backs wait, and everything between them records and submits without waiting.
 //!
 //! The runtime knows no kernel: it imports nothing from `ops` or `model`. What a kernel needs
-//! of it comes in as data: each shader's device features, and the optional path's
-//! [`Requirement`], which the public constructors in `ops/device.rs` pass to [`Gpu::create`].
+//! of it comes in as data: each entry point's interface ([`Entry`](crate::shaders::Entry)),
+//! each shader's device features, and the optional path's [`Requirement`], which the public
+//! constructors in `ops/device.rs` pass to [`Gpu::create`].
 
 mod adapter;
 pub mod buffers;
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::error::{Error, Result};
 pub(crate) use adapter::Requirement;
 pub(crate) use pipelines::Kernel;
-pub(crate) use recorder::{Bind, DispatchCache, Recorder, bind};
+pub(crate) use recorder::{DispatchCache, Recorder};
 
 /// How [`Gpu::new`] picks an adapter. Fields left `None` fall back to the environment
 /// variables wgpu users know (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`), then to

@@ -2,8 +2,8 @@
 //! cache; bidirectional prefix then causal; optional soft-capping and sliding window (Gemma 2).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, Recorder, bind};
-use crate::shaders::{Shader, shader};
+use crate::gpu::Recorder;
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations per workgroup of the per-row and split kernels (one key per invocation per tile).
 pub const WG: u32 = 64;
@@ -28,8 +28,8 @@ pub(crate) const SHADER: Shader = shader!(
     ]
 );
 
-/// The attention problem; mirrors `Params` in attention.wgsl field for field. All offsets and
-/// strides are in f32 elements.
+/// The attention problem; mirrors `Params` in attention.wgsl field for field (the size is
+/// checked against it by `tests/interfaces.rs`). All offsets and strides are in f32 elements.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct AttentionParams {
@@ -63,7 +63,6 @@ pub struct AttentionParams {
     /// Where output row 0 starts in `out`.
     pub o_offset: u32,
 }
-const _: () = assert!(std::mem::size_of::<AttentionParams>() == 64);
 
 impl AttentionParams {
     /// `q_rows` queries at cache positions `q_pos0..` over keys `0..kv_len`, with `n_heads`
@@ -126,6 +125,52 @@ impl AttentionParams {
     }
 }
 
+const Q: Binding = Binding::read(1, "q", Elem::F32);
+const K: Binding = Binding::read(2, "k", Elem::F32);
+const V: Binding = Binding::read(3, "v", Elem::F32);
+const OUT: Binding = Binding::read_write(4, "out", Elem::F32);
+/// The split path's per-chunk results.
+const PARTIAL: Binding = Binding::read_write(5, "partial", Elem::F32);
+
+/// One workgroup per (row, head).
+pub(crate) const ATTENTION: Entry = Entry {
+    shader: &SHADER,
+    name: "attention",
+    params: size_of::<AttentionParams>(),
+    bindings: &[Q, K, V, OUT],
+};
+
+/// One workgroup per (block of rows, head).
+pub(crate) const ATTENTION_BLOCKED: Entry = Entry {
+    shader: &SHADER,
+    name: "attention_blocked",
+    params: size_of::<AttentionParams>(),
+    bindings: &[Q, K, V, OUT],
+};
+
+/// One workgroup per (head, chunk of keys), into `partial`.
+pub(crate) const ATTENTION_SPLIT: Entry = Entry {
+    shader: &SHADER,
+    name: "attention_split",
+    params: size_of::<AttentionParams>(),
+    bindings: &[Q, K, V, PARTIAL],
+};
+
+/// One workgroup per head, merging the chunks into `out`.
+pub(crate) const ATTENTION_SPLIT_COMBINE: Entry = Entry {
+    shader: &SHADER,
+    name: "attention_split_combine",
+    params: size_of::<AttentionParams>(),
+    bindings: &[OUT, PARTIAL],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[
+    &ATTENTION,
+    &ATTENTION_BLOCKED,
+    &ATTENTION_SPLIT,
+    &ATTENTION_SPLIT_COMBINE,
+];
+
 /// Which entry points compute attention.
 #[derive(Clone, Copy, Debug)]
 pub enum AttentionKernel<'a> {
@@ -163,15 +208,14 @@ pub fn attention(
 ) -> Result<()> {
     p.check()?;
     let gpu = rec.gpu().clone();
-    let binds = vec![bind(1, q), bind(2, k), bind(3, v), bind(4, out)];
     match kernel {
         AttentionKernel::PerRow => {
             let groups = gpu.grid(p.q_rows * p.n_heads);
-            rec.dispatch(Kernel::new(&SHADER, "attention"), p, binds, groups)
+            rec.dispatch(&ATTENTION, p, &[q, k, v, out], groups)
         }
         AttentionKernel::Blocked => {
             let groups = gpu.grid(p.q_rows.div_ceil(BLOCK_ROWS) * p.n_heads);
-            rec.dispatch(Kernel::new(&SHADER, "attention_blocked"), p, binds, groups)
+            rec.dispatch(&ATTENTION_BLOCKED, p, &[q, k, v, out], groups)
         }
         AttentionKernel::Split { partial } => {
             if p.q_rows != 1 {
@@ -194,12 +238,10 @@ pub fn attention(
                 chunk: chunk as u32,
                 ..*p
             };
-            let binds = vec![bind(1, q), bind(2, k), bind(3, v), bind(5, partial)];
             let groups = gpu.grid((heads * n_chunks) as u32);
-            rec.dispatch(Kernel::new(&SHADER, "attention_split"), &p, binds, groups)?;
-            let binds = vec![bind(4, out), bind(5, partial)];
-            let combine = Kernel::new(&SHADER, "attention_split_combine");
-            rec.dispatch(combine, &p, binds, [heads as u32, 1, 1])
+            rec.dispatch(&ATTENTION_SPLIT, &p, &[q, k, v, partial], groups)?;
+            let combine = &ATTENTION_SPLIT_COMBINE;
+            rec.dispatch(combine, &p, &[out, partial], [heads as u32, 1, 1])
         }
     }
 }

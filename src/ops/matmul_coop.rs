@@ -9,8 +9,9 @@
 //! round once more), so outputs are checked within [`TOLERANCE`] x max |reference|, as every
 //! case is, against the usual 2e-5 for f32 arithmetic.
 
+use super::linear;
 use crate::gpu::Requirement;
-use crate::shaders::{Shader, shader};
+use crate::shaders::{Entry, Shader, shader};
 
 /// The block of y one workgroup computes: BM rows by BN features, in 32 x 32 slots of 32
 /// invocations each (2 x 2 accumulators of 16 x 16).
@@ -34,6 +35,17 @@ pub(crate) const SHADER: Shader = shader!(
     &[("BM", BM), ("BN", BN), ("BK", BK), ("COOP_WG", COOP_WG)],
     wgpu::Features::SHADER_F16.union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
 );
+
+/// y = x W^T (+ b) on cooperative matrices: `linear.wgsl`'s `matmul` contract (its params and
+/// bindings, from the `linear_io` prelude).
+pub(crate) const MATMUL_COOP: Entry = Entry {
+    shader: &SHADER,
+    name: "matmul_coop",
+    params: linear::PARAMS,
+    bindings: linear::IO,
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&MATMUL_COOP];
 
 /// What the kernel needs of an adapter, for the runtime (see `ops/device.rs`).
 pub(crate) const REQUIREMENT: Requirement = Requirement {
