@@ -84,15 +84,9 @@ impl SelfAttention {
                 rope_qk(rec, p.q(), k, p.rope, nh, nkv, start + 1)?;
                 let params = c.attention(self.sliding, p.rows, *start, *prefix_len);
                 let kernel = AttentionKernel::for_rows(params.q_rows, partial);
-                attention(
-                    rec,
-                    kernel,
-                    p.q().buffer,
-                    &cache.k,
-                    &cache.v,
-                    p.a().buffer,
-                    &params,
-                )?;
+                let (keys, width) = (start + p.rows, p.kv_width);
+                let (k, v) = (cache.k_rows(0, keys, width), cache.v_rows(0, keys, width));
+                attention(rec, kernel, p.q(), k, v, p.a(), &params)?;
             }
             Rows::Batch {
                 seqs,
@@ -117,24 +111,15 @@ impl SelfAttention {
                     rec.copy(k.buffer, at, &s.cache[li].k, dst, row_bytes);
                     rec.copy(v.buffer, at, &s.cache[li].v, dst, row_bytes);
                 }
-                let qd = p.q().width;
                 for (i, s) in seqs.iter().enumerate() {
-                    let params = AttentionParams {
-                        q_offset: (i * qd) as u32,
-                        o_offset: (i * qd) as u32,
-                        ..c.attention(self.sliding, 1, s.pos, s.prefix_len)
-                    };
+                    let params = c.attention(self.sliding, 1, s.pos, s.prefix_len);
                     let kernel = AttentionKernel::Split { partial: s.partial };
                     let cache = &s.cache[li];
-                    attention(
-                        rec,
-                        kernel,
-                        p.q().buffer,
-                        &cache.k,
-                        &cache.v,
-                        p.a().buffer,
-                        &params,
-                    )?;
+                    let (keys, width) = (s.pos + 1, p.kv_width);
+                    let (k, v) = (cache.k_rows(0, keys, width), cache.v_rows(0, keys, width));
+                    // This sequence's query and output: row i of the batch's.
+                    let (q, out) = (p.q().row(i), p.a().row(i));
+                    attention(rec, kernel, q, k, v, out, &params)?;
                 }
             }
         }
@@ -229,7 +214,7 @@ impl TextConfig {
             },
             scale: self.attention_scale(),
             softcap: self.attn_logit_softcapping.unwrap_or(0.0),
-            ..AttentionParams::packed(nh, nkv, hd, rows, start, start + rows)
+            ..AttentionParams::new(nh, nkv, hd, rows, start, start + rows)
         }
     }
 }
