@@ -2,8 +2,11 @@
 //! 3.1 (GL / WebGL-class devices), for every entry point and weight format. A shader that only
 //! one backend accepts fails here, without a Mac or a Windows machine.
 
+mod common;
+
 use naga::back::PipelineConstants;
-use naga::valid::{Capabilities, ValidationFlags, Validator};
+use naga::valid::{ValidationFlags, Validator};
+use paligemma::testing::Shader;
 
 fn overrides_of(module: &naga::Module) -> Vec<PipelineConstants> {
     let has_dtype = module
@@ -23,23 +26,21 @@ fn overrides_of(module: &naga::Module) -> Vec<PipelineConstants> {
         .collect()
 }
 
-fn translate(name: &str, source: &str) -> Vec<String> {
+fn translate(shader: &Shader) -> Vec<String> {
+    let (name, source) = (shader.name, &shader.source());
     let mut failures = Vec::new();
     let module = match naga::front::wgsl::parse_str(source) {
         Ok(m) => m,
         Err(e) => return vec![format!("{name}: parse: {}", e.emit_to_string(source))],
     };
-    // Only what every backend has. `unpack2x16float` (16-bit weights) is core WGSL; naga names
-    // it SHADER_FLOAT16_IN_FLOAT32, which wgpu grants on Vulkan, Metal, DX12 and GL ES 3.1.
-    // The one exception is the tensor-core matmul (matmul_coop.wgsl), an optional path built
-    // only on devices with cooperative matrices and f16: wgpu 30 offers its 16x16 f16
-    // configuration on Vulkan alone, so it must validate with those capabilities and translate
-    // to SPIR-V.
-    let coop = source.contains("enable wgpu_cooperative_matrix;");
-    let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-    if coop {
-        caps |= Capabilities::COOPERATIVE_MATRIX | Capabilities::SHADER_FLOAT16;
-    }
+    // Only what every backend has, plus what the shader declares it needs. The one shader that
+    // needs anything is the tensor-core matmul (matmul_coop.wgsl), an optional path built only
+    // on devices with cooperative matrices and f16: wgpu 30 offers its 16x16 f16 configuration
+    // on Vulkan alone, so it must validate with those capabilities and translate to SPIR-V.
+    let coop = shader
+        .features
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+    let caps = common::naga_capabilities(shader.features);
     let mut validator = Validator::new(ValidationFlags::all(), caps);
     let info = match validator.validate(&module) {
         Ok(i) => i,
@@ -76,57 +77,73 @@ fn translate(name: &str, source: &str) -> Vec<String> {
             if coop {
                 continue;
             }
-            let msl = naga::back::msl::write_string(
-                &module,
-                &info,
-                &naga::back::msl::Options::default(),
-                &naga::back::msl::PipelineOptions {
-                    entry_point: Some((stage, ep.name.clone())),
-                    ..Default::default()
-                },
+            failures.extend(
+                metal_dx12_gl(&module, &info, ep)
+                    .into_iter()
+                    .map(|e| format!("{what}: {e}")),
             );
-            if let Err(e) = msl {
-                failures.push(format!("{what}: MSL: {e:?}"));
-            }
-            let mut hlsl = String::new();
-            let hlsl_options = naga::back::hlsl::Options::default();
-            let hlsl_pipeline = naga::back::hlsl::PipelineOptions {
-                entry_point: Some((stage, ep.name.clone())),
-            };
-            if let Err(e) = naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline)
-                .write(&module, &info, None)
-            {
-                failures.push(format!("{what}: HLSL: {e:?}"));
-            }
-            let mut glsl = String::new();
-            let glsl_options = naga::back::glsl::Options::default();
-            let glsl_pipeline = naga::back::glsl::PipelineOptions {
-                shader_stage: stage,
-                entry_point: ep.name.clone(),
-                multiview: None,
-            };
-            let result = naga::back::glsl::Writer::new(
-                &mut glsl,
-                &module,
-                &info,
-                &glsl_options,
-                &glsl_pipeline,
-                naga::proc::BoundsCheckPolicies::default(),
-            )
-            .and_then(|mut w| w.write());
-            if let Err(e) = result {
-                failures.push(format!("{what}: GLSL: {e:?}"));
-            }
         }
+    }
+    failures
+}
+
+/// Entry point `ep` of `module` (overrides applied) in MSL, HLSL and GLSL: what fails.
+fn metal_dx12_gl(
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    ep: &naga::EntryPoint,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    let stage = ep.stage;
+    let msl = naga::back::msl::write_string(
+        module,
+        info,
+        &naga::back::msl::Options::default(),
+        &naga::back::msl::PipelineOptions {
+            entry_point: Some((stage, ep.name.clone())),
+            ..Default::default()
+        },
+    );
+    if let Err(e) = msl {
+        failures.push(format!("MSL: {e:?}"));
+    }
+    let mut hlsl = String::new();
+    let hlsl_options = naga::back::hlsl::Options::default();
+    let hlsl_pipeline = naga::back::hlsl::PipelineOptions {
+        entry_point: Some((stage, ep.name.clone())),
+    };
+    if let Err(e) = naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_options, &hlsl_pipeline)
+        .write(module, info, None)
+    {
+        failures.push(format!("HLSL: {e:?}"));
+    }
+    let mut glsl = String::new();
+    let glsl_options = naga::back::glsl::Options::default();
+    let glsl_pipeline = naga::back::glsl::PipelineOptions {
+        shader_stage: stage,
+        entry_point: ep.name.clone(),
+        multiview: None,
+    };
+    let result = naga::back::glsl::Writer::new(
+        &mut glsl,
+        module,
+        info,
+        &glsl_options,
+        &glsl_pipeline,
+        naga::proc::BoundsCheckPolicies::default(),
+    )
+    .and_then(|mut w| w.write());
+    if let Err(e) = result {
+        failures.push(format!("GLSL: {e:?}"));
     }
     failures
 }
 
 #[test]
 fn every_shader_translates_to_every_backend() {
-    let failures: Vec<String> = paligemma::testing::shader_sources()
+    let failures: Vec<String> = paligemma::testing::kernels()
         .iter()
-        .flat_map(|(name, source)| translate(name, source))
+        .flat_map(|(shader, _)| translate(shader))
         .collect();
     assert!(
         failures.is_empty(),
@@ -152,7 +169,7 @@ fn every_shader_file_is_registered() {
                 || paligemma::testing::shader_sources()
                     .iter()
                     .any(|(s, _)| *s == stem),
-            "shaders/{name} is not in shaders::ALL, so no test translates it"
+            "shaders/{name} is not in ops::KERNELS, so no test translates it"
         );
     }
 }

@@ -1,8 +1,9 @@
-//! The GPU runtime, in five parts:
+//! The GPU runtime, in six parts:
 //! - this file: the device ([`Gpu`], made by the library or adopted from the caller), its
 //!   limits, and error scopes that turn wgpu errors into [`Error`] values;
+//! - `adapter`: choosing an adapter, and the [`Requirement`] of an optional kernel path;
 //! - [`buffers`]: allocation, upload, read-back;
-//! - [`pipelines`]: a [`Kernel`] (shader, entry point, override constants) built once;
+//! - [`pipelines`]: a [`Kernel`] (a declared entry point, override constants) built once;
 //! - [`recorder`]: a [`Recorder`] batching dispatches into one submission, and the
 //!   [`DispatchCache`] that makes a repeated submission (a decode step) create no GPU objects;
 //! - [`profile`]: GPU timestamps per submission or per kernel.
@@ -12,7 +13,13 @@
 //! wrappers over them (`Gpu::block_on`), so a web page, which cannot block, awaits the same code.
 //! The model's API follows the same rule (`generate` / `generate_async`, ...): only the
 //! read-backs wait, and everything between them records and submits without waiting.
+//!
+//! The runtime knows no kernel: it imports nothing from `ops` or `model`. What a kernel needs
+//! of it comes in as data: each entry point's interface ([`Entry`](crate::shaders::Entry)),
+//! each shader's device features, and the optional path's [`Requirement`], which the public
+//! constructors in `ops/device.rs` pass to [`Gpu::create`].
 
+mod adapter;
 pub mod buffers;
 pub mod pipelines;
 pub mod profile;
@@ -22,8 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::{Error, Result};
+pub(crate) use adapter::Requirement;
 pub(crate) use pipelines::Kernel;
-pub(crate) use recorder::{Bind, DispatchCache, Recorder, bind};
+pub(crate) use recorder::{DispatchCache, Recorder};
 
 /// How [`Gpu::new`] picks an adapter. Fields left `None` fall back to the environment
 /// variables wgpu users know (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF`), then to
@@ -99,70 +107,10 @@ impl std::fmt::Debug for Gpu {
 }
 
 impl Gpu {
-    /// Picks an adapter (see [`GpuOptions`]) and creates a device with the adapter's own limits
-    /// (not wgpu's conservative defaults) and the optional features it has. Blocks; see
-    /// [`new_async`](Self::new_async).
-    pub fn new(opts: &GpuOptions) -> Result<Gpu> {
-        #[cfg(not(target_arch = "wasm32"))]
-        return pollster::block_on(Self::new_async(opts));
-        #[cfg(target_arch = "wasm32")]
-        {
-            let _ = opts;
-            Err(Error::invalid(
-                "`Gpu::new` would block, which a web page cannot do: await `Gpu::new_async`",
-            ))
-        }
-    }
-
-    /// Every adapter wgpu finds on the backends `WGPU_BACKEND` allows (all by default).
-    pub fn adapters() -> Vec<wgpu::AdapterInfo> {
-        let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        let instance = wgpu::Instance::new(desc);
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-        adapters.iter().map(|a| a.get_info()).collect()
-    }
-
-    /// [`new`](Self::new), awaitable (the form a web page uses).
-    pub async fn new_async(opts: &GpuOptions) -> Result<Gpu> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        if let Some(b) = opts.backends {
-            desc.backends = b;
-        }
-        let instance = wgpu::Instance::new(desc);
-        let wanted_name = opts
-            .adapter_name
-            .clone()
-            .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
-            .map(|s| s.to_lowercase());
-        let adapter = match &wanted_name {
-            Some(name) => {
-                let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
-                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-                adapters
-                    .into_iter()
-                    .find(|a| a.get_info().name.to_lowercase().contains(name))
-                    .ok_or_else(|| {
-                        Error::NoAdapter(format!(
-                            "no adapter name contains {name:?}; found {names:?}"
-                        ))
-                    })?
-            }
-            None => instance
-                .request_adapter(&wgpu::RequestAdapterOptions {
-                    power_preference: wgpu::PowerPreference::from_env()
-                        .unwrap_or(wgpu::PowerPreference::HighPerformance),
-                    force_fallback_adapter: false,
-                    compatible_surface: None,
-                    apply_limit_buckets: false,
-                })
-                .await
-                .map_err(|e| {
-                    Error::NoAdapter(format!(
-                        "{e} (is a Vulkan, Metal or DX12 driver installed? on Linux without a \
-                         GPU, `apt-get install mesa-vulkan-drivers` gives lavapipe)"
-                    ))
-                })?,
-        };
+    /// [`new_async`](Self::new_async) with the one optional kernel path there is, `optional`,
+    /// taken when [`GpuOptions::cooperative_matrix`] asks for it and the adapter supports it.
+    pub(crate) async fn create(opts: &GpuOptions, optional: &Requirement) -> Result<Gpu> {
+        let adapter = adapter::pick(opts).await?;
         let info = adapter.get_info();
         let mut features = if opts.no_optional_features {
             wgpu::Features::empty()
@@ -171,9 +119,11 @@ impl Gpu {
         };
         let coop = opts.cooperative_matrix
             && !opts.no_optional_features
-            && crate::ops::matmul_coop::adapter_supports(&adapter);
-        let experimental = if coop {
-            features |= crate::ops::matmul_coop::FEATURES;
+            && (optional.adapter_supports)(&adapter);
+        if coop {
+            features |= optional.features;
+        }
+        let experimental = if features.intersects(wgpu::Features::all_experimental_mask()) {
             // SAFETY: wgpu marks cooperative matrices experimental (its validation of them is
             // incomplete), hence opt-in. The one shader that uses them (matmul_coop.wgsl) is
             // validated and translated by naga in tests/portability.rs and checked against the
@@ -325,44 +275,11 @@ impl Gpu {
         self.inner.cooperative_matrix.load(Ordering::Relaxed)
     }
 
-    /// The device features cooperative matrices need (with wgpu's experimental features
-    /// enabled): request them when making a device to share (see
-    /// [`set_cooperative_matrix`](Self::set_cooperative_matrix)).
-    pub const COOPERATIVE_MATRIX_FEATURES: wgpu::Features = crate::ops::matmul_coop::FEATURES;
-
-    /// Whether `adapter` can run the library's cooperative-matrix matmul: the features, a
-    /// subgroup-scoped 16 x 16 x 16 configuration of f16 operands with f32 accumulation, and
-    /// subgroups of at most 32 invocations that divide 32.
-    pub fn adapter_supports_cooperative_matrix(adapter: &wgpu::Adapter) -> bool {
-        crate::ops::matmul_coop::adapter_supports(adapter)
-    }
-
-    /// Turns cooperative matrices on or off for the products recorded from now on. On needs
-    /// a device created with [`COOPERATIVE_MATRIX_FEATURES`](Self::COOPERATIVE_MATRIX_FEATURES)
-    /// (and wgpu's experimental features) from an adapter for which
-    /// [`adapter_supports_cooperative_matrix`](Self::adapter_supports_cooperative_matrix)
-    /// holds; the features and the subgroup sizes of the adapter info are checked here, the
-    /// adapter's matrix configurations cannot be (a device does not list them).
-    pub fn set_cooperative_matrix(&self, on: bool) -> Result<()> {
-        use crate::ops::matmul_coop::{FEATURES, subgroups_fit};
-        if on {
-            if !self.inner.features.contains(FEATURES) {
-                return Err(Error::invalid(format!(
-                    "cooperative matrices need the device features {FEATURES:?}; {} has {:?}",
-                    self.adapter_name(),
-                    self.inner.features
-                )));
-            }
-            if !self.inner.info.as_ref().is_some_and(subgroups_fit) {
-                return Err(Error::invalid(format!(
-                    "cooperative matrices need subgroups of at most 32 invocations that divide \
-                     32, which {} does not report",
-                    self.adapter_name()
-                )));
-            }
-        }
+    /// Records whether cooperative matrices are on; the checks are the caller's
+    /// ([`set_cooperative_matrix`](Self::set_cooperative_matrix), with the kernel's
+    /// requirement).
+    pub(crate) fn store_cooperative_matrix(&self, on: bool) {
         self.inner.cooperative_matrix.store(on, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Bytes allocated through this `Gpu` so far (a cumulative counter).

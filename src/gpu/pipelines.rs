@@ -5,23 +5,21 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use super::Gpu;
-use crate::error::Result;
-use crate::shaders::Shader;
+use crate::error::{Error, Result};
+use crate::shaders::{Entry, Shader};
 
-/// One entry point of one shader with its pipeline-overridable constants: what a compute
+/// One declared entry point ([`Entry`]) with its pipeline-overridable constants: what a compute
 /// pipeline is built from, and its name in profiles.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Kernel {
-    pub shader: &'static Shader,
-    pub entry: &'static str,
+    pub entry: &'static Entry,
     /// `override` constants and their values (e.g. `W_DTYPE`, the weight format).
     pub overrides: &'static [(&'static str, u32)],
 }
 
 impl Kernel {
-    pub const fn new(shader: &'static Shader, entry: &'static str) -> Kernel {
+    pub const fn new(entry: &'static Entry) -> Kernel {
         Kernel {
-            shader,
             entry,
             overrides: &[],
         }
@@ -32,9 +30,13 @@ impl Kernel {
         Kernel { overrides, ..self }
     }
 
+    pub fn shader(&self) -> &'static Shader {
+        self.entry.shader
+    }
+
     /// `shader::entry`, with the overrides when there are any: the kernel's name in profiles.
     pub fn name(&self) -> String {
-        let mut s = format!("{}::{}", self.shader.name, self.entry);
+        let mut s = self.entry.qualified_name();
         for (k, v) in self.overrides {
             s.push_str(&format!(" {k}={v}"));
         }
@@ -42,17 +44,24 @@ impl Kernel {
     }
 }
 
+impl From<&'static Entry> for Kernel {
+    fn from(entry: &'static Entry) -> Kernel {
+        Kernel::new(entry)
+    }
+}
+
 // Shaders are identified by name (each is a `static`, but its address is not guaranteed to be
 // unique across codegen units).
 impl PartialEq for Kernel {
     fn eq(&self, o: &Self) -> bool {
-        self.shader.name == o.shader.name && self.entry == o.entry && self.overrides == o.overrides
+        (self.shader().name, self.entry.name, self.overrides)
+            == (o.shader().name, o.entry.name, o.overrides)
     }
 }
 impl Eq for Kernel {}
 impl Hash for Kernel {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        (self.shader.name, self.entry, self.overrides).hash(h);
+        (self.shader().name, self.entry.name, self.overrides).hash(h);
     }
 }
 
@@ -71,17 +80,24 @@ impl Gpu {
             return Ok(p.clone());
         }
         let name = kernel.name();
+        let missing = kernel.shader().features - self.features();
+        if !missing.is_empty() {
+            return Err(Error::invalid(format!(
+                "{name} needs the device features {missing:?}, which {} lacks",
+                self.adapter_name()
+            )));
+        }
         let pipeline = self.scoped(&format!("building pipeline {name}"), || {
             let mut cache = lock.write().expect("pipeline cache");
             let module = cache
                 .modules
-                .entry(kernel.shader.name)
+                .entry(kernel.shader().name)
                 .or_insert_with(|| {
-                    let source = kernel.shader.source();
+                    let source = kernel.shader().source();
                     self.inner
                         .device
                         .create_shader_module(wgpu::ShaderModuleDescriptor {
-                            label: Some(kernel.shader.name),
+                            label: Some(kernel.shader().name),
                             source: wgpu::ShaderSource::Wgsl(source.into()),
                         })
                 })
@@ -98,7 +114,7 @@ impl Gpu {
                         label: Some(&name),
                         layout: None,
                         module: &module,
-                        entry_point: Some(kernel.entry),
+                        entry_point: Some(kernel.entry.name),
                         compilation_options: wgpu::PipelineCompilationOptions {
                             constants: &constants,
                             zero_initialize_workgroup_memory: false,

@@ -8,25 +8,11 @@ use super::profile::Timer;
 use super::{Gpu, Kernel};
 use crate::error::Result;
 
-/// A whole buffer bound to one `@binding` of a kernel.
-#[derive(Clone)]
-pub(crate) struct Bind {
-    pub binding: u32,
-    pub buffer: wgpu::Buffer,
-}
-
-/// Shorthand for a whole-buffer binding.
-pub(crate) fn bind(binding: u32, buffer: &wgpu::Buffer) -> Bind {
-    Bind {
-        binding,
-        buffer: buffer.clone(),
-    }
-}
-
 struct Dispatch {
     kernel: Kernel,
     pipeline: wgpu::ComputePipeline,
-    binds: Vec<Bind>,
+    /// Whole buffers for the entry's declared bindings, in their order.
+    buffers: Vec<wgpu::Buffer>,
     /// Byte offset and size of this dispatch's parameters in the shared uniform buffer.
     params: (u64, u64),
     groups: [u32; 3],
@@ -72,14 +58,19 @@ impl Recorder<'_> {
         self.gpu
     }
 
-    /// Queues one dispatch of `kernel` with `params` at binding 0 and `binds` after it.
+    /// Queues one dispatch of `kernel` (a declared [`Entry`](crate::shaders::Entry), or one
+    /// with override constants) with `params` at binding 0 and `buffers`, whole, at the
+    /// entry's declared bindings in their order. A count or a params size other than the
+    /// declaration's is an error.
     pub fn dispatch<P: bytemuck::Pod>(
         &mut self,
-        kernel: Kernel,
+        kernel: impl Into<Kernel>,
         params: &P,
-        binds: Vec<Bind>,
+        buffers: &[&wgpu::Buffer],
         groups: [u32; 3],
     ) -> Result<()> {
+        let kernel = kernel.into();
+        kernel.entry.check(size_of::<P>(), buffers.len())?;
         let pipeline = self.gpu.pipeline(kernel)?;
         let align = self.gpu.limits().min_uniform_buffer_offset_alignment as usize;
         let offset = self.params.len().div_ceil(align) * align;
@@ -89,7 +80,7 @@ impl Recorder<'_> {
         self.cmds.push(Cmd::Dispatch(Dispatch {
             kernel,
             pipeline,
-            binds,
+            buffers: buffers.iter().map(|&b| b.clone()).collect(),
             params: (offset as u64, bytes.len() as u64),
             groups,
         }));
@@ -279,10 +270,16 @@ fn make_bind_group(gpu: &Gpu, d: &Dispatch, uniform: &wgpu::Buffer) -> wgpu::Bin
             size: wgpu::BufferSize::new(d.params.1),
         }),
     }];
-    entries.extend(d.binds.iter().map(|b| wgpu::BindGroupEntry {
-        binding: b.binding,
-        resource: b.buffer.as_entire_binding(),
-    }));
+    let declared = d.kernel.entry.bindings;
+    entries.extend(
+        declared
+            .iter()
+            .zip(&d.buffers)
+            .map(|(b, buffer)| wgpu::BindGroupEntry {
+                binding: b.index,
+                resource: buffer.as_entire_binding(),
+            }),
+    );
     gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
         layout: &d.pipeline.get_bind_group_layout(0),
@@ -290,12 +287,13 @@ fn make_bind_group(gpu: &Gpu, d: &Dispatch, uniform: &wgpu::Buffer) -> wgpu::Bin
     })
 }
 
-/// What a bind group was made from.
+/// What a bind group was made from (the pipeline fixes the entry, hence the bindings the
+/// buffers go to).
 #[derive(PartialEq, Eq, Hash)]
 struct BindKey {
     pipeline: wgpu::ComputePipeline,
     params: (u64, u64),
-    buffers: Vec<(u32, wgpu::Buffer)>,
+    buffers: Vec<wgpu::Buffer>,
 }
 
 /// Bind groups and a parameter buffer kept across submissions of the same dispatches (see
@@ -337,11 +335,7 @@ impl DispatchCache {
         let key = BindKey {
             pipeline: d.pipeline.clone(),
             params: d.params,
-            buffers: d
-                .binds
-                .iter()
-                .map(|b| (b.binding, b.buffer.clone()))
-                .collect(),
+            buffers: d.buffers.clone(),
         };
         self.groups
             .entry(key)

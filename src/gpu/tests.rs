@@ -212,13 +212,41 @@ fn submissions_are_timed_on_the_gpu_when_profiling() {
 #[test]
 fn pipelines_are_built_once_and_failures_are_not_cached() {
     let g = gpu();
-    let k = super::Kernel::new(&crate::ops::add::SHADER, "add_inplace");
+    let k = super::Kernel::new(&crate::ops::add::ADD_INPLACE);
     let (a, b) = (g.pipeline(k).unwrap(), g.pipeline(k).unwrap());
     assert_eq!(a, b, "one pipeline per kernel");
-    let missing = super::Kernel::new(&crate::ops::add::SHADER, "no_such_entry");
+    static NO_SUCH_ENTRY: crate::shaders::Entry = crate::shaders::Entry {
+        name: "no_such_entry",
+        ..crate::ops::add::ADD_INPLACE
+    };
+    let missing = super::Kernel::new(&NO_SUCH_ENTRY);
     assert!(g.pipeline(missing).is_err());
     assert!(
         g.pipeline(missing).is_err(),
         "a failed build is reported again"
     );
+}
+
+/// A dispatch is checked against its entry point's declaration: a wrong number of buffers or a
+/// params struct of another size is an error naming the entry, not a panic or a wgpu
+/// validation error about a bind group.
+#[test]
+fn dispatches_are_checked_against_the_declaration() {
+    let g = gpu();
+    let x = g.upload_f32("x", &[1.0; 4]).unwrap();
+    let add = &crate::ops::add::ADD_INPLACE;
+    let mut rec = g.recorder();
+    let e = rec.dispatch(add, &[0u32; 4], &[&x], [1, 1, 1]);
+    let e = e.unwrap_err().to_string();
+    assert!(
+        e.contains("add::add_inplace takes 2 buffers (y, x), the dispatch passed 1"),
+        "{e}"
+    );
+    let e = rec.dispatch(add, &[0u32; 8], &[&x, &x], [1, 1, 1]);
+    let e = e.unwrap_err().to_string();
+    assert!(
+        e.contains("takes 16 bytes of parameters, the dispatch passed 32"),
+        "{e}"
+    );
+    rec.submit("nothing").unwrap();
 }

@@ -159,7 +159,7 @@ impl TextConfig {
             },
             scale: self.attention_scale(),
             softcap: self.attn_logit_softcapping.unwrap_or(0.0),
-            ..AttentionParams::packed(nh, nkv, hd, rows, start, start + rows)
+            ..AttentionParams::new(nh, nkv, hd, rows, start, start + rows)
         }
     }
 }

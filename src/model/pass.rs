@@ -11,7 +11,7 @@ use super::state::{Activations, LayerCache, rows_of};
 use crate::error::Result;
 use crate::gpu::Recorder;
 use crate::ops::View;
-use crate::ops::attention::{AttentionKernel, AttentionParams, attention};
+use crate::ops::attention::{AttentionKernel, attention};
 use crate::ops::rope::{RopeTables, rope_at, rope_qk};
 
 /// Consecutive rows of a pass that belong to one sequence.
@@ -142,17 +142,20 @@ impl<'a> Pass<'a> {
     /// Each span's queries attend over its own cache (`sliding`: Gemma 2's windowed layers):
     /// the blocked kernel for many rows, the split one for a single row.
     pub fn attend(&self, rec: &mut Recorder, li: usize, sliding: bool) -> Result<()> {
-        let qd = self.heads_width();
+        let w = self.kv_width();
         for s in &self.spans {
-            let params = AttentionParams {
-                q_offset: (s.first_row * qd) as u32,
-                o_offset: (s.first_row * qd) as u32,
-                ..self.cfg.attention(sliding, s.rows, s.start, s.prefix_len)
-            };
+            let params = self.cfg.attention(sliding, s.rows, s.start, s.prefix_len);
             let kernel = AttentionKernel::for_rows(params.q_rows, s.partial);
+            // The span's queries and output rows, over its cache up to its last new row.
+            let rows = |v: View<'a>| v.rows(s.first_row, s.rows);
+            let (q, out) = (rows(self.queries()), rows(self.attended()));
+            let keys = s.start + s.rows;
             let cache = &s.cache[li];
-            let (q, out) = (self.queries().buffer, self.attended().buffer);
-            attention(rec, kernel, q, &cache.keys, &cache.values, out, &params)?;
+            let (k, v) = (
+                rows_of(&cache.keys, 0, keys, w),
+                rows_of(&cache.values, 0, keys, w),
+            );
+            attention(rec, kernel, q, k, v, out, &params)?;
         }
         Ok(())
     }

@@ -49,7 +49,7 @@ impl VisionConfig {
     /// and the CPU reference.
     pub(crate) fn attention(&self) -> AttentionParams {
         let (heads, n) = (self.num_attention_heads, self.num_patches());
-        AttentionParams::packed(heads, heads, self.head_dim(), n, 0, n)
+        AttentionParams::new(heads, heads, self.head_dim(), n, 0, n)
     }
 
     pub(crate) fn patch_geometry(&self) -> PatchGeometry {
@@ -73,7 +73,8 @@ impl VisionLayer {
         self.k_proj.forward(rec, h, rows(&s.k))?;
         self.v_proj.forward(rec, h, rows(&s.v))?;
         let kernel = AttentionKernel::Blocked;
-        attention(rec, kernel, &s.q, &s.k, &s.v, &s.a, &cfg.attention())?;
+        let (q, k, v) = (rows(&s.q), rows(&s.k), rows(&s.v));
+        attention(rec, kernel, q, k, v, a, &cfg.attention())?;
         self.out_proj.forward_add(rec, a, x)?;
         let (m1, m2) = (View::new(&s.m1, n, i), View::new(&s.m2, n, i));
         self.layer_norm2.forward(rec, x, h)?;

@@ -3,15 +3,16 @@
 
 use super::{View, grid_for, u32_of};
 use crate::error::Result;
-use crate::gpu::{Kernel, Recorder, bind};
-use crate::shaders::{Shader, shader};
+use crate::gpu::Recorder;
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations per workgroup.
 pub const WG: u32 = 256;
 
 pub(crate) const SHADER: Shader = shader!("activation", ["grid", "math"], &[("WG", WG)]);
 
-/// Mirrors `Params` in activation.wgsl.
+/// Mirrors `Params` in activation.wgsl (the size is checked against it by
+/// `tests/interfaces.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -19,22 +20,51 @@ struct Params {
     cap: f32,
     _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
-/// Dispatches `entry` over the elements of `out` (packed), reading `a` when given.
+/// The input of the two-operand entries (GELU's x, the gated form's gate).
+const A: Binding = Binding::read(1, "a", Elem::F32);
+/// The output, which the in-place entries also read.
+const OUT: Binding = Binding::read_write(3, "out", Elem::F32);
+
+/// out = gelu_tanh(a).
+pub(crate) const GELU_TANH: Entry = Entry {
+    shader: &SHADER,
+    name: "gelu_tanh",
+    params: size_of::<Params>(),
+    bindings: &[A, OUT],
+};
+
+/// out = gelu_tanh(a) * out.
+pub(crate) const GELU_TANH_GATED: Entry = Entry {
+    shader: &SHADER,
+    name: "gelu_tanh_gated",
+    params: size_of::<Params>(),
+    bindings: &[A, OUT],
+};
+
+/// out = cap * tanh(out / cap).
+pub(crate) const SOFTCAP: Entry = Entry {
+    shader: &SHADER,
+    name: "softcap",
+    params: size_of::<Params>(),
+    bindings: &[OUT],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&GELU_TANH, &GELU_TANH_GATED, &SOFTCAP];
+
+/// Dispatches `entry` over the elements of `out` (packed), reading `a` when given (the entries
+/// that declare it).
 fn elementwise(
     rec: &mut Recorder,
-    entry: &'static str,
+    entry: &'static Entry,
     a: Option<View>,
     out: View,
     cap: f32,
 ) -> Result<()> {
-    out.expect_packed(entry, out.rows, out.width)?;
+    out.expect_packed(entry.name, out.rows, out.width)?;
     let n = out.rows * out.width;
-    let mut binds = vec![bind(3, out.buffer)];
     if let Some(a) = a {
-        a.expect_packed(entry, out.rows, out.width)?;
-        binds.push(bind(1, a.buffer));
+        a.expect_packed(entry.name, out.rows, out.width)?;
     }
     let params = Params {
         n: u32_of("n", n)?,
@@ -42,22 +72,25 @@ fn elementwise(
         _pad: [0; 2],
     };
     let groups = grid_for(rec.gpu(), n, WG);
-    rec.dispatch(Kernel::new(&SHADER, entry), &params, binds, groups)
+    match a {
+        Some(a) => rec.dispatch(entry, &params, &[a.buffer, out.buffer], groups),
+        None => rec.dispatch(entry, &params, &[out.buffer], groups),
+    }
 }
 
 /// out = gelu_tanh(x), elementwise.
 pub fn gelu_tanh(rec: &mut Recorder, x: View, out: View) -> Result<()> {
-    elementwise(rec, "gelu_tanh", Some(x), out, 0.0)
+    elementwise(rec, &GELU_TANH, Some(x), out, 0.0)
 }
 
 /// up = gelu_tanh(gate) * up, elementwise (in place over `up`).
 pub fn gelu_tanh_gated(rec: &mut Recorder, gate: View, up: View) -> Result<()> {
-    elementwise(rec, "gelu_tanh_gated", Some(gate), up, 0.0)
+    elementwise(rec, &GELU_TANH_GATED, Some(gate), up, 0.0)
 }
 
 /// x = cap * tanh(x / cap), elementwise in place; `cap` > 0.
 pub fn softcap(rec: &mut Recorder, x: View, cap: f32) -> Result<()> {
-    elementwise(rec, "softcap", None, x, cap)
+    elementwise(rec, &SOFTCAP, None, x, cap)
 }
 
 /// CPU reference for [`softcap`].

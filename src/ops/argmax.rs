@@ -2,15 +2,15 @@
 
 use super::{View, u32_of};
 use crate::error::Result;
-use crate::gpu::{Kernel, Recorder, bind};
-use crate::shaders::{Shader, shader};
+use crate::gpu::Recorder;
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations of the one workgroup.
 pub const WG: u32 = 256;
 
 pub(crate) const SHADER: Shader = shader!("argmax", [], &[("WG", WG)]);
 
-/// Mirrors `Params` in argmax.wgsl.
+/// Mirrors `Params` in argmax.wgsl (the size is checked against it by `tests/interfaces.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -19,7 +19,19 @@ struct Params {
     out_index: u32,
     _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 16);
+
+/// The index of one row's maximum, as a u32 in `out`.
+pub(crate) const ARGMAX: Entry = Entry {
+    shader: &SHADER,
+    name: "argmax",
+    params: size_of::<Params>(),
+    bindings: &[
+        Binding::read(1, "x", Elem::F32),
+        Binding::read_write(2, "out", Elem::U32),
+    ],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&ARGMAX];
 
 /// `out[out_index]` = argmax of the one row `x` (u32); ties go to the lowest index.
 pub fn argmax(rec: &mut Recorder, x: View, out: &wgpu::Buffer, out_index: usize) -> Result<()> {
@@ -30,8 +42,7 @@ pub fn argmax(rec: &mut Recorder, x: View, out: &wgpu::Buffer, out_index: usize)
         out_index: u32_of("out index", out_index)?,
         _pad: 0,
     };
-    let binds = vec![bind(1, x.buffer), bind(2, out)];
-    rec.dispatch(Kernel::new(&SHADER, "argmax"), &params, binds, [1, 1, 1])
+    rec.dispatch(&ARGMAX, &params, &[x.buffer, out], [1, 1, 1])
 }
 
 /// CPU reference for [`argmax`] (first index of the maximum, like `torch.argmax`).

@@ -1,9 +1,10 @@
 //! `shaders/attention.wgsl`: multi-head attention with grouped KV heads over a GPU-resident KV
 //! cache; bidirectional prefix then causal; optional soft-capping and sliding window (Gemma 2).
 
+use super::{View, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, Recorder, bind};
-use crate::shaders::{Shader, shader};
+use crate::gpu::Recorder;
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations per workgroup of the per-row and split kernels (one key per invocation per tile).
 pub const WG: u32 = 64;
@@ -28,21 +29,16 @@ pub(crate) const SHADER: Shader = shader!(
     ]
 );
 
-/// The attention problem; mirrors `Params` in attention.wgsl field for field. All offsets and
-/// strides are in f32 elements.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+/// The attention problem: the queries and keys, the heads, the mask and the scores' scaling.
+/// Where q, the cache and the output lie in their buffers is the [`View`]s' business
+/// ([`attention`]); the CPU reference takes packed rows.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct AttentionParams {
     /// Number of query rows.
     pub q_rows: u32,
     pub n_heads: u32,
     pub n_kv_heads: u32,
     pub head_dim: u32,
-    /// Where query row 0 starts in `q`, and the distance between rows.
-    pub q_offset: u32,
-    pub q_stride: u32,
-    /// Distance between KV-cache rows (n_kv_heads * head_dim for a packed cache).
-    pub kv_stride: u32,
     /// Number of valid keys (cache rows 0..kv_len).
     pub kv_len: u32,
     /// Cache position of query row 0.
@@ -52,26 +48,18 @@ pub struct AttentionParams {
     /// Sliding window (0 = none): outside the prefix block a key is visible only if
     /// qpos < key + window.
     pub window: u32,
-    /// Distance between output rows.
-    pub o_stride: u32,
     /// Multiplier of q . k (head_dim^-0.5, or query_pre_attn_scalar^-0.5 for Gemma 2).
     pub scale: f32,
     /// Soft-cap c of the scores, c * tanh(s / c) (0 = none).
     pub softcap: f32,
-    /// Keys per workgroup in the split (decode) path; set by [`attention`].
-    pub chunk: u32,
-    /// Where output row 0 starts in `out`.
-    pub o_offset: u32,
 }
-const _: () = assert!(std::mem::size_of::<AttentionParams>() == 64);
 
 impl AttentionParams {
     /// `q_rows` queries at cache positions `q_pos0..` over keys `0..kv_len`, with `n_heads`
-    /// query heads sharing `n_kv_heads` KV heads of `head_dim`, everything packed (q and out
-    /// rows of n_heads * head_dim, cache rows of n_kv_heads * head_dim), scores scaled by
+    /// query heads sharing `n_kv_heads` KV heads of `head_dim`, scores scaled by
     /// head_dim^-0.5, and every key visible to every query (`prefix_len = kv_len`) until a
     /// caller sets the mask: the one constructor of the GPU path and the CPU reference.
-    pub fn packed(
+    pub fn new(
         n_heads: usize,
         n_kv_heads: usize,
         head_dim: usize,
@@ -79,24 +67,17 @@ impl AttentionParams {
         q_pos0: usize,
         kv_len: usize,
     ) -> AttentionParams {
-        let (qd, kvd) = ((n_heads * head_dim) as u32, (n_kv_heads * head_dim) as u32);
         AttentionParams {
             q_rows: q_rows as u32,
             n_heads: n_heads as u32,
             n_kv_heads: n_kv_heads as u32,
             head_dim: head_dim as u32,
-            q_offset: 0,
-            q_stride: qd,
-            kv_stride: kvd,
             kv_len: kv_len as u32,
             q_pos0: q_pos0 as u32,
             prefix_len: kv_len as u32,
             window: 0,
-            o_stride: qd,
             scale: 1.0 / (head_dim as f32).sqrt(),
             softcap: 0.0,
-            chunk: 0,
-            o_offset: 0,
         }
     }
 
@@ -126,6 +107,118 @@ impl AttentionParams {
     }
 }
 
+/// The problem and the operands' layouts as the shader reads them: mirrors `Params` in
+/// attention.wgsl field for field (the size is checked against it by `tests/interfaces.rs`).
+/// Offsets and strides are in f32 elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    q_rows: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    q_offset: u32,
+    q_stride: u32,
+    kv_stride: u32,
+    kv_len: u32,
+    q_pos0: u32,
+    prefix_len: u32,
+    window: u32,
+    o_stride: u32,
+    scale: f32,
+    softcap: f32,
+    /// Keys per workgroup in the split (decode) path.
+    chunk: u32,
+    o_offset: u32,
+}
+
+impl Params {
+    /// Checks the views against the problem (q and out `[q_rows, n_heads * head_dim]`, the
+    /// caches `[kv_len, n_kv_heads * head_dim]` from row 0 at one stride, as the shader
+    /// indexes them) and takes their layouts.
+    fn new(p: &AttentionParams, q: &View, k: &View, v: &View, out: &View) -> Result<Params> {
+        p.check()?;
+        let (rows, keys) = (p.q_rows as usize, p.kv_len as usize);
+        let width = (p.n_heads * p.head_dim) as usize;
+        let kv_width = (p.n_kv_heads * p.head_dim) as usize;
+        q.expect("attention queries", rows, width)?;
+        out.expect("attention output", rows, width)?;
+        k.expect("key cache", keys, kv_width)?;
+        v.expect("value cache", keys, kv_width)?;
+        if k.offset != 0 || v.offset != 0 || k.stride != v.stride {
+            return Err(Error::invalid(format!(
+                "the key and value caches must start at their buffers' first element and share \
+                 a row stride; got offsets {} and {}, strides {} and {}",
+                k.offset, v.offset, k.stride, v.stride
+            )));
+        }
+        Ok(Params {
+            q_rows: p.q_rows,
+            n_heads: p.n_heads,
+            n_kv_heads: p.n_kv_heads,
+            head_dim: p.head_dim,
+            q_offset: u32_of("query offset", q.offset)?,
+            q_stride: u32_of("query stride", q.stride)?,
+            kv_stride: u32_of("cache stride", k.stride)?,
+            kv_len: p.kv_len,
+            q_pos0: p.q_pos0,
+            prefix_len: p.prefix_len,
+            window: p.window,
+            o_stride: u32_of("output stride", out.stride)?,
+            scale: p.scale,
+            softcap: p.softcap,
+            chunk: 0,
+            o_offset: u32_of("output offset", out.offset)?,
+        })
+    }
+}
+
+const Q: Binding = Binding::read(1, "q", Elem::F32);
+const K: Binding = Binding::read(2, "k", Elem::F32);
+const V: Binding = Binding::read(3, "v", Elem::F32);
+const OUT: Binding = Binding::read_write(4, "out", Elem::F32);
+/// The split path's per-chunk results.
+const PARTIAL: Binding = Binding::read_write(5, "partial", Elem::F32);
+
+/// One workgroup per (row, head).
+pub(crate) const ATTENTION: Entry = Entry {
+    shader: &SHADER,
+    name: "attention",
+    params: size_of::<Params>(),
+    bindings: &[Q, K, V, OUT],
+};
+
+/// One workgroup per (block of rows, head).
+pub(crate) const ATTENTION_BLOCKED: Entry = Entry {
+    shader: &SHADER,
+    name: "attention_blocked",
+    params: size_of::<Params>(),
+    bindings: &[Q, K, V, OUT],
+};
+
+/// One workgroup per (head, chunk of keys), into `partial`.
+pub(crate) const ATTENTION_SPLIT: Entry = Entry {
+    shader: &SHADER,
+    name: "attention_split",
+    params: size_of::<Params>(),
+    bindings: &[Q, K, V, PARTIAL],
+};
+
+/// One workgroup per head, merging the chunks into `out`.
+pub(crate) const ATTENTION_SPLIT_COMBINE: Entry = Entry {
+    shader: &SHADER,
+    name: "attention_split_combine",
+    params: size_of::<Params>(),
+    bindings: &[OUT, PARTIAL],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[
+    &ATTENTION,
+    &ATTENTION_BLOCKED,
+    &ATTENTION_SPLIT,
+    &ATTENTION_SPLIT_COMBINE,
+];
+
 /// Which entry points compute attention.
 #[derive(Clone, Copy, Debug)]
 pub enum AttentionKernel<'a> {
@@ -150,58 +243,65 @@ impl<'a> AttentionKernel<'a> {
     }
 }
 
-/// out = softmax(mask(softcap(q k^T * scale))) v for every (query row, head), the layouts of
-/// q, the cache and out given by `p`.
+/// out = softmax(mask(softcap(q k^T * scale))) v for every (query row, head) of the problem
+/// `p`: q and out hold `[q_rows, n_heads * head_dim]` rows, the caches `[kv_len, n_kv_heads *
+/// head_dim]` rows (more may follow, unread) from their buffers' start at one stride.
 pub fn attention(
     rec: &mut Recorder,
     kernel: AttentionKernel,
-    q: &wgpu::Buffer,
-    k: &wgpu::Buffer,
-    v: &wgpu::Buffer,
-    out: &wgpu::Buffer,
+    q: View,
+    k: View,
+    v: View,
+    out: View,
     p: &AttentionParams,
 ) -> Result<()> {
-    p.check()?;
+    let params = Params::new(p, &q, &k, &v, &out)?;
     let gpu = rec.gpu().clone();
-    let binds = vec![bind(1, q), bind(2, k), bind(3, v), bind(4, out)];
+    let qkvo = [q.buffer, k.buffer, v.buffer, out.buffer];
     match kernel {
         AttentionKernel::PerRow => {
             let groups = gpu.grid(p.q_rows * p.n_heads);
-            rec.dispatch(Kernel::new(&SHADER, "attention"), p, binds, groups)
+            rec.dispatch(&ATTENTION, &params, &qkvo, groups)
         }
         AttentionKernel::Blocked => {
             let groups = gpu.grid(p.q_rows.div_ceil(BLOCK_ROWS) * p.n_heads);
-            rec.dispatch(Kernel::new(&SHADER, "attention_blocked"), p, binds, groups)
+            rec.dispatch(&ATTENTION_BLOCKED, &params, &qkvo, groups)
         }
-        AttentionKernel::Split { partial } => {
-            if p.q_rows != 1 {
-                return Err(Error::invalid(format!(
-                    "split attention takes one query row, not {}",
-                    p.q_rows
-                )));
-            }
-            let (heads, kv_len) = (p.n_heads as usize, p.kv_len as usize);
-            let chunk = split_chunk(kv_len, heads);
-            let n_chunks = kv_len.div_ceil(chunk);
-            let need = (heads * n_chunks * (p.head_dim as usize + 2) * 4) as u64;
-            if partial.size() < need {
-                return Err(Error::invalid(format!(
-                    "split attention needs {need} bytes of partial results, the buffer has {}",
-                    partial.size()
-                )));
-            }
-            let p = AttentionParams {
-                chunk: chunk as u32,
-                ..*p
-            };
-            let binds = vec![bind(1, q), bind(2, k), bind(3, v), bind(5, partial)];
-            let groups = gpu.grid((heads * n_chunks) as u32);
-            rec.dispatch(Kernel::new(&SHADER, "attention_split"), &p, binds, groups)?;
-            let binds = vec![bind(4, out), bind(5, partial)];
-            let combine = Kernel::new(&SHADER, "attention_split_combine");
-            rec.dispatch(combine, &p, binds, [heads as u32, 1, 1])
-        }
+        AttentionKernel::Split { partial } => split(rec, params, qkvo, partial),
     }
+}
+
+/// The split path: the chunks' partial results, then their merge into out.
+fn split(
+    rec: &mut Recorder,
+    p: Params,
+    [q, k, v, out]: [&wgpu::Buffer; 4],
+    partial: &wgpu::Buffer,
+) -> Result<()> {
+    if p.q_rows != 1 {
+        return Err(Error::invalid(format!(
+            "split attention takes one query row, not {}",
+            p.q_rows
+        )));
+    }
+    let (heads, kv_len) = (p.n_heads as usize, p.kv_len as usize);
+    let chunk = split_chunk(kv_len, heads);
+    let n_chunks = kv_len.div_ceil(chunk);
+    let need = (heads * n_chunks * (p.head_dim as usize + 2) * 4) as u64;
+    if partial.size() < need {
+        return Err(Error::invalid(format!(
+            "split attention needs {need} bytes of partial results, the buffer has {}",
+            partial.size()
+        )));
+    }
+    let p = Params {
+        chunk: chunk as u32,
+        ..p
+    };
+    let groups = rec.gpu().grid((heads * n_chunks) as u32);
+    rec.dispatch(&ATTENTION_SPLIT, &p, &[q, k, v, partial], groups)?;
+    let combine = &ATTENTION_SPLIT_COMBINE;
+    rec.dispatch(combine, &p, &[out, partial], [heads as u32, 1, 1])
 }
 
 /// The smallest key chunk of the split path: one tile of the kernel.
@@ -219,23 +319,23 @@ pub fn partial_len(n_heads: usize, head_dim: usize, capacity: usize) -> usize {
     n_heads * capacity.div_ceil(MIN_CHUNK).max(1) * (head_dim + 2)
 }
 
-/// CPU reference for [`attention`], over the same buffer layouts, f64 throughout.
+/// CPU reference for [`attention`] on packed rows (q `[q_rows, n_heads * head_dim]`, k and v
+/// `[kv_len, n_kv_heads * head_dim]`), f64 throughout: out `[q_rows, n_heads * head_dim]`.
 pub fn attention_ref(q: &[f32], k: &[f32], v: &[f32], p: &AttentionParams) -> Vec<f32> {
     let hd = p.head_dim as usize;
     let group = (p.n_heads / p.n_kv_heads) as usize;
     let rows = p.q_rows as usize;
-    let o0 = p.o_offset as usize;
-    let mut out =
-        vec![0f32; o0 + rows.saturating_sub(1) * p.o_stride as usize + p.n_heads as usize * hd];
+    let (width, kv_width) = (p.n_heads as usize * hd, p.n_kv_heads as usize * hd);
+    let mut out = vec![0f32; rows * width];
     for r in 0..rows {
         let qpos = p.q_pos0 as usize + r;
         for h in 0..p.n_heads as usize {
-            let qv = &q[p.q_offset as usize + r * p.q_stride as usize + h * hd..][..hd];
+            let qv = &q[r * width + h * hd..][..hd];
             let kvb = (h / group) * hd;
             let scores: Vec<Option<f64>> = (0..p.kv_len as usize)
                 .map(|j| {
                     p.visible(j, qpos).then(|| {
-                        let kr = &k[j * p.kv_stride as usize + kvb..][..hd];
+                        let kr = &k[j * kv_width + kvb..][..hd];
                         let dot: f64 = qv.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum();
                         let s = dot * p.scale as f64;
                         if p.softcap > 0.0 {
@@ -259,10 +359,9 @@ pub fn attention_ref(q: &[f32], k: &[f32], v: &[f32], p: &AttentionParams) -> Ve
                 let acc: f64 = e
                     .iter()
                     .enumerate()
-                    .map(|(j, &pj)| pj * v[j * p.kv_stride as usize + kvb + d] as f64)
+                    .map(|(j, &pj)| pj * v[j * kv_width + kvb + d] as f64)
                     .sum();
-                out[o0 + r * p.o_stride as usize + h * hd + d] =
-                    if sum > 0.0 { (acc / sum) as f32 } else { 0.0 };
+                out[r * width + h * hd + d] = if sum > 0.0 { (acc / sum) as f32 } else { 0.0 };
             }
         }
     }

@@ -3,15 +3,15 @@
 
 use super::{View, grid_for, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, Recorder, bind};
-use crate::shaders::{Shader, shader};
+use crate::gpu::Recorder;
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations per workgroup.
 pub const WG: u32 = 256;
 
 pub(crate) const SHADER: Shader = shader!("conv", ["grid"], &[("WG", WG)]);
 
-/// Mirrors `Params` in conv.wgsl.
+/// Mirrors `Params` in conv.wgsl (the size is checked against it by `tests/interfaces.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -24,7 +24,32 @@ struct Params {
     flags: u32,
     _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+/// Both convolutions read x, the weight and the bias, and write (or add to) y.
+const BINDINGS: &[Binding] = &[
+    Binding::read(1, "x", Elem::F32),
+    Binding::read(2, "wt", Elem::F32),
+    Binding::read(3, "b", Elem::F32),
+    Binding::read_write(4, "y", Elem::F32),
+];
+
+/// Stride-1 "same" convolution, odd kernel.
+pub(crate) const CONV2D: Entry = Entry {
+    shader: &SHADER,
+    name: "conv2d",
+    params: size_of::<Params>(),
+    bindings: BINDINGS,
+};
+
+/// Transposed convolution, kernel 4, stride 2, padding 1.
+pub(crate) const CONV_TRANSPOSE2D: Entry = Entry {
+    shader: &SHADER,
+    name: "conv_transpose2d",
+    params: size_of::<Params>(),
+    bindings: BINDINGS,
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&CONV2D, &CONV_TRANSPOSE2D];
 
 const RELU: u32 = 1;
 const ACCUMULATE: u32 = 2;
@@ -78,7 +103,7 @@ impl Conv {
                 self.k
             )));
         }
-        self.dispatch(rec, "conv2d", x, (h, w), y, (h * w, then))
+        self.dispatch(rec, &CONV2D, x, (h, w), y, (h * w, then))
     }
 
     /// Transposed convolution, kernel 4, stride 2, padding 1: `[h * w, c_in]` to
@@ -97,13 +122,13 @@ impl Conv {
                 self.k
             )));
         }
-        self.dispatch(rec, "conv_transpose2d", x, (h, w), y, (4 * h * w, then))
+        self.dispatch(rec, &CONV_TRANSPOSE2D, x, (h, w), y, (4 * h * w, then))
     }
 
     fn dispatch(
         &self,
         rec: &mut Recorder,
-        entry: &'static str,
+        entry: &'static Entry,
         x: View,
         (h, w): (usize, usize),
         y: View,
@@ -121,14 +146,9 @@ impl Conv {
             flags: then.flags(),
             _pad: 0,
         };
-        let binds = vec![
-            bind(1, x.buffer),
-            bind(2, &self.weight),
-            bind(3, &self.bias),
-            bind(4, y.buffer),
-        ];
+        let buffers = [x.buffer, &self.weight, &self.bias, y.buffer];
         let groups = grid_for(rec.gpu(), out_pixels * self.c_out, WG);
-        rec.dispatch(Kernel::new(&SHADER, entry), &params, binds, groups)
+        rec.dispatch(entry, &params, &buffers, groups)
     }
 }
 

@@ -3,15 +3,15 @@
 
 use super::{ChunkedTable, View, grid_for, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, Recorder, bind};
-use crate::shaders::{Shader, shader};
+use crate::gpu::{Kernel, Recorder};
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations per workgroup.
 pub const WG: u32 = 256;
 
 pub(crate) const SHADER: Shader = shader!("gather", ["grid", "weight_format"], &[("WG", WG)]);
 
-/// Mirrors `Params` in gather.wgsl.
+/// Mirrors `Params` in gather.wgsl (the size is checked against it by `tests/interfaces.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -24,7 +24,20 @@ struct Params {
     w_scales: u32,
     _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+/// Rows of one table chunk (in `W_DTYPE`, an override) gathered by id and scaled.
+pub(crate) const GATHER: Entry = Entry {
+    shader: &SHADER,
+    name: "gather",
+    params: size_of::<Params>(),
+    bindings: &[
+        Binding::read(1, "ids", Elem::U32),
+        Binding::read(2, "w", Elem::U32x4),
+        Binding::read_write(3, "out", Elem::F32),
+    ],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&GATHER];
 
 /// out `[n, hidden]` = `table[ids[t]]` * scale for the n = out.rows ids in `ids` (u32). Every
 /// id must be below `table.rows` (the caller validates ids on the CPU, where they come from).
@@ -51,9 +64,8 @@ pub fn gather(
             w_scales: chunk.scale_offset,
             _pad: [0; 2],
         };
-        let binds = vec![bind(1, ids), bind(2, &chunk.buffer), bind(3, out.buffer)];
-        let k = Kernel::new(&SHADER, "gather").with(chunk.format.overrides());
-        rec.dispatch(k, &params, binds, groups)?;
+        let k = Kernel::new(&GATHER).with(chunk.format.overrides());
+        rec.dispatch(k, &params, &[ids, &chunk.buffer, out.buffer], groups)?;
     }
     Ok(())
 }

@@ -4,8 +4,8 @@
 
 use super::{ChunkedTable, View, Weight, WeightFormat, matmul_coop, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, Recorder, bind};
-use crate::shaders::{Shader, shader};
+use crate::gpu::{Gpu, Kernel, Recorder};
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations per workgroup, in every entry point.
 pub const WG: u32 = 256;
@@ -54,13 +54,14 @@ const fn gemv_overrides() -> [[[(&'static str, u32); 2]; ROW_VARIANTS]; 5] {
 }
 
 /// The GEMV entry `entry` for `rows` (1..=GEMV_BATCH) rows of weights in `format`.
-fn gemv_kernel(entry: &'static str, format: WeightFormat, rows: usize) -> Kernel {
+fn gemv_kernel(entry: &'static Entry, format: WeightFormat, rows: usize) -> Kernel {
     let dtype = format.dtype() as usize;
     let variant = rows.next_power_of_two().ilog2() as usize;
-    Kernel::new(&SHADER, entry).with(&GEMV_OVERRIDES[dtype][variant])
+    Kernel::new(entry).with(&GEMV_OVERRIDES[dtype][variant])
 }
 
-/// Mirrors `Params` in linear.wgsl.
+/// Mirrors `Params` in linear_io.wgsl, the prelude `matmul_coop` shares (the size is checked
+/// against it by `tests/interfaces.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -77,7 +78,54 @@ struct Params {
     w2_scales: u32,
     _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 48);
+
+/// Bytes of the linear layers' parameters (the `linear_io` prelude's), for `matmul_coop`.
+pub(super) const PARAMS: usize = size_of::<Params>();
+
+const X: Binding = Binding::read(1, "x", Elem::F32);
+const W: Binding = Binding::read(2, "w", Elem::U32x4);
+const B: Binding = Binding::read(3, "b", Elem::F32);
+const Y: Binding = Binding::read_write(4, "y", Elem::F32);
+/// `gemv_gated`'s second weight (the up projection; W is the gate).
+const W2: Binding = Binding::read(5, "w2", Elem::U32x4);
+
+/// The `linear_io` prelude's bindings of a product y = x W^T (+ b), shared by every entry but
+/// `gemv_gated` (and by `matmul_coop`).
+pub(super) const IO: &[Binding] = &[X, W, B, Y];
+
+/// The tiled many-row product, weights in `W_DTYPE`.
+pub(crate) const MATMUL: Entry = Entry {
+    shader: &SHADER,
+    name: "matmul",
+    params: PARAMS,
+    bindings: IO,
+};
+
+/// Up to GEMV_BATCH rows (`ROWS`), each weight read once.
+pub(crate) const GEMV: Entry = Entry {
+    shader: &SHADER,
+    name: "gemv",
+    params: PARAMS,
+    bindings: IO,
+};
+
+/// [`GEMV`] with 16-byte weight loads.
+pub(crate) const GEMV_VEC: Entry = Entry {
+    shader: &SHADER,
+    name: "gemv_vec",
+    params: PARAMS,
+    bindings: IO,
+};
+
+/// gelu_tanh(x W^T) * (x W2^T): no bias, y overwritten.
+pub(crate) const GEMV_GATED: Entry = Entry {
+    shader: &SHADER,
+    name: "gemv_gated",
+    params: PARAMS,
+    bindings: &[X, W, Y, W2],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&MATMUL, &GEMV, &GEMV_VEC, &GEMV_GATED];
 
 const BIAS: u32 = 1;
 const ACCUMULATE: u32 = 2;
@@ -144,12 +192,12 @@ impl LinearKernel {
         matches!(self, LinearKernel::Matmul | LinearKernel::MatmulCoop)
     }
 
-    fn entry(self) -> &'static str {
+    fn entry(self) -> &'static Entry {
         match self {
-            LinearKernel::Matmul => "matmul",
-            LinearKernel::MatmulCoop => "matmul_coop",
-            LinearKernel::Gemv => "gemv",
-            LinearKernel::GemvVec => "gemv_vec",
+            LinearKernel::Matmul => &MATMUL,
+            LinearKernel::MatmulCoop => &matmul_coop::MATMUL_COOP,
+            LinearKernel::Gemv => &GEMV,
+            LinearKernel::GemvVec => &GEMV_VEC,
         }
     }
 }
@@ -222,20 +270,14 @@ impl Linear {
             ],
             _ => gpu.grid((w.rows as u32).div_ceil(GEMV_ROWS)),
         };
-        let binds = vec![
-            bind(1, x.buffer),
-            bind(2, &w.buffer),
-            bind(3, self.bias.as_ref().unwrap_or(gpu.dummy())),
-            bind(4, y.buffer),
-        ];
+        let bias = self.bias.as_ref().unwrap_or(gpu.dummy());
         let k = match kernel {
-            LinearKernel::Matmul => Kernel::new(&SHADER, "matmul").with(w.format.overrides()),
-            LinearKernel::MatmulCoop => {
-                Kernel::new(&matmul_coop::SHADER, "matmul_coop").with(w.format.overrides())
+            LinearKernel::Matmul | LinearKernel::MatmulCoop => {
+                Kernel::new(kernel.entry()).with(w.format.overrides())
             }
             _ => gemv_kernel(kernel.entry(), w.format, x.rows),
         };
-        rec.dispatch(k, &params, binds, groups)
+        rec.dispatch(k, &params, &[x.buffer, &w.buffer, bias, y.buffer], groups)
     }
 }
 
@@ -263,15 +305,14 @@ pub fn gemv_gated(rec: &mut Recorder, x: View, gate: &Weight, up: &Weight, y: Vi
         ..Params::new(&x, gate, &y, 0)?
     };
     let gpu = rec.gpu().clone();
-    let binds = vec![
-        bind(1, x.buffer),
-        bind(2, &gate.buffer),
-        bind(4, y.buffer),
-        bind(5, &up.buffer),
-    ];
-    let k = gemv_kernel("gemv_gated", gate.format, rows);
+    let k = gemv_kernel(&GEMV_GATED, gate.format, rows);
     let groups = gpu.grid((gate.rows as u32).div_ceil(GEMV_ROWS));
-    rec.dispatch(k, &params, binds, groups)
+    rec.dispatch(
+        k,
+        &params,
+        &[x.buffer, &gate.buffer, y.buffer, &up.buffer],
+        groups,
+    )
 }
 
 /// Whether [`gemv_gated`] can combine `gate` and `up`.

@@ -9,7 +9,9 @@
 //! round once more), so outputs are checked within [`TOLERANCE`] x max |reference|, as every
 //! case is, against the usual 2e-5 for f32 arithmetic.
 
-use crate::shaders::{Shader, shader};
+use super::linear;
+use crate::gpu::Requirement;
+use crate::shaders::{Entry, Shader, shader};
 
 /// The block of y one workgroup computes: BM rows by BN features, in 32 x 32 slots of 32
 /// invocations each (2 x 2 accumulators of 16 x 16).
@@ -26,15 +28,30 @@ const _: () = assert!(BM.is_multiple_of(32) && BN.is_multiple_of(32) && BK.is_mu
 /// O(1).
 pub const TOLERANCE: f64 = 2e-3;
 
+/// Needs f16 and cooperative matrices (`Gpu::COOPERATIVE_MATRIX_FEATURES`).
 pub(crate) const SHADER: Shader = shader!(
     "matmul_coop",
     ["weight_format", "linear_io"],
-    &[("BM", BM), ("BN", BN), ("BK", BK), ("COOP_WG", COOP_WG)]
+    &[("BM", BM), ("BN", BN), ("BK", BK), ("COOP_WG", COOP_WG)],
+    wgpu::Features::SHADER_F16.union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
 );
 
-/// The device features the kernel needs.
-pub const FEATURES: wgpu::Features =
-    wgpu::Features::SHADER_F16.union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+/// y = x W^T (+ b) on cooperative matrices: `linear.wgsl`'s `matmul` contract (its params and
+/// bindings, from the `linear_io` prelude).
+pub(crate) const MATMUL_COOP: Entry = Entry {
+    shader: &SHADER,
+    name: "matmul_coop",
+    params: linear::PARAMS,
+    bindings: linear::IO,
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&MATMUL_COOP];
+
+/// What the kernel needs of an adapter, for the runtime (see `ops/device.rs`).
+pub(crate) const REQUIREMENT: Requirement = Requirement {
+    features: SHADER.features,
+    adapter_supports,
+};
 
 /// Whether an adapter can run the kernel: the features, a subgroup-scoped 16 x 16 x 16
 /// configuration of f16 operands with f32 accumulation, and subgroups of at most 32 invocations
@@ -46,7 +63,7 @@ pub fn adapter_supports(adapter: &wgpu::Adapter) -> bool {
             && c.ab_type == wgpu::CooperativeScalarType::F16
             && c.cr_type == wgpu::CooperativeScalarType::F32
     });
-    adapter.features().contains(FEATURES) && config && subgroups_fit(&info)
+    adapter.features().contains(SHADER.features) && config && subgroups_fit(&info)
 }
 
 /// Subgroups of at most 32 invocations that divide 32.

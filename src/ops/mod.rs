@@ -2,6 +2,9 @@
 //! `ops/<name>.rs` under the same names (`RmsNorm::forward` dispatches `rms_norm`,
 //! `rms_norm_ref` is the oracle), with the constants the shader is compiled with and its
 //! [`Shader`](crate::shaders::Shader). References are plain loops with f64 accumulators.
+//! Each entry point's interface is declared once, as an [`Entry`] const of its module
+//! (`add::ADD_INPLACE`), which the host dispatches and `tests/interfaces.rs` checks against
+//! the WGSL; [`KERNELS`] lists every shader with its entries.
 //!
 //! Ops read and write [`View`]s: rows of f32 activations inside a buffer, checked against the
 //! buffer and the op's expected shape in one place ([`View::expect`]).
@@ -11,6 +14,7 @@ pub mod add;
 pub mod argmax;
 pub mod attention;
 pub mod conv;
+mod device;
 pub mod gather;
 pub mod linear;
 pub mod matmul_coop;
@@ -25,6 +29,26 @@ pub use weights::{ChunkedTable, HostWeight, Weight, WeightFormat};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::shaders::{Entry, Shader};
+
+/// Every shader with its entry points: the naga tests translate each shader to every backend
+/// (`tests/portability.rs`) and check each entry's declared interface against its WGSL, which
+/// must declare no other entry point (`tests/interfaces.rs`).
+pub(crate) const KERNELS: &[(&Shader, &[&Entry])] = &[
+    (&activation::SHADER, activation::ENTRIES),
+    (&add::SHADER, add::ENTRIES),
+    (&argmax::SHADER, argmax::ENTRIES),
+    (&attention::SHADER, attention::ENTRIES),
+    (&conv::SHADER, conv::ENTRIES),
+    (&gather::SHADER, gather::ENTRIES),
+    (&linear::SHADER, linear::ENTRIES),
+    (&matmul_coop::SHADER, matmul_coop::ENTRIES),
+    (&norm::SHADER, norm::ENTRIES),
+    (&patch_embed::SHADER, patch_embed::ENTRIES),
+    (&resize::SHADER, resize::ENTRIES),
+    (&rope::SHADER, rope::ENTRIES),
+    (&softmax::SHADER, softmax::ENTRIES),
+];
 
 /// `rows` rows of `width` f32 values inside a buffer, row r starting at element
 /// `offset + r * stride`: an operand of an op. Lets kernels read or write a slice of a larger

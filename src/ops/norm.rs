@@ -3,15 +3,15 @@
 
 use super::{View, u32_of};
 use crate::error::Result;
-use crate::gpu::{Kernel, Recorder, bind};
-use crate::shaders::{Shader, shader};
+use crate::gpu::Recorder;
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations per workgroup (one workgroup per row).
 pub const WG: u32 = 256;
 
 pub(crate) const SHADER: Shader = shader!("norm", ["grid", "reduce"], &[("WG", WG)]);
 
-/// Mirrors `Params` in norm.wgsl.
+/// Mirrors `Params` in norm.wgsl (the size is checked against it by `tests/interfaces.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -20,7 +20,29 @@ struct Params {
     eps: f32,
     _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 16);
+
+const X: Binding = Binding::read(1, "x", Elem::F32);
+const W: Binding = Binding::read(2, "w", Elem::F32);
+const B: Binding = Binding::read(3, "b", Elem::F32);
+const Y: Binding = Binding::read_write(4, "y", Elem::F32);
+
+/// SigLIP's LayerNorm: weight and bias.
+pub(crate) const LAYER_NORM: Entry = Entry {
+    shader: &SHADER,
+    name: "layer_norm",
+    params: size_of::<Params>(),
+    bindings: &[X, W, B, Y],
+};
+
+/// Gemma's RMSNorm: a weight, no bias.
+pub(crate) const RMS_NORM: Entry = Entry {
+    shader: &SHADER,
+    name: "rms_norm",
+    params: size_of::<Params>(),
+    bindings: &[X, W, Y],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&LAYER_NORM, &RMS_NORM];
 
 /// Checks x and y as packed `[rows, n]` and builds the parameters.
 fn params(x: &View, y: &View, n: usize, eps: f32) -> Result<Params> {
@@ -83,14 +105,9 @@ impl LayerNorm {
     /// y = (x - mean) / sqrt(var + eps) * w + b, row by row (biased variance).
     pub fn forward(&self, rec: &mut Recorder, x: View, y: View) -> Result<()> {
         let params = params(&x, &y, self.n, self.eps)?;
-        let binds = vec![
-            bind(1, x.buffer),
-            bind(2, &self.weight),
-            bind(3, &self.bias),
-            bind(4, y.buffer),
-        ];
+        let buffers = [x.buffer, &self.weight, &self.bias, y.buffer];
         let groups = rec.gpu().grid(params.rows);
-        rec.dispatch(Kernel::new(&SHADER, "layer_norm"), &params, binds, groups)
+        rec.dispatch(&LAYER_NORM, &params, &buffers, groups)
     }
 }
 
@@ -106,8 +123,12 @@ impl RmsNorm {
     /// y = x / sqrt(mean(x^2) + eps) * (1 + w), row by row.
     pub fn forward(&self, rec: &mut Recorder, x: View, y: View) -> Result<()> {
         let params = params(&x, &y, self.n, self.eps)?;
-        let binds = vec![bind(1, x.buffer), bind(2, &self.weight), bind(4, y.buffer)];
         let groups = rec.gpu().grid(params.rows);
-        rec.dispatch(Kernel::new(&SHADER, "rms_norm"), &params, binds, groups)
+        rec.dispatch(
+            &RMS_NORM,
+            &params,
+            &[x.buffer, &self.weight, y.buffer],
+            groups,
+        )
     }
 }

@@ -3,15 +3,16 @@
 
 use super::{View, grid_for, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, Recorder, bind};
-use crate::shaders::{Shader, shader};
+use crate::gpu::Recorder;
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations per workgroup.
 pub const WG: u32 = 256;
 
 pub(crate) const SHADER: Shader = shader!("patch_embed", ["grid"], &[("WG", WG)]);
 
-/// Mirrors `Params` in patch_embed.wgsl.
+/// Mirrors `Params` in patch_embed.wgsl (the size is checked against it by
+/// `tests/interfaces.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -22,7 +23,21 @@ struct Params {
     grid: u32,
     _pad: [u32; 3],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 32);
+
+/// The patch convolution plus bias and position.
+pub(crate) const PATCH_EMBED: Entry = Entry {
+    shader: &SHADER,
+    name: "patch_embed",
+    params: size_of::<Params>(),
+    bindings: &[
+        Binding::read(1, "pixels", Elem::F32),
+        Binding::read(2, "w", Elem::F32),
+        Binding::read(3, "pos_b", Elem::F32),
+        Binding::read_write(4, "out", Elem::F32),
+    ],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&PATCH_EMBED];
 
 /// The geometry of a patch embedding.
 #[derive(Clone, Copy, Debug)]
@@ -98,13 +113,8 @@ impl PatchEmbedding {
             _pad: [0; 3],
         };
         let groups = grid_for(rec.gpu(), g.n_patches() * g.dim, WG);
-        let binds = vec![
-            bind(1, pixels),
-            bind(2, &self.weight),
-            bind(3, &self.position_and_bias),
-            bind(4, out.buffer),
-        ];
-        rec.dispatch(Kernel::new(&SHADER, "patch_embed"), &params, binds, groups)
+        let buffers = [pixels, &self.weight, &self.position_and_bias, out.buffer];
+        rec.dispatch(&PATCH_EMBED, &params, &buffers, groups)
     }
 }
 

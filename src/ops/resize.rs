@@ -6,11 +6,11 @@
 
 use super::{View, grid_for, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, Recorder, bind};
+use crate::gpu::Recorder;
 use crate::preprocess::{
     PRECISION_BITS, bicubic, fixed_point, normalize_level, precompute_coeffs, vertical_first,
 };
-use crate::shaders::{Shader, shader};
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations per workgroup.
 pub const WG: u32 = 64;
@@ -21,7 +21,7 @@ pub(crate) const SHADER: Shader = shader!(
     &[("WG", WG), ("PRECISION_BITS", PRECISION_BITS)]
 );
 
-/// Mirrors `Params` in resize.wgsl.
+/// Mirrors `Params` in resize.wgsl (the size is checked against it by `tests/interfaces.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -38,7 +38,30 @@ struct Params {
     out_offset: u32,
     _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 48);
+
+/// Packed RGB pixels, one u32 each.
+const SRC: Binding = Binding::read(1, "src", Elem::U32);
+/// The resampling coefficients (`resample`), or the normalised level of each byte value as
+/// f32 bits (`normalize`).
+const COEFFS: Binding = Binding::read(2, "coeffs", Elem::I32);
+
+/// One resampling pass (horizontal or vertical) into `dst`.
+pub(crate) const RESAMPLE: Entry = Entry {
+    shader: &SHADER,
+    name: "resample",
+    params: size_of::<Params>(),
+    bindings: &[SRC, COEFFS, Binding::read_write(3, "dst", Elem::U32)],
+};
+
+/// Packed pixels to normalised f32 planes in `out`.
+pub(crate) const NORMALIZE: Entry = Entry {
+    shader: &SHADER,
+    name: "normalize",
+    params: size_of::<Params>(),
+    bindings: &[SRC, COEFFS, Binding::read_write(4, "out", Elem::F32)],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&RESAMPLE, &NORMALIZE];
 
 const RGBA: [u32; 3] = [0, 8, 16];
 const BGRA: [u32; 3] = [16, 8, 0];
@@ -139,9 +162,8 @@ pub fn preprocess_texture(
             b_shift: src.3[2],
             ..Default::default()
         };
-        let binds = vec![bind(1, &src.0), bind(2, &coeffs), bind(3, &dst)];
         let groups = grid_for(&gpu, ow * oh, WG);
-        rec.dispatch(Kernel::new(&SHADER, "resample"), &params, binds, groups)?;
+        rec.dispatch(&RESAMPLE, &params, &[&src.0, &coeffs, &dst], groups)?;
         src = (dst, (ow, oh), ow, RGBA);
     }
     let params = Params {
@@ -158,7 +180,6 @@ pub fn preprocess_texture(
         "normalisation table",
         bytemuck::cast_slice(&normalized_levels()),
     )?;
-    let binds = vec![bind(1, &src.0), bind(2, &table), bind(4, out.buffer)];
     let groups = grid_for(&gpu, size * size, WG);
-    rec.dispatch(Kernel::new(&SHADER, "normalize"), &params, binds, groups)
+    rec.dispatch(&NORMALIZE, &params, &[&src.0, &table, out.buffer], groups)
 }

@@ -2,15 +2,15 @@
 
 use super::{View, grid_for, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Bind, Gpu, Kernel, Recorder, bind};
-use crate::shaders::{Shader, shader};
+use crate::gpu::{Gpu, Recorder};
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations per workgroup.
 pub const WG: u32 = 256;
 
 pub(crate) const SHADER: Shader = shader!("rope", ["grid"], &[("WG", WG)]);
 
-/// Mirrors `Params` in rope.wgsl.
+/// Mirrors `Params` in rope.wgsl (the size is checked against it by `tests/interfaces.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -26,7 +26,36 @@ struct Params {
     k_offset: u32,
     _pad: [u32; 3],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 48);
+
+const COS: Binding = Binding::read(1, "cos_t", Elem::F32);
+const SIN: Binding = Binding::read(2, "sin_t", Elem::F32);
+const X: Binding = Binding::read_write(3, "x", Elem::F32);
+
+/// Rows at positions pos0, pos0 + 1, ...
+pub(crate) const ROPE: Entry = Entry {
+    shader: &SHADER,
+    name: "rope",
+    params: size_of::<Params>(),
+    bindings: &[COS, SIN, X],
+};
+
+/// Row r at `positions[r]`.
+pub(crate) const ROPE_AT: Entry = Entry {
+    shader: &SHADER,
+    name: "rope_at",
+    params: size_of::<Params>(),
+    bindings: &[COS, SIN, X, Binding::read(4, "positions", Elem::U32)],
+};
+
+/// Queries in x and keys in k, in one dispatch.
+pub(crate) const ROPE_QK: Entry = Entry {
+    shader: &SHADER,
+    name: "rope_qk",
+    params: size_of::<Params>(),
+    bindings: &[COS, SIN, X, Binding::read_write(5, "k", Elem::F32)],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&ROPE, &ROPE_AT, &ROPE_QK];
 
 /// cos and sin of pos * `inv_freq[i]`, `[max_pos, head_dim / 2]` each, on the GPU.
 #[derive(Clone, Debug)]
@@ -91,7 +120,7 @@ pub fn rope(
     pos0: usize,
 ) -> Result<()> {
     let params = params(&x, tables, heads, pos0, pos0 + x.rows)?;
-    dispatch(rec, "rope", params, x, tables, None)
+    dispatch(rec, &ROPE, params, x, tables, None)
 }
 
 /// [`rope`] with row r at position `positions[r]` (`u32 [x.rows]`, each at most
@@ -105,7 +134,7 @@ pub fn rope_at(
     max_position: usize,
 ) -> Result<()> {
     let params = params(&x, tables, heads, 0, max_position + 1)?;
-    dispatch(rec, "rope_at", params, x, tables, Some(bind(4, positions)))
+    dispatch(rec, &ROPE_AT, params, x, tables, Some(positions))
 }
 
 /// RoPE on the queries `q` (`heads` per row) and the keys `k` (`k_heads` per row) of the same
@@ -132,7 +161,7 @@ pub fn rope_qk(
         k_offset: kp.offset,
         ..params(&q, tables, heads, pos0, pos0 + q.rows)?
     };
-    dispatch(rec, "rope_qk", params, q, tables, Some(bind(5, k.buffer)))
+    dispatch(rec, &ROPE_QK, params, q, tables, Some(k.buffer))
 }
 
 /// Checks the rows and the highest position `end - 1` against the tables.
@@ -158,25 +187,23 @@ fn params(x: &View, tables: &RopeTables, heads: usize, pos0: usize, end: usize) 
     })
 }
 
+/// Dispatches `entry` on `x` with the tables, and `extra` (the positions or the keys) for the
+/// entries that declare a fourth binding.
 fn dispatch(
     rec: &mut Recorder,
-    entry: &'static str,
+    entry: &'static Entry,
     params: Params,
     x: View,
     tables: &RopeTables,
-    extra: Option<Bind>,
+    extra: Option<&wgpu::Buffer>,
 ) -> Result<()> {
     // One invocation per rotated pair, over the queries' heads and `rope_qk`'s keys.
     let heads = (params.heads + params.k_heads) as usize;
     let n = x.rows * heads * tables.head_dim / 2;
     let groups = grid_for(rec.gpu(), n, WG);
-    let mut binds = vec![
-        bind(1, &tables.cos),
-        bind(2, &tables.sin),
-        bind(3, x.buffer),
-    ];
-    binds.extend(extra);
-    rec.dispatch(Kernel::new(&SHADER, entry), &params, binds, groups)
+    let mut buffers = vec![&tables.cos, &tables.sin, x.buffer];
+    buffers.extend(extra);
+    rec.dispatch(entry, &params, &buffers, groups)
 }
 
 /// CPU reference: x [rows, heads * head_dim] rotated with positions pos0.., as transformers'

@@ -2,15 +2,15 @@
 
 use super::{View, u32_of};
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, Recorder, bind};
-use crate::shaders::{Shader, shader};
+use crate::gpu::Recorder;
+use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
 /// Invocations per workgroup (one workgroup per row).
 pub const WG: u32 = 256;
 
 pub(crate) const SHADER: Shader = shader!("softmax", ["grid", "reduce"], &[("WG", WG)]);
 
-/// Mirrors `Params` in softmax.wgsl.
+/// Mirrors `Params` in softmax.wgsl (the size is checked against it by `tests/interfaces.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -19,7 +19,19 @@ struct Params {
     inv_temperature: f32,
     _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 16);
+
+/// Row softmax at a temperature.
+pub(crate) const SOFTMAX: Entry = Entry {
+    shader: &SHADER,
+    name: "softmax",
+    params: size_of::<Params>(),
+    bindings: &[
+        Binding::read(1, "x", Elem::F32),
+        Binding::read_write(2, "out", Elem::F32),
+    ],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&SOFTMAX];
 
 /// out = softmax(x / temperature) along each row of packed `[rows, n]` views.
 pub fn softmax(rec: &mut Recorder, x: View, out: View, temperature: f32) -> Result<()> {
@@ -37,8 +49,7 @@ pub fn softmax(rec: &mut Recorder, x: View, out: View, temperature: f32) -> Resu
         _pad: 0,
     };
     let groups = rec.gpu().grid(params.rows);
-    let binds = vec![bind(1, x.buffer), bind(2, out.buffer)];
-    rec.dispatch(Kernel::new(&SHADER, "softmax"), &params, binds, groups)
+    rec.dispatch(&SOFTMAX, &params, &[x.buffer, out.buffer], groups)
 }
 
 /// CPU reference for [`softmax`].

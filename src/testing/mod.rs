@@ -221,12 +221,19 @@ pub fn compare(
     ))
 }
 
+pub use crate::shaders::{Access, Binding, Elem, Entry, Shader};
+
 /// Every shader's name and complete WGSL source, for the naga portability test.
 pub fn shader_sources() -> Vec<(&'static str, String)> {
-    crate::shaders::ALL
+    kernels()
         .iter()
-        .map(|s| (s.name, s.source()))
+        .map(|(s, _)| (s.name, s.source()))
         .collect()
+}
+
+/// Every shader with the host's declarations of its entry points, for `tests/interfaces.rs`.
+pub fn kernels() -> &'static [(&'static Shader, &'static [&'static Entry])] {
+    crate::ops::KERNELS
 }
 
 /// The names of the preludes (WGSL files without entry points).

@@ -42,3 +42,19 @@ pub fn repo_root() -> PathBuf {
 pub fn fixture_path(rel: &str) -> PathBuf {
     repo_root().join("tests/fixtures").join(rel)
 }
+
+/// The naga capabilities a shader is validated with: what every backend has, plus what the
+/// device features it declares (`Shader::features`) grant. `unpack2x16float` (16-bit weights)
+/// is core WGSL; naga names it SHADER_FLOAT16_IN_FLOAT32, which wgpu grants on Vulkan, Metal,
+/// DX12 and GL ES 3.1. A shader that uses more than it declares fails validation.
+pub fn naga_capabilities(features: wgpu::Features) -> naga::valid::Capabilities {
+    use naga::valid::Capabilities;
+    let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    if features.contains(wgpu::Features::SHADER_F16) {
+        caps |= Capabilities::SHADER_FLOAT16;
+    }
+    if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+        caps |= Capabilities::COOPERATIVE_MATRIX;
+    }
+    caps
+}

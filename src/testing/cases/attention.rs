@@ -1,12 +1,36 @@
 //! Attention (per-row, blocked, split) and the patch embedding.
-use super::{gather_rows, prepared, scatter};
+use super::{gather_rows, placed, prepared, scatter};
+use crate::gpu::Recorder;
 use crate::ops::View;
 use crate::ops::attention::*;
 use crate::ops::patch_embed::*;
 use crate::testing::{KernelCase, TOL};
 
-/// Attention on random q and a KV cache of `capacity` rows whose rows past `kv_len` hold NaN,
-/// proving they are never read; every kernel that takes the shape.
+/// Where q, the cache and out lie in their buffers, in f32 elements.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    q_offset: usize,
+    q_stride: usize,
+    kv_stride: usize,
+    o_offset: usize,
+    o_stride: usize,
+}
+
+impl Layout {
+    /// Rows back to back from each buffer's start.
+    fn packed(p: &AttentionParams) -> Layout {
+        let width = (p.n_heads * p.head_dim) as usize;
+        Layout {
+            q_offset: 0,
+            q_stride: width,
+            kv_stride: (p.n_kv_heads * p.head_dim) as usize,
+            o_offset: 0,
+            o_stride: width,
+        }
+    }
+}
+
+/// [`attention_placed`] with everything packed.
 fn attention_case(
     v: &mut Vec<KernelCase>,
     what: &str,
@@ -14,31 +38,43 @@ fn attention_case(
     capacity: usize,
     real: bool,
 ) {
+    attention_placed(v, what, p, Layout::packed(&p), capacity, real)
+}
+
+/// Attention on random q and a KV cache of `capacity` rows whose rows past `kv_len` hold NaN,
+/// proving they are never read, the operands placed as `l` says; every kernel that takes the
+/// shape. The reference sees the same rows packed.
+fn attention_placed(
+    v: &mut Vec<KernelCase>,
+    what: &str,
+    p: AttentionParams,
+    l: Layout,
+    capacity: usize,
+    real: bool,
+) {
     let mut kernels = vec!["per-row", "blocked"];
     if p.q_rows == 1 {
         kernels.push("split");
     }
+    let (rows, keys) = (p.q_rows as usize, p.kv_len as usize);
+    let width = (p.n_heads * p.head_dim) as usize;
+    let kv_width = (p.n_kv_heads * p.head_dim) as usize;
     for kernel in kernels {
         let case = KernelCase::new(
             "attention",
-            format!("attention {kernel} {what} {p:?}"),
+            format!("attention {kernel} {what} {p:?} {l:?}"),
             TOL,
             move |io| {
-                let q = io.rand(
-                    p.q_offset as usize + p.q_rows as usize * p.q_stride as usize,
-                    1.0,
-                );
-                let valid = p.kv_len as usize * p.kv_stride as usize;
+                let q = io.rand(l.q_offset + rows * l.q_stride, 1.0);
+                let valid = keys * l.kv_stride;
                 let mut kv = |scale: f32| {
-                    let mut x: Vec<f32> = io.rand(capacity * p.kv_stride as usize, scale);
+                    let mut x: Vec<f32> = io.rand(capacity * l.kv_stride, scale);
                     x[valid..].fill(f32::NAN);
                     x
                 };
                 // Larger scores make the softmax peaky, as trained models do.
                 let (k, vv) = (kv(3.0), kv(1.0));
-                let width = p.n_heads as usize * p.head_dim as usize;
-                let (oo, os) = (p.o_offset as usize, p.o_stride as usize);
-                let o_len = oo + (p.q_rows as usize - 1) * os + width;
+                let o_len = l.o_offset + (rows - 1) * l.o_stride + width;
                 let o0 = io.rand(o_len, 1.0);
                 let (qb, kb, vb, ob) = (
                     io.upload(&q)?,
@@ -59,12 +95,17 @@ fn attention_case(
                             "blocked" => AttentionKernel::Blocked,
                             _ => AttentionKernel::Split { partial: &partial },
                         };
-                        attention(rec, kernel, &qb, &kb, &vb, &ob, &p)
+                        let q = placed(&qb, rows, width, l.q_offset, l.q_stride);
+                        let k = placed(&kb, keys, kv_width, 0, l.kv_stride);
+                        let v = placed(&vb, keys, kv_width, 0, l.kv_stride);
+                        let out = placed(&ob, rows, width, l.o_offset, l.o_stride);
+                        attention(rec, kernel, q, k, v, out, &p)
                     },
                     move || {
-                        let r = attention_ref(&q, &k, &vv, &p);
-                        let rows = gather_rows(&r, p.q_rows as usize, width, oo, os);
-                        scatter(&o0, &rows, width, oo, os, |_, new| new)
+                        let q = gather_rows(&q, rows, width, l.q_offset, l.q_stride);
+                        let cache = |x: &[f32]| gather_rows(x, keys, kv_width, 0, l.kv_stride);
+                        let r = attention_ref(&q, &cache(&k), &cache(&vv), &p);
+                        scatter(&o0, &r, width, l.o_offset, l.o_stride, |_, new| new)
                     },
                 )
             },
@@ -74,10 +115,7 @@ fn attention_case(
 }
 
 pub(super) fn attention_cases(v: &mut Vec<KernelCase>) {
-    let a = |rows, heads, kv_heads, hd, kv_len, pos0, prefix| AttentionParams {
-        prefix_len: prefix,
-        ..AttentionParams::packed(heads, kv_heads, hd, rows, pos0, kv_len)
-    };
+    let a = problem;
     attention_case(
         v,
         "one key, one dimension",
@@ -106,22 +144,23 @@ pub(super) fn attention_cases(v: &mut Vec<KernelCase>) {
         80,
         false,
     );
-    let strided = AttentionParams {
+    let strided = Layout {
         q_offset: 3,
         q_stride: 21,
         o_stride: 19,
         o_offset: 2,
         kv_stride: 11,
-        ..a(5, 2, 1, 8, 9, 4, 6)
     };
-    attention_case(v, "strided q, out and cache rows", strided, 12, false);
+    let what = "strided q, out and cache rows";
+    attention_placed(v, what, a(5, 2, 1, 8, 9, 4, 6), strided, 12, false);
     // One sequence of a decoding batch: its query and output are row 3 of the batch's.
-    let batch_row = AttentionParams {
+    let p = a(1, 4, 2, 16, 37, 36, 30);
+    let batch_row = Layout {
         q_offset: 3 * 64,
         o_offset: 3 * 64,
-        ..a(1, 4, 2, 16, 37, 36, 30)
+        ..Layout::packed(&p)
     };
-    attention_case(v, "row 3 of a decoding batch", batch_row, 40, false);
+    attention_placed(v, "row 3 of a decoding batch", p, batch_row, 40, false);
     // Gemma 2: soft-capping and a sliding window of 5, shorter than the bidirectional prefix of
     // 9 (prefix queries still see the whole prefix; later ones only the window).
     let g2 = AttentionParams {
@@ -137,6 +176,13 @@ pub(super) fn attention_cases(v: &mut Vec<KernelCase>) {
         ..a(1, 4, 2, 16, 23, 22, 6)
     };
     attention_case(v, "Gemma 2 decode", g2, 30, false);
+    real_attention_cases(v);
+    attention_refusals(v);
+}
+
+/// The real models' shapes (the bench times these).
+fn real_attention_cases(v: &mut Vec<KernelCase>) {
+    let a = problem;
     attention_case(
         v,
         "SigLIP at 224px",
@@ -171,34 +217,63 @@ pub(super) fn attention_cases(v: &mut Vec<KernelCase>) {
         ..a(1, 8, 4, 256, 700, 699, 600)
     };
     attention_case(v, "Gemma 2 decode, window 128", g2, 700, true);
-    // head_dim beyond the kernels' limit is an error, not a wrong answer.
-    v.push(
-        KernelCase::new(
-            "attention",
-            "attention head_dim 512".into(),
-            TOL,
-            move |io| {
-                let b = io.gpu.storage("x", 4 * 512)?;
-                prepared(
-                    b.clone(),
-                    1,
-                    move |rec| {
-                        attention(
-                            rec,
-                            AttentionKernel::Blocked,
-                            &b,
-                            &b,
-                            &b,
-                            &b,
-                            &a(1, 1, 1, 512, 1, 0, 1),
-                        )
-                    },
-                    Vec::new,
-                )
-            },
+}
+
+/// `rows` queries from position `pos0` over `kv_len` keys, positions below `prefix` one block.
+fn problem(
+    rows: usize,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    kv_len: usize,
+    pos0: usize,
+    prefix: u32,
+) -> AttentionParams {
+    AttentionParams {
+        prefix_len: prefix,
+        ..AttentionParams::new(heads, kv_heads, hd, rows, pos0, kv_len)
+    }
+}
+
+/// Bad input, refused with an error containing `message`: `record` runs attention with views
+/// into one buffer of `floats` f32 values.
+fn refusal(
+    name: &str,
+    message: &'static str,
+    floats: u64,
+    record: fn(&mut Recorder, View) -> crate::error::Result<()>,
+) -> KernelCase {
+    KernelCase::new("attention", name.into(), TOL, move |io| {
+        let b = io.gpu.storage("x", 4 * floats)?;
+        prepared(
+            b.clone(),
+            1,
+            move |rec| record(rec, View::new(&b, 1, floats as usize)),
+            Vec::new,
         )
-        .refused("head_dim"),
-    );
+    })
+    .refused(message)
+}
+
+fn attention_refusals(v: &mut Vec<KernelCase>) {
+    // head_dim beyond the kernels' limit is an error, not a wrong answer.
+    v.push(refusal(
+        "attention head_dim 512",
+        "head_dim",
+        512,
+        |rec, x| {
+            let p = problem(1, 1, 1, 512, 1, 0, 1);
+            attention(rec, AttentionKernel::Blocked, x, x, x, x, &p)
+        },
+    ));
+    // The shader reads the caches from their buffers' first element: a view of a cache at an
+    // offset is refused, not read from the wrong rows.
+    let name = "attention over a cache at an offset";
+    v.push(refusal(name, "caches must start", 32, |rec, x| {
+        let p = problem(1, 1, 1, 16, 1, 0, 1);
+        let (q, cache) = (x.cols(0, 16), x.cols(16, 16));
+        attention(rec, AttentionKernel::Blocked, q, cache, cache, q, &p)
+    }));
 }
 
 pub(super) fn patch_cases() -> Vec<KernelCase> {
