@@ -61,8 +61,6 @@ fn fail_with(offenders: &[String], what: &str) {
     );
 }
 
-// un-ignore once the structure issue lands
-#[ignore]
 #[test]
 fn source_files_are_at_most_500_lines() {
     let mut offenders = Vec::new();
@@ -78,8 +76,6 @@ fn source_files_are_at_most_500_lines() {
     );
 }
 
-// un-ignore once the structure issue lands
-#[ignore]
 #[test]
 fn source_functions_are_at_most_80_lines() {
     let mut offenders = Vec::new();
@@ -102,8 +98,6 @@ fn source_functions_are_at_most_80_lines() {
     );
 }
 
-// un-ignore once the structure issue lands
-#[ignore]
 #[test]
 fn no_file_allows_long_argument_lists() {
     // Spelled in parts so that this file does not name the lint itself.
