@@ -187,9 +187,9 @@ fn main() -> anyhow::Result<()> {
     if !args.json {
         println!("adapter: {}", gpu.adapter_name());
         println!(
-            "| model | precision | upload s | vision ms | prefill ms (tokens) | TTFT ms | decode tok/s | decode GB/token | decode GB/s | GPU vision / prefill / step ms | weights MiB | session MiB |"
+            "| model | precision | upload s | vision ms | prefill ms (tokens) | TTFT ms | decode tok/s | decode GB/token | decode GB/s | GPU vision / prefill / step ms | weights MiB | state MiB | dispatches per token |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
     for (name, cfg) in shapes {
         let before = gpu.allocated_bytes();
@@ -284,10 +284,11 @@ fn main() -> anyhow::Result<()> {
             t3 = model.block_on(model.step(&mut scratch, &mut [&mut s3], &[t]))?[0];
         }
         let decode_kernels = gpu.take_kernel_times();
-        match decode_kernels.iter().map(|k| k.1).sum::<usize>() {
-            0 => println!("{name}: decode dispatches per token not counted (no timestamp queries)"),
-            n => println!("{name}: {} decode dispatches per token", n / 8),
-        }
+        // None without timestamp queries (the profile counts nothing then).
+        let dispatches = match decode_kernels.iter().map(|k| k.1).sum::<usize>() {
+            0 => None,
+            n => Some(n / 8),
+        };
         if args.profile {
             print_kernels(&format!("{name} prefill"), prefill_kernels);
             print_kernels(&format!("{name} 8 decode steps"), decode_kernels);
@@ -314,12 +315,12 @@ fn main() -> anyhow::Result<()> {
                     "decode_tokens_per_s": tps, "decode_gb_per_s": gbs,
                     "weights_mib": weights_mib, "session_mib": session_mib,
                     "gpu_vision_ms": gpu_vision, "gpu_prefill_ms": gpu_prefill,
-                    "gpu_decode_step_ms": gpu_step,
+                    "gpu_decode_step_ms": gpu_step, "decode_dispatches_per_token": dispatches,
                 })
             );
         } else {
             println!(
-                "| {name} | {} | {upload_s:.2} | {v:.1} | {p:.1} ({}) | {:.1} | {tps:.1} | {:.3} | {gbs:.1} | {} / {} / {} | {weights_mib:.0} | {session_mib:.0} |",
+                "| {name} | {} | {upload_s:.2} | {v:.1} | {p:.1} ({}) | {:.1} | {tps:.1} | {:.3} | {gbs:.1} | {} / {} / {} | {weights_mib:.0} | {session_mib:.0} | {} |",
                 args.precision,
                 ids.len(),
                 v + p,
@@ -327,6 +328,7 @@ fn main() -> anyhow::Result<()> {
                 fmt(gpu_vision),
                 fmt(gpu_prefill),
                 fmt(gpu_step),
+                dispatches.map_or("-".to_string(), |n| n.to_string()),
             );
         }
         if !args.json && !batch_rows.is_empty() {
@@ -352,7 +354,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Batched decoding: for each batch size, that many sessions prefilled with the same prompt
-/// decode `--new` steps together (`step_batch`); returns (sequences, ms per step). Each group
+/// decode `--new` steps together (`step` over all of them); returns (sequences, ms per step). Each group
 /// of 16 sequences reads the weights once per step.
 fn bench_batches(
     model: &PaliGemma,

@@ -1,6 +1,6 @@
 //! A renderer and PaliGemma on one device: a scene is drawn offscreen with an ordinary wgpu
 //! render pipeline, and the model answers about the rendered texture without the frame ever
-//! visiting the CPU (`PaliGemma::generate_texture`). The engine owns the device; the library
+//! visiting the CPU (`PaliGemma::generate` of a texture). The engine owns the device; the library
 //! borrows it.
 //!
 //!   cargo run --example engine -- [MODEL_DIR] [PROMPT] [--check] [--save frame.png]

@@ -11,8 +11,9 @@
 //! Every wait on the GPU (device creation, error scopes, buffer mapping) is an `async fn`
 //! (`new_async`, `scoped_async`, `read_async`, `wait_async`); the blocking functions are
 //! wrappers over them (`Gpu::block_on`), so a web page, which cannot block, awaits the same code.
-//! The model's API follows the same rule (`generate` / `generate_async`, ...): only the
-//! read-backs wait, and everything between them records and submits without waiting.
+//! The model's API is awaitable throughout (`PaliGemma::generate`, ..., with
+//! `PaliGemma::block_on` its blocking form): only the read-backs wait, and everything between
+//! them records and submits without waiting.
 //!
 //! The runtime knows no kernel: it imports nothing from `ops` or `model`. What a kernel needs
 //! of it comes in as data: each entry point's interface ([`Entry`](crate::shaders::Entry)),
@@ -180,27 +181,27 @@ impl Gpu {
     /// - **Ordering.** The library records its own command encoders and submits them to the
     ///   shared queue; wgpu runs submissions in order, so work the caller submitted before a
     ///   call (a frame rendered into a texture given to
-    ///   [`PaliGemma::encode_texture`](crate::PaliGemma::encode_texture)) is complete before the
+    ///   [`PaliGemma::encode`](crate::PaliGemma::encode) of a texture) is complete before the
     ///   library's reads, and the caller's later submissions come after the library's.
     /// - **What waits for the GPU.** Loading (uploads), the end of the image encoding
-    ///   (`start*`, `generate*` wait for the vision tower), the prefill and each decode step
+    ///   (`start`, `generate` wait for the vision tower), the prefill and each decode step
     ///   (one 4-byte read-back of the chosen token; sampling reads one row of probabilities).
     ///   Nothing else does. Long work (vision, prefill) is cut into one submission per layer,
     ///   so no driver watchdog fires.
     /// - **Keeping frames smooth.** Call [`Gpu::set_polled_by_caller`] when the engine polls
-    ///   its device every frame, and poll an `_async` future
-    ///   ([`PaliGemma::generate_texture_async`](crate::PaliGemma::generate_texture_async),
-    ///   [`start_texture_async`](crate::PaliGemma::start_texture_async) then
-    ///   [`advance_async`](crate::PaliGemma::advance_async) a token per frame) once per frame:
+    ///   its device every frame, and poll an awaitable operation
+    ///   ([`PaliGemma::generate`](crate::PaliGemma::generate) of a texture, or
+    ///   [`start`](crate::PaliGemma::start) then [`advance`](crate::PaliGemma::advance) a token
+    ///   per frame, or a [`Scheduler`](crate::Scheduler)'s step) once per frame:
     ///   it never blocks, and it returns to the frame loop between layers, so each frame's own
     ///   submissions reach the queue between two layers of the prefill rather than behind all of
-    ///   it (`tests/engine.rs` drives a generation this way). Or run the blocking forms on a
+    ///   it (`tests/engine.rs` drives a generation this way). Or block on them on a
     ///   worker thread: the model is `Send + Sync`, and wgpu's device and queue may be used from
     ///   any thread.
     /// - **Memory.** [`PaliGemma::weight_memory`](crate::PaliGemma::weight_memory),
-    ///   [`Session::gpu_bytes`](crate::Session::gpu_bytes) and
+    ///   [`DecoderState::gpu_bytes`](crate::DecoderState::gpu_bytes) and
     ///   [`Sequence::gpu_bytes`](crate::Sequence::gpu_bytes) report what the library holds;
-    ///   dropping the model, a session or a sequence frees it.
+    ///   dropping the model, a state or a sequence frees it.
     /// - **Errors.** Every library call runs in wgpu error scopes and reports failures as
     ///   [`Error`](crate::Error)s; the caller's uncaptured-error handler sees none of them.
     pub fn from_device(
@@ -362,11 +363,11 @@ impl Gpu {
         Ok(out)
     }
 
-    /// Runs `f`, one of the library's `_async` operations, to its end on the calling thread:
+    /// Runs `f`, one of the library's awaitable operations, to its end on the calling thread:
     /// the blocking forms are this over the awaitable ones. Natively, while `f` waits, the
     /// device is polled until the GPU is idle (its callbacks are what `f` waits for). A web page
     /// cannot block (the browser's event loop must run for the GPU's answer to arrive), so
-    /// there a future not ready at once is an error naming the `_async` form, not a hang.
+    /// there a future not ready at once is an error saying to await it, not a hang.
     pub(crate) fn block_on<T>(
         &self,
         what: &str,
@@ -391,11 +392,12 @@ impl Gpu {
     }
 
     /// The caller polls the device itself: a game engine's frame loop calls
-    /// `device.poll(PollType::Poll)` every frame (Bevy's renderer does). The `_async` forms
-    /// then never block the thread inside `device.poll`: a future such as
-    /// [`PaliGemma::advance_async`](crate::PaliGemma::advance_async) is polled once per frame
-    /// (any executor, or a no-op waker) and is ready once the GPU has answered. The blocking
-    /// forms still wait. Off by default: the `_async` forms then wait inside `device.poll`,
+    /// `device.poll(PollType::Poll)` every frame (Bevy's renderer does). The awaitable
+    /// operations then never block the thread inside `device.poll`: a future such as
+    /// [`PaliGemma::advance`](crate::PaliGemma::advance) is polled once per frame (any
+    /// executor, or a no-op waker) and is ready once the GPU has answered.
+    /// [`PaliGemma::block_on`](crate::PaliGemma::block_on) still waits. Off by default: the
+    /// operations then wait inside `device.poll`,
     /// which suits a thread that does nothing else.
     pub fn set_polled_by_caller(&self, on: bool) {
         self.inner.polled_by_caller.store(on, Ordering::Relaxed);

@@ -16,7 +16,7 @@ pub(crate) struct LayerCache {
 }
 
 /// One sequence's decoder state on the GPU: the KV cache, how much of it is filled, and the
-/// logits the last token was chosen from. A pass needs [`Activations`] besides.
+/// logits the last token was chosen from. A pass needs activations besides.
 pub struct DecoderState {
     /// Tells states apart in a [`DecodeScratch`] (whose cached bind groups name their buffers).
     pub(crate) id: u64,
@@ -150,7 +150,7 @@ impl Activations {
     }
 }
 
-/// The buffers decode steps work in, for up to [`GEMV_BATCH`] sequences a submission: the
+/// The buffers decode steps work in, for up to 16 sequences a submission: the
 /// activations, each row's token and position, the new keys and values before they go to each
 /// sequence's cache, the logits and the chosen tokens. Made once per caller that steps
 /// (`PaliGemma::decode_scratch`), grown to the rows asked for.
