@@ -55,7 +55,7 @@ fn relative(path: &Path) -> String {
 fn fail_with(offenders: &[String], what: &str) {
     assert!(
         offenders.is_empty(),
-        "{} {what}:\n  {}",
+        "{what} ({}):\n  {}",
         offenders.len(),
         offenders.join("\n  ")
     );
@@ -72,7 +72,7 @@ fn source_files_are_at_most_500_lines() {
     }
     fail_with(
         &offenders,
-        &format!("files under src/ are longer than {MAX_FILE_LINES} lines"),
+        &format!("files under src/ longer than {MAX_FILE_LINES} lines"),
     );
 }
 
@@ -94,7 +94,7 @@ fn source_functions_are_at_most_80_lines() {
     }
     fail_with(
         &offenders,
-        &format!("functions under src/ are longer than {MAX_FN_LINES} lines"),
+        &format!("functions under src/ longer than {MAX_FN_LINES} lines"),
     );
 }
 
@@ -121,7 +121,7 @@ fn no_file_allows_long_argument_lists() {
     }
     fail_with(
         &offenders,
-        &format!("lines name `{lint}`: group the arguments instead"),
+        &format!("lines naming `{lint}` (group the arguments instead; the file's length given)"),
     );
 }
 
