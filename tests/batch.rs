@@ -219,3 +219,102 @@ fn a_batched_step_refuses_bad_input_and_leaves_states_alone() {
         .unwrap_err();
     assert!(err.to_string().contains("room"), "{err}");
 }
+
+/// The library's scheduler: requests submitted at once and while others run, with a batch
+/// smaller than the work, each answered as it is alone (ids, text, reason); a request that
+/// cannot start fails alone; one cancelled while running is reported cancelled; the events
+/// of a request come in order (its tokens, then its end) and every request ends once.
+#[test]
+fn the_scheduler_answers_each_request_as_alone() {
+    use paligemma::{Event, ImageInput, Request, Scheduler, SchedulerOptions};
+    use std::collections::HashMap;
+    let dir = common::fixture_path("mqa").join("model");
+    let load = paligemma::LoadOptions::in_precision(Some(Precision::F32));
+    let model = PaliGemma::load_on(gpu().clone(), &dir, &load).unwrap();
+    let jobs: Vec<Job> = jobs().into_iter().take(7).collect();
+    let alone: Vec<_> = jobs
+        .iter()
+        .map(|j| model.block_on(model.generate(&j.image, &j.prompt, &j.opts, |_, _| true)))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut s = Scheduler::new(SchedulerOptions {
+        max_batch: 3,
+        max_waiting: 16,
+        starts_per_step: 2,
+    });
+    let request = |j: &Job| Request {
+        image: j.image.clone().into(),
+        prompt: j.prompt.as_str().into(),
+        opts: j.opts.clone(),
+    };
+    // Four now, the rest after the first step; a bad one and one to cancel.
+    let mut ids: Vec<u64> = jobs[..4]
+        .iter()
+        .map(|j| s.submit(request(j)).unwrap())
+        .collect();
+    let bad = s
+        .submit(Request {
+            image: ImageInput::Pixels(vec![0.0; 10].into()),
+            ..request(&jobs[0])
+        })
+        .unwrap();
+    let long = GenerateOptions {
+        max_new_tokens: 50,
+        stop_at_eos: false,
+        ..jobs[0].opts.clone()
+    };
+    let cancelled = s
+        .submit(Request {
+            opts: long,
+            ..request(&jobs[0])
+        })
+        .unwrap();
+    let (mut tokens, mut ends) = (HashMap::<u64, Vec<u32>>::new(), HashMap::new());
+    let mut steps = 0;
+    while !s.is_idle() {
+        for event in model.block_on(s.step(&model)).unwrap() {
+            match event {
+                Event::Token { id, token } => {
+                    assert!(!ends.contains_key(&id), "a token after the end of {id}");
+                    tokens.entry(id).or_default().push(token.id);
+                }
+                Event::Done { id, generation } => {
+                    assert!(ends.insert(id, Ok(generation)).is_none())
+                }
+                Event::Failed { id, error } => assert!(ends.insert(id, Err(error)).is_none()),
+                Event::Cancelled { id } => {
+                    assert!(ends.insert(id, Err("cancelled".into())).is_none())
+                }
+            }
+        }
+        steps += 1;
+        if steps == 1 {
+            ids.extend(jobs[4..].iter().map(|j| s.submit(request(j)).unwrap()));
+        }
+        if tokens.get(&cancelled).is_some_and(|t| t.len() == 3) && !ends.contains_key(&cancelled) {
+            assert!(s.cancel(cancelled), "a running request can be cancelled");
+            assert!(!s.cancel(cancelled + 100), "no such request");
+        }
+        assert!(
+            s.running() <= 3,
+            "{} running over a batch of 3",
+            s.running()
+        );
+        assert!(steps < 500, "the scheduler does not finish");
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let g = ends[id].as_ref().unwrap();
+        assert_eq!(g.generated_ids, alone[i].generated_ids, "request {i}");
+        assert_eq!(g.text, alone[i].text, "request {i}");
+        assert_eq!(g.finish_reason, alone[i].finish_reason, "request {i}");
+        assert_eq!(tokens[id], g.generated_ids, "request {i}: streamed tokens");
+    }
+    assert!(
+        ends[&bad].as_ref().unwrap_err().contains("pixel"),
+        "{:?}",
+        ends[&bad].as_ref().err()
+    );
+    assert_eq!(ends[&cancelled].as_ref().unwrap_err(), "cancelled");
+    assert_eq!(tokens[&cancelled].len(), 3);
+    assert_eq!(ends.len(), jobs.len() + 2);
+}
