@@ -184,14 +184,17 @@ impl PaliGemma {
             .prompt_ids(prompt, self.num_image_tokens())
     }
 
-    /// The ids of `prompt`, checked: exactly the image's tokens first.
+    /// The ids of `prompt`, checked before the image is encoded: exactly the image's tokens
+    /// first (`prompt_ids` checks the ids it makes).
     fn ids_of(&self, prompt: Prompt) -> Result<Vec<u32>> {
-        let ids = match prompt {
-            Prompt::Text(text) => self.prompt_ids(&text)?,
-            Prompt::Ids(ids) => ids,
-        };
-        check_image_prefix(&ids, self.num_image_tokens(), self.config.image_token_index)?;
-        Ok(ids)
+        match prompt {
+            Prompt::Text(text) => self.prompt_ids(&text),
+            Prompt::Ids(ids) => {
+                let (n, image_id) = (self.num_image_tokens(), self.config.image_token_index);
+                check_image_prefix(&ids, n, image_id)?;
+                Ok(ids)
+            }
+        }
     }
 
     /// Runs the vision tower and the projector on an image. Long work is submitted a layer at

@@ -182,11 +182,11 @@ impl TextModel {
         states: &mut [&mut DecoderState],
         tokens: &[u32],
     ) -> Result<Vec<u32>> {
-        self.check_step(states, tokens)?;
-        let n = states.len();
-        if n == 0 {
+        if states.is_empty() && tokens.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_step(states, tokens)?;
+        let n = states.len();
         b.reserve(gpu, &self.cfg, n)?;
         for (g, (group, ids)) in states
             .chunks(GEMV_BATCH)
@@ -209,9 +209,6 @@ impl TextModel {
                 states.len(),
                 tokens.len()
             )));
-        }
-        if states.is_empty() {
-            return Ok(());
         }
         self.check_ids(tokens)?;
         for s in states {
