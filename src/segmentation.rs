@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::detection::Detection;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::ops::conv::{Conv, Then, conv_transpose2d_ref, conv2d_ref};
@@ -328,6 +329,34 @@ pub fn decode_ref(w: &SegWeights, codes: &[u32; CODES]) -> Result<Vec<f32>> {
     let mut out = Vec::new();
     conv(&OUTPUT, &a, side, &mut out, Then::Nothing)?;
     Ok(out)
+}
+
+/// The mask of each detection that has `<seg>` codes (`None` for the others), decoded by
+/// `decoder` and fitted into its box: what the command line, `serve` and the Python package
+/// attach to a `segment` answer's objects.
+pub fn masks(detections: &[Detection], decoder: &SegDecoder) -> Result<Vec<Option<Mask>>> {
+    detections
+        .iter()
+        .map(|d| match d.codes {
+            Some(codes) => Ok(Mask::in_box(&decoder.decode(&codes)?, d.bounds())),
+            None => Ok(None),
+        })
+        .collect()
+}
+
+/// Objects as JSON, one shape for every front end (the command line's `--json`, the Python
+/// package): label, box in pixels, and the mask (or `null`) as the box it fills plus run lengths
+/// over it ([`Mask::rle`]: row-major, alternating outside and inside, outside first).
+pub fn objects_json(detections: &[Detection], masks: &[Option<Mask>]) -> serde_json::Value {
+    let objects = detections.iter().zip(masks).map(|(d, m)| {
+        serde_json::json!({
+            "label": d.label, "x_min": d.x_min, "y_min": d.y_min, "x_max": d.x_max, "y_max": d.y_max,
+            "mask": m.as_ref().map(|m| serde_json::json!({
+                "x": m.x, "y": m.y, "width": m.width, "height": m.height, "rle": m.rle(),
+            })),
+        })
+    });
+    serde_json::Value::Array(objects.collect())
 }
 
 /// A mask in image pixels: the box `[x, x + width) x [y, y + height)` and which of its pixels

@@ -1,5 +1,6 @@
-//! The shape of the code, checked: no file under `src/` longer than 500 lines, no function under
-//! `src/` longer than 80 (tests included: they are code too), and no `.rs` file in the
+//! The shape of the code, checked: no file under `src/` (or the Python package's `python/src/`)
+//! longer than 500 lines, no function there longer than 80 (tests included: they are code too),
+//! and no `.rs` file in the
 //! repository that silences clippy's lint on long argument lists. Plain std, no GPU.
 //!
 //! Functions are found by a small scanner that relies on rustfmt's layout: a line whose code
@@ -61,10 +62,17 @@ fn fail_with(offenders: &[String], what: &str) {
     );
 }
 
+/// The library's and the Python package's Rust sources.
+fn source_files() -> Vec<PathBuf> {
+    let mut files = rust_files(&root().join("src"));
+    files.extend(rust_files(&root().join("python/src")));
+    files
+}
+
 #[test]
 fn source_files_are_at_most_500_lines() {
     let mut offenders = Vec::new();
-    for path in rust_files(&root().join("src")) {
+    for path in source_files() {
         let lines = read(&path).lines().count();
         if lines > MAX_FILE_LINES {
             offenders.push(format!("{}: {lines} lines", relative(&path)));
@@ -72,14 +80,14 @@ fn source_files_are_at_most_500_lines() {
     }
     fail_with(
         &offenders,
-        &format!("files under src/ longer than {MAX_FILE_LINES} lines"),
+        &format!("files under src/ and python/src/ longer than {MAX_FILE_LINES} lines"),
     );
 }
 
 #[test]
 fn source_functions_are_at_most_80_lines() {
     let mut offenders = Vec::new();
-    for path in rust_files(&root().join("src")) {
+    for path in source_files() {
         for f in functions(&read(&path)) {
             if f.lines > MAX_FN_LINES {
                 offenders.push(format!(
@@ -94,7 +102,7 @@ fn source_functions_are_at_most_80_lines() {
     }
     fail_with(
         &offenders,
-        &format!("functions under src/ longer than {MAX_FN_LINES} lines"),
+        &format!("functions under src/ and python/src/ longer than {MAX_FN_LINES} lines"),
     );
 }
 
@@ -103,7 +111,7 @@ fn no_file_allows_long_argument_lists() {
     // Spelled in parts so that this file does not name the lint itself.
     let lint = ["too", "many", "arguments"].join("_");
     let mut offenders = Vec::new();
-    for dir in ["src", "tests", "examples"] {
+    for dir in ["src", "tests", "examples", "python/src"] {
         for path in rust_files(&root().join(dir)) {
             let source = read(&path);
             for (i, line) in source.lines().enumerate() {

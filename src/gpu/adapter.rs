@@ -30,6 +30,17 @@ pub(super) async fn pick(opts: &GpuOptions) -> Result<wgpu::Adapter> {
         .clone()
         .or_else(|| std::env::var("WGPU_ADAPTER_NAME").ok())
         .map(|s| s.to_lowercase());
+    if let Some(index) = opts.adapter_index {
+        let mut adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        let count = adapters.len();
+        return (index < count)
+            .then(|| adapters.swap_remove(index))
+            .ok_or_else(|| {
+                Error::NoAdapter(format!(
+                    "adapter index {index}: only {count} adapters (0..{count}) were found"
+                ))
+            });
+    }
     match &wanted_name {
         Some(name) => {
             let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
@@ -62,7 +73,8 @@ pub(super) async fn pick(opts: &GpuOptions) -> Result<wgpu::Adapter> {
 }
 
 impl super::Gpu {
-    /// Every adapter wgpu finds on the backends `WGPU_BACKEND` allows (all by default).
+    /// Every adapter wgpu finds on the backends `WGPU_BACKEND` allows (all by default), in the
+    /// order [`GpuOptions::adapter_index`] counts.
     pub fn adapters() -> Vec<wgpu::AdapterInfo> {
         let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         let instance = wgpu::Instance::new(desc);

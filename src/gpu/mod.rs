@@ -43,6 +43,10 @@ pub struct GpuOptions {
     pub backends: Option<wgpu::Backends>,
     /// A case-insensitive substring of the adapter's name, e.g. `"llvmpipe"` or `"H100"`.
     pub adapter_name: Option<String>,
+    /// The adapter at this position of [`Gpu::adapters`]' list (which takes the same
+    /// `WGPU_BACKEND`): how to choose one of several identical GPUs, which share a name (a Ray
+    /// worker's assigned GPU, say). Takes precedence over `adapter_name`.
+    pub adapter_index: Option<usize>,
     /// Request no optional feature (timestamps, cooperative matrices), to exercise the
     /// portable path.
     pub no_optional_features: bool,

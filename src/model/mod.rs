@@ -37,6 +37,23 @@ pub enum Precision {
     Q4,
 }
 
+impl std::str::FromStr for Precision {
+    type Err = crate::Error;
+
+    /// `f32`, `f16`, `q8` or `q4` (any case), as the command line's `--precision` takes them.
+    fn from_str(s: &str) -> crate::Result<Precision> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            "q8" => Ok(Precision::Q8),
+            "q4" => Ok(Precision::Q4),
+            _ => Err(crate::Error::invalid(format!(
+                "precision {s:?}: expected f32, f16, q8 or q4"
+            ))),
+        }
+    }
+}
+
 impl Precision {
     /// The GPU format of a `[rows, cols]` matrix stored as `stored` in the checkpoint.
     /// Quantized precisions apply to the decoder (`quantizable`: every weight a decode step

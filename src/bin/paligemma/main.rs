@@ -240,13 +240,10 @@ fn objects(
     decoder: Option<&SegDecoder>,
 ) -> anyhow::Result<(Answer, Vec<Option<Mask>>)> {
     let answer = parse_answer(text, image.width(), image.height());
-    let mut masks = Vec::new();
-    for d in &answer.detections {
-        masks.push(match (d.codes, decoder) {
-            (Some(codes), Some(dec)) => Mask::in_box(&dec.decode(&codes)?, d.bounds()),
-            _ => None,
-        });
-    }
+    let masks = match decoder {
+        Some(decoder) => paligemma::segmentation::masks(&answer.detections, decoder)?,
+        None => vec![None; answer.detections.len()],
+    };
     if decoder.is_none() && answer.detections.iter().any(|d| d.codes.is_some()) {
         eprintln!(
             "note: the answer has segmentation codes; pass --seg-decoder vae-oid.npz for masks"
@@ -262,25 +259,6 @@ fn objects(
         );
     }
     Ok((answer, masks))
-}
-
-/// The objects as JSON: boxes in pixels, and masks as the box they fill plus run lengths over it
-/// (row-major, alternating outside and inside, outside first).
-fn objects_json(answer: &Answer, masks: &[Option<Mask>]) -> serde_json::Value {
-    let objects: Vec<_> = answer
-        .detections
-        .iter()
-        .zip(masks)
-        .map(|(d, m)| {
-            serde_json::json!({
-                "label": d.label, "x_min": d.x_min, "y_min": d.y_min, "x_max": d.x_max, "y_max": d.y_max,
-                "mask": m.as_ref().map(|m| serde_json::json!({
-                    "x": m.x, "y": m.y, "width": m.width, "height": m.height, "rle": m.rle(),
-                })),
-            })
-        })
-        .collect();
-    serde_json::Value::Array(objects)
 }
 
 fn save_drawing(
@@ -328,7 +306,7 @@ fn draw_answer(
     }
     save_drawing(&image, &answer, &masks, out)?;
     if json {
-        let objects = objects_json(&answer, &masks);
+        let objects = paligemma::segmentation::objects_json(&answer.detections, &masks);
         println!(
             "{}",
             serde_json::json!({"detections": objects, "skipped_groups": answer.skipped})
@@ -447,7 +425,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             "prompt_ids": out.prompt_ids,
             "generated_ids": out.generated_ids,
             "text": out.text,
-            "detections": objects_json(&answer, &masks),
+            "detections": paligemma::segmentation::objects_json(&answer.detections, &masks),
             "skipped_groups": answer.skipped,
             "timings": out.timings,
             "adapter": model.gpu().adapter_name(),
