@@ -71,8 +71,14 @@ impl PromptTokenizer {
     /// Token ids of the full PaliGemma prompt: `num_image_tokens` `<image>` ids, `<bos>`, then
     /// `prompt` followed by `"\n"` (the separator the model was trained with). Checks that the
     /// tokenizer really produced that prefix, i.e. that `<image>` and `<bos>` are registered as
-    /// added tokens and are not split into pieces.
+    /// added tokens and are not split into pieces. An empty (or blank) prompt is refused.
     pub fn prompt_ids(&self, prompt: &str, num_image_tokens: usize) -> Result<Vec<u32>> {
+        // One rule for every front end (the server, the command line, Python, the web).
+        if prompt.trim().is_empty() {
+            return Err(Error::Invalid(
+                "the prompt is empty: give a task such as \"caption en\" or \"detect cat\"".into(),
+            ));
+        }
         let text = format!(
             "{}{BOS_TOKEN}{prompt}\n",
             IMAGE_TOKEN.repeat(num_image_tokens)

@@ -97,14 +97,133 @@ fn bad_input_is_one_error_line_and_a_nonzero_exit() {
             "--top-p",
             "0",
         ],
+        // An unwritable output fails before the model runs.
+        &[
+            "--model",
+            &fixture("mqa/model"),
+            "--image",
+            &fixture("mqa/image.png"),
+            "--prompt",
+            "x",
+            "--draw",
+            "/nonexistent-folder/out.png",
+        ],
+        // The server's rule too: the library refuses an empty prompt.
+        &[
+            "--model",
+            &fixture("mqa/model"),
+            "--image",
+            &fixture("mqa/image.png"),
+            "--prompt",
+            " ",
+        ],
     ];
-    for args in cases {
+    let no_config =
+        std::env::temp_dir().join(format!("paligemma-no-config-{}", std::process::id()));
+    std::fs::create_dir_all(&no_config).unwrap();
+    std::fs::copy(
+        fixture("mqa/model/model.safetensors"),
+        no_config.join("model.safetensors"),
+    )
+    .unwrap();
+    let no_config_args = [
+        "--model",
+        no_config.to_str().unwrap(),
+        "--image",
+        &fixture("mqa/image.png"),
+        "--prompt",
+        "x",
+    ];
+    for args in cases.iter().copied().chain([&no_config_args[..]]) {
         let (ok, _, stderr) = run(args);
         assert!(!ok, "{args:?} succeeded");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
         assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
+        assert_each_cause_once(lines[0]);
     }
+    let _ = std::fs::remove_dir_all(&no_config);
+}
+
+/// `a: b: b` (a cause printed by its error and again as its source) is what users saw.
+fn assert_each_cause_once(line: &str) {
+    let parts: Vec<&str> = line.split(": ").collect();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(!parts[i + 1..].contains(part), "{part:?} twice in {line:?}");
+    }
+}
+
+#[test]
+fn negative_numbers_reach_the_range_checks() {
+    let base = [
+        "--model",
+        &fixture("mqa/model"),
+        "--image",
+        &fixture("mqa/image.png"),
+        "--prompt",
+        "x",
+    ];
+    let cases = [
+        (
+            ["--temperature", "-1"],
+            "--temperature must be a finite number >= 0, got -1",
+        ),
+        (["--top-k", "-1"], "--top-k must be at least 0, got -1"),
+        (
+            ["--max-new-tokens", "-5"],
+            "--max-new-tokens must be at least 1, got -5",
+        ),
+        (["--top-p", "-0.5"], "--top-p"),
+    ];
+    for (extra, message) in cases {
+        let args: Vec<&str> = base.iter().copied().chain(extra).collect();
+        let (ok, _, stderr) = run(&args);
+        assert!(!ok && stderr.contains(message), "{extra:?}: {stderr}");
+    }
+    let (ok, _, stderr) = run(&[
+        "batch",
+        "--model",
+        &fixture("mqa/model"),
+        "--prompt",
+        "x",
+        "--out",
+        "/dev/null",
+        "--temperature",
+        "-2",
+        &fixture("mqa/image.png"),
+    ]);
+    assert!(!ok && stderr.contains("--temperature must be"), "{stderr}");
+}
+
+#[test]
+fn a_batch_that_can_read_nothing_fails_and_says_why() {
+    let dir = std::env::temp_dir().join(format!("paligemma-batch-none-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    let out = dir.join("out.jsonl");
+    let batch = |what: &str| {
+        let p = dir.join(what);
+        run(&[
+            "batch",
+            "--model",
+            &fixture("mqa/model"),
+            "--prompt",
+            "x",
+            "--out",
+            out.to_str().unwrap(),
+            p.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, stderr) = batch("empty");
+    assert!(!ok && stderr.contains("no image files in"), "{stderr}");
+    let (ok, _, stderr) = batch("nothere.png");
+    assert!(
+        !ok && stderr.contains("none of the 1 images could be read"),
+        "{stderr}"
+    );
+    let skipped = stderr.lines().find(|l| l.starts_with("skipped")).unwrap();
+    assert_eq!(skipped.matches("nothere.png").count(), 1, "{skipped}");
+    assert_each_cause_once(skipped);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -140,6 +259,12 @@ fn quantize_writes_a_folder_that_answers_as_quantizing_on_load() {
         let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         (json["generated_ids"].clone(), json["precision"].clone())
     };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |f: &str| std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("model.safetensors"), mode("config.json"), "file modes");
+    }
     let written = ids(out.to_str().unwrap(), &[]);
     assert_eq!(written, ids(&fixture("mqa/model"), &["--precision", "q8"]));
     assert_eq!(written.1, "q8");
@@ -154,6 +279,18 @@ fn quantize_writes_a_folder_that_answers_as_quantizing_on_load() {
         "/tmp/never",
     ]);
     assert!(!ok && stderr.contains("already quantized"), "{stderr}");
+    // Writing over a folder that holds something takes --force.
+    let model = fixture("mqa/model");
+    let again = |extra: &[&str]| {
+        let mut args = vec!["quantize", "--model", &model, "--precision", "q4"];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        run(&args)
+    };
+    let (ok, _, stderr) = again(&[]);
+    assert!(!ok && stderr.contains("pass --force"), "{stderr}");
+    let (ok, _, stderr) = again(&["--force"]);
+    assert!(ok, "{stderr}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -133,21 +133,29 @@ fn batch_answers_every_readable_image_once_and_resumes() {
     }
     std::fs::write(dir.join("9-broken.jpg"), b"not a jpeg").unwrap();
     let out = dir.join("results.jsonl");
-    let run = || {
+    let run_on = |prompt: &str, images: &std::path::Path| {
         Command::new(binary())
             .args([
                 "batch",
                 "--model",
                 &fixture("mqa/model"),
                 "--prompt",
-                "caption en",
+                prompt,
             ])
-            .args(["--max-new-tokens", "7", "--batch-size", "2", "--out"])
+            .args(["--max-new-tokens", "7", "--batch-size", "2", "--top-p", "1"])
+            .args([
+                "--top-k",
+                "0",
+                "--seg-decoder",
+                &fixture("seg/vae.npz"),
+                "--out",
+            ])
             .arg(&out)
-            .arg(&dir)
+            .arg(images)
             .output()
             .unwrap()
     };
+    let run = || run_on("caption en", &dir);
     let first = run();
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{stderr}");
@@ -178,10 +186,31 @@ fn batch_answers_every_readable_image_once_and_resumes() {
     let again = run();
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(
-        stderr.contains("0 answered, 1 skipped") && stderr.contains("3 already"),
+        stderr.contains("0 answered, 1 skipped as unreadable, 3 already"),
         "{stderr}"
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), lines);
+    // The same images through another path: known by their canonical paths, nothing redone.
+    let other_path = dir.join("..").join(dir.file_name().unwrap());
+    let again = run_on("caption en", &other_path);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("0 answered, 1 skipped as unreadable, 3 already"),
+        "{stderr}"
+    );
+    // Another prompt: its answers are added, and the file's other prompt is mentioned.
+    let other = run_on("caption es", &dir);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(other.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("3 answered, 1 skipped as unreadable, 0 already"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("other prompts (\"caption en\")"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 6);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

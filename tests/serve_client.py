@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 
+import openai
 from openai import OpenAI
 
 URL, PID, EXPECT = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -103,6 +104,34 @@ b = ask(images[expect[0]["image"]], "caption en", 6, temperature=0.9, seed=7)[1]
 check(a["generated_ids"] == b["generated_ids"], "seeded sampling differs between runs")
 print("seeded sampling reproducible: ok")
 
+# OpenAI's `stop`: the answer ends before the first stop string, whole and streamed.
+e = max(expect, key=lambda e: len(e["text"]))
+cut = len(e["text"]) // 2
+stop_at = e["text"][cut : cut + 3]
+want = e["text"][: e["text"].find(stop_at)]
+r, ext = ask(images[e["image"]], e["prompt"], e["max_tokens"], stop=[stop_at, "never seen"])
+check(r.choices[0].message.content == want, f"stop {stop_at!r}: {r.choices[0].message.content!r}")
+check(r.choices[0].finish_reason == "stop", f"stop: finish {r.choices[0].finish_reason}")
+check(ext["generated_ids"] == e["generated_ids"][: len(ext["generated_ids"])], "stop: ids")
+streamed = "".join(
+    c.choices[0].delta.content or ""
+    for c in client.chat.completions.create(
+        model="paligemma",
+        messages=messages(images[e["image"]], e["prompt"]),
+        max_tokens=e["max_tokens"],
+        stop=stop_at,
+        stream=True,
+    )
+    if c.choices
+)
+check(streamed == want, f"stop, streamed: {streamed!r} != {want!r}")
+try:
+    ask(images[e["image"]], e["prompt"], 4, logprobs=True)
+    check(False, "logprobs were ignored")
+except openai.BadRequestError as err:
+    check("logprobs" in str(err), f"logprobs refusal: {err}")
+print(f"stop {stop_at!r} ends the answer whole and streamed; logprobs refused with 400: ok")
+
 # 32 concurrent clients, different prompts and lengths, each equal to its sequential answer.
 prompts = ["caption en", "detect cat", "answer en what is it?", "ocr"]
 jobs = [
@@ -154,6 +183,9 @@ battery = [
     ("max_tokens zero", body(max_tokens=0), 400),
     ("max_tokens negative", body(max_tokens=-3), 400),
     ("n > 1", body(n=3), 400),
+    ("top_logprobs", body(top_logprobs=2), 400),
+    ("five stop strings", body(stop=["a", "b", "c", "d", "e"]), 400),
+    ("an empty stop string", body(stop=""), 400),
     ("oversized body", b'{"messages": "' + b"x" * (3 << 20) + b'"}', 413),
 ]
 for what, payload, status in battery:
@@ -166,6 +198,23 @@ for what, payload, status in battery:
 with urllib.request.urlopen(URL + "/health") as r:
     check(r.status == 200, "health after the battery")
 print(f"{len(battery)} bad requests answered with 4xx JSON errors: ok")
+
+# A GET on the completions route: 405 with an OpenAI-style body.
+try:
+    urllib.request.urlopen(URL + "/v1/chat/completions")
+    check(False, "GET on the completions route answered")
+except urllib.error.HTTPError as err:
+    got = json.loads(err.read() or b"null")
+    check(err.code == 405 and isinstance(got, dict) and "error" in got, f"GET: {err.code} {got}")
+# `image_url` as a bare string, as some clients send it.
+e = expect[0]
+plain = [{"role": "user", "content": [
+    {"type": "text", "text": e["prompt"]},
+    {"type": "image_url", "image_url": images[e["image"]]},
+]}]
+code, got = raw(json.dumps({"messages": plain, "max_tokens": e["max_tokens"]}).encode())
+check(code == 200 and got["paligemma"]["generated_ids"] == e["generated_ids"], f"plain image_url: {code} {got}")
+print("GET answered 405 with a JSON error; a bare-string image_url accepted: ok")
 
 # A streaming client that goes away mid-answer frees its slot; the server goes on.
 req = urllib.request.Request(

@@ -117,12 +117,21 @@ fn write_safetensors(
         ("format".to_string(), "pt".to_string()),
         ("quantization".to_string(), suffix.to_string()),
     ];
-    safetensors::serialize_to_file(views, Some(metadata.into()), file).map_err(|e| {
-        Error::Safetensors {
-            path: file.to_path_buf(),
-            message: e.to_string(),
-        }
-    })
+    let failed = |message: String| Error::Safetensors {
+        path: file.to_path_buf(),
+        message,
+    };
+    safetensors::serialize_to_file(views, Some(metadata.into()), file)
+        .map_err(|e| failed(e.to_string()))?;
+    // safetensors writes through a private temporary file (mode 0600): give the checkpoint the
+    // mode of the config and tokenizer copied beside it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Writes `dir`'s checkpoint to `out` with the decoder quantized at `precision` (Q8 or Q4).

@@ -15,6 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::generation::{FinishReason, GenerateOptions, ImageInput, Token};
 use crate::paligemma::PaliGemma;
 use crate::scheduler::{self, Request, RequestId, Scheduler, SchedulerOptions};
+use crate::serve::stop::{Step, StopAt};
 
 /// What a request's handler hears from the engine.
 #[derive(Debug)]
@@ -41,6 +42,8 @@ pub struct Job {
     /// The prompt, tokenized ([`PaliGemma::prompt_ids`]).
     pub prompt_ids: Vec<u32>,
     pub opts: GenerateOptions,
+    /// OpenAI's `stop` strings.
+    pub stop: Vec<String>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -107,8 +110,14 @@ impl Engine {
     }
 }
 
-/// Where each request's events go.
-type Clients = HashMap<RequestId, UnboundedSender<Event>>;
+/// Where a request's events go, through its stop strings.
+struct Client {
+    events: UnboundedSender<Event>,
+    stop: StopAt,
+    prompt_tokens: usize,
+}
+
+type Clients = HashMap<RequestId, Client>;
 
 fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
     // Jobs enter the scheduler only when they can start at once: the rest wait in the bounded
@@ -125,7 +134,7 @@ fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
         }
         let gone: Vec<RequestId> = clients
             .iter()
-            .filter(|(_, tx)| tx.is_closed())
+            .filter(|(_, c)| c.events.is_closed())
             .map(|(&id, _)| id)
             .collect();
         for id in gone {
@@ -133,11 +142,17 @@ fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
             clients.remove(&id);
         }
         match model.block_on(scheduler.step(model)) {
-            Ok(events) => events.into_iter().for_each(|e| route(&mut clients, e)),
+            Ok(events) => {
+                for event in events {
+                    if let Some(stopped) = route(&mut clients, event) {
+                        scheduler.cancel(stopped);
+                    }
+                }
+            }
             Err(e) => {
                 log::error!("the engine's device failed: {e}");
-                for (_, tx) in clients.drain() {
-                    let _ = tx.send(Event::Failed(e.to_string()));
+                for (_, c) in clients.drain() {
+                    let _ = c.events.send(Event::Failed(e.to_string()));
                 }
             }
         }
@@ -165,6 +180,11 @@ fn admit(s: &mut Scheduler, clients: &mut Clients, jobs: &Receiver<Job>, n: usiz
         if job.events.is_closed() {
             continue;
         }
+        let client = Client {
+            events: job.events,
+            stop: StopAt::new(job.stop),
+            prompt_tokens: job.prompt_ids.len(),
+        };
         let request = Request {
             image: ImageInput::Pixels(job.pixels.into()),
             prompt: job.prompt_ids.into(),
@@ -172,40 +192,64 @@ fn admit(s: &mut Scheduler, clients: &mut Clients, jobs: &Receiver<Job>, n: usiz
         };
         match s.submit(request) {
             Ok(id) => {
-                clients.insert(id, job.events);
+                clients.insert(id, client);
             }
             Err(e) => {
-                let _ = job.events.send(Event::Failed(e.to_string()));
+                let _ = client.events.send(Event::Failed(e.to_string()));
             }
         }
     }
     true
 }
 
-/// Sends a scheduler event to its client; a finished request's channel is closed.
-fn route(clients: &mut Clients, event: scheduler::Event) {
-    let (id, event, last) = match event {
-        scheduler::Event::Token { id, token } => (id, Event::Token(token), false),
+/// Sends a scheduler event to its client, through the client's stop strings; a finished
+/// request's channel is closed. Returns a request that met a stop string: the caller cancels
+/// its generation.
+fn route(clients: &mut Clients, event: scheduler::Event) -> Option<RequestId> {
+    // A client gone stays listed until the next turn cancels its request.
+    let send = |c: &Client, e: Event| {
+        let _ = c.events.send(e);
+    };
+    match event {
+        scheduler::Event::Token { id, token } => {
+            let c = clients.get_mut(&id)?;
+            match c.stop.token(token) {
+                Step::Send(piece) => piece.into_iter().for_each(|t| send(c, Event::Token(t))),
+                Step::Stop { last, text, ids } => {
+                    last.into_iter().for_each(|t| send(c, Event::Token(t)));
+                    let outcome = Outcome {
+                        reason: FinishReason::Stop,
+                        prompt_tokens: c.prompt_tokens,
+                        generated_ids: ids,
+                        text,
+                    };
+                    send(c, Event::Done(outcome));
+                    clients.remove(&id);
+                    return Some(id);
+                }
+            }
+        }
         scheduler::Event::Done { id, generation: g } => {
+            let mut c = clients.remove(&id)?;
+            c.stop
+                .finish()
+                .into_iter()
+                .for_each(|t| send(&c, Event::Token(t)));
             let outcome = Outcome {
                 reason: g.finish_reason,
                 prompt_tokens: g.prompt_ids.len(),
                 generated_ids: g.generated_ids,
                 text: g.text,
             };
-            (id, Event::Done(outcome), true)
+            send(&c, Event::Done(outcome));
         }
-        scheduler::Event::Failed { id, error } => (id, Event::Failed(error), true),
+        scheduler::Event::Failed { id, error } => {
+            let c = clients.remove(&id)?;
+            send(&c, Event::Failed(error));
+        }
         scheduler::Event::Cancelled { id } => {
             clients.remove(&id);
-            return;
         }
-    };
-    // A client gone stays listed until the next turn cancels its request.
-    if let Some(tx) = clients.get(&id) {
-        let _ = tx.send(event);
     }
-    if last {
-        clients.remove(&id);
-    }
+    None
 }

@@ -15,6 +15,7 @@
 
 pub mod engine;
 pub mod openai;
+mod stop;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +88,12 @@ pub fn router(model: Arc<PaliGemma>, opts: ServerOptions) -> std::io::Result<Rou
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .fallback(|| async { error(ApiError::status(404, "no such route")) })
+        .method_not_allowed_fallback(|| async {
+            error(ApiError::status(
+                405,
+                "this route takes another method (POST for completions)",
+            ))
+        })
         .with_state(state))
 }
 
@@ -122,15 +129,40 @@ async fn models(State(s): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
+/// Tokens a whole (not streamed) answer generated, for the request's log line.
+#[derive(Clone, Copy)]
+struct Tokens(usize);
+
+/// One log line per request at `RUST_LOG=info`: method, route, status, tokens, time (a
+/// stream's line comes when it ends).
 async fn chat_completions(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    match accept(&s, req).await {
+    let t0 = std::time::Instant::now();
+    let response = match accept(&s, req, t0).await {
         Ok(r) => r,
         Err(e) => error(e),
+    };
+    let streamed = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        let tokens = response.extensions().get::<Tokens>().map_or(0, |t| t.0);
+        log_request(response.status().as_u16(), tokens, t0);
     }
+    response
+}
+
+fn log_request(status: u16, tokens: usize, t0: std::time::Instant) {
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    log::info!("POST /v1/chat/completions {status} {tokens} tokens {ms:.0} ms");
 }
 
 /// Reads, checks and queues a request; answers it whole or as a stream.
-async fn accept(s: &Arc<AppState>, req: Request) -> Result<Response, ApiError> {
+async fn accept(
+    s: &Arc<AppState>,
+    req: Request,
+    t0: std::time::Instant,
+) -> Result<Response, ApiError> {
     let body = axum::body::to_bytes(req.into_body(), s.opts.max_body_bytes)
         .await
         .map_err(|_| {
@@ -161,7 +193,7 @@ async fn accept(s: &Arc<AppState>, req: Request) -> Result<Response, ApiError> {
         detect,
     };
     Ok(if chat.stream {
-        stream(meta, rx)
+        stream(meta, rx, t0)
     } else {
         whole(meta, rx).await?
     })
@@ -210,6 +242,7 @@ fn prepare(s: &AppState, chat: &ChatRequest) -> Result<(Job, Option<(u32, u32)>)
         pixels,
         prompt_ids,
         opts,
+        stop: chat.stop.clone(),
         events,
     };
     Ok((job, detect))
@@ -234,7 +267,9 @@ fn usage_and_extension(detect: Option<(u32, u32)>, o: &Outcome) -> (Value, Value
     let mut ext = json!({"generated_ids": o.generated_ids});
     if let Some((w, h)) = detect {
         let answer = parse_answer(&o.text, w, h);
-        ext["detections"] = json!(answer.detections);
+        // The shape of every front end's objects (`mask` is null: the server has no decoder).
+        let masks = vec![None; answer.detections.len()];
+        ext["detections"] = crate::segmentation::objects_json(&answer.detections, &masks);
         ext["skipped_groups"] = json!(answer.skipped);
     }
     (usage, ext)
@@ -247,7 +282,8 @@ async fn whole(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Response,
             Some(Event::Token(_)) => {}
             Some(Event::Done(o)) => {
                 let (usage, ext) = usage_and_extension(meta.detect, &o);
-                return Ok(axum::Json(json!({
+                let tokens = Tokens(o.generated_ids.len());
+                let mut response = axum::Json(json!({
                     "id": meta.id,
                     "object": "chat.completion",
                     "created": meta.created,
@@ -260,7 +296,9 @@ async fn whole(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Response,
                     "usage": usage,
                     "paligemma": ext,
                 }))
-                .into_response());
+                .into_response();
+                response.extensions_mut().insert(tokens);
+                return Ok(response);
             }
             Some(Event::Failed(why)) => return Err(ApiError::status(500, why)),
             None => return Err(ApiError::status(500, "the engine stopped")),
@@ -281,7 +319,7 @@ fn finish_reason(r: crate::generation::FinishReason) -> &'static str {
 /// finish reason, usage and the PaliGemma extension, then `[DONE]`. The stream ends early
 /// with an `error` object if the GPU fails. Dropping it (the client went away) drops the
 /// receiver, and the engine frees the sequence.
-fn stream(meta: Meta, rx: UnboundedReceiver<Event>) -> Response {
+fn stream(meta: Meta, rx: UnboundedReceiver<Event>, t0: std::time::Instant) -> Response {
     let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(Value, Value)>| {
         let mut c = json!({
             "id": meta.id,
@@ -312,6 +350,7 @@ fn stream(meta: Meta, rx: UnboundedReceiver<Event>) -> Response {
             }
             Event::Done(o) => {
                 ended_in.store(true, Ordering::Relaxed);
+                log_request(200, o.generated_ids.len(), t0);
                 let extra = usage_and_extension(detect, &o);
                 chunk(json!({}), Some(finish_reason(o.reason)), Some(extra))
             }

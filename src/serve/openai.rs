@@ -35,7 +35,7 @@ impl ApiError {
     /// OpenAI's error type for the status.
     pub fn kind(&self) -> &'static str {
         match self.status {
-            400 | 404 | 413 | 422 => "invalid_request_error",
+            400 | 404 | 405 | 413 | 422 => "invalid_request_error",
             429 | 503 => "server_busy",
             _ => "server_error",
         }
@@ -50,7 +50,9 @@ impl ApiError {
     }
 }
 
-/// The parts of OpenAI's request this server reads; other fields are accepted and ignored.
+/// The parts of OpenAI's request this server reads. Other fields are accepted and ignored when
+/// they cannot change the answer (`frequency_penalty: 0`, `user`, ...); `logprobs` and
+/// `top_logprobs`, which would, are refused rather than ignored.
 #[derive(Deserialize)]
 struct RawRequest {
     #[serde(default)]
@@ -73,6 +75,20 @@ struct RawRequest {
     stream: Option<bool>,
     #[serde(default)]
     n: Option<u64>,
+    /// Up to 4 strings; the answer ends before the first that appears.
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -96,9 +112,20 @@ enum Part {
     ImageUrl { image_url: ImageUrl },
 }
 
+/// `{"url": "data:..."}` as OpenAI documents it, or the bare string some clients send.
 #[derive(Deserialize)]
-struct ImageUrl {
-    url: String,
+#[serde(untagged)]
+enum ImageUrl {
+    Object { url: String },
+    Plain(String),
+}
+
+impl ImageUrl {
+    fn url(&self) -> &str {
+        match self {
+            ImageUrl::Object { url } | ImageUrl::Plain(url) => url,
+        }
+    }
 }
 
 /// Where a request's image comes from.
@@ -120,6 +147,8 @@ pub struct ChatRequest {
     pub max_tokens: Option<usize>,
     pub sampling: SamplingOptions,
     pub stream: bool,
+    /// OpenAI's `stop` strings (none: the model's `<eos>` only).
+    pub stop: Vec<String>,
 }
 
 impl ChatRequest {
@@ -145,6 +174,18 @@ impl RawRequest {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::bad(Some("n"), "only n = 1 is supported"));
         }
+        if self.logprobs == Some(true) || self.top_logprobs.is_some() {
+            let param = if self.logprobs == Some(true) {
+                "logprobs"
+            } else {
+                "top_logprobs"
+            };
+            return Err(ApiError::bad(
+                Some(param),
+                "logprobs and top_logprobs are not supported yet",
+            ));
+        }
+        let stop = self.stop_strings()?;
         let sampling = self.sampling()?;
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         if max_tokens == Some(0) {
@@ -160,8 +201,25 @@ impl RawRequest {
             max_tokens: max_tokens.map(|n| n.min(usize::MAX as u64) as usize),
             sampling,
             stream: self.stream.unwrap_or(false),
+            stop,
             model: self.model,
         })
+    }
+
+    /// `stop` as OpenAI takes it: one string or up to 4, none empty.
+    fn stop_strings(&self) -> Result<Vec<String>, ApiError> {
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > 4 || stop.iter().any(String::is_empty) {
+            return Err(ApiError::bad(
+                Some("stop"),
+                "stop takes a string or a list of up to 4 non-empty strings",
+            ));
+        }
+        Ok(stop)
     }
 
     /// The sampling options, checked by the library's one check, and OpenAI's temperature
@@ -212,7 +270,7 @@ impl RawRequest {
                 for part in parts {
                     match part {
                         Part::Text { text } => prompt.push_str(text),
-                        Part::ImageUrl { image_url } => images.push(image_url.url.as_str()),
+                        Part::ImageUrl { image_url } => images.push(image_url.url()),
                     }
                 }
             }

@@ -1,9 +1,10 @@
 //! `paligemma batch`: one prompt over many images, decoded together by the library's
 //! [`Scheduler`] (continuous batching: an image starts as soon as another finishes), one JSON line per image appended to `--out` as it
-//! finishes. Images already in `--out` are skipped, so an interrupted run resumes; an image
-//! that cannot be read is reported and skipped.
+//! finishes. Images already answered in `--out` with the same prompt are skipped (an image is
+//! known by its canonical path, whatever path names it), so an interrupted run resumes; an image
+//! that cannot be read is reported and skipped, and a run that could read none fails.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use paligemma::detection::{answers_with_boxes, parse_answer};
 use paligemma::sampling::SamplingOptions;
+use paligemma::segmentation::{SegDecoder, masks, objects_json};
 use paligemma::{
     Event, GenerateOptions, Generation, PaliGemma, Request, RequestId, Scheduler, SchedulerOptions,
 };
@@ -33,13 +35,24 @@ pub struct BatchArgs {
     /// Images decoding together at most.
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
+    /// Tokens generated per image at most.
     #[arg(long, default_value_t = 32)]
-    max_new_tokens: usize,
+    max_new_tokens: i64,
     /// 0 = greedy (default); above 0 samples, seeded by --seed.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
+    /// Nucleus sampling: keep the most probable tokens up to this mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep at most this many most probable tokens (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    top_k: i64,
+    /// Seed of the sampling RNG (each image's generation starts from it).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// big_vision's segmentation-mask decoder (`vae-oid.npz`): `segment` answers get masks.
+    #[arg(long)]
+    seg_decoder: Option<PathBuf>,
 }
 
 const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
@@ -64,23 +77,35 @@ fn image_files(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             out.push(a.clone());
         }
     }
-    Ok(out)
+    // One name per file, whatever path reached it: the key of a finished answer in `--out`.
+    Ok(out
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect())
 }
 
-/// The images already answered in `out` (lines that do not parse, such as one cut short by an
-/// interruption, are ignored).
-fn already_done(out: &Path) -> anyhow::Result<HashSet<String>> {
+/// The images already answered with `prompt` in `out`, and the other prompts `out` holds
+/// answers to (lines that do not parse, such as one cut short by an interruption, are ignored).
+fn already_done(out: &Path, prompt: &str) -> anyhow::Result<(HashSet<PathBuf>, BTreeSet<String>)> {
+    let (mut done, mut others) = (HashSet::new(), BTreeSet::new());
     let file = match std::fs::File::open(out) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((done, others)),
         Err(e) => return Err(e).with_context(|| format!("reading {}", out.display())),
     };
-    Ok(BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
-        .filter_map(|v| v["image"].as_str().map(str::to_string))
-        .collect())
+    let lines = BufReader::new(file).lines().map_while(Result::ok);
+    for line in lines.filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok()) {
+        let (Some(image), Some(asked)) = (line["image"].as_str(), line["prompt"].as_str()) else {
+            continue;
+        };
+        if asked == prompt {
+            // Written canonical; an older file's relative path is taken from here.
+            done.insert(std::fs::canonicalize(image).unwrap_or_else(|_| image.into()));
+        } else {
+            others.insert(asked.to_string());
+        }
+    }
+    Ok((done, others))
 }
 
 /// An image whose request is in the scheduler.
@@ -91,6 +116,7 @@ struct Pending {
 
 /// Where answers go, and the counts so far.
 struct Output {
+    decoder: Option<SegDecoder>,
     file: std::fs::File,
     path: PathBuf,
     prompt: String,
@@ -104,7 +130,13 @@ struct Output {
 impl Output {
     fn skip(&mut self, what: &str, why: &dyn std::fmt::Display) {
         self.failed += 1;
-        self.bar.suspend(|| eprintln!("skipped {what}: {why}"));
+        let why = why.to_string();
+        // The library's errors name the file already.
+        let line = match why.starts_with(what) {
+            true => format!("skipped {why}"),
+            false => format!("skipped {what}: {why}"),
+        };
+        self.bar.suspend(|| eprintln!("{line}"));
         self.bar.inc(1);
     }
 
@@ -114,7 +146,7 @@ impl Output {
             Event::Token { .. } => self.tokens += 1,
             Event::Done { id, generation } => {
                 let p = self.pending.remove(&id).expect("a submitted image");
-                let line = result_line(&p, &self.prompt, &generation);
+                let line = result_line(&p, &self.prompt, &generation, self.decoder.as_ref())?;
                 writeln!(self.file, "{line}")
                     .and_then(|()| self.file.flush())
                     .with_context(|| format!("writing {}", self.path.display()))?;
@@ -132,26 +164,26 @@ impl Output {
 }
 
 pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
-    if args.batch_size == 0 || args.max_new_tokens == 0 {
-        bail!("--batch-size and --max-new-tokens must be at least 1");
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
     }
     let opts = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
+        max_new_tokens: crate::at_least("--max-new-tokens", args.max_new_tokens, 1)?,
         sampling: crate::sampling_options(SamplingOptions {
             temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: crate::at_least("--top-k", args.top_k, 0)?,
             seed: args.seed,
-            ..Default::default()
         })?,
         ..Default::default()
     };
-    let images = image_files(&args.images)?;
-    let done = already_done(&args.out)?;
-    let todo: Vec<PathBuf> = images
-        .into_iter()
-        .filter(|p| !done.contains(&p.display().to_string()))
-        .collect();
+    let (todo, already) = to_do(args)?;
     let m = &args.model;
     let model = load_model(&m.model, m.precision, m.adapter.as_deref())?;
+    let decoder = match &args.seg_decoder {
+        Some(path) => Some(SegDecoder::load(model.gpu(), path)?),
+        None => None,
+    };
     let file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -159,12 +191,11 @@ pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.out.display()))?;
     let bar = indicatif::ProgressBar::new(todo.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{wide_bar} {pos}/{len} images, {per_sec}, ETA {eta} {msg}",
-        )
-        .expect("a valid template"),
+        indicatif::ProgressStyle::with_template("{wide_bar} {pos}/{len} images, ETA {eta}, {msg}")
+            .expect("a valid template"),
     );
     let mut out = Output {
+        decoder,
         file,
         path: args.out.clone(),
         prompt: args.prompt.clone(),
@@ -181,11 +212,47 @@ pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
         "{} answered, {} skipped as unreadable, {} already in {} ({:.1} s)",
         out.answered,
         out.failed,
-        done.len(),
+        already,
         args.out.display(),
         t0.elapsed().as_secs_f64()
     );
+    if out.answered == 0 && already == 0 && out.failed > 0 {
+        bail!("none of the {} images could be read", out.failed);
+    }
     Ok(())
+}
+
+/// The images to answer (those of `--out` with this prompt left out), and how many were left
+/// out.
+fn to_do(args: &BatchArgs) -> anyhow::Result<(Vec<PathBuf>, usize)> {
+    let images = image_files(&args.images)?;
+    if images.is_empty() {
+        let folders: Vec<_> = args
+            .images
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        bail!(
+            "no image files in {} (looked for {})",
+            folders.join(", "),
+            IMAGE_EXTENSIONS.join(", ")
+        );
+    }
+    let (done, others) = already_done(&args.out, &args.prompt)?;
+    if !others.is_empty() {
+        let others: Vec<_> = others.iter().map(|p| format!("{p:?}")).collect();
+        eprintln!(
+            "note: {} also holds answers to other prompts ({}); they are kept, and this prompt's \
+             answers are added",
+            args.out.display(),
+            others.join(", ")
+        );
+    }
+    let images_count = images.len();
+    let todo: Vec<PathBuf> = images.into_iter().filter(|p| !done.contains(p)).collect();
+    // Images skipped as answered (not lines in the file, which may hold others).
+    let already = images_count - todo.len();
+    Ok((todo, already))
 }
 
 /// Every image starts as soon as there is room: `batch_size` decoding together.
@@ -202,7 +269,9 @@ fn run(
         starts_per_step: batch_size,
     });
     let mut queue = todo.into_iter();
-    let t0 = std::time::Instant::now();
+    // (when, images answered, tokens) over the last seconds: a rate that is right on short
+    // runs and follows changes on long ones.
+    let mut window = std::collections::VecDeque::new();
     loop {
         while scheduler.has_room() {
             let Some(path) = queue.next() else { break };
@@ -210,7 +279,7 @@ fn run(
                 Ok((id, p)) => {
                     out.pending.insert(id, p);
                 }
-                Err(e) => out.skip(&path.display().to_string(), &format!("{e:#}")),
+                Err(e) => out.skip(&path.display().to_string(), &crate::one_line(&e)),
             }
         }
         if scheduler.is_idle() {
@@ -219,9 +288,17 @@ fn run(
         for event in model.block_on(scheduler.step(model))? {
             out.record(event)?;
         }
-        let secs = t0.elapsed().as_secs_f64();
-        let rate = out.tokens as f64 / secs;
-        out.bar.set_message(format!("{rate:.0} tokens/s"));
+        let now = std::time::Instant::now();
+        window.push_back((now, out.answered, out.tokens));
+        while window.len() > 2 && now - window[0].0 > std::time::Duration::from_secs(10) {
+            window.pop_front();
+        }
+        let (then, answered, tokens) = window[0];
+        let secs = (now - then).as_secs_f64().max(1e-3);
+        let images = (out.answered - answered) as f64 / secs;
+        let tokens = (out.tokens - tokens) as f64 / secs;
+        out.bar
+            .set_message(format!("{images:.1} images/s, {tokens:.0} tokens/s"));
     }
 }
 
@@ -243,7 +320,12 @@ fn submit(
     Ok((id, Pending { path, size }))
 }
 
-fn result_line(p: &Pending, prompt: &str, g: &Generation) -> serde_json::Value {
+fn result_line(
+    p: &Pending,
+    prompt: &str,
+    g: &Generation,
+    decoder: Option<&SegDecoder>,
+) -> anyhow::Result<serde_json::Value> {
     let mut line = serde_json::json!({
         "image": p.path,
         "prompt": prompt,
@@ -253,7 +335,11 @@ fn result_line(p: &Pending, prompt: &str, g: &Generation) -> serde_json::Value {
     });
     if answers_with_boxes(prompt) {
         let answer = parse_answer(&g.text, p.size.0, p.size.1);
-        line["detections"] = serde_json::json!(answer.detections);
+        let masks = match decoder {
+            Some(decoder) => masks(&answer.detections, decoder)?,
+            None => vec![None; answer.detections.len()],
+        };
+        line["detections"] = objects_json(&answer.detections, &masks);
     }
-    line
+    Ok(line)
 }

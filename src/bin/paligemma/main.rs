@@ -13,6 +13,7 @@
 //! Logging goes through `RUST_LOG` (e.g. `RUST_LOG=info`).
 
 mod batch;
+mod draw;
 mod serve;
 
 use std::io::Write;
@@ -21,9 +22,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use paligemma::detection::{Answer, parse_answer};
 use paligemma::sampling::SamplingOptions;
-use paligemma::segmentation::{Mask, SegDecoder};
+use paligemma::segmentation::SegDecoder;
 use paligemma::{GenerateOptions, GpuOptions, LoadOptions, PaliGemma, Precision};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -32,6 +32,22 @@ enum PrecisionArg {
     F16,
     Q8,
     Q4,
+}
+
+/// What `quantize` writes.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum QuantizedArg {
+    Q8,
+    Q4,
+}
+
+impl QuantizedArg {
+    fn precision(self) -> Precision {
+        match self {
+            QuantizedArg::Q8 => Precision::Q8,
+            QuantizedArg::Q4 => Precision::Q4,
+        }
+    }
 }
 
 impl PrecisionArg {
@@ -50,7 +66,9 @@ impl PrecisionArg {
 #[command(
     version,
     args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    // `--temperature -1` must reach the range check, not read as an unknown flag.
+    allow_negative_numbers = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -63,8 +81,10 @@ struct Cli {
 enum Command {
     /// An OpenAI-compatible HTTP server (`POST /v1/chat/completions` with images, streaming;
     /// `GET /v1/models`, `GET /health`), decoding concurrent requests in one batch.
+    #[command(allow_negative_numbers = true)]
     Serve(serve::ServeArgs),
     /// Run one prompt over many images, batched, one JSON line per image (resumable).
+    #[command(allow_negative_numbers = true)]
     Batch(batch::BatchArgs),
     /// Write a copy of a checkpoint with the decoder quantized (q8 or q4): smaller to ship and
     /// to load, with the same outputs as quantizing while loading.
@@ -72,15 +92,20 @@ enum Command {
         /// The checkpoint folder to read.
         #[arg(long)]
         model: PathBuf,
+        /// 8- or 4-bit blocks.
         #[arg(long, value_enum)]
-        precision: PrecisionArg,
+        precision: QuantizedArg,
         /// The folder to write (model.safetensors, config and tokenizer).
         #[arg(long)]
         out: PathBuf,
+        /// Replace what `--out` already holds.
+        #[arg(long)]
+        force: bool,
     },
     /// Draw an answer (boxes, labels, masks) on an image without running the model, e.g. a
     /// saved `detect` or `segment` answer.
     Draw {
+        /// The image to draw on.
         #[arg(long)]
         image: PathBuf,
         /// The answer text, with its `<loc>` and `<seg>` tokens.
@@ -163,8 +188,9 @@ struct Args {
     /// The task prompt, e.g. "caption en", "detect cat", "answer en what is this?".
     #[arg(long, required = true)]
     prompt: Option<String>,
+    /// Tokens generated at most (fewer when the model emits `<eos>`).
     #[arg(long, default_value_t = 32)]
-    max_new_tokens: usize,
+    max_new_tokens: i64,
     /// 0 = greedy (default); above 0 samples from softmax(logits / T).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -173,7 +199,7 @@ struct Args {
     top_p: f32,
     /// Keep at most this many most probable tokens (0 = no limit).
     #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    top_k: i64,
     /// Seed of the sampling RNG, for reproducible runs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -210,14 +236,15 @@ fn main() -> ExitCode {
             model,
             precision,
             out,
-        }) => quantize(model, precision.precision(), out),
+            force,
+        }) => quantize(model, precision.precision(), out, *force),
         Some(Command::Draw {
             image,
             answer,
             seg_decoder,
             out,
             json,
-        }) => draw_answer(image, answer, seg_decoder.as_deref(), out, *json),
+        }) => draw::draw_answer(image, answer, seg_decoder.as_deref(), out, *json),
         Some(Command::Serve(args)) => serve::serve(args),
         Some(Command::Batch(args)) => batch::batch(args),
         None if cli.run.list_adapters => list_adapters(),
@@ -226,99 +253,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The answer's objects, with masks where it has `<seg>` codes and a decoder is given.
-fn objects(
-    text: &str,
-    image: &image::DynamicImage,
-    decoder: Option<&SegDecoder>,
-) -> anyhow::Result<(Answer, Vec<Option<Mask>>)> {
-    let answer = parse_answer(text, image.width(), image.height());
-    let masks = match decoder {
-        Some(decoder) => paligemma::segmentation::masks(&answer.detections, decoder)?,
-        None => vec![None; answer.detections.len()],
-    };
-    if decoder.is_none() && answer.detections.iter().any(|d| d.codes.is_some()) {
-        eprintln!(
-            "note: the answer has segmentation codes; pass --seg-decoder vae-oid.npz for masks"
-        );
-    }
-    for (d, m) in answer.detections.iter().zip(&masks) {
-        let area = m
-            .as_ref()
-            .map_or(String::new(), |m| format!(", mask of {} px", m.area()));
-        println!(
-            "box {:?}: x {:.1}..{:.1}, y {:.1}..{:.1}{area}",
-            d.label, d.x_min, d.x_max, d.y_min, d.y_max
-        );
-    }
-    Ok((answer, masks))
-}
-
-fn save_drawing(
-    image: &image::DynamicImage,
-    answer: &Answer,
-    masks: &[Option<Mask>],
-    out: &Path,
-) -> anyhow::Result<()> {
-    let mut picture = image.to_rgb8();
-    paligemma::draw::draw(&mut picture, &answer.detections, masks);
-    picture
-        .save(out)
-        .with_context(|| format!("writing {}", out.display()))
-}
-
-fn draw_answer(
-    image_path: &Path,
-    text: &str,
-    seg_decoder: Option<&Path>,
-    out: &Path,
-    json: bool,
-) -> anyhow::Result<()> {
-    let image = paligemma::preprocess::load_image(image_path)?;
-    let decoder = match seg_decoder {
-        Some(path) => {
-            let gpu = paligemma::Gpu::new(&GpuOptions::default())?;
-            Some(SegDecoder::load(&gpu, path)?)
-        }
-        None => None,
-    };
-    let (answer, masks) = objects(text, &image, decoder.as_ref())?;
-    if answer.skipped > 0 {
-        let nothing = if answer.detections.is_empty() {
-            ", nothing to draw"
-        } else {
-            ""
-        };
-        eprintln!(
-            "warning: {} malformed groups skipped{nothing}: {}",
-            answer.skipped,
-            answer.malformed_summary()
-        );
-    } else if answer.detections.is_empty() {
-        eprintln!("warning: the answer has no <loc> group, nothing to draw");
-    }
-    save_drawing(&image, &answer, &masks, out)?;
-    if json {
-        let objects = paligemma::segmentation::objects_json(&answer.detections, &masks);
-        println!(
-            "{}",
-            serde_json::json!({"detections": objects, "skipped_groups": answer.skipped})
-        );
-    }
-    println!(
-        "{}: {} objects ({} malformed groups skipped)",
-        out.display(),
-        answer.detections.len(),
-        answer.skipped
-    );
-    Ok(())
 }
 
 fn list_adapters() -> anyhow::Result<()> {
@@ -338,9 +276,16 @@ fn list_adapters() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn quantize(model: &Path, precision: Precision, out: &Path) -> anyhow::Result<()> {
+fn quantize(model: &Path, precision: Precision, out: &Path, force: bool) -> anyhow::Result<()> {
     if !model.is_dir() {
         bail!("--model {}: not a folder", model.display());
+    }
+    let occupied = out.is_file() || out.read_dir().is_ok_and(|mut d| d.next().is_some());
+    if occupied && !force {
+        bail!(
+            "--out {}: already exists; pass --force to replace it",
+            out.display()
+        );
     }
     let r = paligemma::quantize_checkpoint(model, out, precision)?;
     println!(
@@ -362,6 +307,33 @@ fn sampling_options(s: SamplingOptions) -> anyhow::Result<SamplingOptions> {
     }
 }
 
+/// A count option's value, checked: clap takes any integer, so that a negative one gets this
+/// message rather than clap's "unexpected argument".
+fn at_least(flag: &str, value: i64, min: i64) -> anyhow::Result<usize> {
+    match usize::try_from(value) {
+        Ok(n) if value >= min => Ok(n),
+        _ => bail!("{flag} must be at least {min}, got {value}"),
+    }
+}
+
+/// An error as one line, each cause once: the library's errors print their cause
+/// (`photo.jpg: No such file or directory`) and also expose it as their source, so `{:#}`
+/// alone would print it twice.
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
     let (Some(model_dir), Some(image_path), Some(prompt)) =
         (&args.model, &args.image, &args.prompt)
@@ -371,11 +343,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let sampling = sampling_options(SamplingOptions {
         temperature: args.temperature,
         top_p: args.top_p,
-        top_k: args.top_k,
+        top_k: at_least("--top-k", args.top_k, 0)?,
         seed: args.seed,
     })?;
-    if args.max_new_tokens == 0 {
-        bail!("--max-new-tokens must be at least 1");
+    let max_new_tokens = at_least("--max-new-tokens", args.max_new_tokens, 1)?;
+    for (flag, path) in [("--draw", &args.draw), ("--dump-logits", &args.dump_logits)] {
+        if let Some(path) = path {
+            draw::check_writable(flag, path)?;
+        }
     }
     if !model_dir.is_dir() {
         bail!("--model {}: not a folder", model_dir.display());
@@ -383,7 +358,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let image = paligemma::preprocess::load_image(image_path)?;
     let model = load_model(model_dir, args.precision, args.adapter.as_deref())?;
     let gen_opts = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
+        max_new_tokens,
         sampling,
         stop_at_eos: true,
         keep_logits: args.dump_logits.is_some(),
@@ -402,9 +377,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }),
     )?;
     println!();
-    let (answer, masks) = objects(&out.text, &image, decoder.as_ref())?;
+    let (answer, masks) = draw::objects(&out.text, &image, decoder.as_ref())?;
     if let Some(path) = &args.draw {
-        save_drawing(&image, &answer, &masks, path)?;
+        draw::save_drawing(&image, &answer, &masks, path)?;
     }
     if let Some(path) = &args.dump_logits {
         let logits = out.step_logits.as_deref().unwrap_or_default();
@@ -416,8 +391,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
             bytes,
         )
         .context("building step_logits")?;
-        safetensors::serialize_to_file([("step_logits", view)], None, path)
-            .with_context(|| format!("writing {}", path.display()))?;
+        // Through memory, not `serialize_to_file`, whose temporary file leaves mode 0600.
+        let file = safetensors::serialize([("step_logits", view)], None)
+            .context("serializing step_logits")?;
+        std::fs::write(path, file).with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
         let json = serde_json::json!({

@@ -12,6 +12,7 @@ use crate::load_model;
 pub struct ServeArgs {
     #[command(flatten)]
     model: crate::ModelArgs,
+    /// The address to listen on (127.0.0.1: this machine only).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// 0 picks a free port; the address is printed either way.
