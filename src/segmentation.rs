@@ -331,15 +331,15 @@ pub fn decode_ref(w: &SegWeights, codes: &[u32; CODES]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// The mask of each detection that has `<seg>` codes (`None` for the others), decoded by
-/// `decoder` and fitted into its box: what the command line, `serve` and the Python package
-/// attach to a `segment` answer's objects.
-pub fn masks(detections: &[Detection], decoder: &SegDecoder) -> Result<Vec<Option<Mask>>> {
+/// The mask of each detection that has `<seg>` codes (`None` for the others, and for all
+/// without a decoder), decoded by `decoder` and fitted into its box: what the command line,
+/// `batch`, `serve` and the Python package attach to a `segment` answer's objects.
+pub fn masks(detections: &[Detection], decoder: Option<&SegDecoder>) -> Result<Vec<Option<Mask>>> {
     detections
         .iter()
-        .map(|d| match d.codes {
-            Some(codes) => Ok(Mask::in_box(&decoder.decode(&codes)?, d.bounds())),
-            None => Ok(None),
+        .map(|d| match (d.codes, decoder) {
+            (Some(codes), Some(decoder)) => Ok(Mask::in_box(&decoder.decode(&codes)?, d.bounds())),
+            _ => Ok(None),
         })
         .collect()
 }

@@ -60,64 +60,25 @@ fn json_output_matches_the_fixture() {
     assert_eq!(t.shape(), &[12, 1600]);
 }
 
+/// A single answer's arguments: `--model`, `--image`, `--prompt`, then `extra`.
+fn answer_args<'a>(
+    model: &'a str,
+    image: &'a str,
+    prompt: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["--model", model, "--image", image, "--prompt", prompt];
+    args.extend(extra);
+    args
+}
+
 #[test]
 fn bad_input_is_one_error_line_and_a_nonzero_exit() {
-    let cases: &[&[&str]] = &[
-        &[
-            "--model",
-            "/nonexistent",
-            "--image",
-            &fixture("mqa/image.png"),
-            "--prompt",
-            "x",
-        ],
-        &[
-            "--model",
-            &fixture("mqa/model"),
-            "--image",
-            "/nonexistent.png",
-            "--prompt",
-            "x",
-        ],
-        &[
-            "--model",
-            &fixture("mqa/model"),
-            "--image",
-            &fixture("mqa/expected.json"),
-            "--prompt",
-            "x",
-        ],
-        &[
-            "--model",
-            &fixture("mqa/model"),
-            "--image",
-            &fixture("mqa/image.png"),
-            "--prompt",
-            "x",
-            "--top-p",
-            "0",
-        ],
-        // An unwritable output fails before the model runs.
-        &[
-            "--model",
-            &fixture("mqa/model"),
-            "--image",
-            &fixture("mqa/image.png"),
-            "--prompt",
-            "x",
-            "--draw",
-            "/nonexistent-folder/out.png",
-        ],
-        // The server's rule too: the library refuses an empty prompt.
-        &[
-            "--model",
-            &fixture("mqa/model"),
-            "--image",
-            &fixture("mqa/image.png"),
-            "--prompt",
-            " ",
-        ],
-    ];
+    let (model, image, json) = (
+        fixture("mqa/model"),
+        fixture("mqa/image.png"),
+        fixture("mqa/expected.json"),
+    );
     let no_config =
         std::env::temp_dir().join(format!("paligemma-no-config-{}", std::process::id()));
     std::fs::create_dir_all(&no_config).unwrap();
@@ -126,15 +87,24 @@ fn bad_input_is_one_error_line_and_a_nonzero_exit() {
         no_config.join("model.safetensors"),
     )
     .unwrap();
-    let no_config_args = [
-        "--model",
-        no_config.to_str().unwrap(),
-        "--image",
-        &fixture("mqa/image.png"),
-        "--prompt",
-        "x",
+    let cases = [
+        answer_args("/nonexistent", &image, "x", &[]),
+        answer_args(&model, "/nonexistent.png", "x", &[]),
+        answer_args(&model, &json, "x", &[]),
+        answer_args(&model, &image, "x", &["--top-p", "0"]),
+        // An unwritable output fails before the model runs.
+        answer_args(
+            &model,
+            &image,
+            "x",
+            &["--draw", "/nonexistent-folder/out.png"],
+        ),
+        // The server's rule too: the library refuses an empty prompt.
+        answer_args(&model, &image, " ", &[]),
+        // A folder without config.json.
+        answer_args(no_config.to_str().unwrap(), &image, "x", &[]),
     ];
-    for args in cases.iter().copied().chain([&no_config_args[..]]) {
+    for args in &cases {
         let (ok, _, stderr) = run(args);
         assert!(!ok, "{args:?} succeeded");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -155,14 +125,7 @@ fn assert_each_cause_once(line: &str) {
 
 #[test]
 fn negative_numbers_reach_the_range_checks() {
-    let base = [
-        "--model",
-        &fixture("mqa/model"),
-        "--image",
-        &fixture("mqa/image.png"),
-        "--prompt",
-        "x",
-    ];
+    let (model, image) = (fixture("mqa/model"), fixture("mqa/image.png"));
     let cases = [
         (
             ["--temperature", "-1"],
@@ -176,8 +139,7 @@ fn negative_numbers_reach_the_range_checks() {
         (["--top-p", "-0.5"], "--top-p"),
     ];
     for (extra, message) in cases {
-        let args: Vec<&str> = base.iter().copied().chain(extra).collect();
-        let (ok, _, stderr) = run(&args);
+        let (ok, _, stderr) = run(&answer_args(&model, &image, "x", &extra));
         assert!(!ok && stderr.contains(message), "{extra:?}: {stderr}");
     }
     let (ok, _, stderr) = run(&[
@@ -242,17 +204,12 @@ fn quantize_writes_a_folder_that_answers_as_quantizing_on_load() {
     assert!(stdout.contains("matrices quantized"), "{stdout}");
     let image = fixture("mqa/image.png");
     let ids = |model: &str, extra: &[&str]| {
-        let mut args = vec![
-            "--model",
+        let mut args = answer_args(
             model,
-            "--image",
             &image,
-            "--prompt",
             "caption en",
-            "--max-new-tokens",
-            "6",
-            "--json",
-        ];
+            &["--max-new-tokens", "6", "--json"],
+        );
         args.extend(extra);
         let (ok, stdout, stderr) = run(&args);
         assert!(ok, "stderr: {stderr}");

@@ -37,9 +37,8 @@ pub fn objects(
     decoder: Option<&SegDecoder>,
 ) -> Result<serde_json::Value> {
     let answer = parse_answer(text, image.width(), image.height());
-    let found = match decoder {
-        Some(decoder) => masks(&answer.detections, decoder)?,
-        None => vec![None; answer.detections.len()],
-    };
-    Ok(objects_json(&answer.detections, &found))
+    Ok(objects_json(
+        &answer.detections,
+        &masks(&answer.detections, decoder)?,
+    ))
 }

@@ -335,10 +335,7 @@ fn result_line(
     });
     if answers_with_boxes(prompt) {
         let answer = parse_answer(&g.text, p.size.0, p.size.1);
-        let masks = match decoder {
-            Some(decoder) => masks(&answer.detections, decoder)?,
-            None => vec![None; answer.detections.len()],
-        };
+        let masks = masks(&answer.detections, decoder)?;
         line["detections"] = objects_json(&answer.detections, &masks);
     }
     Ok(line)

@@ -15,10 +15,7 @@ pub(crate) fn objects(
     decoder: Option<&SegDecoder>,
 ) -> anyhow::Result<(Answer, Vec<Option<Mask>>)> {
     let answer = parse_answer(text, image.width(), image.height());
-    let masks = match decoder {
-        Some(decoder) => paligemma::segmentation::masks(&answer.detections, decoder)?,
-        None => vec![None; answer.detections.len()],
-    };
+    let masks = paligemma::segmentation::masks(&answer.detections, decoder)?;
     if decoder.is_none() && answer.detections.iter().any(|d| d.codes.is_some()) {
         eprintln!(
             "note: the answer has segmentation codes; pass --seg-decoder vae-oid.npz for masks"
