@@ -42,6 +42,9 @@ pub enum Error {
         path: PathBuf,
         source: image::ImageError,
     },
+    /// A hub model id could not be found in the cache or downloaded (feature `hub`).
+    #[error("{id}: {message}")]
+    Hub { id: String, message: String },
     /// A request the model cannot serve (too long, bad option, bad token id).
     #[error("{0}")]
     Invalid(String),

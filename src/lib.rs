@@ -35,6 +35,8 @@ mod shaders;
 pub mod detection;
 #[cfg(feature = "draw")]
 pub mod draw;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod preprocess;
 pub mod sampling;
 pub mod segmentation;

@@ -91,7 +91,10 @@ class PaliGemma:
     """A PaliGemma or PaliGemma 2 checkpoint on a GPU.
 
     ``model``: a folder as published on the Hugging Face hub (``config.json``, safetensors,
-    ``tokenizer.json``), or one written by ``paligemma quantize``. ``precision``: ``"f32"``,
+    ``tokenizer.json``), one written by ``paligemma quantize``, or a hub id
+    (``"google/paligemma2-3b-pt-224"``, ``"owner/name@revision"``) found in the Hugging Face
+    cache or downloaded into it (``HF_TOKEN`` for the gated checkpoints; ``OSError`` when it
+    cannot be fetched). ``precision``: ``"f32"``,
     ``"f16"`` (the default), ``"q8"`` or ``"q4"``. ``adapter``: a substring of the adapter's
     name, or its index in :func:`list_adapters` (see :func:`ray_adapter`); ``None`` takes the
     fastest. ``seg_decoder``: big_vision's mask decoder (``vae-oid.npz``), so that ``segment``

@@ -15,7 +15,7 @@ mod stream;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 /// The library's error as the Python exception a caller expects.
@@ -26,6 +26,8 @@ fn py_error(e: paligemma::Error) -> PyErr {
         E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             PyFileNotFoundError::new_err(message)
         }
+        // As transformers answers a model id it cannot fetch.
+        E::Hub { .. } => PyOSError::new_err(message),
         E::NoAdapter(_) | E::Device(_) | E::Gpu { .. } | E::DeviceLost(_) => {
             PyRuntimeError::new_err(message)
         }

@@ -97,7 +97,9 @@ impl Model {
                 gpu,
                 ..LoadOptions::default()
             };
-            let model = PaliGemma::load(&path, &opts)?;
+            use std::io::IsTerminal;
+            let dir = paligemma::hub::resolve(&path, std::io::stderr().is_terminal())?;
+            let model = PaliGemma::load(&dir, &opts)?;
             let decoder = match seg_decoder {
                 Some(p) => Some(Arc::new(SegDecoder::load(model.gpu(), &p)?)),
                 None => None,

@@ -154,7 +154,7 @@ def test_bad_input_raises_naming_the_culprit(mqa, call, kind, words):
 def test_bad_model_arguments():
     with pytest.raises(ValueError, match="precision"):
         pg.PaliGemma(MQA / "model", precision="q3")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match="no-such-model: not a folder"):
         pg.PaliGemma(MQA / "no-such-model")
     with pytest.raises(RuntimeError, match="no adapter name contains"):
         pg.PaliGemma(MQA / "model", adapter="no-such-gpu")
@@ -238,3 +238,22 @@ def test_threads_may_share_a_model(mqa):
     for t in threads:
         t.join()
     assert got == want
+
+
+def test_a_hub_id_is_found_in_the_hugging_face_cache(tmp_path, monkeypatch):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--test--tiny"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in ["config.json", "tokenizer.json", "model.safetensors"]:
+        (snapshot / name).write_bytes((MQA / "model" / name).read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    by_id = pg.PaliGemma("test/tiny", precision="f32")
+    by_folder = pg.PaliGemma(MQA / "model", precision="f32")
+    args = (MQA / "image.png", "caption en")
+    assert by_id.generate(*args).generated_ids == by_folder.generate(*args).generated_ids
+    with pytest.raises(OSError, match="test/missing: not in the Hugging Face cache"):
+        pg.PaliGemma("test/missing")

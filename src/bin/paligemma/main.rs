@@ -89,7 +89,7 @@ enum Command {
     /// Write a copy of a checkpoint with the decoder quantized (q8 or q4): smaller to ship and
     /// to load, with the same outputs as quantizing while loading.
     Quantize {
-        /// The checkpoint folder to read.
+        /// The checkpoint to read: a folder or a hub id.
         #[arg(long)]
         model: PathBuf,
         /// 8- or 4-bit blocks.
@@ -126,7 +126,9 @@ enum Command {
 /// Which model, how to load it, on which adapter.
 #[derive(clap::Args, Debug)]
 struct ModelArgs {
-    /// A PaliGemma folder as published on the hub (config.json, safetensors, tokenizer.json).
+    /// A PaliGemma folder as published on the hub (config.json, safetensors, tokenizer.json),
+    /// or its hub id (`google/paligemma2-3b-pt-224[@revision]`), from the Hugging Face cache or
+    /// downloaded into it.
     #[arg(long)]
     model: PathBuf,
     /// Weights in f32 (for verification), 16 bits (the default), or the decoder in 8- or
@@ -138,15 +140,20 @@ struct ModelArgs {
     adapter: Option<String>,
 }
 
+/// The folder `--model` names: a folder, or a hub id found in the Hugging Face cache or
+/// downloaded into it.
+fn model_folder(model: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::IsTerminal;
+    paligemma::hub::resolve(model, std::io::stderr().is_terminal()).context("--model")
+}
+
 /// Loads a model with a progress bar on stderr (hidden when stderr is not a terminal).
 fn load_model(
-    dir: &Path,
+    model: &Path,
     precision: Option<PrecisionArg>,
     adapter: Option<&str>,
 ) -> anyhow::Result<PaliGemma> {
-    if !dir.is_dir() {
-        bail!("--model {}: not a folder", dir.display());
-    }
+    let dir = &model_folder(model)?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -179,7 +186,9 @@ struct Args {
     /// List the GPU adapters wgpu finds (name, backend, type) and exit.
     #[arg(long, exclusive = true)]
     list_adapters: bool,
-    /// A PaliGemma folder as published on the hub (config.json, safetensors, tokenizer.json).
+    /// A PaliGemma folder as published on the hub (config.json, safetensors, tokenizer.json),
+    /// or its hub id (`google/paligemma2-3b-pt-224[@revision]`), from the Hugging Face cache or
+    /// downloaded into it.
     #[arg(long, required = true)]
     model: Option<PathBuf>,
     /// The image (any format the `image` crate reads).
@@ -277,9 +286,7 @@ fn list_adapters() -> anyhow::Result<()> {
 }
 
 fn quantize(model: &Path, precision: Precision, out: &Path, force: bool) -> anyhow::Result<()> {
-    if !model.is_dir() {
-        bail!("--model {}: not a folder", model.display());
-    }
+    let model = &model_folder(model)?;
     let occupied = out.is_file() || out.read_dir().is_ok_and(|mut d| d.next().is_some());
     if occupied && !force {
         bail!(
@@ -352,9 +359,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             draw::check_writable(flag, path)?;
         }
     }
-    if !model_dir.is_dir() {
-        bail!("--model {}: not a folder", model_dir.display());
-    }
+    let model_dir = &model_folder(model_dir)?;
     let image = paligemma::preprocess::load_image(image_path)?;
     let model = load_model(model_dir, args.precision, args.adapter.as_deref())?;
     let gen_opts = GenerateOptions {

@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// Accept `image_url`s that name files on this machine (absolute paths or file:// URLs).
     #[arg(long)]
     allow_local_images: bool,
-    /// The model id `/v1/models` lists (default: the folder's name).
+    /// The model id `/v1/models` lists (default: the folder's name, or the hub id).
     #[arg(long)]
     model_name: Option<String>,
 }
@@ -44,11 +44,17 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let m = &args.model;
     let model = load_model(&m.model, m.precision, m.adapter.as_deref())?;
-    let name = args.model_name.clone().unwrap_or_else(|| {
-        m.model
-            .file_name()
-            .map_or("paligemma".into(), |n| n.to_string_lossy().to_string())
-    });
+    // A folder's name, or the hub id as given.
+    let name = args
+        .model_name
+        .clone()
+        .unwrap_or_else(|| match m.model.is_dir() {
+            true => m
+                .model
+                .file_name()
+                .map_or("paligemma".into(), |n| n.to_string_lossy().to_string()),
+            false => m.model.to_string_lossy().to_string(),
+        });
     let opts = ServerOptions {
         model_name: name,
         max_body_bytes: args.max_body_mb << 20,
