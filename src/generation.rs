@@ -1,5 +1,6 @@
 //! What a generation takes and gives: the image input, the prompt, the options, the result.
 
+use crate::logprobs::Logprobs;
 use std::borrow::Cow;
 
 use crate::sampling::SamplingOptions;
@@ -95,6 +96,9 @@ pub struct GenerateOptions {
     pub stop_at_eos: bool,
     /// Keep the logits each token was chosen from (for `--dump-logits` and parity checks).
     pub keep_logits: bool,
+    /// `Some(n)`: each token comes with its log-probability and the `n` likeliest tokens'
+    /// ([`Logprobs`]; reads the logits back, a vocabulary's worth of bytes per token).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -104,6 +108,7 @@ impl Default for GenerateOptions {
             sampling: SamplingOptions::default(),
             stop_at_eos: true,
             keep_logits: false,
+            logprobs: None,
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct Generation {
     pub text: String,
     /// [generated_ids.len(), vocab] when `keep_logits` was set.
     pub step_logits: Option<Vec<f32>>,
+    /// Each generated token's log-probabilities, when `logprobs` was set.
+    pub logprobs: Option<Vec<Logprobs>>,
     pub finish_reason: FinishReason,
     pub timings: Timings,
 }
@@ -152,12 +159,15 @@ pub enum FinishReason {
 }
 
 /// One token a sequence chose, and the text it added.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Token {
     pub id: u32,
     /// What the token adds to the decoded text (empty for `<eos>`; several tokens may build
     /// one character).
     pub piece: String,
+    /// Its log-probability and the likeliest alternatives', when asked for
+    /// ([`GenerateOptions::logprobs`]).
+    pub logprobs: Option<Logprobs>,
 }
 
 /// Milliseconds since `t`.

@@ -37,6 +37,7 @@ pub mod detection;
 pub mod draw;
 #[cfg(feature = "hub")]
 pub mod hub;
+pub mod logprobs;
 pub mod preprocess;
 pub mod sampling;
 pub mod segmentation;

@@ -408,7 +408,7 @@ impl PaliGemma {
         let mut scratch = self.decode_scratch()?;
         let t = Instant::now();
         let mut token = first;
-        while let Some(Token { id, piece }) = token.take() {
+        while let Some(Token { id, piece, .. }) = token.take() {
             if !on_token(id, &piece) {
                 seq.cancel();
             }

@@ -177,6 +177,15 @@ pub struct SegDecoder {
     output: Conv,
 }
 
+impl std::fmt::Debug for SegDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegDecoder")
+            .field("residual_blocks", &self.res.len())
+            .field("upsamplings", &self.up.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl SegDecoder {
     /// Loads `vae-oid.npz` onto `gpu`.
     pub fn load(gpu: &Gpu, path: &Path) -> Result<SegDecoder> {

@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use crate::generation::{FinishReason, GenerateOptions, Generation, Timings, Token};
 use crate::gpu::Gpu;
+use crate::logprobs::{Logprobs, logprobs};
 use crate::model::state::DecoderState;
 use crate::ops::View;
 use crate::ops::softmax::softmax;
@@ -31,6 +32,8 @@ pub struct Sequence {
     text: String,
     /// The logits each token was chosen from, when `keep_logits`.
     step_logits: Option<Vec<f32>>,
+    /// Each token's log-probabilities, when `logprobs`.
+    logprobs: Option<Vec<Logprobs>>,
     /// The greedy choice from the state's latest logits.
     greedy: u32,
     finished: Option<FinishReason>,
@@ -62,6 +65,7 @@ impl Sequence {
             generated: Vec::new(),
             text: String::new(),
             step_logits: opts.keep_logits.then(Vec::new),
+            logprobs: opts.logprobs.map(|_| Vec::new()),
             greedy,
             finished: None,
             error: None,
@@ -120,6 +124,7 @@ impl Sequence {
             generated_ids: self.generated,
             text: self.text,
             step_logits: self.step_logits,
+            logprobs: self.logprobs,
             finish_reason: self.finished.unwrap_or(FinishReason::Length),
             timings,
         }
@@ -151,10 +156,10 @@ impl Sequence {
     /// softmax the GPU computed), appends it, and ends the sequence at `<eos>` or its length.
     async fn choose(&mut self, c: &Chooser<'_>) -> Result<Token> {
         let vocab = (self.state.logits.size() / 4) as usize;
-        if self.step_logits.is_some() {
-            let logits = c.gpu.read_f32_async(&self.state.logits, 0, vocab).await?;
-            self.step_logits.get_or_insert_default().extend(logits);
-        }
+        let logits = match self.step_logits.is_some() || self.logprobs.is_some() {
+            true => Some(c.gpu.read_f32_async(&self.state.logits, 0, vocab).await?),
+            false => None,
+        };
         let id = match self.sampler.as_mut() {
             None => self.greedy,
             Some((sampler, probs)) => {
@@ -171,6 +176,16 @@ impl Sequence {
                 })?
             }
         };
+        let logprobs = match (&logits, self.opts.logprobs) {
+            (Some(logits), Some(top)) => Some(logprobs(logits, id, top, c.tokenizer)),
+            _ => None,
+        };
+        if let (Some(all), Some(l)) = (self.logprobs.as_mut(), &logprobs) {
+            all.push(l.clone());
+        }
+        if let (Some(all), Some(logits)) = (self.step_logits.as_mut(), logits) {
+            all.extend(logits);
+        }
         self.generated.push(id);
         let now = c.tokenizer.decode(&self.generated, true)?;
         let piece = now
@@ -183,7 +198,11 @@ impl Sequence {
         } else if self.generated.len() >= self.opts.max_new_tokens {
             self.finished = Some(FinishReason::Length);
         }
-        Ok(Token { id, piece })
+        Ok(Token {
+            id,
+            piece,
+            logprobs,
+        })
     }
 
     /// The token this sequence's next step starts from (its last); `None` once finished.

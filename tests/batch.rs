@@ -52,6 +52,7 @@ fn jobs() -> Vec<Job> {
                     sampling,
                     stop_at_eos: true,
                     keep_logits: true,
+                    logprobs: (i % 3 == 0).then_some(i as usize % 5),
                 },
                 joins_at: i as usize % 3,
             }
@@ -114,6 +115,11 @@ fn check(model: &PaliGemma, what: &str) {
         assert_eq!(streamed, a.generated_ids, "{what}: job {i}'s stream");
         let text: String = tokens.iter().map(|t| t.piece.as_str()).collect();
         assert_eq!(text, a.text, "{what}: job {i}'s text");
+        let logprobs: Vec<_> = tokens.iter().filter_map(|t| t.logprobs.clone()).collect();
+        match &a.logprobs {
+            Some(want) => assert_eq!(&logprobs, want, "{what}: job {i}'s logprobs"),
+            None => assert!(logprobs.is_empty()),
+        }
         assert_eq!(seq.text(), a.text);
         let reason = seq.finished().unwrap();
         assert!(
@@ -139,6 +145,22 @@ fn check(model: &PaliGemma, what: &str) {
             differ, 0,
             "{what}: job {i}: {differ} logits differ from decoding alone"
         );
+    }
+    // Each token's log-probabilities are its logits' log-softmax (f64 reference, 1e-5).
+    for (a, j) in alone.iter().zip(&jobs) {
+        let (Some(logprobs), Some(top)) = (&a.logprobs, j.opts.logprobs) else {
+            continue;
+        };
+        let logits = a.step_logits.as_ref().unwrap();
+        let vocab = logits.len() / a.generated_ids.len();
+        for (row, l) in logits.chunks(vocab).zip(logprobs) {
+            let log_z = row.iter().map(|&x| f64::from(x).exp()).sum::<f64>().ln();
+            let want = (f64::from(row[l.chosen.id as usize]) - log_z) as f32;
+            assert!((l.chosen.logprob - want).abs() < 1e-5, "{what}");
+            assert_eq!(l.top.len(), top);
+            let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert!(l.top.first().is_none_or(|t| row[t.id as usize] == best));
+        }
     }
     assert!(
         largest > 16,

@@ -133,7 +133,7 @@ fn batch_answers_every_readable_image_once_and_resumes() {
     }
     std::fs::write(dir.join("9-broken.jpg"), b"not a jpeg").unwrap();
     let out = dir.join("results.jsonl");
-    let run_on = |prompt: &str, images: &std::path::Path| {
+    let run_with = |prompt: &str, images: &std::path::Path, max_new_tokens: &str| {
         Command::new(binary())
             .args([
                 "batch",
@@ -142,7 +142,14 @@ fn batch_answers_every_readable_image_once_and_resumes() {
                 "--prompt",
                 prompt,
             ])
-            .args(["--max-new-tokens", "7", "--batch-size", "2", "--top-p", "1"])
+            .args([
+                "--max-new-tokens",
+                max_new_tokens,
+                "--max-batch",
+                "2",
+                "--top-p",
+                "1",
+            ])
             .args([
                 "--top-k",
                 "0",
@@ -155,6 +162,7 @@ fn batch_answers_every_readable_image_once_and_resumes() {
             .output()
             .unwrap()
     };
+    let run_on = |prompt: &str, images: &std::path::Path| run_with(prompt, images, "7");
     let run = || run_on("caption en", &dir);
     let first = run();
     let stderr = String::from_utf8_lossy(&first.stderr);
@@ -207,10 +215,18 @@ fn batch_answers_every_readable_image_once_and_resumes() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("other prompts (\"caption en\")"),
+        stderr.contains("other prompts or options (\"caption en\" {"),
         "{stderr}"
     );
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 6);
+    // Options that change the answer are part of the key: another length is answered anew.
+    let longer = run_with("caption en", &dir, "8");
+    let stderr = String::from_utf8_lossy(&longer.stderr);
+    assert!(
+        stderr.contains("3 answered, 1 skipped as unreadable, 0 already"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("\"max_new_tokens\":7"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

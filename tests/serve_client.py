@@ -125,12 +125,34 @@ streamed = "".join(
     if c.choices
 )
 check(streamed == want, f"stop, streamed: {streamed!r} != {want!r}")
-try:
-    ask(images[e["image"]], e["prompt"], 4, logprobs=True)
-    check(False, "logprobs were ignored")
-except openai.BadRequestError as err:
-    check("logprobs" in str(err), f"logprobs refusal: {err}")
-print(f"stop {stop_at!r} ends the answer whole and streamed; logprobs refused with 400: ok")
+print(f"stop {stop_at!r} ends the answer whole and streamed: ok")
+
+# logprobs: one entry per token, the chosen (greedy: the likeliest) and the top 3, whole and
+# streamed alike; none unless asked for.
+check(r.choices[0].logprobs is None, f"logprobs not asked for: {r.choices[0].logprobs}")
+r, ext = ask(images[e["image"]], e["prompt"], e["max_tokens"], logprobs=True, top_logprobs=3)
+content = r.choices[0].logprobs.content
+check([t.model_extra["id"] for t in content] == ext["generated_ids"], "logprobs: one per token")
+for t in content:
+    check(len(t.top_logprobs) == 3 and t.logprob <= 0, f"logprobs entry {t}")
+    check(abs(t.logprob - t.top_logprobs[0].logprob) < 1e-6, f"greedy is the likeliest: {t}")
+    check(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob, f"top sorted: {t}")
+    check(list(t.token.encode()) == t.bytes or len(t.bytes) == 1, f"bytes {t}")
+streamed = [
+    t
+    for c in client.chat.completions.create(
+        model="paligemma",
+        messages=messages(images[e["image"]], e["prompt"]),
+        max_tokens=e["max_tokens"],
+        logprobs=True,
+        top_logprobs=3,
+        stream=True,
+    )
+    if c.choices and c.choices[0].logprobs
+    for t in c.choices[0].logprobs.content
+]
+check([t.model_dump() for t in streamed] == [t.model_dump() for t in content], "streamed logprobs")
+print(f"logprobs and top_logprobs for {len(content)} tokens, whole and streamed: ok")
 
 # 32 concurrent clients, different prompts and lengths, each equal to its sequential answer.
 prompts = ["caption en", "detect cat", "answer en what is it?", "ocr"]

@@ -12,15 +12,18 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::generation::{FinishReason, GenerateOptions, ImageInput, Token};
+use crate::generation::{FinishReason, GenerateOptions, ImageInput};
 use crate::paligemma::PaliGemma;
 use crate::scheduler::{self, Request, RequestId, Scheduler, SchedulerOptions};
+pub use crate::serve::stop::Piece;
 use crate::serve::stop::{Step, StopAt};
 
 /// What a request's handler hears from the engine.
 #[derive(Debug)]
 pub enum Event {
-    Token(Token),
+    /// Text to send (held back while it may begin a stop string), with its tokens'
+    /// log-probabilities when asked for.
+    Token(Piece),
     Done(Outcome),
     /// The GPU failed on this request (a 5xx); the engine goes on with the others.
     Failed(String),

@@ -1,6 +1,8 @@
 //! An OpenAI-compatible HTTP server (feature `serve`): `POST /v1/chat/completions` (with
 //! images as `image_url` parts, streaming as server-sent events), `GET /v1/models`,
-//! `GET /health`. Requests are batched continuously by the [`engine`].
+//! `GET /health`. Requests are batched continuously by the [`engine`]. `detect` and `segment`
+//! answers carry their objects (boxes in pixels; masks with a [`SegDecoder`]) in the
+//! response's `paligemma` extension, in the shape the command line prints.
 //!
 //! ```no_run
 //! # async fn f() -> std::io::Result<()> {
@@ -16,6 +18,8 @@
 pub mod engine;
 pub mod openai;
 mod stop;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +37,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::detection::{answers_with_boxes, parse_answer};
+use crate::logprobs::Logprobs;
 use crate::paligemma::PaliGemma;
+use crate::segmentation::SegDecoder;
 use engine::{Engine, EngineOptions, Event, Job, Outcome};
 use openai::{ApiError, ChatRequest, ImageSource, decode_image, generate_options};
 
@@ -51,6 +57,9 @@ pub struct ServerOptions {
     /// Accept `image_url`s naming local files (off: a network client could read the server's
     /// files).
     pub allow_local_images: bool,
+    /// big_vision's mask decoder: `segment` answers come with masks (without it, `mask` is
+    /// null).
+    pub seg_decoder: Option<Arc<SegDecoder>>,
     pub engine: EngineOptions,
 }
 
@@ -62,6 +71,7 @@ impl Default for ServerOptions {
             max_image_side: 8192,
             default_max_tokens: 256,
             allow_local_images: false,
+            seg_decoder: None,
             engine: EngineOptions::default(),
         }
     }
@@ -186,12 +196,14 @@ async fn accept(
         .submit(Job { events: tx, ..job })
         .map_err(|why| ApiError::status(503, why))?;
     let id = format!("chatcmpl-{}", s.next_id.fetch_add(1, Ordering::Relaxed));
-    let meta = Meta {
+    let meta = Arc::new(Meta {
         id,
         model: chat.model.unwrap_or_else(|| s.opts.model_name.clone()),
         created: now(),
         detect,
-    };
+        decoder: s.opts.seg_decoder.clone(),
+        logprobs: chat.logprobs.is_some(),
+    });
     Ok(if chat.stream {
         stream(meta, rx, t0)
     } else {
@@ -254,34 +266,51 @@ struct Meta {
     created: u64,
     /// The image's size when the answer holds boxes.
     detect: Option<(u32, u32)>,
+    decoder: Option<Arc<SegDecoder>>,
+    /// Whether choices carry `logprobs`.
+    logprobs: bool,
 }
 
-/// The usage counts and the PaliGemma extension of a finished answer (`detect`: the image's
-/// size when the answer holds boxes).
-fn usage_and_extension(detect: Option<(u32, u32)>, o: &Outcome) -> (Value, Value) {
+/// A choice's `logprobs`: OpenAI's `{"content": [...]}` when asked for, else null.
+fn logprobs_json(meta: &Meta, logprobs: &[Logprobs]) -> Value {
+    match meta.logprobs {
+        true => json!({"content": logprobs}),
+        false => Value::Null,
+    }
+}
+
+/// The usage counts and the PaliGemma extension of a finished answer: its ids and, when it
+/// holds boxes, its objects (masks decoded on a blocking thread: they are GPU work).
+async fn usage_and_extension(meta: &Meta, o: &Outcome) -> Result<(Value, Value), ApiError> {
     let usage = json!({
         "prompt_tokens": o.prompt_tokens,
         "completion_tokens": o.generated_ids.len(),
         "total_tokens": o.prompt_tokens + o.generated_ids.len(),
     });
     let mut ext = json!({"generated_ids": o.generated_ids});
-    if let Some((w, h)) = detect {
+    if let Some((w, h)) = meta.detect {
         let answer = parse_answer(&o.text, w, h);
-        // The shape of every front end's objects (`mask` is null: the server has no decoder).
-        let masks = vec![None; answer.detections.len()];
+        let (detections, decoder) = (answer.detections.clone(), meta.decoder.clone());
+        let masks = tokio::task::spawn_blocking(move || {
+            crate::segmentation::masks(&detections, decoder.as_deref())
+        })
+        .await
+        .map_err(|e| ApiError::status(500, format!("decoding masks: {e}")))?
+        .map_err(|e| ApiError::status(500, format!("decoding masks: {e}")))?;
         ext["detections"] = crate::segmentation::objects_json(&answer.detections, &masks);
         ext["skipped_groups"] = json!(answer.skipped);
     }
-    (usage, ext)
+    Ok((usage, ext))
 }
 
 /// Waits for the whole answer.
-async fn whole(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Response, ApiError> {
+async fn whole(meta: Arc<Meta>, mut rx: UnboundedReceiver<Event>) -> Result<Response, ApiError> {
+    let mut logprobs = Vec::new();
     loop {
         match rx.recv().await {
-            Some(Event::Token(_)) => {}
+            Some(Event::Token(piece)) => logprobs.extend(piece.logprobs),
             Some(Event::Done(o)) => {
-                let (usage, ext) = usage_and_extension(meta.detect, &o);
+                let (usage, ext) = usage_and_extension(&meta, &o).await?;
                 let tokens = Tokens(o.generated_ids.len());
                 let mut response = axum::Json(json!({
                     "id": meta.id,
@@ -291,6 +320,7 @@ async fn whole(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Response,
                     "choices": [{
                         "index": 0,
                         "message": {"role": "assistant", "content": o.text},
+                        "logprobs": logprobs_json(&meta, &logprobs),
                         "finish_reason": finish_reason(o.reason),
                     }],
                     "usage": usage,
@@ -319,8 +349,8 @@ fn finish_reason(r: crate::generation::FinishReason) -> &'static str {
 /// finish reason, usage and the PaliGemma extension, then `[DONE]`. The stream ends early
 /// with an `error` object if the GPU fails. Dropping it (the client went away) drops the
 /// receiver, and the engine frees the sequence.
-fn stream(meta: Meta, rx: UnboundedReceiver<Event>, t0: std::time::Instant) -> Response {
-    let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(Value, Value)>| {
+fn stream(meta: Arc<Meta>, rx: UnboundedReceiver<Event>, t0: std::time::Instant) -> Response {
+    let chunk = |meta: &Meta, delta: Value, finish: Option<&str>, extra: Option<(Value, Value)>| {
         let mut c = json!({
             "id": meta.id,
             "object": "chat.completion.chunk",
@@ -334,32 +364,41 @@ fn stream(meta: Meta, rx: UnboundedReceiver<Event>, t0: std::time::Instant) -> R
         }
         c
     };
-    let mut first = true;
-    let detect = meta.detect;
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
     // Whether the engine ended the answer (a finish or an error), rather than vanishing.
     let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ended_in = ended.clone();
-    let events = UnboundedReceiverStream::new(rx).map(move |e| {
-        let data = match e {
-            Event::Token(t) => {
-                let mut delta = json!({"content": t.piece});
-                if std::mem::take(&mut first) {
-                    delta["role"] = json!("assistant");
+    let events = UnboundedReceiverStream::new(rx).then(move |e| {
+        let (meta, first, ended) = (meta.clone(), first.clone(), ended_in.clone());
+        async move {
+            let data = match e {
+                Event::Token(t) => {
+                    let mut delta = json!({"content": t.text});
+                    if first.swap(false, Ordering::Relaxed) {
+                        delta["role"] = json!("assistant");
+                    }
+                    let mut c = chunk(&meta, delta, None, None);
+                    c["choices"][0]["logprobs"] = logprobs_json(&meta, &t.logprobs);
+                    c
                 }
-                chunk(delta, None, None)
-            }
-            Event::Done(o) => {
-                ended_in.store(true, Ordering::Relaxed);
-                log_request(200, o.generated_ids.len(), t0);
-                let extra = usage_and_extension(detect, &o);
-                chunk(json!({}), Some(finish_reason(o.reason)), Some(extra))
-            }
-            Event::Failed(why) => {
-                ended_in.store(true, Ordering::Relaxed);
-                ApiError::status(500, why).body()
-            }
-        };
-        SseEvent::default().data(data.to_string())
+                Event::Done(o) => {
+                    ended.store(true, Ordering::Relaxed);
+                    match usage_and_extension(&meta, &o).await {
+                        Ok(extra) => {
+                            log_request(200, o.generated_ids.len(), t0);
+                            let finish = Some(finish_reason(o.reason));
+                            chunk(&meta, json!({}), finish, Some(extra))
+                        }
+                        Err(e) => e.body(),
+                    }
+                }
+                Event::Failed(why) => {
+                    ended.store(true, Ordering::Relaxed);
+                    ApiError::status(500, why).body()
+                }
+            };
+            SseEvent::default().data(data.to_string())
+        }
     });
     // The engine drops its sender after the last event; if it went without one (it
     // stopped), the client is told rather than handed a truncated answer as complete.

@@ -51,8 +51,7 @@ impl ApiError {
 }
 
 /// The parts of OpenAI's request this server reads. Other fields are accepted and ignored when
-/// they cannot change the answer (`frequency_penalty: 0`, `user`, ...); `logprobs` and
-/// `top_logprobs`, which would, are refused rather than ignored.
+/// they cannot change the answer (`frequency_penalty: 0`, `user`, ...).
 #[derive(Deserialize)]
 struct RawRequest {
     #[serde(default)]
@@ -149,6 +148,8 @@ pub struct ChatRequest {
     pub stream: bool,
     /// OpenAI's `stop` strings (none: the model's `<eos>` only).
     pub stop: Vec<String>,
+    /// `logprobs: true`: `Some(top_logprobs)`.
+    pub logprobs: Option<usize>,
 }
 
 impl ChatRequest {
@@ -174,17 +175,7 @@ impl RawRequest {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ApiError::bad(Some("n"), "only n = 1 is supported"));
         }
-        if self.logprobs == Some(true) || self.top_logprobs.is_some() {
-            let param = if self.logprobs == Some(true) {
-                "logprobs"
-            } else {
-                "top_logprobs"
-            };
-            return Err(ApiError::bad(
-                Some(param),
-                "logprobs and top_logprobs are not supported yet",
-            ));
-        }
+        let logprobs = self.logprobs()?;
         let stop = self.stop_strings()?;
         let sampling = self.sampling()?;
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
@@ -202,8 +193,26 @@ impl RawRequest {
             sampling,
             stream: self.stream.unwrap_or(false),
             stop,
+            logprobs,
             model: self.model,
         })
+    }
+
+    /// `Some(top_logprobs)` when `logprobs` is true; OpenAI's rules: at most 20 alternatives,
+    /// and `top_logprobs` only with `logprobs`.
+    fn logprobs(&self) -> Result<Option<usize>, ApiError> {
+        match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (_, Some(n)) if n > 20 => Err(ApiError::bad(
+                Some("top_logprobs"),
+                format!("top_logprobs must be between 0 and 20, got {n}"),
+            )),
+            (false, Some(_)) => Err(ApiError::bad(
+                Some("top_logprobs"),
+                "top_logprobs needs logprobs: true",
+            )),
+            (true, n) => Ok(Some(n.unwrap_or(0) as usize)),
+            (false, None) => Ok(None),
+        }
     }
 
     /// `stop` as OpenAI takes it: one string or up to 4, none empty.
@@ -383,6 +392,7 @@ pub fn generate_options(
         sampling: req.sampling.clone(),
         stop_at_eos: true,
         keep_logits: false,
+        logprobs: req.logprobs,
     })
 }
 
@@ -438,6 +448,11 @@ mod tests {
             (msg(r#","max_tokens":-1"#), "unexpected request shape"),
             (msg(r#","seed":-4"#), "seed"),
             (msg(r#","n":2"#), "n = 1"),
+            (
+                msg(r#","logprobs":true,"top_logprobs":21"#),
+                "between 0 and 20",
+            ),
+            (msg(r#","top_logprobs":2"#), "needs logprobs"),
         ] {
             let e = req(&body).unwrap_err();
             assert_eq!(e.status, 400);

@@ -4,6 +4,15 @@
 //! generation, freeing its slot.
 
 use crate::generation::Token;
+use crate::logprobs::Logprobs;
+
+/// Text to send, with the log-probabilities (when asked for) of the tokens that made it and
+/// were not sent before.
+#[derive(Debug, PartialEq)]
+pub struct Piece {
+    pub text: String,
+    pub logprobs: Vec<Logprobs>,
+}
 
 /// One request's answer so far, under its stop strings (none: every piece passes at once).
 #[derive(Debug, Default)]
@@ -13,17 +22,19 @@ pub struct StopAt {
     /// Bytes of `text` already sent.
     sent: usize,
     ids: Vec<u32>,
+    /// Log-probabilities of the tokens since the last piece sent.
+    logprobs: Vec<Logprobs>,
 }
 
 /// What a token does to the answer.
 #[derive(Debug, PartialEq)]
 pub enum Step {
     /// Send this piece (`None`: nothing yet, the text may be the start of a stop string).
-    Send(Option<Token>),
+    Send(Option<Piece>),
     /// A stop string appeared: send `last`, then end with `text` (the answer before the stop
     /// string) and `ids` (every token generated, the one that completed it included).
     Stop {
-        last: Option<Token>,
+        last: Option<Piece>,
         text: String,
         ids: Vec<u32>,
     },
@@ -41,6 +52,7 @@ impl StopAt {
     pub fn token(&mut self, token: Token) -> Step {
         self.ids.push(token.id);
         self.text.push_str(&token.piece);
+        self.logprobs.extend(token.logprobs);
         let first = self
             .stops
             .iter()
@@ -48,21 +60,20 @@ impl StopAt {
             .min();
         match first {
             Some(end) => Step::Stop {
-                last: self.send_upto(end, token.id),
+                last: self.send_upto(end),
                 text: self.text[..end].to_string(),
                 ids: std::mem::take(&mut self.ids),
             },
             None => {
                 let safe = self.text.len() - self.held_back();
-                Step::Send(self.send_upto(safe, token.id))
+                Step::Send(self.send_upto(safe))
             }
         }
     }
 
     /// The text held back, at the end of a generation that met no stop string.
-    pub fn finish(&mut self) -> Option<Token> {
-        let id = self.ids.last().copied().unwrap_or(0);
-        self.send_upto(self.text.len(), id)
+    pub fn finish(&mut self) -> Option<Piece> {
+        self.send_upto(self.text.len())
     }
 
     /// The longest end of the unsent text that begins some stop string.
@@ -75,11 +86,12 @@ impl StopAt {
             .map_or(0, str::len)
     }
 
-    fn send_upto(&mut self, end: usize, id: u32) -> Option<Token> {
+    fn send_upto(&mut self, end: usize) -> Option<Piece> {
         (end > self.sent).then(|| {
-            let piece = self.text[self.sent..end].to_string();
+            let text = self.text[self.sent..end].to_string();
             self.sent = end;
-            Token { id, piece }
+            let logprobs = std::mem::take(&mut self.logprobs);
+            Piece { text, logprobs }
         })
     }
 }
@@ -95,17 +107,18 @@ mod tests {
             let token = Token {
                 id: i as u32,
                 piece: p.to_string(),
+                logprobs: None,
             };
             match s.token(token) {
-                Step::Send(t) => sent.extend(t.map(|t| t.piece)),
+                Step::Send(t) => sent.extend(t.map(|t| t.text)),
                 Step::Stop { last, text, ids } => {
-                    sent.extend(last.map(|t| t.piece));
+                    sent.extend(last.map(|t| t.text));
                     assert_eq!(ids.len(), i + 1);
                     return (sent, Some(text));
                 }
             }
         }
-        sent.extend(s.finish().map(|t| t.piece));
+        sent.extend(s.finish().map(|t| t.text));
         (sent, None)
     }
 

@@ -1,8 +1,9 @@
 //! `paligemma batch`: one prompt over many images, decoded together by the library's
-//! [`Scheduler`] (continuous batching: an image starts as soon as another finishes), one JSON line per image appended to `--out` as it
-//! finishes. Images already answered in `--out` with the same prompt are skipped (an image is
-//! known by its canonical path, whatever path names it), so an interrupted run resumes; an image
-//! that cannot be read is reported and skipped, and a run that could read none fails.
+//! [`Scheduler`] (continuous batching: an image starts as soon as another finishes), one JSON
+//! line per image appended to `--out` as it finishes. Images already answered in `--out` with
+//! the same prompt and options are skipped (an image is known by its canonical path, whatever
+//! path names it), so an interrupted run resumes; an image that cannot be read is reported and
+//! skipped, and a run that could read none fails.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::OpenOptions;
@@ -11,11 +12,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use paligemma::detection::{answers_with_boxes, parse_answer};
-use paligemma::sampling::SamplingOptions;
 use paligemma::segmentation::{SegDecoder, masks, objects_json};
 use paligemma::{
-    Event, GenerateOptions, Generation, PaliGemma, Request, RequestId, Scheduler, SchedulerOptions,
+    Event, GenerateOptions, Generation, PaliGemma, Precision, Request, RequestId, Scheduler,
+    SchedulerOptions,
 };
+use serde_json::{Value, json};
 
 use crate::load_model;
 
@@ -33,23 +35,10 @@ pub struct BatchArgs {
     #[arg(long)]
     out: PathBuf,
     /// Images decoding together at most.
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
-    /// Tokens generated per image at most.
-    #[arg(long, default_value_t = 32)]
-    max_new_tokens: i64,
-    /// 0 = greedy (default); above 0 samples, seeded by --seed.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Nucleus sampling: keep the most probable tokens up to this mass.
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// Keep at most this many most probable tokens (0 = no limit).
-    #[arg(long, default_value_t = 0)]
-    top_k: i64,
-    /// Seed of the sampling RNG (each image's generation starts from it).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[arg(long, visible_alias = "batch-size", default_value_t = 16)]
+    max_batch: usize,
+    #[command(flatten)]
+    sampling: crate::SamplingArgs,
     /// big_vision's segmentation-mask decoder (`vae-oid.npz`): `segment` answers get masks.
     #[arg(long)]
     seg_decoder: Option<PathBuf>,
@@ -84,9 +73,25 @@ fn image_files(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// The images already answered with `prompt` in `out`, and the other prompts `out` holds
-/// answers to (lines that do not parse, such as one cut short by an interruption, are ignored).
-fn already_done(out: &Path, prompt: &str) -> anyhow::Result<(HashSet<PathBuf>, BTreeSet<String>)> {
+/// What, besides the image, an answer depends on: the prompt and these (sampling settings
+/// matter only when sampling). Lines of `--out` are matched on all of them.
+fn answer_key(prompt: &str, opts: &GenerateOptions, precision: Precision) -> Value {
+    let s = &opts.sampling;
+    // Through the f32's shortest decimal, so 0.7 is written 0.7.
+    let decimal = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::NAN);
+    let sampling = match s.is_greedy() {
+        true => json!("greedy"),
+        false => json!({"temperature": decimal(s.temperature), "top_p": decimal(s.top_p),
+                        "top_k": s.top_k, "seed": s.seed}),
+    };
+    let precision = format!("{precision:?}").to_lowercase();
+    json!({"prompt": prompt, "options": {"max_new_tokens": opts.max_new_tokens,
+           "sampling": sampling, "precision": precision}})
+}
+
+/// The images `out` already answers under `key`, and the other keys it holds answers under
+/// (lines that do not parse, such as one cut short by an interruption, are ignored).
+fn already_done(out: &Path, key: &Value) -> anyhow::Result<(HashSet<PathBuf>, BTreeSet<String>)> {
     let (mut done, mut others) = (HashSet::new(), BTreeSet::new());
     let file = match std::fs::File::open(out) {
         Ok(f) => f,
@@ -94,15 +99,16 @@ fn already_done(out: &Path, prompt: &str) -> anyhow::Result<(HashSet<PathBuf>, B
         Err(e) => return Err(e).with_context(|| format!("reading {}", out.display())),
     };
     let lines = BufReader::new(file).lines().map_while(Result::ok);
-    for line in lines.filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok()) {
-        let (Some(image), Some(asked)) = (line["image"].as_str(), line["prompt"].as_str()) else {
+    for line in lines.filter_map(|l| serde_json::from_str::<Value>(&l).ok()) {
+        let Some(image) = line["image"].as_str() else {
             continue;
         };
-        if asked == prompt {
+        let line_key = json!({"prompt": line["prompt"], "options": line["options"]});
+        if &line_key == key {
             // Written canonical; an older file's relative path is taken from here.
             done.insert(std::fs::canonicalize(image).unwrap_or_else(|_| image.into()));
         } else {
-            others.insert(asked.to_string());
+            others.insert(format!("{} {}", line["prompt"], line["options"]));
         }
     }
     Ok((done, others))
@@ -119,7 +125,8 @@ struct Output {
     decoder: Option<SegDecoder>,
     file: std::fs::File,
     path: PathBuf,
-    prompt: String,
+    /// The prompt and options, written with each answer.
+    key: Value,
     bar: indicatif::ProgressBar,
     pending: HashMap<RequestId, Pending>,
     answered: usize,
@@ -146,7 +153,7 @@ impl Output {
             Event::Token { .. } => self.tokens += 1,
             Event::Done { id, generation } => {
                 let p = self.pending.remove(&id).expect("a submitted image");
-                let line = result_line(&p, &self.prompt, &generation, self.decoder.as_ref())?;
+                let line = result_line(&p, &self.key, &generation, self.decoder.as_ref())?;
                 writeln!(self.file, "{line}")
                     .and_then(|()| self.file.flush())
                     .with_context(|| format!("writing {}", self.path.display()))?;
@@ -164,22 +171,15 @@ impl Output {
 }
 
 pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
+    if args.max_batch == 0 {
+        bail!("--max-batch must be at least 1");
     }
-    let opts = GenerateOptions {
-        max_new_tokens: crate::at_least("--max-new-tokens", args.max_new_tokens, 1)?,
-        sampling: crate::sampling_options(SamplingOptions {
-            temperature: args.temperature,
-            top_p: args.top_p,
-            top_k: crate::at_least("--top-k", args.top_k, 0)?,
-            seed: args.seed,
-        })?,
-        ..Default::default()
-    };
-    let (todo, already) = to_do(args)?;
+    let opts = args.sampling.options()?;
+    let images = images(args)?;
     let m = &args.model;
     let model = load_model(&m.model, m.precision, m.adapter.as_deref())?;
+    let key = answer_key(&args.prompt, &opts, model.precision());
+    let (todo, already) = to_do(images, &args.out, &key)?;
     let decoder = match &args.seg_decoder {
         Some(path) => Some(SegDecoder::load(model.gpu(), path)?),
         None => None,
@@ -198,7 +198,7 @@ pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
         decoder,
         file,
         path: args.out.clone(),
-        prompt: args.prompt.clone(),
+        key,
         bar,
         pending: HashMap::new(),
         answered: 0,
@@ -206,7 +206,7 @@ pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
         tokens: 0,
     };
     let t0 = std::time::Instant::now();
-    run(&model, todo, &opts, args.batch_size, &mut out)?;
+    run(&model, todo, &args.prompt, &opts, args.max_batch, &mut out)?;
     out.bar.finish_and_clear();
     eprintln!(
         "{} answered, {} skipped as unreadable, {} already in {} ({:.1} s)",
@@ -222,9 +222,8 @@ pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The images to answer (those of `--out` with this prompt left out), and how many were left
-/// out.
-fn to_do(args: &BatchArgs) -> anyhow::Result<(Vec<PathBuf>, usize)> {
+/// The image files named (folders expanded), at least one.
+fn images(args: &BatchArgs) -> anyhow::Result<Vec<PathBuf>> {
     let images = image_files(&args.images)?;
     if images.is_empty() {
         let folders: Vec<_> = args
@@ -238,14 +237,19 @@ fn to_do(args: &BatchArgs) -> anyhow::Result<(Vec<PathBuf>, usize)> {
             IMAGE_EXTENSIONS.join(", ")
         );
     }
-    let (done, others) = already_done(&args.out, &args.prompt)?;
+    Ok(images)
+}
+
+/// The images to answer (those `out` answers under `key` left out), and how many were left
+/// out.
+fn to_do(images: Vec<PathBuf>, out: &Path, key: &Value) -> anyhow::Result<(Vec<PathBuf>, usize)> {
+    let (done, others) = already_done(out, key)?;
     if !others.is_empty() {
-        let others: Vec<_> = others.iter().map(|p| format!("{p:?}")).collect();
         eprintln!(
-            "note: {} also holds answers to other prompts ({}); they are kept, and this prompt's \
-             answers are added",
-            args.out.display(),
-            others.join(", ")
+            "note: {} also holds answers to other prompts or options ({}); they are kept, and \
+             these answers are added",
+            out.display(),
+            others.into_iter().collect::<Vec<_>>().join(", ")
         );
     }
     let images_count = images.len();
@@ -259,6 +263,7 @@ fn to_do(args: &BatchArgs) -> anyhow::Result<(Vec<PathBuf>, usize)> {
 fn run(
     model: &PaliGemma,
     todo: Vec<PathBuf>,
+    prompt: &str,
     opts: &GenerateOptions,
     batch_size: usize,
     out: &mut Output,
@@ -275,7 +280,7 @@ fn run(
     loop {
         while scheduler.has_room() {
             let Some(path) = queue.next() else { break };
-            match submit(&mut scheduler, &path, &out.prompt, opts) {
+            match submit(&mut scheduler, &path, prompt, opts) {
                 Ok((id, p)) => {
                     out.pending.insert(id, p);
                 }
@@ -320,15 +325,19 @@ fn submit(
     Ok((id, Pending { path, size }))
 }
 
+/// An answer's line: the image, the prompt and options it was asked with (`key`), the answer
+/// and, for `detect` and `segment`, its objects.
 fn result_line(
     p: &Pending,
-    prompt: &str,
+    key: &Value,
     g: &Generation,
     decoder: Option<&SegDecoder>,
-) -> anyhow::Result<serde_json::Value> {
-    let mut line = serde_json::json!({
+) -> anyhow::Result<Value> {
+    let prompt = key["prompt"].as_str().unwrap_or_default();
+    let mut line = json!({
         "image": p.path,
         "prompt": prompt,
+        "options": key["options"],
         "text": g.text,
         "generated_ids": g.generated_ids,
         "finish_reason": g.finish_reason,
@@ -339,4 +348,40 @@ fn result_line(
         line["detections"] = objects_json(&answer.detections, &masks);
     }
     Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `segment` answer's line has masks with `--seg-decoder`, and `null` ones without.
+    #[test]
+    fn segment_lines_carry_masks_only_with_a_decoder() {
+        let gpu = paligemma::Gpu::new(&Default::default()).expect("a GPU adapter");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let decoder = SegDecoder::load(&gpu, &root.join("tests/fixtures/seg/vae.npz")).unwrap();
+        let segs: String = (0..16).map(|i| format!("<seg{:03}>", i * 7)).collect();
+        let generation = Generation {
+            prompt_ids: vec![2],
+            generated_ids: vec![7, 8],
+            text: format!("<loc0192><loc0597><loc0704><loc0896>{segs} box"),
+            step_logits: None,
+            logprobs: None,
+            finish_reason: paligemma::FinishReason::Stop,
+            timings: Default::default(),
+        };
+        let image = Pending {
+            path: "cat.png".into(),
+            size: (640, 480),
+        };
+        for decoder in [None, Some(&decoder)] {
+            let key = answer_key("segment box", &Default::default(), Precision::F16);
+            let line = result_line(&image, &key, &generation, decoder).unwrap();
+            let mask = &line["detections"][0]["mask"];
+            assert_eq!(mask.is_null(), decoder.is_none(), "{line}");
+        }
+        let key = answer_key("caption en", &Default::default(), Precision::F16);
+        let caption = result_line(&image, &key, &generation, Some(&decoder)).unwrap();
+        assert!(caption.get("detections").is_none(), "{caption}");
+    }
 }

@@ -1,11 +1,16 @@
 //! `paligemma`: caption, answer, detect: one image and one prompt through PaliGemma on the GPU.
 //!
+//! `--model` takes a folder or a hub id (`google/paligemma2-3b-pt-224`); flags mean the same in
+//! every subcommand (`--out` is what a subcommand writes).
+//!
 //! paligemma --model DIR --image FILE --prompt TEXT [--max-new-tokens N] [--temperature T]
 //!           [--top-p P] [--top-k K] [--seed S] [--precision f32|f16|q8|q4] [--json]
 //!           [--dump-logits FILE]
 //!           [--seg-decoder vae-oid.npz] [--draw OUT.png]
 //! paligemma serve --model DIR [--host 127.0.0.1] [--port 8080] [--max-batch N]
-//! paligemma batch --model DIR --prompt TEXT IMAGES... --out results.jsonl [--batch-size N]
+//!           [--max-new-tokens N] [--seg-decoder vae-oid.npz]
+//! paligemma batch --model DIR --prompt TEXT IMAGES... --out results.jsonl [--max-batch N]
+//!           [sampling flags as above] [--seg-decoder vae-oid.npz]
 //! paligemma quantize --model DIR --precision q8|q4 --out DIR2
 //! paligemma draw --image FILE --answer TEXT [--seg-decoder vae-oid.npz] --out OUT.png
 //! paligemma --list-adapters
@@ -114,8 +119,8 @@ enum Command {
         /// big_vision's mask decoder (`vae-oid.npz`), for `<seg>` codes.
         #[arg(long)]
         seg_decoder: Option<PathBuf>,
-        /// The PNG to write.
-        #[arg(long)]
+        /// The PNG to write (`--draw` also names it, as on a run).
+        #[arg(long, visible_alias = "draw")]
         out: PathBuf,
         /// Also print the objects as one JSON line (boxes, masks as run lengths).
         #[arg(long)]
@@ -181,6 +186,46 @@ fn load_model(
     model
 }
 
+/// How tokens are chosen, for `paligemma` and `paligemma batch` alike.
+#[derive(clap::Args, Debug)]
+struct SamplingArgs {
+    /// Tokens generated at most (fewer when the model emits `<eos>`).
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: i64,
+    /// 0 = greedy (default); above 0 samples from softmax(logits / T).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling: keep the most probable tokens up to this mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep at most this many most probable tokens (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    top_k: i64,
+    /// Seed of the sampling RNG, for reproducible runs (each image of a batch starts from it).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    /// The generation options, checked by the library's one check; errors name the flag.
+    fn options(&self) -> anyhow::Result<GenerateOptions> {
+        let sampling = SamplingOptions {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: at_least("--top-k", self.top_k, 0)?,
+            seed: self.seed,
+        };
+        if let Err(e) = sampling.check() {
+            bail!("--{} {}", e.option.replace('_', "-"), e.message);
+        }
+        Ok(GenerateOptions {
+            max_new_tokens: at_least("--max-new-tokens", self.max_new_tokens, 1)?,
+            sampling,
+            ..GenerateOptions::default()
+        })
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct Args {
     /// List the GPU adapters wgpu finds (name, backend, type) and exit.
@@ -197,21 +242,8 @@ struct Args {
     /// The task prompt, e.g. "caption en", "detect cat", "answer en what is this?".
     #[arg(long, required = true)]
     prompt: Option<String>,
-    /// Tokens generated at most (fewer when the model emits `<eos>`).
-    #[arg(long, default_value_t = 32)]
-    max_new_tokens: i64,
-    /// 0 = greedy (default); above 0 samples from softmax(logits / T).
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Nucleus sampling: keep the most probable tokens up to this mass.
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// Keep at most this many most probable tokens (0 = no limit).
-    #[arg(long, default_value_t = 0)]
-    top_k: i64,
-    /// Seed of the sampling RNG, for reproducible runs.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Weights in f32 (for verification), 16 bits (the default: bf16 checkpoints as they are,
     /// others as f16), or the decoder in 8- or 4-bit blocks; activations and reductions are f32
     /// either way.
@@ -306,14 +338,6 @@ fn quantize(model: &Path, precision: Precision, out: &Path, force: bool) -> anyh
     Ok(())
 }
 
-/// The sampling options, checked by the library's one check; the error names the flag.
-fn sampling_options(s: SamplingOptions) -> anyhow::Result<SamplingOptions> {
-    match s.check() {
-        Ok(()) => Ok(s),
-        Err(e) => bail!("--{} {}", e.option.replace('_', "-"), e.message),
-    }
-}
-
 /// A count option's value, checked: clap takes any integer, so that a negative one gets this
 /// message rather than clap's "unexpected argument".
 fn at_least(flag: &str, value: i64, min: i64) -> anyhow::Result<usize> {
@@ -347,13 +371,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     else {
         bail!("--model, --image and --prompt are required");
     };
-    let sampling = sampling_options(SamplingOptions {
-        temperature: args.temperature,
-        top_p: args.top_p,
-        top_k: at_least("--top-k", args.top_k, 0)?,
-        seed: args.seed,
-    })?;
-    let max_new_tokens = at_least("--max-new-tokens", args.max_new_tokens, 1)?;
+    let gen_opts = GenerateOptions {
+        keep_logits: args.dump_logits.is_some(),
+        ..args.sampling.options()?
+    };
     for (flag, path) in [("--draw", &args.draw), ("--dump-logits", &args.dump_logits)] {
         if let Some(path) = path {
             draw::check_writable(flag, path)?;
@@ -362,12 +383,6 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let model_dir = &model_folder(model_dir)?;
     let image = paligemma::preprocess::load_image(image_path)?;
     let model = load_model(model_dir, args.precision, args.adapter.as_deref())?;
-    let gen_opts = GenerateOptions {
-        max_new_tokens,
-        sampling,
-        stop_at_eos: true,
-        keep_logits: args.dump_logits.is_some(),
-    };
     // Loaded before generating, so a bad file fails fast.
     let decoder = match &args.seg_decoder {
         Some(path) => Some(SegDecoder::load(model.gpu(), path)?),

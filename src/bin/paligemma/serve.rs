@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use paligemma::segmentation::SegDecoder;
 use paligemma::serve::engine::EngineOptions;
 use paligemma::serve::{ServerOptions, router};
 
@@ -24,9 +25,12 @@ pub struct ServeArgs {
     /// Requests waiting to start at most; more get 503.
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
-    /// `max_tokens` of requests that give none.
-    #[arg(long, default_value_t = 256)]
-    default_max_tokens: usize,
+    /// Tokens generated at most for requests that give no `max_tokens`.
+    #[arg(long, visible_alias = "default-max-tokens", default_value_t = 256)]
+    max_new_tokens: usize,
+    /// big_vision's segmentation-mask decoder (`vae-oid.npz`): `segment` answers get masks.
+    #[arg(long)]
+    seg_decoder: Option<std::path::PathBuf>,
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 32)]
     max_body_mb: usize,
@@ -44,6 +48,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let m = &args.model;
     let model = load_model(&m.model, m.precision, m.adapter.as_deref())?;
+    let seg_decoder = match &args.seg_decoder {
+        Some(path) => Some(Arc::new(SegDecoder::load(model.gpu(), path)?)),
+        None => None,
+    };
     // A folder's name, or the hub id as given.
     let name = args
         .model_name
@@ -58,7 +66,8 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let opts = ServerOptions {
         model_name: name,
         max_body_bytes: args.max_body_mb << 20,
-        default_max_tokens: args.default_max_tokens.max(1),
+        default_max_tokens: crate::at_least("--max-new-tokens", args.max_new_tokens as i64, 1)?,
+        seg_decoder,
         allow_local_images: args.allow_local_images,
         engine: EngineOptions {
             max_batch: args.max_batch,
