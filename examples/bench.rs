@@ -5,6 +5,7 @@
 //!   cargo run --release --example bench -- --decoder gemma2  # paligemma2-3b (also gemma2-10b, gemma2-28b)
 //!   cargo run --release --example bench -- --small           # a small shape (lavapipe, CI)
 //!   cargo run --release --example bench -- --kernels         # each kernel at the model's sizes
+//!   cargo run --release --example bench -- --sizes           # GPU memory of every checkpoint
 //!
 //! Host times are wall-clock around work the GPU has finished (`Gpu::wait`), the median of
 //! `--repeat` runs after a warm-up that builds the pipelines. Where the adapter has timestamp
@@ -51,8 +52,9 @@ struct Args {
     /// tests/kernels.rs checks), then exit.
     #[arg(long)]
     kernels: bool,
-    /// Only build each model and report its memory and the bytes a decode step reads (no
-    /// timing): the published shapes on any machine, in seconds.
+    /// Print the GPU memory of every published checkpoint (weights at f16/q8/q4, bytes a decode
+    /// step reads, KV cache) from its config, and exit: no GPU work (the figures equal what a
+    /// built model allocates, tests/footprint.rs).
     #[arg(long)]
     sizes: bool,
     /// Batched decoding: sequences decoding together (a table of aggregate tokens/s follows;
@@ -63,6 +65,45 @@ struct Args {
     /// adapter has them (otherwise the tiled f32 matmul, as without the flag).
     #[arg(long)]
     coop: bool,
+}
+
+/// The sizing table: each published checkpoint at each resolution, weights as bf16 checkpoints
+/// load them, one answer's KV cache (the image, 32 prompt tokens and 256 generated).
+fn print_sizes() {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    println!(
+        "| checkpoint | image tokens | weights f16 / q8 / q4 GiB | decode reads f16 / q8 / q4 GB/token | KV cache KiB/token | one answer's KV MiB | GPU memory for one answer, q4 / f16 GiB |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let families: [(&str, fn(usize) -> PaliGemmaConfig); 4] = [
+        ("paligemma-3b", PaliGemmaConfig::paligemma_3b),
+        ("paligemma2-3b", PaliGemmaConfig::paligemma2_3b),
+        ("paligemma2-10b", PaliGemmaConfig::paligemma2_10b),
+        ("paligemma2-28b", PaliGemmaConfig::paligemma2_28b),
+    ];
+    for (name, config) in families {
+        for res in [224, 448, 896] {
+            let cfg = config(res);
+            let [f16, q8, q4] = [Precision::F16, Precision::Q8, Precision::Q4]
+                .map(|p| cfg.footprint(p, WeightFormat::Bf16));
+            let tokens = cfg.vision.num_patches() + 32 + 256;
+            let kv = q4.kv_per_token * tokens as u64;
+            println!(
+                "| {name}-{res} | {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {:.0} | {:.1} / {:.1} |",
+                cfg.vision.num_patches(),
+                gib(f16.weights()),
+                gib(q8.weights()),
+                gib(q4.weights()),
+                f16.decode_reads as f64 / 1e9,
+                q8.decode_reads as f64 / 1e9,
+                q4.decode_reads as f64 / 1e9,
+                q4.kv_per_token / 1024,
+                kv as f64 / (1 << 20) as f64,
+                gib(q4.weights() + kv),
+                gib(f16.weights() + kv),
+            );
+        }
+    }
 }
 
 /// The kernel table's real-size cases: time per run and the bandwidth their bytes imply.
@@ -134,6 +175,10 @@ fn main() -> anyhow::Result<()> {
     )
     .init();
     let args = Args::parse();
+    if args.sizes {
+        print_sizes();
+        return Ok(());
+    }
     let gpu = Gpu::new(&GpuOptions {
         cooperative_matrix: args.coop,
         ..Default::default()
@@ -198,20 +243,6 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("building {name}"))?;
         let upload_s = t.elapsed().as_secs_f64();
         let weight_bytes = gpu.allocated_bytes() - before;
-        if args.sizes {
-            let before_session = gpu.allocated_bytes();
-            let session = model.new_state(model.num_image_tokens() + args.text_tokens, args.new)?;
-            let session_bytes = gpu.allocated_bytes() - before_session;
-            drop(session);
-            println!(
-                "| {name} | {} | weights {:.0} MiB | session {:.0} MiB | decode reads {:.3} GB/token |",
-                args.precision,
-                weight_bytes as f64 / (1 << 20) as f64,
-                session_bytes as f64 / (1 << 20) as f64,
-                model.decode_weight_bytes() as f64 / 1e9
-            );
-            continue;
-        }
         let n = model.num_image_tokens();
         let s = cfg.vision.image_size;
         let pixels: Vec<f32> = (0..3 * s * s)

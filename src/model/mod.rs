@@ -4,6 +4,7 @@
 pub(crate) mod checkpoint;
 pub mod config;
 pub(crate) mod decoder;
+pub mod footprint;
 pub(crate) mod gemma;
 pub mod load;
 pub(crate) mod pass;
