@@ -75,7 +75,8 @@ fn print_sizes() {
         "| checkpoint | image tokens | weights f16 / q8 / q4 GiB | decode reads f16 / q8 / q4 GB/token | KV cache KiB/token | one answer's KV MiB | GPU memory for one answer, q4 / f16 GiB |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let families: [(&str, fn(usize) -> PaliGemmaConfig); 4] = [
+    type Shape = fn(usize) -> PaliGemmaConfig;
+    let families: [(&str, Shape); 4] = [
         ("paligemma-3b", PaliGemmaConfig::paligemma_3b),
         ("paligemma2-3b", PaliGemmaConfig::paligemma2_3b),
         ("paligemma2-10b", PaliGemmaConfig::paligemma2_10b),
