@@ -163,7 +163,10 @@ impl Gpu {
         let lost_cb = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
             if let Ok(mut l) = lost_cb.lock() {
-                *l = Some(format!("{reason:?}: {msg}"));
+                *l = Some(match msg.is_empty() {
+                    true => format!("{reason:?}"),
+                    false => format!("{reason:?}: {msg}"),
+                });
             }
         });
         log::info!(

@@ -4,17 +4,26 @@
 //! queue is refused at the door (503). Each request's events go back over its own channel; a
 //! client that went away (its receiver dropped) is noticed at the next step and its request
 //! cancelled, freeing its KV cache.
+//!
+//! A lost device (a driver reset, an Xid, a GPU removed, `Device::destroy`) ends the requests
+//! in flight with 503, turns [`Health`] to "recovering" (so `/health` and new requests answer
+//! 503 with the reason), and the engine makes the model again with the server's [`Reload`] (a
+//! new device, the same folder and precision), retrying until it succeeds; then it serves
+//! again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::generation::{FinishReason, GenerateOptions, ImageInput};
 use crate::paligemma::PaliGemma;
 use crate::scheduler::{self, Request, RequestId, Scheduler, SchedulerOptions};
+use crate::segmentation::SegDecoder;
+use crate::serve::metrics::Metrics;
 pub use crate::serve::stop::Piece;
 use crate::serve::stop::{Step, StopAt};
 
@@ -25,8 +34,12 @@ pub enum Event {
     /// log-probabilities when asked for.
     Token(Piece),
     Done(Outcome),
-    /// The GPU failed on this request (a 5xx); the engine goes on with the others.
-    Failed(String),
+    /// The request failed: the GPU on this request (500; the engine goes on with the
+    /// others), or the device was lost (503: retry once `/health` is 200).
+    Failed {
+        status: u16,
+        message: String,
+    },
 }
 
 /// A finished generation.
@@ -50,13 +63,59 @@ pub struct Job {
     pub events: UnboundedSender<Event>,
 }
 
+/// What the engine serves with: the model and, for masks, the decoder, both made again after
+/// a device loss.
+pub struct Loaded {
+    pub model: PaliGemma,
+    pub seg_decoder: Option<SegDecoder>,
+}
+
+/// How the server makes its model again after the device was lost.
+#[derive(Clone)]
+pub struct Reload(pub Arc<dyn Fn() -> crate::Result<Loaded> + Send + Sync>);
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reload(..)")
+    }
+}
+
+/// Whether the engine serves; `Err` says why not.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Health {
+    Serving,
+    /// The device was lost; the model is being made again.
+    Recovering(String),
+    /// The engine ended (a bug, or a lost device without a [`Reload`]).
+    Stopped(String),
+}
+
+/// The model and decoder in use, swapped after a reload.
+pub struct Current {
+    pub model: Arc<PaliGemma>,
+    pub seg_decoder: Option<Arc<SegDecoder>>,
+}
+
 /// The handle the HTTP side holds.
 #[derive(Clone)]
 pub struct Engine {
     jobs: SyncSender<Job>,
-    /// Cleared if the engine's thread ends by a panic (a bug): `/health` then answers 503 so
-    /// a supervisor restarts the server.
-    alive: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+/// What the engine's thread and the HTTP side share.
+struct Shared {
+    health: Mutex<Health>,
+    current: RwLock<Arc<Current>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn set_health(&self, h: Health) {
+        if let Ok(mut slot) = self.health.lock() {
+            *slot = h;
+        }
+    }
 }
 
 /// How the engine runs.
@@ -82,33 +141,64 @@ impl Default for EngineOptions {
 
 impl Engine {
     /// Starts the engine's thread; it ends when every `Engine` handle is dropped.
-    pub fn start(model: Arc<PaliGemma>, opts: EngineOptions) -> std::io::Result<Engine> {
+    pub fn start(
+        current: Current,
+        opts: EngineOptions,
+        reload: Option<Reload>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Engine> {
         let (tx, rx) = mpsc::sync_channel(opts.max_queue);
-        let alive = Arc::new(AtomicBool::new(true));
-        let flag = alive.clone();
+        let shared = Arc::new(Shared {
+            health: Mutex::new(Health::Serving),
+            current: RwLock::new(Arc::new(current)),
+            metrics,
+        });
+        let inner = shared.clone();
         std::thread::Builder::new()
             .name("paligemma-engine".into())
             .spawn(move || {
-                let run = std::panic::AssertUnwindSafe(|| run(&model, rx, opts));
+                let run = std::panic::AssertUnwindSafe(|| run(&inner, rx, opts, reload));
                 if std::panic::catch_unwind(run).is_err() {
                     log::error!("the engine panicked: no more requests will be answered");
-                    flag.store(false, Ordering::SeqCst);
+                    inner.set_health(Health::Stopped("the engine panicked (a bug)".into()));
                 }
             })?;
-        Ok(Engine { jobs: tx, alive })
+        Ok(Engine { jobs: tx, shared })
     }
 
-    /// Whether the engine is still running.
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::SeqCst)
+    /// Whether the engine serves, and why not.
+    pub fn health(&self) -> Health {
+        self.shared
+            .health
+            .lock()
+            .map_or(Health::Stopped("poisoned".into()), |h| h.clone())
     }
 
-    /// Queues a job; `Err` with the job's reason when the queue is full or the engine is gone.
-    pub fn submit(&self, job: Job) -> Result<(), &'static str> {
+    /// The model and decoder in use (the HTTP side tokenizes with it and decodes masks).
+    pub fn current(&self) -> Arc<Current> {
+        self.shared
+            .current
+            .read()
+            .map(|c| c.clone())
+            .expect("the engine never panics holding the lock")
+    }
+
+    /// Queues a job; `Err` with the status and reason when the queue is full, the engine is
+    /// recovering from a device loss, or it has stopped.
+    pub fn submit(&self, job: Job) -> Result<(), (u16, String)> {
+        match self.health() {
+            Health::Serving => {}
+            Health::Recovering(why) | Health::Stopped(why) => return Err((503, why)),
+        }
         match self.jobs.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err("the server is busy: too many requests waiting"),
-            Err(TrySendError::Disconnected(_)) => Err("the engine has stopped"),
+            Ok(()) => {
+                self.shared.metrics.waiting.inc();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => {
+                Err((503, "the server is busy: too many requests waiting".into()))
+            }
+            Err(TrySendError::Disconnected(_)) => Err((503, "the engine has stopped".into())),
         }
     }
 }
@@ -122,17 +212,27 @@ struct Client {
 
 type Clients = HashMap<RequestId, Client>;
 
-fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
+fn run(shared: &Shared, jobs: Receiver<Job>, opts: EngineOptions, reload: Option<Reload>) {
     // Jobs enter the scheduler only when they can start at once: the rest wait in the bounded
     // channel, which refuses the overflow.
-    let mut scheduler = Scheduler::new(SchedulerOptions {
-        max_batch: opts.max_batch,
-        max_waiting: opts.starts_per_step,
-        starts_per_step: opts.starts_per_step,
-    });
+    let new_scheduler = || {
+        Scheduler::new(SchedulerOptions {
+            max_batch: opts.max_batch,
+            max_waiting: opts.starts_per_step,
+            starts_per_step: opts.starts_per_step,
+        })
+    };
+    let mut scheduler = new_scheduler();
     let mut clients = Clients::new();
+    let m = &shared.metrics;
     loop {
-        if !admit(&mut scheduler, &mut clients, &jobs, opts.starts_per_step) {
+        let current = shared
+            .current
+            .read()
+            .map(|c| c.clone())
+            .expect("never poisoned");
+        let model = &current.model;
+        if !admit(&mut scheduler, &mut clients, &jobs, opts.starts_per_step, m) {
             return; // every handle dropped: the server is shutting down
         }
         let gone: Vec<RequestId> = clients
@@ -144,7 +244,20 @@ fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
             scheduler.cancel(id);
             clients.remove(&id);
         }
-        match model.block_on(scheduler.step(model)) {
+        let stepped = model.block_on(scheduler.step(model));
+        if let Err(lost) = model.gpu().check_lost() {
+            fail_all(
+                &mut clients,
+                503,
+                &format!("{lost}; the server is reloading the model"),
+            );
+            // The sequences' buffers belong to the lost device.
+            scheduler = new_scheduler();
+            drop(current);
+            recover(shared, reload.as_ref(), &lost.to_string());
+            continue;
+        }
+        match stepped {
             Ok(events) => {
                 for event in events {
                     if let Some(stopped) = route(&mut clients, event) {
@@ -154,9 +267,55 @@ fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
             }
             Err(e) => {
                 log::error!("the engine's device failed: {e}");
-                for (_, c) in clients.drain() {
-                    let _ = c.events.send(Event::Failed(e.to_string()));
+                fail_all(&mut clients, 500, &e.to_string());
+            }
+        }
+        m.running.set(scheduler.running() as i64);
+        m.gpu_memory
+            .set((model.weight_memory() + scheduler.gpu_bytes()) as i64);
+    }
+}
+
+fn fail_all(clients: &mut Clients, status: u16, message: &str) {
+    for (_, c) in clients.drain() {
+        let message = message.to_string();
+        let _ = c.events.send(Event::Failed { status, message });
+    }
+}
+
+/// After a device loss: 503 with the reason while the model is made again (retried every few
+/// seconds: the driver may need time), then serving again with the new model. Without a
+/// [`Reload`] the engine stays stopped, saying why.
+fn recover(shared: &Shared, reload: Option<&Reload>, lost: &str) {
+    log::error!("{lost}: reloading the model");
+    shared.metrics.device_resets.inc();
+    shared.metrics.running.set(0);
+    let Some(reload) = reload else {
+        shared.set_health(Health::Stopped(format!("{lost} (no reload configured)")));
+        return;
+    };
+    shared.set_health(Health::Recovering(format!("{lost}; reloading the model")));
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match (reload.0)() {
+            Ok(loaded) => {
+                let current = Current {
+                    model: Arc::new(loaded.model),
+                    seg_decoder: loaded.seg_decoder.map(Arc::new),
+                };
+                if let Ok(mut slot) = shared.current.write() {
+                    *slot = Arc::new(current);
                 }
+                log::warn!("the model was reloaded on a new device; serving again");
+                shared.set_health(Health::Serving);
+                return;
+            }
+            Err(e) => {
+                log::error!("reloading after {lost} failed: {e}; retrying in {wait:?}");
+                let why = format!("{lost}; reloading failed ({e}), retrying");
+                shared.set_health(Health::Recovering(why));
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(30));
             }
         }
     }
@@ -164,7 +323,13 @@ fn run(model: &PaliGemma, jobs: Receiver<Job>, opts: EngineOptions) {
 
 /// Moves up to `n` jobs from the channel into the scheduler, while it has room; waits for one
 /// when the scheduler is idle. False when the channel is closed.
-fn admit(s: &mut Scheduler, clients: &mut Clients, jobs: &Receiver<Job>, n: usize) -> bool {
+fn admit(
+    s: &mut Scheduler,
+    clients: &mut Clients,
+    jobs: &Receiver<Job>,
+    n: usize,
+    metrics: &Metrics,
+) -> bool {
     for _ in 0..n {
         if !s.has_room() {
             break;
@@ -180,6 +345,7 @@ fn admit(s: &mut Scheduler, clients: &mut Clients, jobs: &Receiver<Job>, n: usiz
                 Err(_) => break,
             }
         };
+        metrics.waiting.dec();
         if job.events.is_closed() {
             continue;
         }
@@ -198,7 +364,11 @@ fn admit(s: &mut Scheduler, clients: &mut Clients, jobs: &Receiver<Job>, n: usiz
                 clients.insert(id, client);
             }
             Err(e) => {
-                let _ = client.events.send(Event::Failed(e.to_string()));
+                let message = e.to_string();
+                let _ = client.events.send(Event::Failed {
+                    status: 500,
+                    message,
+                });
             }
         }
     }
@@ -248,7 +418,13 @@ fn route(clients: &mut Clients, event: scheduler::Event) -> Option<RequestId> {
         }
         scheduler::Event::Failed { id, error } => {
             let c = clients.remove(&id)?;
-            send(&c, Event::Failed(error));
+            send(
+                &c,
+                Event::Failed {
+                    status: 500,
+                    message: error,
+                },
+            );
         }
         scheduler::Event::Cancelled { id } => {
             clients.remove(&id);

@@ -15,7 +15,9 @@
 //! # }
 //! ```
 
+mod answer;
 pub mod engine;
+pub mod metrics;
 pub mod openai;
 mod stop;
 #[cfg(test)]
@@ -28,19 +30,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use serde_json::json;
+use tokio::sync::mpsc::unbounded_channel;
 
-use crate::detection::{answers_with_boxes, parse_answer};
-use crate::logprobs::Logprobs;
+use crate::detection::answers_with_boxes;
 use crate::paligemma::PaliGemma;
 use crate::segmentation::SegDecoder;
-use engine::{Engine, EngineOptions, Event, Job, Outcome};
+use answer::{Meta, stream, whole};
+use engine::{Current, Engine, EngineOptions, Health, Job, Reload};
+use metrics::Metrics;
 use openai::{ApiError, ChatRequest, ImageSource, decode_image, generate_options};
 
 /// How the server behaves.
@@ -60,6 +60,9 @@ pub struct ServerOptions {
     /// big_vision's mask decoder: `segment` answers come with masks (without it, `mask` is
     /// null).
     pub seg_decoder: Option<Arc<SegDecoder>>,
+    /// How to make the model (and decoder) again after the device is lost; without it a lost
+    /// device stops the server (`/health` says why).
+    pub reload: Option<Reload>,
     pub engine: EngineOptions,
 }
 
@@ -72,31 +75,38 @@ impl Default for ServerOptions {
             default_max_tokens: 256,
             allow_local_images: false,
             seg_decoder: None,
+            reload: None,
             engine: EngineOptions::default(),
         }
     }
 }
 
 struct AppState {
-    model: Arc<PaliGemma>,
     engine: Engine,
     opts: ServerOptions,
+    metrics: Arc<Metrics>,
     next_id: AtomicU64,
 }
 
 /// The server's routes, with its engine thread started.
 pub fn router(model: Arc<PaliGemma>, opts: ServerOptions) -> std::io::Result<Router> {
-    let engine = Engine::start(model.clone(), opts.engine)?;
-    let state = Arc::new(AppState {
+    let metrics = Arc::new(Metrics::default());
+    let current = Current {
         model,
+        seg_decoder: opts.seg_decoder.clone(),
+    };
+    let engine = Engine::start(current, opts.engine, opts.reload.clone(), metrics.clone())?;
+    let state = Arc::new(AppState {
         engine,
         opts,
+        metrics,
         next_id: AtomicU64::new(0),
     });
     Ok(Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .fallback(|| async { error(ApiError::status(404, "no such route")) })
         .method_not_allowed_fallback(|| async {
             error(ApiError::status(
@@ -107,9 +117,25 @@ pub fn router(model: Arc<PaliGemma>, opts: ServerOptions) -> std::io::Result<Rou
         .with_state(state))
 }
 
+/// Seconds a client is told to wait before retrying a 503 (a full queue drains in moments; a
+/// reload takes longer, but a client that asks early is simply told again).
+const RETRY_AFTER_S: &str = "2";
+
 fn error(e: ApiError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, axum::Json(e.body())).into_response()
+    let response = (status, axum::Json(e.body())).into_response();
+    match e.status {
+        503 => retry_later(response),
+        _ => response,
+    }
+}
+
+fn retry_later(mut response: Response) -> Response {
+    let retry = axum::http::HeaderValue::from_static(RETRY_AFTER_S);
+    response
+        .headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, retry);
+    response
 }
 
 fn now() -> u64 {
@@ -118,12 +144,23 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// 200 while serving; 503 with the reason (and `status`: `recovering` or `stopped`) while the
+/// model is made again after a device loss, or after the engine stopped.
 async fn health(State(s): State<Arc<AppState>>) -> Response {
-    if s.engine.is_alive() {
-        axum::Json(json!({"status": "ok"})).into_response()
-    } else {
-        error(ApiError::status(503, "the engine has stopped"))
-    }
+    let (status, why) = match s.engine.health() {
+        Health::Serving => return axum::Json(json!({"status": "ok"})).into_response(),
+        Health::Recovering(why) => ("recovering", why),
+        Health::Stopped(why) => ("stopped", why),
+    };
+    let mut body = ApiError::status(503, why).body();
+    body["status"] = json!(status);
+    retry_later((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response())
+}
+
+async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    let headers = [(axum::http::header::CONTENT_TYPE, content_type)];
+    (headers, s.metrics.render()).into_response()
 }
 
 async fn models(State(s): State<Arc<AppState>>) -> Response {
@@ -157,12 +194,14 @@ async fn chat_completions(State(s): State<Arc<AppState>>, req: Request) -> Respo
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if !streamed {
         let tokens = response.extensions().get::<Tokens>().map_or(0, |t| t.0);
-        log_request(response.status().as_u16(), tokens, t0);
+        log_request(&s.metrics, response.status().as_u16(), tokens, t0);
     }
     response
 }
 
-fn log_request(status: u16, tokens: usize, t0: std::time::Instant) {
+/// A finished request's log line and count (a stream's when it ends).
+fn log_request(metrics: &Metrics, status: u16, tokens: usize, t0: std::time::Instant) {
+    metrics.answered(status);
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     log::info!("POST /v1/chat/completions {status} {tokens} tokens {ms:.0} ms");
 }
@@ -194,18 +233,21 @@ async fn accept(
     let (tx, rx) = unbounded_channel();
     s.engine
         .submit(Job { events: tx, ..job })
-        .map_err(|why| ApiError::status(503, why))?;
+        .map_err(|(status, why)| ApiError::status(status, why))?;
     let id = format!("chatcmpl-{}", s.next_id.fetch_add(1, Ordering::Relaxed));
     let meta = Arc::new(Meta {
         id,
         model: chat.model.unwrap_or_else(|| s.opts.model_name.clone()),
         created: now(),
         detect,
-        decoder: s.opts.seg_decoder.clone(),
+        decoder: s.engine.current().seg_decoder.clone(),
         logprobs: chat.logprobs.is_some(),
+        metrics: s.metrics.clone(),
+        arrived: t0,
+        last_token: Default::default(),
     });
     Ok(if chat.stream {
-        stream(meta, rx, t0)
+        stream(meta, rx)
     } else {
         whole(meta, rx).await?
     })
@@ -240,15 +282,16 @@ fn prepare(s: &AppState, chat: &ChatRequest) -> Result<(Job, Option<(u32, u32)>)
         }
     };
     let image = decode_image(&bytes, s.opts.max_image_side)?;
-    let prompt_ids = s
-        .model
+    let current = s.engine.current();
+    let model = &current.model;
+    let prompt_ids = model
         .prompt_ids(&chat.prompt)
         .map_err(|e| ApiError::bad(Some("messages"), e.to_string()))?;
     let prompt_len = prompt_ids.len();
-    let context = s.model.config().text.max_position_embeddings;
+    let context = model.config().text.max_position_embeddings;
     let opts = generate_options(chat, prompt_len, context, s.opts.default_max_tokens)?;
     let detect = answers_with_boxes(&chat.prompt).then_some((image.width(), image.height()));
-    let pixels = crate::preprocess::preprocess(&image, s.model.image_size() as u32);
+    let pixels = crate::preprocess::preprocess(&image, model.image_size() as u32);
     let (events, _) = unbounded_channel();
     let job = Job {
         pixels,
@@ -258,169 +301,6 @@ fn prepare(s: &AppState, chat: &ChatRequest) -> Result<(Job, Option<(u32, u32)>)
         events,
     };
     Ok((job, detect))
-}
-
-struct Meta {
-    id: String,
-    model: String,
-    created: u64,
-    /// The image's size when the answer holds boxes.
-    detect: Option<(u32, u32)>,
-    decoder: Option<Arc<SegDecoder>>,
-    /// Whether choices carry `logprobs`.
-    logprobs: bool,
-}
-
-/// A choice's `logprobs`: OpenAI's `{"content": [...]}` when asked for, else null.
-fn logprobs_json(meta: &Meta, logprobs: &[Logprobs]) -> Value {
-    match meta.logprobs {
-        true => json!({"content": logprobs}),
-        false => Value::Null,
-    }
-}
-
-/// The usage counts and the PaliGemma extension of a finished answer: its ids and, when it
-/// holds boxes, its objects (masks decoded on a blocking thread: they are GPU work).
-async fn usage_and_extension(meta: &Meta, o: &Outcome) -> Result<(Value, Value), ApiError> {
-    let usage = json!({
-        "prompt_tokens": o.prompt_tokens,
-        "completion_tokens": o.generated_ids.len(),
-        "total_tokens": o.prompt_tokens + o.generated_ids.len(),
-    });
-    let mut ext = json!({"generated_ids": o.generated_ids});
-    if let Some((w, h)) = meta.detect {
-        let answer = parse_answer(&o.text, w, h);
-        let (detections, decoder) = (answer.detections.clone(), meta.decoder.clone());
-        let masks = tokio::task::spawn_blocking(move || {
-            crate::segmentation::masks(&detections, decoder.as_deref())
-        })
-        .await
-        .map_err(|e| ApiError::status(500, format!("decoding masks: {e}")))?
-        .map_err(|e| ApiError::status(500, format!("decoding masks: {e}")))?;
-        ext["detections"] = crate::segmentation::objects_json(&answer.detections, &masks);
-        ext["skipped_groups"] = json!(answer.skipped);
-    }
-    Ok((usage, ext))
-}
-
-/// Waits for the whole answer.
-async fn whole(meta: Arc<Meta>, mut rx: UnboundedReceiver<Event>) -> Result<Response, ApiError> {
-    let mut logprobs = Vec::new();
-    loop {
-        match rx.recv().await {
-            Some(Event::Token(piece)) => logprobs.extend(piece.logprobs),
-            Some(Event::Done(o)) => {
-                let (usage, ext) = usage_and_extension(&meta, &o).await?;
-                let tokens = Tokens(o.generated_ids.len());
-                let mut response = axum::Json(json!({
-                    "id": meta.id,
-                    "object": "chat.completion",
-                    "created": meta.created,
-                    "model": meta.model,
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": o.text},
-                        "logprobs": logprobs_json(&meta, &logprobs),
-                        "finish_reason": finish_reason(o.reason),
-                    }],
-                    "usage": usage,
-                    "paligemma": ext,
-                }))
-                .into_response();
-                response.extensions_mut().insert(tokens);
-                return Ok(response);
-            }
-            Some(Event::Failed(why)) => return Err(ApiError::status(500, why)),
-            None => return Err(ApiError::status(500, "the engine stopped")),
-        }
-    }
-}
-
-fn finish_reason(r: crate::generation::FinishReason) -> &'static str {
-    match r {
-        crate::generation::FinishReason::Stop => "stop",
-        crate::generation::FinishReason::Length => "length",
-        crate::generation::FinishReason::Cancelled => "cancelled",
-        crate::generation::FinishReason::Failed => "error",
-    }
-}
-
-/// Server-sent events, token by token: OpenAI's `chat.completion.chunk`s, the last with the
-/// finish reason, usage and the PaliGemma extension, then `[DONE]`. The stream ends early
-/// with an `error` object if the GPU fails. Dropping it (the client went away) drops the
-/// receiver, and the engine frees the sequence.
-fn stream(meta: Arc<Meta>, rx: UnboundedReceiver<Event>, t0: std::time::Instant) -> Response {
-    let chunk = |meta: &Meta, delta: Value, finish: Option<&str>, extra: Option<(Value, Value)>| {
-        let mut c = json!({
-            "id": meta.id,
-            "object": "chat.completion.chunk",
-            "created": meta.created,
-            "model": meta.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        if let Some((usage, ext)) = extra {
-            c["usage"] = usage;
-            c["paligemma"] = ext;
-        }
-        c
-    };
-    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    // Whether the engine ended the answer (a finish or an error), rather than vanishing.
-    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let ended_in = ended.clone();
-    let events = UnboundedReceiverStream::new(rx).then(move |e| {
-        let (meta, first, ended) = (meta.clone(), first.clone(), ended_in.clone());
-        async move {
-            let data = match e {
-                Event::Token(t) => {
-                    let mut delta = json!({"content": t.text});
-                    if first.swap(false, Ordering::Relaxed) {
-                        delta["role"] = json!("assistant");
-                    }
-                    let mut c = chunk(&meta, delta, None, None);
-                    c["choices"][0]["logprobs"] = logprobs_json(&meta, &t.logprobs);
-                    c
-                }
-                Event::Done(o) => {
-                    ended.store(true, Ordering::Relaxed);
-                    match usage_and_extension(&meta, &o).await {
-                        Ok(extra) => {
-                            log_request(200, o.generated_ids.len(), t0);
-                            let finish = Some(finish_reason(o.reason));
-                            chunk(&meta, json!({}), finish, Some(extra))
-                        }
-                        Err(e) => e.body(),
-                    }
-                }
-                Event::Failed(why) => {
-                    ended.store(true, Ordering::Relaxed);
-                    ApiError::status(500, why).body()
-                }
-            };
-            SseEvent::default().data(data.to_string())
-        }
-    });
-    // The engine drops its sender after the last event; if it went without one (it
-    // stopped), the client is told rather than handed a truncated answer as complete.
-    let mut tail: Option<std::vec::IntoIter<SseEvent>> = None;
-    let end = std::iter::from_fn(move || {
-        tail.get_or_insert_with(|| {
-            let mut last = Vec::new();
-            if !ended.load(Ordering::Relaxed) {
-                let e = ApiError::status(500, "the engine stopped before the answer was complete");
-                last.push(SseEvent::default().data(e.body().to_string()));
-            }
-            last.push(SseEvent::default().data("[DONE]"));
-            last.into_iter()
-        })
-        .next()
-    });
-    let events = events
-        .chain(tokio_stream::iter(end))
-        .map(Ok::<_, std::convert::Infallible>);
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
 }
 
 /// Serves `app` on `listener` until Ctrl-C.

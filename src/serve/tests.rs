@@ -1,6 +1,9 @@
 //! The server's objects: a `segment` answer's masks come with a decoder and only with one.
 
+use super::answer::{Meta, usage_and_extension};
+use super::engine::Outcome;
 use super::*;
+use crate::detection::parse_answer;
 use crate::segmentation::{masks, objects_json};
 
 fn decoder() -> Arc<SegDecoder> {
@@ -29,6 +32,9 @@ fn segment_answers_carry_masks_only_with_a_decoder() {
             detect: Some((640, 480)),
             decoder: decoder.clone(),
             logprobs: false,
+            metrics: Default::default(),
+            arrived: std::time::Instant::now(),
+            last_token: Default::default(),
         };
         let (usage, ext) = rt.block_on(usage_and_extension(&meta, &outcome)).unwrap();
         assert_eq!(usage["total_tokens"], 7);

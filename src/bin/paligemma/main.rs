@@ -152,6 +152,18 @@ fn model_folder(model: &Path) -> anyhow::Result<PathBuf> {
     paligemma::hub::resolve(model, std::io::stderr().is_terminal()).context("--model")
 }
 
+/// How `--precision` and `--adapter` load a model (no progress bar).
+fn load_options(precision: Option<PrecisionArg>, adapter: Option<&str>) -> LoadOptions {
+    LoadOptions {
+        precision: precision.map(PrecisionArg::precision),
+        gpu: GpuOptions {
+            adapter_name: adapter.map(str::to_string),
+            ..Default::default()
+        },
+        progress: None,
+    }
+}
+
 /// Loads a model with a progress bar on stderr (hidden when stderr is not a terminal).
 fn load_model(
     model: &Path,
@@ -169,17 +181,13 @@ fn load_model(
     bar.set_message(dir.display().to_string());
     let b = bar.clone();
     let opts = LoadOptions {
-        precision: precision.map(PrecisionArg::precision),
-        gpu: GpuOptions {
-            adapter_name: adapter.map(str::to_string),
-            ..Default::default()
-        },
         progress: Some(paligemma::LoadProgress(std::sync::Arc::new(
             move |done, total| {
                 b.set_length(total);
                 b.set_position(done);
             },
         ))),
+        ..load_options(precision, adapter)
     };
     let model = PaliGemma::load(dir, &opts).with_context(|| format!("loading {}", dir.display()));
     bar.finish_and_clear();

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use paligemma::PaliGemma;
 use paligemma::segmentation::SegDecoder;
-use paligemma::serve::engine::EngineOptions;
+use paligemma::serve::engine::{EngineOptions, Loaded, Reload};
 use paligemma::serve::{ServerOptions, router};
 
 use crate::load_model;
@@ -47,11 +48,25 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--max-batch and --max-queue must be at least 1");
     }
     let m = &args.model;
-    let model = load_model(&m.model, m.precision, m.adapter.as_deref())?;
+    let dir = crate::model_folder(&m.model)?;
+    let model = load_model(&dir, m.precision, m.adapter.as_deref())?;
     let seg_decoder = match &args.seg_decoder {
         Some(path) => Some(Arc::new(SegDecoder::load(model.gpu(), path)?)),
         None => None,
     };
+    // After a device loss: the same folder, precision, adapter and decoder, on a new device.
+    let (load, seg) = (
+        crate::load_options(m.precision, m.adapter.as_deref()),
+        args.seg_decoder.clone(),
+    );
+    let reload = Reload(Arc::new(move || {
+        let model = PaliGemma::load(&dir, &load)?;
+        let seg_decoder = seg
+            .as_ref()
+            .map(|p| SegDecoder::load(model.gpu(), p))
+            .transpose()?;
+        Ok(Loaded { model, seg_decoder })
+    }));
     // A folder's name, or the hub id as given.
     let name = args
         .model_name
@@ -68,6 +83,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_mb << 20,
         default_max_tokens: crate::at_least("--max-new-tokens", args.max_new_tokens as i64, 1)?,
         seg_decoder,
+        reload: Some(reload),
         allow_local_images: args.allow_local_images,
         engine: EngineOptions {
             max_batch: args.max_batch,

@@ -1,0 +1,225 @@
+//! What keeps a server up. `/metrics` counts what was sent. A server that loses its GPU
+//! mid-generation under load: the answers in flight end with a
+//! 503 (an SSE error event, then the end of the stream), `/health` turns 503 with the reason
+//! while the model is made again on a new device, new requests get 503 with `Retry-After`, then
+//! `/health` is 200 again and a request answers as before the loss. The loss is real:
+//! `wgpu::Device::destroy`, which fires the device-lost callback a driver reset would.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use paligemma::serve::engine::{Loaded, Reload};
+use paligemma::serve::{ServerOptions, router};
+use paligemma::{LoadOptions, PaliGemma};
+use serde_json::{Value, json};
+
+fn body(max_tokens: usize, stream: bool) -> String {
+    let png = std::fs::read(common::fixture_path("mqa/image.png")).unwrap();
+    use base64::Engine as _;
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    );
+    json!({
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "caption en"},
+            {"type": "image_url", "image_url": {"url": url}}]}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    })
+    .to_string()
+}
+
+/// (status, `Retry-After`, body) of a request, whatever its status.
+fn call(req: ureq::Request, body: Option<&str>) -> (u16, Option<String>, String) {
+    let response = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    let r = match response {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let (status, retry) = (r.status(), r.header("Retry-After").map(str::to_string));
+    (status, retry, r.into_string().unwrap())
+}
+
+fn generated_ids(url: &str) -> Value {
+    let (status, _, text) = call(
+        ureq::post(&format!("{url}/v1/chat/completions")),
+        Some(&body(8, false)),
+    );
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str::<Value>(&text).unwrap()["paligemma"]["generated_ids"].clone()
+}
+
+/// Starts the server on a free port; the reload waits for `go`.
+fn start(go: mpsc::Receiver<()>, reloads: Arc<AtomicUsize>) -> (String, paligemma::Gpu) {
+    let dir = common::fixture_path("mqa/model");
+    let model = PaliGemma::load(&dir, &LoadOptions::default()).unwrap();
+    let gpu = model.gpu().clone();
+    let go = Mutex::new(go);
+    let reload = Reload(Arc::new(move || {
+        go.lock().unwrap().recv().ok();
+        reloads.fetch_add(1, Ordering::SeqCst);
+        let model = PaliGemma::load(&dir, &LoadOptions::default())?;
+        Ok(Loaded {
+            model,
+            seg_decoder: None,
+        })
+    }));
+    let opts = ServerOptions {
+        reload: Some(reload),
+        ..Default::default()
+    };
+    let app = router(Arc::new(model), opts).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || rt.block_on(async { axum::serve(listener, app).await }));
+    (url, gpu)
+}
+
+/// A streamed request: says when it has 3 tokens, then returns every `data:` payload.
+fn stream(url: String, started: mpsc::Sender<()>) -> Vec<String> {
+    let r = ureq::post(&format!("{url}/v1/chat/completions"))
+        .set("Content-Type", "application/json")
+        .send_string(&body(2000, true))
+        .unwrap();
+    let mut events = Vec::new();
+    for line in BufReader::new(r.into_reader()).lines() {
+        let Some(data) = line.unwrap().strip_prefix("data: ").map(str::to_string) else {
+            continue;
+        };
+        events.push(data);
+        if events.len() == 3 {
+            started.send(()).unwrap();
+        }
+    }
+    events
+}
+
+#[test]
+fn a_lost_device_is_reloaded_and_the_server_answers_again() {
+    let (go, wait) = mpsc::channel();
+    let reloads = Arc::new(AtomicUsize::new(0));
+    let (url, gpu) = start(wait, reloads.clone());
+    let before = generated_ids(&url);
+
+    let (started, started_rx) = mpsc::channel();
+    let streams: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, started) = (url.clone(), started.clone());
+            std::thread::spawn(move || stream(url, started))
+        })
+        .collect();
+    for _ in 0..4 {
+        started_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("4 streams under way");
+    }
+    gpu.device().destroy();
+
+    for s in streams {
+        let events = s.join().unwrap();
+        let (last, error) = (events.last().unwrap(), &events[events.len() - 2]);
+        assert_eq!(last, "[DONE]");
+        let error: Value = serde_json::from_str(error).unwrap();
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("lost") && message.contains("reloading"),
+            "{error}"
+        );
+        eprintln!("a stream of {} events ended with {error}", events.len());
+    }
+    let (status, retry, text) = call(ureq::get(&format!("{url}/health")), None);
+    assert_eq!((status, retry.as_deref()), (503, Some("2")), "{text}");
+    let health: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(health["status"], "recovering", "{health}");
+    assert!(
+        health["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lost"),
+        "{health}"
+    );
+    eprintln!("/health while reloading: {health}");
+    let (status, retry, text) = call(
+        ureq::post(&format!("{url}/v1/chat/completions")),
+        Some(&body(4, false)),
+    );
+    assert_eq!((status, retry.as_deref()), (503, Some("2")), "{text}");
+
+    go.send(()).unwrap();
+    let t0 = Instant::now();
+    while call(ureq::get(&format!("{url}/health")), None).0 != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "never healthy again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(reloads.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        generated_ids(&url),
+        before,
+        "the reloaded model answers otherwise"
+    );
+    let (_, _, metrics) = call(ureq::get(&format!("{url}/metrics")), None);
+    assert!(
+        metrics.contains("paligemma_device_resets_total 1"),
+        "{metrics}"
+    );
+}
+
+/// The value of an exposition line `name{labels} value` (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_the_requests_sent() {
+    let (_go, wait) = mpsc::channel();
+    let (url, _gpu) = start(wait, Arc::new(AtomicUsize::new(0)));
+    let completions = format!("{url}/v1/chat/completions");
+    let mut tokens = 0;
+    for max_tokens in [3, 5, 7] {
+        let (status, _, text) = call(ureq::post(&completions), Some(&body(max_tokens, false)));
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        tokens += v["usage"]["completion_tokens"].as_u64().unwrap();
+    }
+    let (status, _, text) = call(ureq::post(&completions), Some(&body(4, true)));
+    assert_eq!(status, 200);
+    tokens += text.lines().filter(|l| l.contains("\"content\"")).count() as u64;
+    for bad in ["{", r#"{"messages":[]}"#] {
+        assert_eq!(call(ureq::post(&completions), Some(bad)).0, 400);
+    }
+    let (status, _, text) = call(ureq::get(&format!("{url}/metrics")), None);
+    assert_eq!(status, 200);
+    eprintln!("{text}");
+    let m = |name: &str| metric(&text, name);
+    assert_eq!(m("paligemma_requests_total{status=\"200\"}"), 4.0);
+    assert_eq!(m("paligemma_requests_total{status=\"400\"}"), 2.0);
+    assert_eq!(m("paligemma_generation_tokens_total"), tokens as f64);
+    assert_eq!(m("paligemma_prompt_tokens_total"), 4.0 * 19.0);
+    assert_eq!(m("paligemma_time_to_first_token_seconds_count"), 4.0);
+    assert_eq!(
+        m("paligemma_time_per_output_token_seconds_count"),
+        (tokens - 4) as f64
+    );
+    assert_eq!(
+        m("paligemma_requests_waiting") + m("paligemma_requests_running"),
+        0.0
+    );
+    assert_eq!(m("paligemma_device_resets_total"), 0.0);
+    assert!(m("paligemma_gpu_memory_bytes") > 0.0);
+}
