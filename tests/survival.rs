@@ -223,3 +223,53 @@ fn metrics_count_the_requests_sent() {
     assert_eq!(m("paligemma_device_resets_total"), 0.0);
     assert!(m("paligemma_gpu_memory_bytes") > 0.0);
 }
+
+/// `paligemma batch` whose device is lost at its 4th step reloads the model and answers every
+/// image as a run without the loss does.
+#[test]
+fn a_batch_whose_device_is_lost_resumes_on_a_new_one() {
+    let dir = std::env::temp_dir().join(format!("paligemma-lost-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..6 {
+        let src = ["mqa/image.png", "mqa/photo.jpg"][i % 2];
+        let ext = src.rsplit('.').next().unwrap();
+        std::fs::copy(common::fixture_path(src), dir.join(format!("{i}.{ext}"))).unwrap();
+    }
+    let run = |out: &str, lose: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_paligemma"));
+        cmd.args(["batch", "--model"])
+            .arg(common::fixture_path("mqa/model"))
+            .args(["--prompt", "caption en", "--max-batch", "3", "--out"])
+            .arg(dir.join(out))
+            .arg(&dir);
+        if let Some(step) = lose {
+            cmd.env("PALIGEMMA_TEST_LOSE_DEVICE_AT_STEP", step);
+        }
+        let o = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{stderr}");
+        let answers: std::collections::BTreeMap<String, Value> =
+            std::fs::read_to_string(dir.join(out))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .map(|v| {
+                    (
+                        v["image"].as_str().unwrap().to_string(),
+                        v["generated_ids"].clone(),
+                    )
+                })
+                .collect();
+        (answers, stderr)
+    };
+    let (want, _) = run("plain.jsonl", None);
+    let (got, stderr) = run("lost.jsonl", Some("3"));
+    assert!(
+        stderr.contains("device lost") && stderr.contains("reloading"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("6 answered"), "{stderr}");
+    assert_eq!(got, want);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,7 +5,7 @@
 //! path names it), so an interrupted run resumes; an image that cannot be read is reported and
 //! skipped, and a run that could read none fails.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -116,6 +116,7 @@ fn already_done(out: &Path, key: &Value) -> anyhow::Result<(HashSet<PathBuf>, BT
 
 /// An image whose request is in the scheduler.
 struct Pending {
+    file: PathBuf,
     path: String,
     size: (u32, u32),
 }
@@ -206,7 +207,26 @@ pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
         tokens: 0,
     };
     let t0 = std::time::Instant::now();
-    run(&model, todo, &args.prompt, &opts, args.max_batch, &mut out)?;
+    let (mut queue, mut model) = (VecDeque::from(todo), model);
+    let mut lose_at_step = test_device_loss();
+    let job = (args.prompt.as_str(), &opts);
+    while let Some(lost) = run(
+        &model,
+        &mut queue,
+        job,
+        args.max_batch,
+        &mut out,
+        lose_at_step.take(),
+    )? {
+        // A driver reset or a GPU gone: a new device, the same model, the rest of the images.
+        out.bar
+            .suspend(|| eprintln!("{lost}: reloading the model on a new device, then going on"));
+        model = load_model(&m.model, m.precision, m.adapter.as_deref())?;
+        out.decoder = match &args.seg_decoder {
+            Some(path) => Some(SegDecoder::load(model.gpu(), path)?),
+            None => None,
+        };
+    }
     out.bar.finish_and_clear();
     eprintln!(
         "{} answered, {} skipped as unreadable, {} already in {} ({:.1} s)",
@@ -220,6 +240,15 @@ pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
         bail!("none of the {} images could be read", out.failed);
     }
     Ok(())
+}
+
+/// `PALIGEMMA_TEST_LOSE_DEVICE_AT_STEP=N`: destroy the device before step N of the first model,
+/// as a driver reset would lose it (a test hook: the command's tests check the resume).
+fn test_device_loss() -> Option<usize> {
+    std::env::var("PALIGEMMA_TEST_LOSE_DEVICE_AT_STEP")
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The image files named (folders expanded), at least one.
@@ -260,26 +289,25 @@ fn to_do(images: Vec<PathBuf>, out: &Path, key: &Value) -> anyhow::Result<(Vec<P
 }
 
 /// Every image starts as soon as there is room: `batch_size` decoding together.
+/// Every image starts as soon as there is room: `max_batch` decoding together. Returns why
+/// the device was lost, if it was: the images in flight are back at the front of `queue`.
 fn run(
     model: &PaliGemma,
-    todo: Vec<PathBuf>,
-    prompt: &str,
-    opts: &GenerateOptions,
-    batch_size: usize,
+    queue: &mut VecDeque<PathBuf>,
+    (prompt, opts): (&str, &GenerateOptions),
+    max_batch: usize,
     out: &mut Output,
-) -> anyhow::Result<()> {
+    lose_at_step: Option<usize>,
+) -> anyhow::Result<Option<String>> {
     let mut scheduler = Scheduler::new(SchedulerOptions {
-        max_batch: batch_size,
-        max_waiting: batch_size,
-        starts_per_step: batch_size,
+        max_batch,
+        max_waiting: max_batch,
+        starts_per_step: max_batch,
     });
-    let mut queue = todo.into_iter();
-    // (when, images answered, tokens) over the last seconds: a rate that is right on short
-    // runs and follows changes on long ones.
-    let mut window = std::collections::VecDeque::new();
-    loop {
+    let mut rate = Rate::default();
+    for step in 0.. {
         while scheduler.has_room() {
-            let Some(path) = queue.next() else { break };
+            let Some(path) = queue.pop_front() else { break };
             match submit(&mut scheduler, &path, prompt, opts) {
                 Ok((id, p)) => {
                     out.pending.insert(id, p);
@@ -288,22 +316,42 @@ fn run(
             }
         }
         if scheduler.is_idle() {
-            return Ok(());
+            break;
         }
-        for event in model.block_on(scheduler.step(model))? {
+        if lose_at_step == Some(step) {
+            model.gpu().device().destroy();
+        }
+        let events = model.block_on(scheduler.step(model));
+        if let Err(lost) = model.gpu().check_lost() {
+            let in_flight = out.pending.len();
+            queue.extend(out.pending.drain().map(|(_, p)| p.file));
+            queue.rotate_right(in_flight);
+            return Ok(Some(lost.to_string()));
+        }
+        for event in events? {
             out.record(event)?;
         }
+        out.bar.set_message(rate.update(out.answered, out.tokens));
+    }
+    Ok(None)
+}
+
+/// Images and tokens per second over the last 10 seconds: right on short runs, and following
+/// changes on long ones.
+#[derive(Default)]
+struct Rate(VecDeque<(std::time::Instant, usize, usize)>);
+
+impl Rate {
+    fn update(&mut self, answered: usize, tokens: usize) -> String {
         let now = std::time::Instant::now();
-        window.push_back((now, out.answered, out.tokens));
-        while window.len() > 2 && now - window[0].0 > std::time::Duration::from_secs(10) {
-            window.pop_front();
+        self.0.push_back((now, answered, tokens));
+        while self.0.len() > 2 && now - self.0[0].0 > std::time::Duration::from_secs(10) {
+            self.0.pop_front();
         }
-        let (then, answered, tokens) = window[0];
+        let (then, a, t) = self.0[0];
         let secs = (now - then).as_secs_f64().max(1e-3);
-        let images = (out.answered - answered) as f64 / secs;
-        let tokens = (out.tokens - tokens) as f64 / secs;
-        out.bar
-            .set_message(format!("{images:.1} images/s, {tokens:.0} tokens/s"));
+        let (images, tokens) = ((answered - a) as f64 / secs, (tokens - t) as f64 / secs);
+        format!("{images:.1} images/s, {tokens:.0} tokens/s")
     }
 }
 
@@ -321,8 +369,8 @@ fn submit(
         prompt: prompt.into(),
         opts: opts.clone(),
     })?;
-    let path = path.display().to_string();
-    Ok((id, Pending { path, size }))
+    let (file, path) = (path.to_path_buf(), path.display().to_string());
+    Ok((id, Pending { file, path, size }))
 }
 
 /// An answer's line: the image, the prompt and options it was asked with (`key`), the answer
@@ -371,6 +419,7 @@ mod tests {
             timings: Default::default(),
         };
         let image = Pending {
+            file: "cat.png".into(),
             path: "cat.png".into(),
             size: (640, 480),
         };
