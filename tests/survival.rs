@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use paligemma::serve::engine::{Loaded, Reload};
-use paligemma::serve::{ServerOptions, router};
+use paligemma::serve::{Limits, ServerOptions, router, serve_until};
 use paligemma::{LoadOptions, PaliGemma};
 use serde_json::{Value, json};
 
@@ -59,6 +59,15 @@ fn generated_ids(url: &str) -> Value {
 
 /// Starts the server on a free port; the reload waits for `go`.
 fn start(go: mpsc::Receiver<()>, reloads: Arc<AtomicUsize>) -> (String, paligemma::Gpu) {
+    start_with(go, reloads, Limits::default(), Duration::from_secs(30))
+}
+
+fn start_with(
+    go: mpsc::Receiver<()>,
+    reloads: Arc<AtomicUsize>,
+    limits: Limits,
+    body_timeout: Duration,
+) -> (String, paligemma::Gpu) {
     let dir = common::fixture_path("mqa/model");
     let model = PaliGemma::load(&dir, &LoadOptions::default()).unwrap();
     let gpu = model.gpu().clone();
@@ -74,6 +83,7 @@ fn start(go: mpsc::Receiver<()>, reloads: Arc<AtomicUsize>) -> (String, paligemm
     }));
     let opts = ServerOptions {
         reload: Some(reload),
+        body_timeout,
         ..Default::default()
     };
     let app = router(Arc::new(model), opts).unwrap();
@@ -82,7 +92,8 @@ fn start(go: mpsc::Receiver<()>, reloads: Arc<AtomicUsize>) -> (String, paligemm
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || rt.block_on(async { axum::serve(listener, app).await }));
+    let forever = std::future::pending::<()>();
+    std::thread::spawn(move || rt.block_on(serve_until(listener, app, limits, forever)));
     (url, gpu)
 }
 
@@ -272,4 +283,77 @@ fn a_batch_whose_device_is_lost_resumes_on_a_new_one() {
     assert!(stderr.contains("6 answered"), "{stderr}");
     assert_eq!(got, want);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A raw connection to the server at `url` that gives up reading after `wait`.
+fn connect(url: &str, wait: Duration) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s
+}
+
+/// What the server sends before closing or going quiet (empty if nothing).
+fn reply(mut s: &std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into()
+}
+
+#[test]
+fn trickling_clients_are_cut_off_and_connections_are_limited() {
+    use std::io::Write;
+    let limits = Limits {
+        max_connections: 2,
+        header_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let (_go, wait) = mpsc::channel();
+    let zero = Arc::new(AtomicUsize::new(0));
+    let (url, _gpu) = start_with(wait, zero, limits, Duration::from_secs(1));
+    // Headers that never end: the connection is closed.
+    let mut slow = connect(&url, Duration::from_secs(10));
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let t0 = Instant::now();
+    let got = reply(&slow);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "a trickled head held on: {got:?}"
+    );
+    // A body that never comes whole: 408.
+    let mut slow = connect(&url, Duration::from_secs(10));
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{";
+    slow.write_all(head.as_bytes()).unwrap();
+    let got = reply(&slow);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("request body took over"), "{got}");
+
+    // Two connections held open: a third waits until one goes (held open: a long timeout).
+    let (_go, wait) = mpsc::channel();
+    let patient = Limits {
+        header_timeout: Duration::from_secs(60),
+        ..limits
+    };
+    let zero = Arc::new(AtomicUsize::new(0));
+    let (url, _gpu) = start_with(wait, zero, patient, Duration::from_secs(60));
+    let held: Vec<_> = (0..2)
+        .map(|_| connect(&url, Duration::from_secs(1)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = connect(&url, Duration::from_millis(500));
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let early = reply(&third);
+    assert_eq!(
+        early, "",
+        "a third connection was served while two were open"
+    );
+    drop(held);
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let late = reply(&third);
+    assert!(late.starts_with("HTTP/1.1 200"), "{late:?}");
 }

@@ -17,6 +17,7 @@
 
 mod answer;
 pub mod engine;
+mod listen;
 pub mod metrics;
 pub mod openai;
 mod stop;
@@ -40,6 +41,7 @@ use crate::paligemma::PaliGemma;
 use crate::segmentation::SegDecoder;
 use answer::{Meta, stream, whole};
 use engine::{Current, Engine, EngineOptions, Health, Job, Reload};
+pub use listen::{Limits, serve_until};
 use metrics::Metrics;
 use openai::{ApiError, ChatRequest, ImageSource, decode_image, generate_options};
 
@@ -50,6 +52,8 @@ pub struct ServerOptions {
     pub model_name: String,
     /// Largest request body, in bytes (images come base64-encoded inside it).
     pub max_body_bytes: usize,
+    /// How long a request's body may take to arrive (408 after).
+    pub body_timeout: std::time::Duration,
     /// Widest or tallest image accepted, in pixels.
     pub max_image_side: u32,
     /// `max_tokens` when a request gives none (capped by the context).
@@ -71,6 +75,7 @@ impl Default for ServerOptions {
         ServerOptions {
             model_name: "paligemma".into(),
             max_body_bytes: 32 << 20,
+            body_timeout: std::time::Duration::from_secs(30),
             max_image_side: 8192,
             default_max_tokens: 256,
             allow_local_images: false,
@@ -212,8 +217,11 @@ async fn accept(
     req: Request,
     t0: std::time::Instant,
 ) -> Result<Response, ApiError> {
-    let body = axum::body::to_bytes(req.into_body(), s.opts.max_body_bytes)
+    let read = axum::body::to_bytes(req.into_body(), s.opts.max_body_bytes);
+    let timeout = s.opts.body_timeout;
+    let body = tokio::time::timeout(timeout, read)
         .await
+        .map_err(|_| ApiError::status(408, format!("the request body took over {timeout:?}")))?
         .map_err(|_| {
             ApiError::status(
                 413,
@@ -303,11 +311,14 @@ fn prepare(s: &AppState, chat: &ChatRequest) -> Result<(Job, Option<(u32, u32)>)
     Ok((job, detect))
 }
 
-/// Serves `app` on `listener` until Ctrl-C.
-pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+/// Serves `app` on `listener` within `limits` until Ctrl-C.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+) -> std::io::Result<()> {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    serve_until(listener, app, limits, ctrl_c).await
 }

@@ -35,7 +35,7 @@ impl ApiError {
     /// OpenAI's error type for the status.
     pub fn kind(&self) -> &'static str {
         match self.status {
-            400 | 404 | 405 | 413 | 422 => "invalid_request_error",
+            400 | 404 | 405 | 408 | 413 | 422 => "invalid_request_error",
             429 | 503 => "server_busy",
             _ => "server_error",
         }

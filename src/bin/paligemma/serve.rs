@@ -1,12 +1,13 @@
 //! `paligemma serve`: the library's OpenAI-compatible server on a port.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use paligemma::PaliGemma;
 use paligemma::segmentation::SegDecoder;
 use paligemma::serve::engine::{EngineOptions, Loaded, Reload};
-use paligemma::serve::{ServerOptions, router};
+use paligemma::serve::{Limits, ServerOptions, router};
 
 use crate::load_model;
 
@@ -35,6 +36,13 @@ pub struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 32)]
     max_body_mb: usize,
+    /// Connections open at once at most (more wait to be accepted).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a request's headers, and then its body, may take to arrive (a client that
+    /// trickles them is cut off: 408 for a body).
+    #[arg(long, default_value_t = 30)]
+    read_timeout: u64,
     /// Accept `image_url`s that name files on this machine (absolute paths or file:// URLs).
     #[arg(long)]
     allow_local_images: bool,
@@ -81,6 +89,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let opts = ServerOptions {
         model_name: name,
         max_body_bytes: args.max_body_mb << 20,
+        body_timeout: Duration::from_secs(args.read_timeout.max(1)),
         default_max_tokens: crate::at_least("--max-new-tokens", args.max_new_tokens as i64, 1)?,
         seg_decoder,
         reload: Some(reload),
@@ -93,6 +102,11 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let adapter = model.gpu().adapter_name();
+    let limits = Limits {
+        max_connections: args.max_connections.max(1),
+        header_timeout: Duration::from_secs(args.read_timeout.max(1)),
+        ..Limits::default()
+    };
     let app = router(Arc::new(model), opts)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async {
@@ -105,7 +119,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         println!("listening on http://{local} ({adapter})");
         use std::io::Write;
         std::io::stdout().flush()?;
-        paligemma::serve::serve(listener, app).await?;
+        paligemma::serve::serve(listener, app, limits).await?;
         Ok(())
     })
 }
