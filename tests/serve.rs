@@ -300,3 +300,23 @@ fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// 32 clients for a bounded time (`PALIGEMMA_SOAK_SECONDS`, 30 by default): tests/soak.py checks
+/// every answer against the same request alone, that no request is lost (the server's /metrics
+/// agree with the clients), and that memory stays flat; it prints the figures.
+#[test]
+fn a_soak_of_32_clients_loses_nothing_and_holds_memory_flat() {
+    let server = start_server(&["--max-batch", "8", "--max-queue", "8"]);
+    let seconds = std::env::var("PALIGEMMA_SOAK_SECONDS").unwrap_or_else(|_| "30".into());
+    let out = Command::new("python3")
+        .arg(common::repo_root().join("tests/soak.py"))
+        .args([&server.url, &server.child.id().to_string(), "--seconds", &seconds])
+        .output()
+        .expect("python3 runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!("{stdout}");
+    assert!(out.status.success(), "soak.py failed:\n{stdout}\n{stderr}");
+}
