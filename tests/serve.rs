@@ -310,7 +310,12 @@ fn a_soak_of_32_clients_loses_nothing_and_holds_memory_flat() {
     let seconds = std::env::var("PALIGEMMA_SOAK_SECONDS").unwrap_or_else(|_| "30".into());
     let out = Command::new("python3")
         .arg(common::repo_root().join("tests/soak.py"))
-        .args([&server.url, &server.child.id().to_string(), "--seconds", &seconds])
+        .args([
+            &server.url,
+            &server.child.id().to_string(),
+            "--seconds",
+            &seconds,
+        ])
         .output()
         .expect("python3 runs");
     let (stdout, stderr) = (
