@@ -144,26 +144,28 @@ fn finish_reason(r: crate::generation::FinishReason) -> &'static str {
     }
 }
 
+/// One `chat.completion.chunk`, the last with usage and the PaliGemma extension (`extra`).
+fn chunk(meta: &Meta, delta: Value, finish: Option<&str>, extra: Option<(Value, Value)>) -> Value {
+    let mut c = json!({
+        "id": meta.id,
+        "object": "chat.completion.chunk",
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    });
+    if let Some((usage, ext)) = extra {
+        c["usage"] = usage;
+        c["paligemma"] = ext;
+    }
+    c
+}
+
 /// Server-sent events, token by token: OpenAI's `chat.completion.chunk`s, the last with the
 /// finish reason, usage and the PaliGemma extension, then `[DONE]`. The stream ends early
 /// with an `error` object (with the status a whole answer would have had) if the GPU fails or
 /// is lost. Dropping it (the client went away) drops the receiver, and the engine frees the
 /// sequence; such a request is counted with status 499, as nginx logs it.
 pub(super) fn stream(meta: Arc<Meta>, rx: UnboundedReceiver<Event>) -> Response {
-    let chunk = |meta: &Meta, delta: Value, finish: Option<&str>, extra: Option<(Value, Value)>| {
-        let mut c = json!({
-            "id": meta.id,
-            "object": "chat.completion.chunk",
-            "created": meta.created,
-            "model": meta.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        if let Some((usage, ext)) = extra {
-            c["usage"] = usage;
-            c["paligemma"] = ext;
-        }
-        c
-    };
     let first = Arc::new(AtomicBool::new(true));
     // Whether the engine ended the answer (a finish or an error), rather than vanishing.
     let ended = Arc::new(AtomicBool::new(false));

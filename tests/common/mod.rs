@@ -12,6 +12,7 @@ use paligemma::{Gpu, GpuOptions};
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     GPU.get_or_init(|| {
+        report_vulkan_validation();
         let gpu = Gpu::new(&GpuOptions::default()).unwrap_or_else(|e| {
             panic!("{e}\n(tests need a GPU adapter: install mesa-vulkan-drivers for lavapipe)")
         });
@@ -57,4 +58,27 @@ pub fn naga_capabilities(features: wgpu::Features) -> naga::valid::Capabilities 
         caps |= Capabilities::COOPERATIVE_MATRIX;
     }
     caps
+}
+
+/// Prints every message of the Vulkan validation layer, which wgpu enables in debug builds when
+/// the layer is installed (`vulkan-validationlayers`) and reports through `log`, prefixed with
+/// `VULKAN VALIDATION:` so that CI's validation step can fail on any (the tests alone would not
+/// see them: wgpu does not turn them into errors).
+pub fn report_vulkan_validation() {
+    struct Validation;
+    impl log::Log for Validation {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.target().starts_with("wgpu_hal::vulkan") && m.level() <= log::Level::Warn
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!("VULKAN VALIDATION: {}", r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Validation = Validation;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
 }
