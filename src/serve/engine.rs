@@ -111,6 +111,13 @@ struct Shared {
 }
 
 impl Shared {
+    fn current(&self) -> Arc<Current> {
+        let current = self.current.read();
+        current
+            .map(|c| c.clone())
+            .expect("the engine never panics holding the lock")
+    }
+
     fn set_health(&self, h: Health) {
         if let Ok(mut slot) = self.health.lock() {
             *slot = h;
@@ -176,11 +183,7 @@ impl Engine {
 
     /// The model and decoder in use (the HTTP side tokenizes with it and decodes masks).
     pub fn current(&self) -> Arc<Current> {
-        self.shared
-            .current
-            .read()
-            .map(|c| c.clone())
-            .expect("the engine never panics holding the lock")
+        self.shared.current()
     }
 
     /// Queues a job; `Err` with the status and reason when the queue is full, the engine is
@@ -226,11 +229,7 @@ fn run(shared: &Shared, jobs: Receiver<Job>, opts: EngineOptions, reload: Option
     let mut clients = Clients::new();
     let m = &shared.metrics;
     loop {
-        let current = shared
-            .current
-            .read()
-            .map(|c| c.clone())
-            .expect("never poisoned");
+        let current = shared.current();
         let model = &current.model;
         if !admit(&mut scheduler, &mut clients, &jobs, opts.starts_per_step, m) {
             return; // every handle dropped: the server is shutting down

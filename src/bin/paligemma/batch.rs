@@ -181,10 +181,7 @@ pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
     let model = load_model(&m.model, m.precision, m.adapter.as_deref())?;
     let key = answer_key(&args.prompt, &opts, model.precision());
     let (todo, already) = to_do(images, &args.out, &key)?;
-    let decoder = match &args.seg_decoder {
-        Some(path) => Some(SegDecoder::load(model.gpu(), path)?),
-        None => None,
-    };
+    let decoder = crate::seg_decoder(&model, args.seg_decoder.as_deref())?;
     let file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -222,10 +219,7 @@ pub fn batch(args: &BatchArgs) -> anyhow::Result<()> {
         out.bar
             .suspend(|| eprintln!("{lost}: reloading the model on a new device, then going on"));
         model = load_model(&m.model, m.precision, m.adapter.as_deref())?;
-        out.decoder = match &args.seg_decoder {
-            Some(path) => Some(SegDecoder::load(model.gpu(), path)?),
-            None => None,
-        };
+        out.decoder = crate::seg_decoder(&model, args.seg_decoder.as_deref())?;
     }
     out.bar.finish_and_clear();
     eprintln!(

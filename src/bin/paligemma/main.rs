@@ -152,6 +152,11 @@ fn model_folder(model: &Path) -> anyhow::Result<PathBuf> {
     paligemma::hub::resolve(model, std::io::stderr().is_terminal()).context("--model")
 }
 
+/// `--seg-decoder`'s decoder on the model's device, if one was named.
+fn seg_decoder(model: &PaliGemma, path: Option<&Path>) -> anyhow::Result<Option<SegDecoder>> {
+    Ok(path.map(|p| SegDecoder::load(model.gpu(), p)).transpose()?)
+}
+
 /// How `--precision` and `--adapter` load a model (no progress bar).
 fn load_options(precision: Option<PrecisionArg>, adapter: Option<&str>) -> LoadOptions {
     LoadOptions {
@@ -392,10 +397,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let image = paligemma::preprocess::load_image(image_path)?;
     let model = load_model(model_dir, args.precision, args.adapter.as_deref())?;
     // Loaded before generating, so a bad file fails fast.
-    let decoder = match &args.seg_decoder {
-        Some(path) => Some(SegDecoder::load(model.gpu(), path)?),
-        None => None,
-    };
+    let decoder = seg_decoder(&model, args.seg_decoder.as_deref())?;
     let mut stdout = std::io::stdout();
     let out = model.block_on(
         model.generate(&image, prompt.as_str(), &gen_opts, |_, piece| {

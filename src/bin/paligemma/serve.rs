@@ -58,10 +58,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let m = &args.model;
     let dir = crate::model_folder(&m.model)?;
     let model = load_model(&dir, m.precision, m.adapter.as_deref())?;
-    let seg_decoder = match &args.seg_decoder {
-        Some(path) => Some(Arc::new(SegDecoder::load(model.gpu(), path)?)),
-        None => None,
-    };
+    let seg_decoder = crate::seg_decoder(&model, args.seg_decoder.as_deref())?.map(Arc::new);
     // After a device loss: the same folder, precision, adapter and decoder, on a new device.
     let (load, seg) = (
         crate::load_options(m.precision, m.adapter.as_deref()),
