@@ -57,6 +57,10 @@ fn generated_ids(url: &str) -> Value {
     serde_json::from_str::<Value>(&text).unwrap()["paligemma"]["generated_ids"].clone()
 }
 
+/// Held by each test that serves in-process: destroying a device (lavapipe) was seen to mark
+/// another device of the same process lost, so the test that destroys one runs alone.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// Starts the server on a free port; the reload waits for `go`.
 fn start(go: mpsc::Receiver<()>, reloads: Arc<AtomicUsize>) -> (String, paligemma::Gpu) {
     start_with(go, reloads, Limits::default(), Duration::from_secs(30))
@@ -118,6 +122,7 @@ fn stream(url: String, started: mpsc::Sender<()>) -> Vec<String> {
 
 #[test]
 fn a_lost_device_is_reloaded_and_the_server_answers_again() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (go, wait) = mpsc::channel();
     let reloads = Arc::new(AtomicUsize::new(0));
     let (url, gpu) = start(wait, reloads.clone());
@@ -198,6 +203,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[test]
 fn metrics_count_the_requests_sent() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (_go, wait) = mpsc::channel();
     let (url, _gpu) = start(wait, Arc::new(AtomicUsize::new(0)));
     let completions = format!("{url}/v1/chat/completions");
@@ -302,6 +308,7 @@ fn reply(mut s: &std::net::TcpStream) -> String {
 
 #[test]
 fn trickling_clients_are_cut_off_and_connections_are_limited() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     use std::io::Write;
     let limits = Limits {
         max_connections: 2,

@@ -245,6 +245,11 @@ fn run(shared: &Shared, jobs: Receiver<Job>, opts: EngineOptions, reload: Option
         }
         let stepped = model.block_on(scheduler.step(model));
         if let Err(lost) = model.gpu().check_lost() {
+            // Health first: a client told of the loss then finds /health saying so.
+            shared.set_health(match &reload {
+                Some(_) => Health::Recovering(format!("{lost}; reloading the model")),
+                None => Health::Stopped(format!("{lost} (no reload configured)")),
+            });
             fail_all(
                 &mut clients,
                 503,
@@ -282,7 +287,7 @@ fn fail_all(clients: &mut Clients, status: u16, message: &str) {
     }
 }
 
-/// After a device loss: 503 with the reason while the model is made again (retried every few
+/// After a device loss (`Health` already says so): 503 with the reason while the model is made again (retried every few
 /// seconds: the driver may need time), then serving again with the new model. Without a
 /// [`Reload`] the engine stays stopped, saying why.
 fn recover(shared: &Shared, reload: Option<&Reload>, lost: &str) {
@@ -290,10 +295,8 @@ fn recover(shared: &Shared, reload: Option<&Reload>, lost: &str) {
     shared.metrics.device_resets.inc();
     shared.metrics.running.set(0);
     let Some(reload) = reload else {
-        shared.set_health(Health::Stopped(format!("{lost} (no reload configured)")));
         return;
     };
-    shared.set_health(Health::Recovering(format!("{lost}; reloading the model")));
     let mut wait = Duration::from_secs(1);
     loop {
         match (reload.0)() {
