@@ -9,12 +9,16 @@
 // lid, lid + WG, ... of the output, hence head_dim <= MAX_HEAD_DIM.
 //
 // Mask, for a query at cache position qpos = q_pos0 + row and a key at position j < kv_len:
-//   visible = (j < prefix_len && qpos < prefix_len)            // the prefix is one
-//                                                               // bidirectional block
-//          || (j <= qpos && (window == 0 || qpos < j + window)) // causal, in the window
-// as transformers builds it for PaliGemma (block overlay OR causal [and sliding window]): the
-// Gemma 2 sliding window never hides prefix keys from prefix queries, but a generated token
-// sees only the last `window` positions. The vision tower passes prefix_len = kv_len. Scores are s = (q . k) * scale, then
+//   visible = (j < prefix_len && qpos < prefix_len)                // PaliGemma's prefix: one
+//                                                                   // bidirectional block
+//          || ((j <= qpos || j in block(qpos))                      // causal, or Gemma 3's
+//              && (window == 0 || qpos < j + window))               // image block; in the window
+// where block(qpos) is the [start, end) of `blocks` holding qpos (none when it holds none).
+// This is how transformers builds each model's mask. PaliGemma: block overlay OR causal [and
+// sliding window], so the Gemma 2 window never hides prefix keys from prefix queries, while a
+// generated token sees only the last `window` positions. Gemma 3: AND(window, OR(causal,
+// image block)), so each image's tokens see each other (within the window) and the text stays
+// causal. The vision tower passes prefix_len = kv_len. Scores are s = (q . k) * scale, then
 // s = softcap * tanh(s / softcap) when softcap > 0 (Gemma 2), before the mask.
 //
 // Bindings: 0 params, 1 q (row r, head h at q_offset + r * q_stride + h * head_dim),
@@ -54,6 +58,12 @@ struct Params {
     softcap: f32,
     chunk: u32,
     o_offset: u32,
+    n_blocks: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    // Gemma 3's image blocks, two [start, end) pairs per vec4 (MAX_BLOCKS in all).
+    blocks: array<vec4<u32>, MAX_BLOCKS / 2u>,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -69,14 +79,28 @@ const NEG_BIG: f32 = -1.0e30;
 var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
 
-fn visible(j: u32, qpos: u32) -> bool {
+/// The [start, end) of the image block holding position `pos`; (0, 0) when none does.
+fn block_of(pos: u32) -> vec2<u32> {
+    for (var b = 0u; b < p.n_blocks; b++) {
+        let pair = p.blocks[b / 2u];
+        let r = select(pair.xy, pair.zw, b % 2u == 1u);
+        if (pos >= r.x && pos < r.y) {
+            return r;
+        }
+    }
+    return vec2<u32>(0u, 0u);
+}
+
+/// Whether the query at `qpos`, in the block `blk` (block_of(qpos)), sees the key at `j`.
+fn visible(j: u32, qpos: u32, blk: vec2<u32>) -> bool {
     if (j >= p.kv_len) {
         return false;
     }
     if (j < p.prefix_len && qpos < p.prefix_len) {
         return true;
     }
-    return j <= qpos && (p.window == 0u || qpos < j + p.window);
+    let in_block = j >= blk.x && j < blk.y;
+    return (j <= qpos || in_block) && (p.window == 0u || qpos < j + p.window);
 }
 
 // The online softmax state of one (query, head): running max, running sum of exp(s - m), and
@@ -96,9 +120,10 @@ fn load_query(li: u32, row: u32, h: u32) {
 
 /// Folds keys [t_begin, t_end) into the softmax state, a tile of WG keys at a time.
 fn attend(li: u32, qpos: u32, kv_base: u32, t_begin: u32, t_end: u32) {
+    let blk = block_of(qpos);
     for (var t0 = t_begin; t0 < t_end; t0 += WG) {
         let j = t0 + li;
-        let ok = j < t_end && visible(j, qpos);
+        let ok = j < t_end && visible(j, qpos, blk);
         var s = NEG_BIG;
         if (ok) {
             let k_base = j * p.kv_stride + kv_base;
@@ -259,9 +284,19 @@ fn attention_blocked(@builtin(workgroup_id) wid: vec3<u32>,
     }
     var m = NEG_BIG;
     var l = 0.0;
-    // Keys past the last row's position and past the prefix are hidden from the whole block.
+    // Keys past the last row's position, the prefix and the rows' image blocks are hidden from
+    // the whole block of rows.
     let last_row = min(blk * BQ + BQ, p.q_rows) - 1u;
-    let t_end = min(p.kv_len, max(p.prefix_len, p.q_pos0 + last_row + 1u));
+    var horizon = max(p.prefix_len, p.q_pos0 + last_row + 1u);
+    for (var b = 0u; b < p.n_blocks; b++) {
+        let pair = p.blocks[b / 2u];
+        let r = select(pair.xy, pair.zw, b % 2u == 1u);
+        if (r.x <= p.q_pos0 + last_row && r.y > p.q_pos0 + blk * BQ) {
+            horizon = max(horizon, r.y);
+        }
+    }
+    let t_end = min(p.kv_len, horizon);
+    let row_block = block_of(qpos);
     for (var t0 = 0u; t0 < t_end; t0 += BK) {
         for (var e = li; e < BK * p.head_dim; e += BLOCK_WG) {
             let jj = e / p.head_dim;
@@ -296,7 +331,7 @@ fn attention_blocked(@builtin(workgroup_id) wid: vec3<u32>,
             if (p.softcap > 0.0) {
                 s = p.softcap * tanh_stable(s / p.softcap);
             }
-            sc[jj] = select(NEG_BIG, s, row_ok && visible(t0 + jj, qpos));
+            sc[jj] = select(NEG_BIG, s, row_ok && visible(t0 + jj, qpos, row_block));
             tile_max = max(tile_max, sc[jj]);
         }
         let m_new = max(m, tile_max);

@@ -15,10 +15,10 @@ use crate::gpu::Gpu;
 use crate::model::config::PaliGemmaConfig;
 use crate::model::gemma::TextModel;
 use crate::model::load::{LoadOptions, LoadProgress, ModelFiles, Opened};
+use crate::model::projector::{Projector, place_images};
 use crate::model::siglip::VisionTower;
 use crate::model::state::{DecodeScratch, DecoderState};
 use crate::model::{Loader, Precision, WeightSource};
-use crate::ops::linear::Linear;
 use crate::ops::{View, WeightFormat};
 use crate::sequence::{Chooser, Sequence};
 use crate::tokenizer::{PromptTokenizer, check_image_prefix};
@@ -42,8 +42,7 @@ pub struct PaliGemma {
     config: PaliGemmaConfig,
     precision: Precision,
     vision: VisionTower,
-    /// `multi_modal_projector.linear`: [text hidden, vision hidden] + [text hidden].
-    projector: Linear,
+    projector: Projector,
     text: TextModel,
     tokenizer: Option<PromptTokenizer>,
 }
@@ -125,8 +124,7 @@ impl PaliGemma {
         let before = gpu.allocated_bytes();
         let l = Loader::new(&gpu, source, precision, progress);
         let vision = VisionTower::load(&l, &config.vision)?;
-        let (dv, dt) = (config.vision.hidden_size, config.text.hidden_size);
-        let projector = l.linear("projector.linear", dt, dv, true)?;
+        let projector = Projector::load(&l, &config)?;
         let text = TextModel::load(&l, &config.text)?;
         gpu.flush()?;
         Ok(PaliGemma {
@@ -173,9 +171,10 @@ impl PaliGemma {
     pub fn image_size(&self) -> usize {
         self.config.vision.image_size
     }
-    /// Image tokens per image: (image_size / patch_size)^2.
+    /// Image tokens per image: (image_size / patch_size)^2 for PaliGemma, the pooled
+    /// `mm_tokens_per_image` for Gemma 3.
     pub fn num_image_tokens(&self) -> usize {
-        self.config.vision.num_patches()
+        self.projector.tokens(self.config.vision.num_patches())
     }
 
     /// `<image>` * N + `<bos>` + prompt + "\n", tokenized.
@@ -245,18 +244,19 @@ impl PaliGemma {
 
     /// SigLIP, then the projector, on pixels on the GPU.
     async fn encode_pixels(&self, pixels: &wgpu::Buffer) -> Result<ImageFeatures> {
-        let (n, dv, dt) = (
+        let (patches, n, dv, dt) = (
+            self.config.vision.num_patches(),
             self.num_image_tokens(),
             self.config.vision.hidden_size,
             self.config.text.hidden_size,
         );
-        let vision = self.gpu.storage("vision out", (n * dv * 4) as u64)?;
+        let vision = self.gpu.storage("vision out", (patches * dv * 4) as u64)?;
         self.vision
             .encode_buffer(&self.gpu, pixels, &vision)
             .await?;
         let buffer = self.gpu.storage("image features", (n * dt * 4) as u64)?;
         let mut rec = self.gpu.recorder();
-        let (x, y) = (View::new(&vision, n, dv), View::new(&buffer, n, dt));
+        let (x, y) = (View::new(&vision, patches, dv), View::new(&buffer, n, dt));
         self.projector.forward(&mut rec, x, y)?;
         rec.submit("the projector")?;
         Ok(ImageFeatures { buffer, n, vision })
@@ -279,9 +279,20 @@ impl PaliGemma {
         ids: &[u32],
         image: &ImageFeatures,
     ) -> Result<u32> {
-        check_image_prefix(ids, image.n, self.config.image_token_index)?;
-        let image = Some((&image.buffer, image.n));
-        self.text.prefill(&self.gpu, s, ids, image).await
+        self.prefill_images(s, ids, &[image]).await
+    }
+
+    /// [`prefill`](Self::prefill) with any number of images (Gemma 3: each replaces a run of
+    /// image tokens, in order; none for a text-only prompt; PaliGemma: one).
+    pub async fn prefill_images(
+        &self,
+        s: &mut DecoderState,
+        ids: &[u32],
+        images: &[&ImageFeatures],
+    ) -> Result<u32> {
+        let images: Vec<_> = images.iter().map(|f| (&f.buffer, f.n)).collect();
+        let rows = place_images(&self.config, ids, &images)?;
+        self.text.prefill(&self.gpu, s, ids, &rows).await
     }
 
     /// Buffers for [`step`](Self::step) and [`advance`](Self::advance): one per caller that
@@ -319,9 +330,23 @@ impl PaliGemma {
         image: Option<&ImageFeatures>,
         prefix_len: usize,
     ) -> Result<Vec<f32>> {
-        let image = image.map(|f| (&f.buffer, f.n));
+        let images: Vec<_> = image.into_iter().collect();
+        self.all_logits_images(ids, &images, prefix_len).await
+    }
+
+    /// [`all_logits`](Self::all_logits) with any number of images placed as
+    /// [`prefill_images`](Self::prefill_images) places them, the first `prompt_len` ids the
+    /// prompt.
+    pub async fn all_logits_images(
+        &self,
+        ids: &[u32],
+        images: &[&ImageFeatures],
+        prompt_len: usize,
+    ) -> Result<Vec<f32>> {
+        let images: Vec<_> = images.iter().map(|f| (&f.buffer, f.n)).collect();
+        let rows = place_images(&self.config, &ids[..prompt_len.min(ids.len())], &images)?;
         self.text
-            .all_logits(&self.gpu, ids, image, prefix_len)
+            .all_logits(&self.gpu, ids, &rows, prompt_len)
             .await
     }
 

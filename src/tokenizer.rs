@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 
 /// Placeholder token whose embedding rows are replaced by the projected image features.
 pub const IMAGE_TOKEN: &str = "<image>";
+/// Gemma 3's placeholder of an image row (its `<start_of_image>` marks where an image goes).
+pub const SOFT_IMAGE_TOKEN: &str = "<image_soft_token>";
 /// Gemma's beginning-of-sequence token; PaliGemma puts it between image and text.
 pub const BOS_TOKEN: &str = "<bos>";
 /// Gemma's end-of-sequence token; generation stops on it.
@@ -66,6 +68,16 @@ impl PromptTokenizer {
             eos_id: id(EOS_TOKEN)?,
             tokenizer,
         })
+    }
+
+    /// The same tokenizer with `token` as the image placeholder (Gemma 3's
+    /// [`SOFT_IMAGE_TOKEN`]); fails naming it when the tokenizer lacks it.
+    pub fn with_image_token(self, token: &str) -> Result<Self> {
+        let image_id = self
+            .tokenizer
+            .token_to_id(token)
+            .ok_or_else(|| Error::Invalid(format!("tokenizer has no `{token}` token")))?;
+        Ok(Self { image_id, ..self })
     }
 
     /// Token ids of the full PaliGemma prompt: `num_image_tokens` `<image>` ids, `<bos>`, then

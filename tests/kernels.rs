@@ -142,3 +142,8 @@ fn every_family_is_tested() {
 fn resize() {
     check_family("resize");
 }
+
+#[test]
+fn avg_pool() {
+    check_family("avg_pool");
+}

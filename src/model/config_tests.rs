@@ -96,7 +96,7 @@ fn nulls_eos_lists_and_nested_rope_resolve_as_transformers_does() {
     )
     .unwrap();
     assert_eq!((c.eos_token_id, c.image_token_index), (107, 5));
-    assert_eq!((c.text.vocab_size, c.text.rope_theta), (1000, 1e6));
+    assert_eq!((c.text.vocab_size, c.text.rope), (1000, Rope::new(1e6)));
 }
 
 #[test]
@@ -130,4 +130,65 @@ fn the_larger_paligemma2_presets_are_consistent() {
     let billions = |c: &PaliGemmaConfig| c.text.decode_weight_elements() as f64 / 1e9;
     assert!((9.1..9.4).contains(&billions(&c10)), "{}", billions(&c10));
     assert!((27.0..27.4).contains(&billions(&c28)), "{}", billions(&c28));
+}
+
+#[test]
+fn gemma3_configs_resolve_in_both_forms() {
+    // The hub's terse config: most text fields take Gemma3TextConfig's defaults.
+    let c = PaliGemmaConfig::from_file(&fixture("hub-config-gemma-3-4b-it.json")).unwrap();
+    assert_eq!(c, PaliGemmaConfig::gemma3_4b());
+    assert_eq!(c.text.attention_scale(), 1.0 / 16.0);
+    // The published form in the fixture: rope_theta + rope_scaling on full layers,
+    // rope_local_base_freq on sliding ones, every third layer full.
+    let g = PaliGemmaConfig::from_file(&fixture("gemma3/model/config.json")).unwrap();
+    assert_eq!(g.text.decoder, Decoder::Gemma3);
+    assert!(g.text.qk_norm);
+    let full = Rope {
+        theta: 1e6,
+        factor: 8.0,
+    };
+    assert_eq!(
+        (g.text.rope, g.text.sliding_rope),
+        (full, Some(Rope::new(1e4)))
+    );
+    let s_s_f = vec![true, true, false, true, true, false];
+    assert_eq!(g.text.sliding_layers, s_s_f);
+    assert_eq!(
+        (g.text.sliding_window, g.text.first_position()),
+        (Some(8), 0)
+    );
+    let it = g.image_tokens.as_ref().unwrap();
+    assert_eq!(
+        (it.tokens_per_image, it.boi_token_id, it.eoi_token_id),
+        (16, 1558, 1559)
+    );
+    assert_eq!(g.stop_token_ids, vec![1, 1557]);
+    // transformers 5's form: layer_types and rope_parameters per layer kind.
+    let t = PaliGemmaConfig::from_file(&fixture("gemma3_two/model/config.json")).unwrap();
+    assert_eq!(t.text.sliding_layers, vec![true, false, true]);
+    let full = Rope {
+        theta: 5e5,
+        factor: 4.0,
+    };
+    assert_eq!(
+        (t.text.rope, t.text.sliding_rope),
+        (full, Some(Rope::new(1e4)))
+    );
+    assert_eq!(t.text.attn_logit_softcapping, None);
+}
+
+#[test]
+fn gemma3_configs_refuse_what_they_cannot_run() {
+    let bad = |json: &str| {
+        PaliGemmaConfig::from_json(json, "c.json")
+            .unwrap_err()
+            .to_string()
+    };
+    let e =
+        bad(r#"{"model_type": "gemma3", "text_config": {"rope_scaling": {"rope_type": "yarn"}}}"#);
+    assert!(e.contains("yarn"), "{e}");
+    // 64x64 patches cannot pool to 200 tokens.
+    let e = bad(r#"{"model_type": "gemma3", "mm_tokens_per_image": 200,
+        "vision_config": {"image_size": 896, "patch_size": 14}}"#);
+    assert!(e.contains("mm_tokens_per_image 200"), "{e}");
 }

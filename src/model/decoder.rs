@@ -15,8 +15,18 @@ use crate::gpu::{Gpu, Recorder};
 use crate::ops::View;
 use crate::ops::activation::softcap;
 use crate::ops::argmax::argmax;
+use crate::ops::attention::Blocks;
 use crate::ops::gather::gather;
 use crate::ops::linear::{GEMV_BATCH, logits};
+
+/// An image's rows entering the decoder: `rows` rows of `features` (`[rows, H]`) replace the
+/// embeddings of the prompt from row `at` on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ImageRows<'a> {
+    pub features: &'a wgpu::Buffer,
+    pub rows: usize,
+    pub at: usize,
+}
 
 /// What happens between two layers of a pass: the caller's choice, not the math's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,23 +39,24 @@ pub(crate) enum BetweenLayers {
 }
 
 impl TextModel {
-    /// Records the pass `p` over the token ids in `ids` (`u32 [rows]`), the `image` rows
-    /// `[n, H]` replacing the first n embeddings; leaves the final normed rows in
-    /// `p.normed()` and each row's K and V in its cache.
+    /// Records the pass `p` over the token ids in `ids` (`u32 [rows]`), the `images`' rows
+    /// replacing their embeddings; leaves the final normed rows in `p.normed()` and each row's
+    /// K and V in its cache.
     async fn forward(
         &self,
         rec: &mut Recorder<'_>,
         p: &Pass<'_>,
         ids: &wgpu::Buffer,
-        image: Option<(&wgpu::Buffer, usize)>,
+        images: &[ImageRows<'_>],
         between: BetweenLayers,
     ) -> Result<()> {
         gather(rec, ids, &self.embed_tokens, self.embed_scale, p.residual())?;
-        if let Some((features, n)) = image {
-            // The image features enter as they are (transformers divides them by sqrt(H) and
-            // the embedding scale multiplies them back).
-            let bytes = (n * self.cfg.hidden_size * 4) as u64;
-            rec.copy(features, 0, p.residual().buffer, 0, bytes);
+        let row_bytes = (self.cfg.hidden_size * 4) as u64;
+        for im in images {
+            // The image features enter as they are (PaliGemma's transformers divides them by
+            // sqrt(H) and the embedding scale multiplies them back; Gemma 3 scales neither).
+            let (at, bytes) = (im.at as u64 * row_bytes, im.rows as u64 * row_bytes);
+            rec.copy(im.features, 0, p.residual().buffer, at, bytes);
         }
         for (li, layer) in self.layers.iter().enumerate() {
             layer.forward(rec, p, li)?;
@@ -98,11 +109,13 @@ impl TextModel {
             cache: &s.cache,
             start: s.len,
             prefix_len: s.prefix_len,
+            blocks: s.blocks,
             partial: &s.partial,
         };
         Pass {
             cfg: &self.cfg,
             rope: &self.rope,
+            sliding_rope: self.sliding_rope.as_ref(),
             rows: acts.rows,
             spans: vec![span],
             gathered: None,
@@ -110,16 +123,21 @@ impl TextModel {
         }
     }
 
-    /// Runs the prompt `ids` (image placeholders first, replaced by the `n` rows of `image`),
-    /// all of it one bidirectional prefix, into the empty state `s`. Leaves the last
-    /// position's logits in the state and returns the greedy next token. The prompt's
-    /// activations live for this call only.
+    /// The mask of a prompt of `t` rows holding `images`.
+    fn prompt_mask(&self, t: usize, images: &[ImageRows]) -> Result<(usize, Blocks)> {
+        let ranges: Vec<_> = images.iter().map(|im| im.at..im.at + im.rows).collect();
+        self.cfg.prompt_mask(t, &ranges)
+    }
+
+    /// Runs the prompt `ids` (its image placeholders replaced by the `images`' rows) into the
+    /// empty state `s`. Leaves the last position's logits in the state and returns the greedy
+    /// next token. The prompt's activations live for this call only.
     pub(crate) async fn prefill(
         &self,
         gpu: &Gpu,
         s: &mut DecoderState,
         ids: &[u32],
-        image: Option<(&wgpu::Buffer, usize)>,
+        images: &[ImageRows<'_>],
     ) -> Result<u32> {
         self.check_ids(ids)?;
         if s.len != 0 {
@@ -127,28 +145,21 @@ impl TextModel {
                 "prefill on a state that already holds tokens",
             ));
         }
-        if let Some((_, n)) = image
-            && n > ids.len()
-        {
-            return Err(Error::invalid(format!(
-                "{n} image rows do not fit a prompt of {} tokens",
-                ids.len()
-            )));
-        }
         let t = ids.len();
+        let (prefix_len, blocks) = self.prompt_mask(t, images)?;
         s.check_room(t)?;
         let id_buffer = gpu.storage_init("prompt ids", bytemuck::cast_slice(ids))?;
         let token = gpu.storage("next token", 4)?;
         let readback = gpu.read_back_buffer("next token read-back", 4)?;
         let acts = Activations::new(gpu, &self.cfg, t)?;
-        s.prefix_len = t;
+        (s.prefix_len, s.blocks) = (prefix_len, blocks);
         let mut rec = gpu.recorder();
         let p = self.span_pass(s, &acts);
         let pass = self.forward(
             &mut rec,
             &p,
             &id_buffer,
-            image,
+            images,
             BetweenLayers::FlushAndYield,
         );
         let recorded = pass.await.and_then(|()| {
@@ -158,7 +169,7 @@ impl TextModel {
             rec.submit("the prefill")
         });
         if let Err(e) = recorded {
-            s.prefix_len = 0;
+            (s.prefix_len, s.blocks) = (0, Blocks::default());
             return Err(e);
         }
         s.len = t;
@@ -234,7 +245,8 @@ impl TextModel {
         ids: &[u32],
     ) -> Result<()> {
         let (rows, vocab) = (group.len(), self.cfg.vocab_size);
-        let positions: Vec<u32> = group.iter().map(|s| s.len as u32 + 1).collect();
+        let base = self.cfg.first_position();
+        let positions: Vec<u32> = group.iter().map(|s| (s.len + base) as u32).collect();
         gpu.write(&b.ids, 0, bytemuck::cast_slice(ids))?;
         gpu.write(&b.positions, 0, bytemuck::cast_slice(&positions))?;
         let mut rec = gpu.recorder();
@@ -245,11 +257,13 @@ impl TextModel {
             cache: &s.cache,
             start: s.len,
             prefix_len: s.prefix_len,
+            blocks: s.blocks,
             partial: &s.partial,
         });
         let p = Pass {
             cfg: &self.cfg,
             rope: &self.rope,
+            sliding_rope: self.sliding_rope.as_ref(),
             rows,
             spans: spans.collect(),
             gathered: (rows > 1).then_some(Gathered {
@@ -259,7 +273,7 @@ impl TextModel {
             }),
             acts,
         };
-        self.forward(&mut rec, &p, &b.ids, None, BetweenLayers::Nothing)
+        self.forward(&mut rec, &p, &b.ids, &[], BetweenLayers::Nothing)
             .await?;
         let first = g * GEMV_BATCH;
         if let [s] = group {
@@ -282,20 +296,21 @@ impl TextModel {
         rec.submit_cached("a decode step", b.group(g, members))
     }
 
-    /// Logits at every row of a whole sequence computed in one pass, with positions from
-    /// `prefix_len` on causal: the reference that KV-cache decoding must reproduce, and
-    /// transformers' prefill logits when `prefix_len == ids.len()`. `[ids.len(), vocab]`.
+    /// Logits at every row of a whole sequence computed in one pass, the mask that of a prompt
+    /// of `prompt_len` rows holding `images` followed by causal rows: the reference that
+    /// KV-cache decoding must reproduce, and transformers' prefill logits when `prompt_len ==
+    /// ids.len()`. `[ids.len(), vocab]`.
     pub(crate) async fn all_logits(
         &self,
         gpu: &Gpu,
         ids: &[u32],
-        image: Option<(&wgpu::Buffer, usize)>,
-        prefix_len: usize,
+        images: &[ImageRows<'_>],
+        prompt_len: usize,
     ) -> Result<Vec<f32>> {
         self.check_ids(ids)?;
         let t = ids.len();
         let mut s = DecoderState::new(gpu, &self.cfg, t)?;
-        s.prefix_len = prefix_len;
+        (s.prefix_len, s.blocks) = self.prompt_mask(prompt_len.min(t), images)?;
         let acts = Activations::new(gpu, &self.cfg, t)?;
         let id_buffer = gpu.storage_init("ids", bytemuck::cast_slice(ids))?;
         let mut rec = gpu.recorder();
@@ -304,7 +319,7 @@ impl TextModel {
             &mut rec,
             &p,
             &id_buffer,
-            image,
+            images,
             BetweenLayers::FlushAndYield,
         )
         .await?;

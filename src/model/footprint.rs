@@ -4,7 +4,7 @@
 //! holds them to the bytes a built model allocates.
 
 use super::Precision;
-use super::config::{Decoder, PaliGemmaConfig};
+use super::config::PaliGemmaConfig;
 use crate::ops::WeightFormat;
 
 /// GPU bytes of a model's parts, and of its KV cache per token of context.
@@ -47,11 +47,15 @@ impl PaliGemmaConfig {
         let vision = f32s(d * c * p * p + n * d + d)
             + v.num_hidden_layers as u64 * vision_layer
             + f32s(2 * d);
-        let projector = linear(t.hidden_size, d);
+        let projector = match &self.image_tokens {
+            None => linear(t.hidden_size, d),
+            Some(_) => matrix(t.hidden_size, d, false) + f32s(d),
+        };
 
         let (h, hd) = (t.hidden_size, t.head_dim);
         let (qd, kvd) = (t.num_attention_heads * hd, t.num_key_value_heads * hd);
-        let norms = if t.decoder == Decoder::Gemma2 { 4 } else { 2 };
+        let norms = if t.decoder.post_norms() { 4 } else { 2 };
+        let qk_norms = if t.qk_norm { f32s(2 * hd) } else { 0 };
         let text = |rows, cols| matrix(rows, cols, true);
         let layer_matrices = text(qd, h)
             + 2 * text(kvd, h)
@@ -62,8 +66,10 @@ impl PaliGemmaConfig {
         let table = text(t.vocab_size, h);
         let decode_reads = layers * layer_matrices + table;
         let untied = if t.tie_word_embeddings { 0 } else { table };
-        let rope = f32s(2 * (t.max_position_embeddings + 1) * hd / 2);
-        let decoder = decode_reads + untied + layers * f32s(norms * h) + f32s(h) + rope;
+        let tables = if t.sliding_rope.is_some() { 2 } else { 1 };
+        let rope = tables * f32s(2 * (t.max_position_embeddings + 1) * hd / 2);
+        let norm_bytes = layers * (f32s(norms * h) + qk_norms);
+        let decoder = decode_reads + untied + norm_bytes + f32s(h) + rope;
         Footprint {
             vision,
             projector,

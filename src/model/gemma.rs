@@ -7,8 +7,9 @@
 //! x = x + [post_norm](down_proj(gelu_tanh(gate_proj(norm(x))) * up_proj(norm(x))))
 //! ```
 //!
-//! The bracketed norms are Gemma 2's; Gemma adds each branch straight into x inside its last
-//! projection. The pass these layers run in (its rows, activations and caches) is `pass.rs`; the layer loop, `decoder.rs`.
+//! The bracketed norms are Gemma 2's and Gemma 3's; Gemma adds each branch straight into x
+//! inside its last projection. Gemma 3 also RMS-norms each head of q and k before RoPE
+//! (`q_norm`, `k_norm`), and its sliding layers have a RoPE of their own. The pass these layers run in (its rows, activations and caches) is `pass.rs`; the layer loop, `decoder.rs`.
 
 use super::Loader;
 use super::config::{Decoder, TextConfig};
@@ -17,7 +18,7 @@ use crate::error::Result;
 use crate::gpu::Recorder;
 use crate::ops::activation::gelu_tanh_gated;
 use crate::ops::add::add_inplace;
-use crate::ops::attention::AttentionParams;
+use crate::ops::attention::{AttentionParams, Blocks};
 use crate::ops::linear::{GEMV_BATCH, Linear, gated_supported, gemv_gated};
 use crate::ops::norm::RmsNorm;
 use crate::ops::rope::RopeTables;
@@ -31,9 +32,11 @@ pub struct SelfAttention {
     pub k_proj: Linear, // [kv_heads * hd, H]
     pub v_proj: Linear, // [kv_heads * hd, H]
     pub o_proj: Linear, // [H, heads * hd]
+    /// Gemma 3's `q_norm` and `k_norm`, over each head's head_dim values.
+    pub qk_norm: Option<(RmsNorm, RmsNorm)>,
     /// Gemma 2's `post_attention_layernorm`, on the block's output before the residual add.
     pub post_norm: Option<RmsNorm>,
-    /// Gemma 2: this layer attends within the sliding window.
+    /// Gemma 2 and 3: this layer attends within the sliding window.
     pub sliding: bool,
 }
 
@@ -70,7 +73,12 @@ impl SelfAttention {
         let (keys, values) = p.new_keys_values(li);
         self.k_proj.forward(rec, p.normed(), keys)?;
         self.v_proj.forward(rec, p.normed(), values)?;
-        p.rotate(rec, keys)?;
+        if let Some((q_norm, k_norm)) = &self.qk_norm {
+            let hd = p.cfg.head_dim;
+            q_norm.forward_in_place(rec, p.queries().split_rows(hd)?)?;
+            k_norm.forward_in_place(rec, keys.split_rows(hd)?)?;
+        }
+        p.rotate(rec, keys, self.sliding)?;
         p.store_keys_values(rec, li, keys, values);
         p.attend(rec, li, self.sliding)?;
         let post_norm = self.post_norm.as_ref();
@@ -136,15 +144,17 @@ fn add_branch(rec: &mut Recorder, p: &Pass, post_norm: Option<&RmsNorm>) -> Resu
 }
 
 impl TextConfig {
-    /// The attention problem of one layer (`sliding` for Gemma 2's windowed layers): `rows`
-    /// queries from cache position `start` over the cache up to them, positions below
-    /// `prefix_len` one bidirectional block. Shared by the GPU path and the CPU reference.
+    /// The attention problem of one layer (`sliding` for the windowed layers): `rows` queries
+    /// from cache position `start` over the cache up to them, positions below `prefix_len` one
+    /// bidirectional block (PaliGemma), each of `blocks` another (Gemma 3's images). Shared by
+    /// the GPU path and the CPU reference.
     pub(crate) fn attention(
         &self,
         sliding: bool,
         rows: usize,
         start: usize,
         prefix_len: usize,
+        blocks: Blocks,
     ) -> AttentionParams {
         let (nh, nkv, hd) = (
             self.num_attention_heads,
@@ -153,6 +163,7 @@ impl TextConfig {
         );
         AttentionParams {
             prefix_len: prefix_len as u32,
+            blocks,
             window: match (sliding, self.sliding_window) {
                 (true, Some(w)) => w as u32,
                 _ => 0,
@@ -160,6 +171,27 @@ impl TextConfig {
             scale: self.attention_scale(),
             softcap: self.attn_logit_softcapping.unwrap_or(0.0),
             ..AttentionParams::new(nh, nkv, hd, rows, start, start + rows)
+        }
+    }
+}
+
+impl TextConfig {
+    /// The mask of a prompt of `t` rows holding images at `images` (row ranges): PaliGemma's
+    /// whole prompt is one bidirectional prefix (`prefix_len` t); Gemma 3's text is causal and
+    /// each image a bidirectional block.
+    pub(crate) fn prompt_mask(
+        &self,
+        t: usize,
+        images: &[std::ops::Range<usize>],
+    ) -> Result<(usize, Blocks)> {
+        if let Some(r) = images.iter().find(|r| r.end > t) {
+            return Err(crate::Error::invalid(format!(
+                "image rows {r:?} do not fit a prompt of {t} tokens"
+            )));
+        }
+        match self.decoder {
+            Decoder::Gemma3 => Ok((0, Blocks::new(images)?)),
+            _ => Ok((t, Blocks::default())),
         }
     }
 }
@@ -172,8 +204,12 @@ pub struct TextModel {
     /// [vocab, H]: a separate logits projection, for untied checkpoints.
     pub lm_head: Option<ChunkedTable>,
     pub layers: Vec<TextLayer>,
-    pub norm: RmsNorm,    // [H]
-    pub rope: RopeTables, // [max_positions + 1, hd / 2]
+    pub norm: RmsNorm, // [H]
+    /// `[max_positions + 1, hd / 2]`: the full-attention layers' (every layer's for Gemma and
+    /// Gemma 2).
+    pub rope: RopeTables,
+    /// Gemma 3: the sliding layers' own tables.
+    pub sliding_rope: Option<RopeTables>,
     /// Text embeddings are multiplied by sqrt(hidden).
     pub embed_scale: f32,
 }
@@ -188,13 +224,18 @@ impl TextModel {
             cfg.rms_norm_eps,
         );
         let (qd, kvd) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
-        let g2 = cfg.decoder == Decoder::Gemma2;
+        let g2 = cfg.decoder.post_norms();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for li in 0..cfg.num_hidden_layers {
             let p = format!("text.layers.{li}");
             let lin = |name: &str, r, c| l.linear(&format!("{p}.{name}"), r, c, false);
             let norm = |name: &str| l.rms_norm(&format!("{p}.{name}"), h, eps);
             let gemma2_norm = |name: &str| g2.then(|| norm(name)).transpose();
+            let head_norm = |name: &str| l.rms_norm(&format!("{p}.self_attn.{name}"), hd, eps);
+            let qk_norm = cfg
+                .qk_norm
+                .then(|| Ok::<_, crate::Error>((head_norm("q_norm")?, head_norm("k_norm")?)))
+                .transpose()?;
             layers.push(TextLayer {
                 attention: SelfAttention {
                     norm: norm("input_layernorm")?,
@@ -202,6 +243,7 @@ impl TextModel {
                     k_proj: lin("self_attn.k_proj", kvd, h)?,
                     v_proj: lin("self_attn.v_proj", kvd, h)?,
                     o_proj: lin("self_attn.o_proj", h, qd)?,
+                    qk_norm,
                     post_norm: gemma2_norm("post_attention_layernorm")?,
                     sliding: cfg.sliding_layers[li],
                 },
@@ -231,8 +273,12 @@ impl TextModel {
             lm_head,
             layers,
             norm: l.rms_norm("text.norm", h, eps)?,
-            // Positions are 1-based, so the table has one row more than the maximum.
-            rope: RopeTables::new(l.gpu, hd, cfg.rope_theta, cfg.max_position_embeddings + 1)?,
+            // Positions are 1-based, so the tables have one row more than the maximum.
+            rope: RopeTables::new(l.gpu, hd, cfg.rope, cfg.max_position_embeddings + 1)?,
+            sliding_rope: cfg
+                .sliding_rope
+                .map(|r| RopeTables::new(l.gpu, hd, r, cfg.max_position_embeddings + 1))
+                .transpose()?,
             embed_scale: (h as f64).sqrt() as f32,
             cfg: cfg.clone(),
         })

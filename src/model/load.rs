@@ -91,6 +91,10 @@ impl Opened {
         dir: &Path,
         precision: Option<Precision>,
     ) -> Result<Opened> {
+        let tokenizer = match &config.image_tokens {
+            Some(_) => tokenizer.with_image_token(crate::tokenizer::SOFT_IMAGE_TOKEN)?,
+            None => tokenizer,
+        };
         if tokenizer.image_token_id() != config.image_token_index {
             return Err(Error::invalid(format!(
                 "{}: the tokenizer's <image> is id {}, config.json's image_token_index is {}",

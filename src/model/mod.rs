@@ -6,8 +6,11 @@ pub mod config;
 pub(crate) mod decoder;
 pub mod footprint;
 pub(crate) mod gemma;
+mod hub_config;
 pub mod load;
 pub(crate) mod pass;
+mod presets;
+pub(crate) mod projector;
 pub mod quantize;
 pub mod reference;
 pub(crate) mod siglip;
@@ -155,6 +158,14 @@ impl Loader<'_> {
             WeightSource::Random { seed, .. } => {
                 Ok(random_values(*seed, name, shape.iter().product()))
             }
+        }
+    }
+
+    /// How the source stores tensor `name` of `shape`.
+    fn stored_format(&self, name: &str, shape: &[usize]) -> Result<WeightFormat> {
+        match &self.source {
+            WeightSource::Checkpoint(c) => c.get(name, shape)?.format(),
+            WeightSource::Random { format, .. } => Ok(*format),
         }
     }
 

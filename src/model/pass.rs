@@ -11,7 +11,7 @@ use super::state::{Activations, LayerCache, rows_of};
 use crate::error::Result;
 use crate::gpu::Recorder;
 use crate::ops::View;
-use crate::ops::attention::{AttentionKernel, attention};
+use crate::ops::attention::{AttentionKernel, Blocks, attention};
 use crate::ops::rope::{RopeTables, rope_at, rope_qk};
 
 /// Consecutive rows of a pass that belong to one sequence.
@@ -22,8 +22,10 @@ pub(crate) struct Span<'a> {
     pub cache: &'a [LayerCache],
     /// The cache position of the span's first row.
     pub start: usize,
-    /// Positions below this form the bidirectional block (image + prompt).
+    /// Positions below this form the bidirectional block (PaliGemma's image + prompt).
     pub prefix_len: usize,
+    /// Gemma 3's image blocks, each bidirectional.
+    pub blocks: Blocks,
     /// Scratch of the split decode attention.
     pub partial: &'a wgpu::Buffer,
 }
@@ -41,6 +43,8 @@ pub(crate) struct Gathered<'a> {
 pub(crate) struct Pass<'a> {
     pub cfg: &'a TextConfig,
     pub rope: &'a RopeTables,
+    /// Gemma 3: the sliding layers' RoPE.
+    pub sliding_rope: Option<&'a RopeTables>,
     pub rows: usize,
     pub spans: Vec<Span<'a>>,
     /// Set when there are several spans.
@@ -108,18 +112,23 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// RoPE on the queries and the new keys, at each row's position: in one dispatch from the
-    /// span's start for a single span, from the positions buffer for several.
-    pub fn rotate(&self, rec: &mut Recorder, keys: View) -> Result<()> {
+    /// RoPE on the queries and the new keys, at each row's position (a sliding layer's own
+    /// RoPE where it has one): in one dispatch from the span's start for a single span, from
+    /// the positions buffer for several.
+    pub fn rotate(&self, rec: &mut Recorder, keys: View, sliding: bool) -> Result<()> {
         let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
+        let rope = match (sliding, self.sliding_rope) {
+            (true, Some(r)) => r,
+            _ => self.rope,
+        };
+        let base = self.cfg.first_position();
         match (&self.gathered, &self.spans[..]) {
             (Some(g), spans) => {
                 let last = spans.iter().map(|s| s.start + s.rows).max().unwrap_or(0);
-                rope_at(rec, self.queries(), self.rope, nh, g.positions, last)?;
-                rope_at(rec, keys, self.rope, nkv, g.positions, last)
+                rope_at(rec, self.queries(), rope, nh, g.positions, last)?;
+                rope_at(rec, keys, rope, nkv, g.positions, last)
             }
-            // transformers numbers positions from 1.
-            (None, [s]) => rope_qk(rec, self.queries(), keys, self.rope, nh, nkv, s.start + 1),
+            (None, [s]) => rope_qk(rec, self.queries(), keys, rope, nh, nkv, s.start + base),
             (None, _) => unreachable!("a pass of several spans has positions"),
         }
     }
@@ -139,12 +148,14 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// Each span's queries attend over its own cache (`sliding`: Gemma 2's windowed layers):
+    /// Each span's queries attend over its own cache (`sliding`: the windowed layers):
     /// the blocked kernel for many rows, the split one for a single row.
     pub fn attend(&self, rec: &mut Recorder, li: usize, sliding: bool) -> Result<()> {
         let w = self.kv_width();
         for s in &self.spans {
-            let params = self.cfg.attention(sliding, s.rows, s.start, s.prefix_len);
+            let params = self
+                .cfg
+                .attention(sliding, s.rows, s.start, s.prefix_len, s.blocks);
             let kernel = AttentionKernel::for_rows(params.q_rows, s.partial);
             // The span's queries and output rows, over its cache up to its last new row.
             let rows = |v: View<'a>| v.rows(s.first_row, s.rows);

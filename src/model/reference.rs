@@ -7,11 +7,12 @@ use std::path::Path;
 
 use super::Precision;
 use super::checkpoint::Checkpoint;
-use super::config::{Decoder, PaliGemmaConfig};
+use super::config::PaliGemmaConfig;
 use crate::error::Result;
 use crate::ops::activation::{gelu_tanh_gated_ref, gelu_tanh_ref, softcap_ref};
 use crate::ops::add::add_ref;
-use crate::ops::attention::attention_ref;
+use crate::ops::attention::{AttentionParams, attention_ref};
+use crate::ops::avg_pool::avg_pool_ref;
 use crate::ops::gather::gather_ref;
 use crate::ops::linear::linear_ref;
 use crate::ops::norm::{layer_norm_ref, rms_norm_ref};
@@ -125,81 +126,71 @@ impl Reference {
         ln("vision.post_layernorm", &x)
     }
 
-    /// The projector: vision_out [N, Dv] -> image features [N, H].
+    /// The projector: vision_out [N, Dv] -> image features [n, H] (n = N for PaliGemma; Gemma
+    /// 3 average-pools the patch grid to its tokens per image, RMS-norms and projects them).
     pub fn project(&self, vision_out: &[f32]) -> Result<Vec<f32>> {
-        let (n, dv, h) = (
-            self.cfg.vision.num_patches(),
-            self.cfg.vision.hidden_size,
-            self.cfg.text.hidden_size,
-        );
-        self.linear("projector.linear", vision_out, n, h, dv, true)
+        let v = &self.cfg.vision;
+        let (n, dv, h) = (v.num_patches(), v.hidden_size, self.cfg.text.hidden_size);
+        let Some(it) = &self.cfg.image_tokens else {
+            return self.linear("projector.linear", vision_out, n, h, dv, true);
+        };
+        let side = v.image_size / v.patch_size;
+        let k = side / (it.tokens_per_image as f64).sqrt() as usize;
+        let pooled = avg_pool_ref(vision_out, side, k, dv);
+        let m = it.tokens_per_image;
+        let w = self.t("projector.mm_soft_emb_norm.weight", &[dv])?;
+        let normed = rms_norm_ref(&pooled, &w, m, dv, v.layer_norm_eps);
+        let proj = self.t("projector.mm_input_projection_weight", &[dv, h])?;
+        Ok(linear_ref(
+            &normed,
+            &transpose(&proj, dv, h),
+            None,
+            m,
+            h,
+            dv,
+        ))
     }
 
     /// The decoder over a whole sequence in one pass: logits [T, vocab] for `ids`, whose first
-    /// rows are replaced by `image` ([n, H]); positions from `prefix_len` on are causal.
+    /// rows are replaced by `image` ([n, H]); positions from `prefix_len` on are causal
+    /// (PaliGemma).
     pub fn logits(&self, ids: &[u32], image: &[f32], prefix_len: usize) -> Result<Vec<f32>> {
+        self.logits_with(ids, &[(0, image)], prefix_len)
+    }
+
+    /// [`logits`](Self::logits) with images placed anywhere: each `(at, rows)` replaces the
+    /// rows from `at` on; the mask is that of a prompt of `prompt_len` rows holding them
+    /// (PaliGemma's whole prompt bidirectional, Gemma 3's images each a block), then causal.
+    pub fn logits_with(
+        &self,
+        ids: &[u32],
+        images: &[(usize, &[f32])],
+        prompt_len: usize,
+    ) -> Result<Vec<f32>> {
         let c = &self.cfg.text;
-        let (h, i, hd, eps, v) = (
-            c.hidden_size,
-            c.intermediate_size,
-            c.head_dim,
-            c.rms_norm_eps,
-            c.vocab_size,
-        );
-        let (nh, nkv, t) = (c.num_attention_heads, c.num_key_value_heads, ids.len());
-        let (qd, kvd) = (nh * hd, nkv * hd);
+        let (h, v, t) = (c.hidden_size, c.vocab_size, ids.len());
         let embed = self.t("text.embed_tokens.weight", &[v, h])?;
         let mut x = gather_ref(ids, &embed, h, (h as f64).sqrt() as f32);
-        x[..image.len()].copy_from_slice(image);
-        let rms = |name: &str, x: &[f32]| -> Result<Vec<f32>> {
-            Ok(rms_norm_ref(x, &self.t(name, &[h])?, t, h, eps))
-        };
+        let mut ranges = Vec::new();
+        for &(at, rows) in images {
+            x[at * h..][..rows.len()].copy_from_slice(rows);
+            ranges.push(at..at + rows.len() / h);
+        }
+        let (prefix_len, blocks) = c.prompt_mask(prompt_len.min(t), &ranges)?;
         for (li, &sliding) in c.sliding_layers.iter().enumerate() {
-            let p = format!("text.layers.{li}");
-            let hn = rms(&format!("{p}.input_layernorm.weight"), &x)?;
-            let proj = |name: &str, out: usize| {
-                self.linear(&format!("{p}.self_attn.{name}"), &hn, t, out, h, false)
-            };
-            let q = rope_ref(&proj("q_proj", qd)?, t, nh, hd, 1, c.rope_theta);
-            let k = rope_ref(&proj("k_proj", kvd)?, t, nkv, hd, 1, c.rope_theta);
-            let params = c.attention(sliding, t, 0, prefix_len);
-            let a = attention_ref(&q, &k, &proj("v_proj", kvd)?, &params);
-            let o = self.linear(&format!("{p}.self_attn.o_proj"), &a, t, h, qd, false)?;
-            let gemma2 = c.decoder == Decoder::Gemma2;
-            x = if gemma2 {
-                add_ref(
-                    &x,
-                    &rms(&format!("{p}.post_attention_layernorm.weight"), &o)?,
-                )
-            } else {
-                add_ref(&x, &o)
-            };
-            let norm = if gemma2 {
+            let params = c.attention(sliding, t, 0, prefix_len, blocks);
+            let a = self.attention_block(li, &x, &params)?;
+            x = self.residual_add(li, "post_attention_layernorm", &x, &a)?;
+            let norm = if c.decoder.post_norms() {
                 "pre_feedforward_layernorm"
             } else {
                 "post_attention_layernorm"
             };
-            let hn = rms(&format!("{p}.{norm}.weight"), &x)?;
-            let gate = self.linear(&format!("{p}.mlp.gate_proj"), &hn, t, i, h, false)?;
-            let up = self.linear(&format!("{p}.mlp.up_proj"), &hn, t, i, h, false)?;
-            let d = self.linear(
-                &format!("{p}.mlp.down_proj"),
-                &gelu_tanh_gated_ref(&gate, &up),
-                t,
-                h,
-                i,
-                false,
-            )?;
-            x = if gemma2 {
-                add_ref(
-                    &x,
-                    &rms(&format!("{p}.post_feedforward_layernorm.weight"), &d)?,
-                )
-            } else {
-                add_ref(&x, &d)
-            };
+            let hn = self.rms(&format!("text.layers.{li}.{norm}.weight"), &x, h)?;
+            let m = self.mlp_block(li, &hn, t)?;
+            x = self.residual_add(li, "post_feedforward_layernorm", &x, &m)?;
         }
-        let hn = rms("text.norm.weight", &x)?;
+        let hn = self.rms("text.norm.weight", &x, h)?;
         let head = if c.tie_word_embeddings {
             embed
         } else {
@@ -211,4 +202,73 @@ impl Reference {
             None => logits,
         })
     }
+
+    /// RMSNorm `name` over rows of `n`.
+    fn rms(&self, name: &str, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        let eps = self.cfg.text.rms_norm_eps;
+        Ok(rms_norm_ref(x, &self.t(name, &[n])?, x.len() / n, n, eps))
+    }
+
+    /// Layer `li`'s attention block on the residual stream `x` (its output projection
+    /// included): norm, q/k/v, Gemma 3's QK-norm, RoPE from the first position, attention.
+    fn attention_block(&self, li: usize, x: &[f32], params: &AttentionParams) -> Result<Vec<f32>> {
+        let c = &self.cfg.text;
+        let (h, hd, t) = (c.hidden_size, c.head_dim, x.len() / c.hidden_size);
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        let p = format!("text.layers.{li}.self_attn");
+        let hn = self.rms(&format!("text.layers.{li}.input_layernorm.weight"), x, h)?;
+        let proj =
+            |name: &str, out: usize| self.linear(&format!("{p}.{name}"), &hn, t, out, h, false);
+        let (mut q, mut k) = (proj("q_proj", nh * hd)?, proj("k_proj", nkv * hd)?);
+        if c.qk_norm {
+            q = self.rms(&format!("{p}.q_norm.weight"), &q, hd)?;
+            k = self.rms(&format!("{p}.k_norm.weight"), &k, hd)?;
+        }
+        let rope = c.rope_of(c.sliding_layers[li]);
+        let pos0 = c.first_position();
+        let q = rope_ref(&q, t, nh, hd, pos0, rope);
+        let k = rope_ref(&k, t, nkv, hd, pos0, rope);
+        let a = attention_ref(&q, &k, &proj("v_proj", nkv * hd)?, params);
+        self.linear(&format!("{p}.o_proj"), &a, t, h, nh * hd, false)
+    }
+
+    /// Layer `li`'s MLP on the normed rows `hn`.
+    fn mlp_block(&self, li: usize, hn: &[f32], t: usize) -> Result<Vec<f32>> {
+        let (h, i) = (self.cfg.text.hidden_size, self.cfg.text.intermediate_size);
+        let p = format!("text.layers.{li}.mlp");
+        let gate = self.linear(&format!("{p}.gate_proj"), hn, t, i, h, false)?;
+        let up = self.linear(&format!("{p}.up_proj"), hn, t, i, h, false)?;
+        let g = gelu_tanh_gated_ref(&gate, &up);
+        self.linear(&format!("{p}.down_proj"), &g, t, h, i, false)
+    }
+
+    /// x + branch, the branch first normed by `post_norm` where the decoder has post-norms.
+    fn residual_add(
+        &self,
+        li: usize,
+        post_norm: &str,
+        x: &[f32],
+        branch: &[f32],
+    ) -> Result<Vec<f32>> {
+        let h = self.cfg.text.hidden_size;
+        Ok(if self.cfg.text.decoder.post_norms() {
+            add_ref(
+                x,
+                &self.rms(&format!("text.layers.{li}.{post_norm}.weight"), branch, h)?,
+            )
+        } else {
+            add_ref(x, branch)
+        })
+    }
+}
+
+/// `[rows, cols]` transposed to `[cols, rows]`.
+pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            y[c * rows + r] = x[r * cols + c];
+        }
+    }
+    y
 }

@@ -6,7 +6,7 @@ use super::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{DispatchCache, Gpu};
 use crate::ops::View;
-use crate::ops::attention::partial_len;
+use crate::ops::attention::{Blocks, partial_len};
 use crate::ops::linear::GEMV_BATCH;
 
 /// One layer's KV cache: `[capacity, kv_heads * hd]` each, row t written at position t.
@@ -23,8 +23,10 @@ pub struct DecoderState {
     pub(crate) cache: Vec<LayerCache>,
     pub(crate) capacity: usize,
     pub(crate) len: usize,
-    /// Positions below this (image + prompt) attend to each other both ways.
+    /// Positions below this (PaliGemma's image + prompt) attend to each other both ways.
     pub(crate) prefix_len: usize,
+    /// Gemma 3: each image's positions attend to each other both ways.
+    pub(crate) blocks: Blocks,
     /// `[vocab]` f32: the logits the last token was chosen from.
     pub(crate) logits: wgpu::Buffer,
     /// The split decode attention's per-chunk results (sized by the capacity).
@@ -58,6 +60,7 @@ impl DecoderState {
             capacity,
             len: 0,
             prefix_len: 0,
+            blocks: Blocks::default(),
             logits: gpu.storage("logits", (c.vocab_size * 4) as u64)?,
             partial: gpu.storage("attention partials", (partial * 4) as u64)?,
         })

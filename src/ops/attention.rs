@@ -15,6 +15,8 @@ pub const MAX_HEAD_DIM: u32 = 256;
 pub const BLOCK_ROWS: u32 = 16;
 pub const ROW_LANES: u32 = 8;
 pub const BLOCK_KEYS: u32 = 8;
+/// The most bidirectional image blocks one attention call takes (Gemma 3: images per prompt).
+pub const MAX_BLOCKS: usize = 16;
 const _: () = assert!(MAX_HEAD_DIM.is_multiple_of(WG) && MAX_HEAD_DIM.is_multiple_of(ROW_LANES));
 
 pub(crate) const SHADER: Shader = shader!(
@@ -26,6 +28,7 @@ pub(crate) const SHADER: Shader = shader!(
         ("BLOCK_ROWS", BLOCK_ROWS),
         ("ROW_LANES", ROW_LANES),
         ("BLOCK_KEYS", BLOCK_KEYS),
+        ("MAX_BLOCKS", MAX_BLOCKS as u32),
     ]
 );
 
@@ -43,8 +46,11 @@ pub struct AttentionParams {
     pub kv_len: u32,
     /// Cache position of query row 0.
     pub q_pos0: u32,
-    /// Positions below this form one bidirectional block (image + prompt); after it, causal.
+    /// Positions below this form one bidirectional block (PaliGemma's image + prompt); after
+    /// it, causal.
     pub prefix_len: u32,
+    /// Gemma 3's image blocks: bidirectional within each, causal around them.
+    pub blocks: Blocks,
     /// Sliding window (0 = none): outside the prefix block a key is visible only if
     /// qpos < key + window.
     pub window: u32,
@@ -75,6 +81,7 @@ impl AttentionParams {
             kv_len: kv_len as u32,
             q_pos0: q_pos0 as u32,
             prefix_len: kv_len as u32,
+            blocks: Blocks::default(),
             window: 0,
             scale: 1.0 / (head_dim as f32).sqrt(),
             softcap: 0.0,
@@ -101,9 +108,55 @@ impl AttentionParams {
     /// see attention.wgsl for why it has this form).
     pub fn visible(&self, j: usize, qpos: usize) -> bool {
         let prefix = self.prefix_len as usize;
+        let in_block = self.blocks.of(qpos).is_some_and(|b| b.contains(&j));
         j < self.kv_len as usize
             && ((j < prefix && qpos < prefix)
-                || (j <= qpos && (self.window == 0 || qpos < j + self.window as usize)))
+                || ((j <= qpos || in_block)
+                    && (self.window == 0 || qpos < j + self.window as usize)))
+    }
+}
+
+/// Gemma 3's bidirectional blocks, one per image: `[start, end)` cache positions, disjoint, at
+/// most [`MAX_BLOCKS`]. A small copyable value, as the shader's uniform holds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Blocks {
+    n: usize,
+    ranges: [(u32, u32); MAX_BLOCKS],
+}
+
+impl Blocks {
+    /// The blocks `ranges`; more than [`MAX_BLOCKS`] is refused.
+    pub fn new(ranges: &[std::ops::Range<usize>]) -> Result<Blocks> {
+        if ranges.len() > MAX_BLOCKS {
+            return Err(Error::invalid(format!(
+                "{} images in one prompt; at most {MAX_BLOCKS} are supported",
+                ranges.len()
+            )));
+        }
+        let mut b = Blocks::default();
+        for r in ranges {
+            b.ranges[b.n] = (u32_of("block start", r.start)?, u32_of("block end", r.end)?);
+            b.n += 1;
+        }
+        Ok(b)
+    }
+
+    /// The block holding position `pos`.
+    pub fn of(&self, pos: usize) -> Option<std::ops::Range<usize>> {
+        self.ranges[..self.n]
+            .iter()
+            .map(|&(s, e)| s as usize..e as usize)
+            .find(|r| r.contains(&pos))
+    }
+
+    /// The blocks as the shader's uniform holds them: two pairs per vec4.
+    fn packed(&self) -> [[u32; 4]; MAX_BLOCKS / 2] {
+        let mut out = [[0; 4]; MAX_BLOCKS / 2];
+        for (i, &(s, e)) in self.ranges[..self.n].iter().enumerate() {
+            out[i / 2][(i % 2) * 2] = s;
+            out[i / 2][(i % 2) * 2 + 1] = e;
+        }
+        out
     }
 }
 
@@ -130,6 +183,9 @@ struct Params {
     /// Keys per workgroup in the split (decode) path.
     chunk: u32,
     o_offset: u32,
+    n_blocks: u32,
+    _pad: [u32; 3],
+    blocks: [[u32; 4]; MAX_BLOCKS / 2],
 }
 
 impl Params {
@@ -169,6 +225,9 @@ impl Params {
             softcap: p.softcap,
             chunk: 0,
             o_offset: u32_of("output offset", out.offset)?,
+            n_blocks: p.blocks.n as u32,
+            _pad: [0; 3],
+            blocks: p.blocks.packed(),
         })
     }
 }

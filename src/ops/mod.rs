@@ -13,6 +13,7 @@ pub mod activation;
 pub mod add;
 pub mod argmax;
 pub mod attention;
+pub mod avg_pool;
 pub mod conv;
 mod device;
 pub mod gather;
@@ -39,6 +40,7 @@ pub(crate) const KERNELS: &[(&Shader, &[&Entry])] = &[
     (&add::SHADER, add::ENTRIES),
     (&argmax::SHADER, argmax::ENTRIES),
     (&attention::SHADER, attention::ENTRIES),
+    (&avg_pool::SHADER, avg_pool::ENTRIES),
     (&conv::SHADER, conv::ENTRIES),
     (&gather::SHADER, gather::ENTRIES),
     (&linear::SHADER, linear::ENTRIES),
@@ -96,6 +98,25 @@ impl<'a> View<'a> {
             width,
             ..self
         }
+    }
+
+    /// Each row cut into rows of `width` (heads, say): `[rows, k * width]` as
+    /// `[rows * k, width]`. The rows must be back to back.
+    pub fn split_rows(self, width: usize) -> Result<View<'a>> {
+        if width == 0
+            || !self.width.is_multiple_of(width)
+            || (self.rows > 1 && self.stride != self.width)
+        {
+            return Err(Error::invalid(format!(
+                "{self:?} cannot be cut into rows of {width}"
+            )));
+        }
+        Ok(View {
+            rows: self.rows * self.width / width,
+            width,
+            stride: width,
+            ..self
+        })
     }
 
     /// f32 elements the view covers, gaps between rows included.

@@ -18,7 +18,9 @@ struct Params {
     rows: u32,
     n: u32,
     eps: f32,
-    _pad: u32,
+    offset: u32,
+    stride: u32,
+    _pad: [u32; 3],
 }
 
 const X: Binding = Binding::read(1, "x", Elem::F32);
@@ -42,7 +44,15 @@ pub(crate) const RMS_NORM: Entry = Entry {
     bindings: &[X, W, Y],
 };
 
-pub(crate) const ENTRIES: &[&Entry] = &[&LAYER_NORM, &RMS_NORM];
+/// [`RMS_NORM`] in place, on rows at any offset and stride (Gemma 3's QK-norm).
+pub(crate) const RMS_NORM_IN_PLACE: Entry = Entry {
+    shader: &SHADER,
+    name: "rms_norm_in_place",
+    params: size_of::<Params>(),
+    bindings: &[W, Y],
+};
+
+pub(crate) const ENTRIES: &[&Entry] = &[&LAYER_NORM, &RMS_NORM, &RMS_NORM_IN_PLACE];
 
 /// Checks x and y as packed `[rows, n]` and builds the parameters.
 fn params(x: &View, y: &View, n: usize, eps: f32) -> Result<Params> {
@@ -52,7 +62,9 @@ fn params(x: &View, y: &View, n: usize, eps: f32) -> Result<Params> {
         rows: u32_of("rows", x.rows)?,
         n: u32_of("width", n)?,
         eps,
-        _pad: 0,
+        offset: 0,
+        stride: u32_of("width", n)?,
+        _pad: [0; 3],
     })
 }
 
@@ -128,6 +140,26 @@ impl RmsNorm {
             &RMS_NORM,
             &params,
             &[x.buffer, &self.weight, y.buffer],
+            groups,
+        )
+    }
+
+    /// Each row of `x` replaced by its norm (the rows may lie at any offset and stride).
+    pub fn forward_in_place(&self, rec: &mut Recorder, x: View) -> Result<()> {
+        x.expect("norm rows", x.rows, self.n)?;
+        let params = Params {
+            rows: u32_of("rows", x.rows)?,
+            n: u32_of("width", self.n)?,
+            eps: self.eps,
+            offset: u32_of("offset", x.offset)?,
+            stride: u32_of("stride", x.stride)?,
+            _pad: [0; 3],
+        };
+        let groups = rec.gpu().grid(params.rows);
+        rec.dispatch(
+            &RMS_NORM_IN_PLACE,
+            &params,
+            &[&self.weight, x.buffer],
             groups,
         )
     }

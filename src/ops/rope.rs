@@ -66,21 +66,37 @@ pub struct RopeTables {
     pub max_pos: usize,
 }
 
-/// `inv_freq[i]` = 1 / theta^(2i / head_dim), rounded as transformers computes it in f32
-/// (the exponent is an f32 division; the power is correctly rounded here).
-pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
+/// RoPE for one kind of layer: angles pos * inv_freq with inv_freq = theta^(-2i / head_dim)
+/// / factor (transformers' "linear" scaling; factor 1 is its "default").
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rope {
+    pub theta: f32,
+    pub factor: f32,
+}
+
+impl Rope {
+    /// Unscaled RoPE of base `theta`.
+    pub const fn new(theta: f32) -> Rope {
+        Rope { theta, factor: 1.0 }
+    }
+}
+
+/// `inv_freq[i]` = 1 / theta^(2i / head_dim) / factor, rounded as transformers computes it in
+/// f32 (the exponent is an f32 division, the power is correctly rounded here, then the f32
+/// division by the factor).
+pub fn inv_freq(head_dim: usize, rope: Rope) -> Vec<f32> {
     (0..head_dim / 2)
         .map(|i| {
             let e = (2 * i) as f32 / head_dim as f32;
-            1.0f32 / ((theta as f64).powf(e as f64) as f32)
+            1.0f32 / ((rope.theta as f64).powf(e as f64) as f32) / rope.factor
         })
         .collect()
 }
 
 /// The cos and sin tables for positions 0..max_pos: the angle is the f32 product
 /// pos * inv_freq (as transformers forms it), its cos and sin evaluated in f64.
-pub fn rope_tables_ref(head_dim: usize, theta: f32, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
-    let f = inv_freq(head_dim, theta);
+pub fn rope_tables_ref(head_dim: usize, rope: Rope, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
+    let f = inv_freq(head_dim, rope);
     let mut c = Vec::with_capacity(max_pos * f.len());
     let mut s = Vec::with_capacity(max_pos * f.len());
     for pos in 0..max_pos {
@@ -94,13 +110,13 @@ pub fn rope_tables_ref(head_dim: usize, theta: f32, max_pos: usize) -> (Vec<f32>
 }
 
 impl RopeTables {
-    pub fn new(gpu: &Gpu, head_dim: usize, theta: f32, max_pos: usize) -> Result<RopeTables> {
+    pub fn new(gpu: &Gpu, head_dim: usize, rope: Rope, max_pos: usize) -> Result<RopeTables> {
         if !head_dim.is_multiple_of(2) {
             return Err(Error::invalid(format!(
                 "RoPE needs an even head_dim, got {head_dim}"
             )));
         }
-        let (c, s) = rope_tables_ref(head_dim, theta, max_pos);
+        let (c, s) = rope_tables_ref(head_dim, rope, max_pos);
         Ok(RopeTables {
             cos: gpu.upload_f32("rope cos", &c)?,
             sin: gpu.upload_f32("rope sin", &s)?,
@@ -214,10 +230,10 @@ pub fn rope_ref(
     heads: usize,
     head_dim: usize,
     pos0: usize,
-    theta: f32,
+    rope: Rope,
 ) -> Vec<f32> {
     let positions: Vec<usize> = (pos0..pos0 + rows).collect();
-    rope_at_ref(x, &positions, heads, head_dim, theta)
+    rope_at_ref(x, &positions, heads, head_dim, rope)
 }
 
 /// CPU reference for [`rope_at`]: row r of x at position `positions[r]`.
@@ -226,9 +242,9 @@ pub fn rope_at_ref(
     positions: &[usize],
     heads: usize,
     head_dim: usize,
-    theta: f32,
+    rope: Rope,
 ) -> Vec<f32> {
-    let f = inv_freq(head_dim, theta);
+    let f = inv_freq(head_dim, rope);
     let half = head_dim / 2;
     let mut y = x.to_vec();
     for (r, &pos) in positions.iter().enumerate() {

@@ -1,8 +1,9 @@
-//! Attention (per-row, blocked, split) and the patch embedding.
+//! Attention (per-row, blocked, split), the patch embedding and the pooling of its grid.
 use super::{gather_rows, placed, prepared, scatter};
 use crate::gpu::Recorder;
 use crate::ops::View;
 use crate::ops::attention::*;
+use crate::ops::avg_pool::*;
 use crate::ops::patch_embed::*;
 use crate::testing::{KernelCase, TOL};
 
@@ -176,8 +177,66 @@ pub(super) fn attention_cases(v: &mut Vec<KernelCase>) {
         ..a(1, 4, 2, 16, 23, 22, 6)
     };
     attention_case(v, "Gemma 2 decode", g2, 30, false);
+    gemma3_cases(v);
     real_attention_cases(v);
     attention_refusals(v);
+}
+
+/// Gemma 3: text causal, each image's block bidirectional, all of it within the sliding window;
+/// no PaliGemma prefix.
+fn gemma3_cases(v: &mut Vec<KernelCase>) {
+    let blocks = |r: &[(usize, usize)]| {
+        let ranges: Vec<_> = r.iter().map(|&(start, end)| start..end).collect();
+        Blocks::new(&ranges).expect("few blocks")
+    };
+    // Two images of 7 tokens with text around them, a window of 5 shorter than a block (so the
+    // window hides the start of a block from its own end), in one blocked prefill.
+    let two = AttentionParams {
+        blocks: blocks(&[(3, 10), (12, 19)]),
+        window: 5,
+        scale: 0.3,
+        ..problem(23, 4, 2, 16, 23, 0, 0)
+    };
+    attention_case(v, "Gemma 3 prefill, two images, window 5", two, 24, false);
+    // Full-attention layer (no window), a block that straddles a tile of BLOCK_ROWS rows.
+    let full = AttentionParams {
+        blocks: blocks(&[(9, 30)]),
+        ..problem(40, 2, 1, 32, 40, 0, 0)
+    };
+    attention_case(
+        v,
+        "Gemma 3 prefill, full layer, block over tiles",
+        full,
+        40,
+        false,
+    );
+    // A chunk of rows from position 10: the first rows are inside a block begun before them.
+    let chunk = AttentionParams {
+        blocks: blocks(&[(4, 15)]),
+        window: 8,
+        ..problem(9, 2, 2, 8, 19, 10, 0)
+    };
+    attention_case(
+        v,
+        "Gemma 3, rows from the middle of a block",
+        chunk,
+        20,
+        false,
+    );
+    // Decoding after an image: the text token sees only the window.
+    let step = AttentionParams {
+        blocks: blocks(&[(2, 18)]),
+        window: 6,
+        ..problem(1, 4, 2, 16, 25, 24, 0)
+    };
+    attention_case(v, "Gemma 3 decode after an image", step, 30, false);
+    let real = AttentionParams {
+        blocks: blocks(&[(6, 262)]),
+        window: 1024,
+        scale: 1.0 / 16.0,
+        ..problem(280, 8, 4, 256, 280, 0, 0)
+    };
+    attention_case(v, "Gemma 3 4B prefill, one image", real, 300, true);
 }
 
 /// The real models' shapes (the bench times these).
@@ -274,6 +333,37 @@ fn attention_refusals(v: &mut Vec<KernelCase>) {
         let (q, cache) = (x.cols(0, 16), x.cols(16, 16));
         attention(rec, AttentionKernel::Blocked, q, cache, cache, q, &p)
     }));
+}
+
+/// Gemma 3's pooling of the patch grid: a 1x1 grid, awkward sizes (a 6x6 grid in 3x3 tiles, odd
+/// widths) and the real 64x64 grid of So400m at 896px in 4x4 tiles to 256 rows.
+pub(super) fn avg_pool_cases() -> Vec<KernelCase> {
+    [
+        (1usize, 1usize, 1usize),
+        (6, 3, 5),
+        (8, 2, 33),
+        (64, 4, 1152),
+    ]
+    .into_iter()
+    .map(|(side, k, d)| {
+        let name = format!("avg_pool {side}x{side}x{d} k{k}");
+        let case = KernelCase::new("avg_pool", name, TOL, move |io| {
+            let out_rows = (side / k).pow(2);
+            let (x, y0) = (io.rand(side * side * d, 2.0), io.rand(out_rows * d, 1.0));
+            let (xb, yb) = (io.upload(&x)?, io.upload(&y0)?);
+            prepared(
+                yb.clone(),
+                out_rows * d,
+                move |rec| {
+                    let (xv, yv) = (View::new(&xb, side * side, d), View::new(&yb, out_rows, d));
+                    avg_pool(rec, xv, side, k, yv)
+                },
+                move || avg_pool_ref(&x, side, k, d),
+            )
+        });
+        if side == 64 { case.real() } else { case }
+    })
+    .collect()
 }
 
 pub(super) fn patch_cases() -> Vec<KernelCase> {

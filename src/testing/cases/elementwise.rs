@@ -53,6 +53,43 @@ pub(super) fn norm_cases(v: &mut Vec<KernelCase>) {
         });
         v.push(if n == 2048 { case.real() } else { case });
     }
+    rms_norm_in_place_cases(v);
+}
+
+/// Gemma 3's QK-norm: rows of head_dim at an offset and stride inside a larger buffer (a cache's
+/// rows), replaced in place; the gaps must stay untouched. The real sizes: 4B's 8 query heads of
+/// 256 over a 64-row prefill block, 27B's 16 KV heads of 128.
+fn rms_norm_in_place_cases(v: &mut Vec<KernelCase>) {
+    for (rows, n, offset, stride, real) in [
+        (1, 1, 0, 1, false),
+        (7, 16, 5, 19, false),
+        (33, 72, 130, 72, false),
+        (64 * 8, 256, 0, 256, true),
+        (3 * 16, 128, 128 * 16, 128, true),
+    ] {
+        let name = format!("rms_norm_in_place {rows}x{n} at {offset}+r*{stride}");
+        let case = KernelCase::new("norm", name, TOL, move |io| {
+            let len = offset + (rows - 1) * stride + n + 3;
+            let (y0, w) = (io.rand(len, 4.0), io.rand(n, 1.0));
+            let norm = RmsNorm {
+                weight: io.upload(&w)?,
+                n,
+                eps: 1e-6,
+            };
+            let yb = io.upload(&y0)?;
+            prepared(
+                yb.clone(),
+                len,
+                move |rec| norm.forward_in_place(rec, placed(&yb, rows, n, offset, stride)),
+                move || {
+                    let x = gather_rows(&y0, rows, n, offset, stride);
+                    let normed = rms_norm_ref(&x, &w, rows, n, 1e-6);
+                    scatter(&y0, &normed, n, offset, stride, |_, new| new)
+                },
+            )
+        });
+        v.push(if real { case.real() } else { case });
+    }
 }
 
 pub(super) fn elementwise_cases(v: &mut Vec<KernelCase>) {
@@ -236,7 +273,7 @@ pub(super) fn rope_cases(v: &mut Vec<KernelCase>) {
             move |io| {
                 let (w, stride) = (heads * hd, heads * hd + pad);
                 let x = io.rand(off + rows * stride, 1.0);
-                let tables = RopeTables::new(io.gpu, hd, 10000.0, pos0 + rows + 3)?;
+                let tables = RopeTables::new(io.gpu, hd, Rope::new(10000.0), pos0 + rows + 3)?;
                 let xb = io.upload(&x)?;
                 prepared(
                     xb.clone(),
@@ -249,7 +286,7 @@ pub(super) fn rope_cases(v: &mut Vec<KernelCase>) {
                             heads,
                             hd,
                             pos0,
-                            10000.0,
+                            Rope::new(10000.0),
                         );
                         scatter(&x, &r, w, off, stride, |_, new| new)
                     },
@@ -264,23 +301,42 @@ pub(super) fn rope_qk_cases(v: &mut Vec<KernelCase>) {
     // Queries and keys in one dispatch, placed in one buffer as a layer's q scratch and a KV
     // cache row would be (keys after the queries, at an odd offset and stride): awkward sizes,
     // Gemma's 8 query heads over 1 key head at 224px, and a decode step deep into a 896px
-    // prompt with PaliGemma 2 10B's 16 over 8.
-    for (rows, heads, k_heads, hd, pos0) in [
-        (1, 1, 1, 2, 0),
-        (5, 3, 2, 6, 1),
-        (7, 4, 1, 30, 11),
-        (261, 8, 1, 256, 1),
-        (1, 16, 8, 256, 4101),
+    // prompt with PaliGemma 2 10B's 16 over 8; Gemma 3 4B's full layers (base 1e6, positions
+    // scaled by 1/8) over a 280-token prompt.
+    let (plain, gemma3) = (
+        Rope::new(10000.0),
+        Rope {
+            theta: 1e6,
+            factor: 8.0,
+        },
+    );
+    for (rows, heads, k_heads, hd, pos0, rope) in [
+        (1, 1, 1, 2, 0, plain),
+        (5, 3, 2, 6, 1, plain),
+        (
+            7,
+            4,
+            1,
+            30,
+            11,
+            Rope {
+                theta: 500.0,
+                factor: 3.0,
+            },
+        ),
+        (261, 8, 1, 256, 1, plain),
+        (1, 16, 8, 256, 4101, plain),
+        (280, 8, 4, 256, 1, gemma3),
     ] {
         let case = KernelCase::new(
             "rope",
-            format!("rope_qk {rows}x({heads}+{k_heads})x{hd} @{pos0}"),
+            format!("rope_qk {rows}x({heads}+{k_heads})x{hd} @{pos0} {rope:?}"),
             1e-6,
             move |io| {
                 let (qw, kw) = (heads * hd, k_heads * hd);
                 let (ko, ks) = (rows * qw + 3, kw + 5);
                 let x = io.rand(ko + rows * ks, 1.0);
-                let tables = RopeTables::new(io.gpu, hd, 10000.0, pos0 + rows + 3)?;
+                let tables = RopeTables::new(io.gpu, hd, rope, pos0 + rows + 3)?;
                 let xb = io.upload(&x)?;
                 prepared(
                     xb.clone(),
@@ -291,9 +347,9 @@ pub(super) fn rope_qk_cases(v: &mut Vec<KernelCase>) {
                         rope_qk(rec, q, k, &tables, heads, k_heads, pos0)
                     },
                     move || {
-                        let q = rope_ref(&x[..rows * qw], rows, heads, hd, pos0, 10000.0);
+                        let q = rope_ref(&x[..rows * qw], rows, heads, hd, pos0, rope);
                         let k = gather_rows(&x, rows, kw, ko, ks);
-                        let k = rope_ref(&k, rows, k_heads, hd, pos0, 10000.0);
+                        let k = rope_ref(&k, rows, k_heads, hd, pos0, rope);
                         let y = scatter(&x, &q, qw, 0, qw, |_, new| new);
                         scatter(&y, &k, kw, ko, ks, |_, new| new)
                     },
@@ -320,7 +376,7 @@ pub(super) fn rope_at_cases(v: &mut Vec<KernelCase>) {
                     .iter()
                     .map(|u| ((u.abs() * max_pos as f32) as usize).min(max_pos))
                     .collect();
-                let tables = RopeTables::new(io.gpu, hd, 10000.0, max_pos + 1)?;
+                let tables = RopeTables::new(io.gpu, hd, Rope::new(10000.0), max_pos + 1)?;
                 let xb = io.upload(&x)?;
                 let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
                 let pb = io.upload_bytes(bytemuck::cast_slice(&pos))?;
@@ -331,7 +387,7 @@ pub(super) fn rope_at_cases(v: &mut Vec<KernelCase>) {
                         let xv = View::new(&xb, rows, w);
                         rope_at(rec, xv, &tables, heads, &pb, max_pos)
                     },
-                    move || rope_at_ref(&x, &positions, heads, hd, 10000.0),
+                    move || rope_at_ref(&x, &positions, heads, hd, Rope::new(10000.0)),
                 )
             },
         );

@@ -32,6 +32,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
     elementwise::rope_qk_cases(&mut v);
     attention::attention_cases(&mut v);
     v.extend(attention::patch_cases());
+    v.extend(attention::avg_pool_cases());
     conv::conv_cases(&mut v);
     resize::resize_cases(&mut v);
     v

@@ -1,0 +1,263 @@
+//! Gemma 3 against transformers, on the fixtures scripts/make_gemma3_fixtures.py makes (a tiny
+//! Gemma 3 in the published config form with one image and a sliding window shorter than the
+//! image; one in transformers 5's form with two images in one prompt, bf16 weights): the vision
+//! tower, the pooled projector, every prompt position's logits, greedy decoding through the KV
+//! cache, and a text-only conversation. f32 within 1e-4 of max |ref| and identical tokens;
+//! KV-cache decoding equal to recomputing the sequence; the CPU model equal to both.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{assert_close, gpu};
+use paligemma::Reference;
+use paligemma::{ImageFeatures, PaliGemma, Precision};
+use safetensors::SafeTensors;
+
+const TOL: f64 = 1e-4;
+
+struct Case {
+    name: &'static str,
+    dir: PathBuf,
+    expected: serde_json::Value,
+    tensors: Vec<u8>,
+}
+
+impl Case {
+    fn open(name: &'static str) -> Case {
+        let dir = common::fixture_path(name);
+        let json = std::fs::read_to_string(dir.join("expected.json")).unwrap();
+        Case {
+            name,
+            expected: serde_json::from_str(&json).unwrap(),
+            tensors: std::fs::read(dir.join("expected.safetensors")).unwrap(),
+            dir,
+        }
+    }
+    fn tensor(&self, name: &str) -> Vec<f32> {
+        let st = SafeTensors::deserialize(&self.tensors).unwrap();
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("{}: no {name}", self.name));
+        bytemuck::pod_collect_to_vec(t.data())
+    }
+    fn ids(&self, key: &str) -> Vec<u32> {
+        let ids = self.expected[key].as_array().unwrap();
+        ids.iter().map(|v| v.as_u64().unwrap() as u32).collect()
+    }
+    fn model(&self) -> PaliGemma {
+        let opts = paligemma::LoadOptions::in_precision(Some(Precision::F32));
+        PaliGemma::load_on(gpu().clone(), &self.dir.join("model"), &opts)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+    /// Each image encoded from the fixture's own pixel values.
+    fn features(&self, model: &PaliGemma) -> Vec<ImageFeatures> {
+        let pixels = self.tensor("pixel_values");
+        let per_image = pixels.len() / self.expected["images"].as_array().unwrap().len();
+        pixels
+            .chunks(per_image)
+            .map(|p| {
+                model
+                    .block_on(model.encode(paligemma::ImageInput::pixels(p)))
+                    .unwrap()
+            })
+            .collect()
+    }
+}
+
+const CASES: [&str; 2] = ["gemma3", "gemma3_two"];
+
+/// Prefill then greedy steps: (ids, the logits each was chosen from).
+fn decode(
+    model: &PaliGemma,
+    ids: &[u32],
+    images: &[&ImageFeatures],
+    n: usize,
+) -> (Vec<u32>, Vec<f32>) {
+    let mut s = model.new_state(ids.len(), n).unwrap();
+    let mut next = model
+        .block_on(model.prefill_images(&mut s, ids, images))
+        .unwrap();
+    let mut scratch = model.decode_scratch().unwrap();
+    let (mut toks, mut logits) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        logits.extend(model.block_on(model.logits(&s)).unwrap());
+        toks.push(next);
+        if i + 1 < n {
+            let step = model.block_on(model.step(&mut scratch, &mut [&mut s], &[next]));
+            next = step.unwrap()[0];
+        }
+    }
+    (toks, logits)
+}
+
+#[test]
+fn vision_and_pooled_projector_match_transformers() {
+    for name in CASES {
+        let case = Case::open(name);
+        let model = case.model();
+        let c = model.config().clone();
+        let (patches, dv, dt) = (
+            c.vision.num_patches(),
+            c.vision.hidden_size,
+            c.text.hidden_size,
+        );
+        let n = model.num_image_tokens();
+        assert_eq!(
+            n,
+            case.expected["mm_tokens_per_image"].as_u64().unwrap() as usize
+        );
+        let feats = case.features(&model);
+        let read = |b: &wgpu::Buffer, len| model.gpu().read_f32(b, 0, len).unwrap();
+        let vision: Vec<f32> = feats
+            .iter()
+            .flat_map(|f| read(&f.vision, patches * dv))
+            .collect();
+        assert_close(
+            &format!("{name}: vision_out"),
+            &vision,
+            &case.tensor("vision_out"),
+            TOL,
+        );
+        let rows: Vec<f32> = feats.iter().flat_map(|f| read(&f.buffer, n * dt)).collect();
+        assert_close(
+            &format!("{name}: image_features"),
+            &rows,
+            &case.tensor("image_features"),
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn prompts_with_images_match_transformers() {
+    for name in CASES {
+        let case = Case::open(name);
+        let model = case.model();
+        let feats = case.features(&model);
+        let images: Vec<&ImageFeatures> = feats.iter().collect();
+        let ids = case.ids("input_ids");
+        let all = model
+            .block_on(model.all_logits_images(&ids, &images, ids.len()))
+            .unwrap();
+        let prefill_err = assert_close(
+            &format!("{name}: prefill_logits"),
+            &all,
+            &case.tensor("prefill_logits"),
+            TOL,
+        );
+        let want = case.ids("generated_ids");
+        let (toks, logits) = decode(&model, &ids, &images, want.len());
+        assert_eq!(toks, want, "{name}: greedy ids");
+        let step_err = assert_close(
+            &format!("{name}: step_logits"),
+            &logits,
+            &case.tensor("step_logits"),
+            TOL,
+        );
+        eprintln!("{name}: prefill/step rel err {prefill_err:.2e}/{step_err:.2e}");
+    }
+}
+
+#[test]
+fn text_only_conversations_match_transformers() {
+    for name in CASES {
+        let case = Case::open(name);
+        let model = case.model();
+        let ids = case.ids("text_input_ids");
+        let all = model
+            .block_on(model.all_logits_images(&ids, &[], ids.len()))
+            .unwrap();
+        let want_all = case.tensor("text_prefill_logits");
+        assert_close(
+            &format!("{name}: text prefill_logits"),
+            &all,
+            &want_all,
+            TOL,
+        );
+        let want = case.ids("text_generated_ids");
+        let (toks, logits) = decode(&model, &ids, &[], want.len());
+        assert_eq!(toks, want, "{name}: text greedy ids");
+        let want_steps = case.tensor("text_step_logits");
+        assert_close(
+            &format!("{name}: text step_logits"),
+            &logits,
+            &want_steps,
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn kv_cache_decoding_equals_recomputing_the_sequence() {
+    for name in CASES {
+        let case = Case::open(name);
+        let model = case.model();
+        let v = model.config().text.vocab_size;
+        let feats = case.features(&model);
+        let images: Vec<&ImageFeatures> = feats.iter().collect();
+        let ids = case.ids("input_ids");
+        let (toks, steps) = decode(&model, &ids, &images, 8);
+        let mut seq = ids.clone();
+        seq.extend(&toks[..toks.len() - 1]);
+        let all = model
+            .block_on(model.all_logits_images(&seq, &images, ids.len()))
+            .unwrap();
+        let what = format!("{name}: KV cache vs recompute");
+        assert_close(&what, &steps, &all[(ids.len() - 1) * v..], 2e-5);
+    }
+}
+
+#[test]
+fn the_cpu_model_matches_transformers() {
+    let case = Case::open("gemma3");
+    let r = Reference::open(&case.dir.join("model")).unwrap();
+    let vision = r.vision(&case.tensor("pixel_values")).unwrap();
+    assert_close("cpu vision_out", &vision, &case.tensor("vision_out"), TOL);
+    let feats = r.project(&vision).unwrap();
+    assert_close(
+        "cpu image_features",
+        &feats,
+        &case.tensor("image_features"),
+        TOL,
+    );
+    let ids = case.ids("input_ids");
+    let at = ids
+        .iter()
+        .position(|&t| t == r.cfg.image_token_index)
+        .unwrap();
+    let logits = r.logits_with(&ids, &[(at, &feats)], ids.len()).unwrap();
+    assert_close(
+        "cpu prefill_logits",
+        &logits,
+        &case.tensor("prefill_logits"),
+        TOL,
+    );
+}
+
+#[test]
+fn image_tokens_must_match_the_images() {
+    let case = Case::open("gemma3_two");
+    let model = case.model();
+    let feats = case.features(&model);
+    let ids = case.ids("input_ids");
+    let mut s = model.new_state(ids.len(), 4).unwrap();
+    let one = model.block_on(model.prefill_images(&mut s, &ids, &[&feats[0]]));
+    let e = one.unwrap_err().to_string();
+    assert!(
+        e.contains("2 runs of image tokens") && e.contains("1 images"),
+        "{e}"
+    );
+    let mut short = ids.clone();
+    let first = short
+        .iter()
+        .position(|&t| t == model.config().image_token_index)
+        .unwrap();
+    short.remove(first);
+    let mut s = model.new_state(short.len(), 4).unwrap();
+    let images = [&feats[0], &feats[1]];
+    let e = model
+        .block_on(model.prefill_images(&mut s, &short, &images))
+        .unwrap_err();
+    assert!(e.to_string().contains("image 0's run"), "{e}");
+}
