@@ -9,7 +9,7 @@ Usage:
 Each case folder (tests/fixtures/<case>/) gets:
     model/config.json (the published checkpoints' form or transformers 5's, per case),
     model/*.safetensors, model/tokenizer.json, model/chat_template.jinja,
-    image.png, photo.jpg (and image2.png for two-image cases),
+    image.png, photo.png (larger, not square: the bilinear resize), image2.png for two images,
     expected.json: the chat messages, input_ids as the processor lays them out, token_type_ids,
         generated_ids (greedy, 12 new tokens, no early stop), the same for a text-only prompt;
     expected.safetensors (f32): pixel_values [n_images, 3, S, S], vision_out [n_images, P, Dv],
@@ -309,7 +309,7 @@ def compute(model_dir, case_dir, case, log=print):
         return_tensors="pt")
     t_prefill, t_steps, t_gen, t_same = greedy(model, {"input_ids": text_inputs["input_ids"]})
     log(f"  generate() agrees: image prompt {same}, text prompt {t_same}")
-    photo_pv = proc.image_processor(Image.open(case_dir / "photo.jpg"), return_tensors="pt")["pixel_values"]
+    photo_pv = proc.image_processor(Image.open(case_dir / "photo.png"), return_tensors="pt")["pixel_values"]
     tok = proc.tokenizer
     tensors = {
         "pixel_values": pv, "photo_pixel_values": photo_pv.float(),
@@ -365,6 +365,10 @@ def make_case(name, out_root, log=print):
         (model_dir / extra).unlink(missing_ok=True)
     rewrite(model_dir, case)
     make_images(case, case_dir, case["seed"])
+    # The photo as PNG: lossless, so the resize is checked to the bit whatever JPEG decoder
+    # reads it.
+    Image.open(case_dir / "photo.jpg").convert("RGB").save(case_dir / "photo.png")
+    (case_dir / "photo.jpg").unlink()
     if case["images"] > 1:
         shutil.move(case_dir / "image.png", case_dir / "first.png")
         make_images(case, case_dir, case["seed"] + 1)

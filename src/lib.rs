@@ -32,6 +32,7 @@ mod paligemma;
 mod scheduler;
 mod shaders;
 
+pub mod chat;
 pub mod detection;
 #[cfg(feature = "draw")]
 pub mod draw;

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use web_time::Instant;
 
+use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::generation::{GenerateOptions, Generation, ImageInput, Prompt, Token, elapsed_ms};
 use crate::gpu::Gpu;
@@ -20,6 +21,7 @@ use crate::model::siglip::VisionTower;
 use crate::model::state::{DecodeScratch, DecoderState};
 use crate::model::{Loader, Precision, WeightSource};
 use crate::ops::{View, WeightFormat};
+use crate::preprocess::{Resample, preprocess_with};
 use crate::sequence::{Chooser, Sequence};
 use crate::tokenizer::{PromptTokenizer, check_image_prefix};
 
@@ -45,6 +47,8 @@ pub struct PaliGemma {
     projector: Projector,
     text: TextModel,
     tokenizer: Option<PromptTokenizer>,
+    /// Gemma 3: the chat template that builds its prompts.
+    chat: Option<ChatTemplate>,
 }
 
 impl PaliGemma {
@@ -79,7 +83,7 @@ impl PaliGemma {
     fn upload(gpu: Gpu, o: Opened, dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
         let source = WeightSource::Checkpoint(&o.checkpoint);
         let progress = opts.progress.as_ref();
-        let model = Self::build(
+        let mut model = Self::build(
             gpu,
             o.config,
             source,
@@ -87,6 +91,9 @@ impl PaliGemma {
             o.precision,
             progress,
         )?;
+        if model.chat.is_some() {
+            model.chat = Some(ChatTemplate::for_folder(dir)?);
+        }
         log::info!(
             "loaded {} on {} with {:?} weights",
             dir.display(),
@@ -120,6 +127,7 @@ impl PaliGemma {
         progress: Option<&LoadProgress>,
     ) -> Result<PaliGemma> {
         config.check("the model config")?;
+        let config_is_gemma3 = config.image_tokens.is_some();
         let precision = precision.unwrap_or(Precision::F16);
         let before = gpu.allocated_bytes();
         let l = Loader::new(&gpu, source, precision, progress);
@@ -136,6 +144,7 @@ impl PaliGemma {
             projector,
             text,
             tokenizer,
+            chat: config_is_gemma3.then(ChatTemplate::gemma3),
         })
     }
 
@@ -177,17 +186,18 @@ impl PaliGemma {
         self.projector.tokens(self.config.vision.num_patches())
     }
 
-    /// `<image>` * N + `<bos>` + prompt + "\n", tokenized.
-    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
-        self.tokenizer()?
-            .prompt_ids(prompt, self.num_image_tokens())
+    /// Gemma 3's chat template (`chat.rs` builds prompts with it).
+    pub(crate) fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat.as_ref()
     }
 
-    /// The ids of `prompt`, checked before the image is encoded: exactly the image's tokens
-    /// first (`prompt_ids` checks the ids it makes).
+    /// The ids of `prompt`, checked before the image is encoded: PaliGemma's must hold exactly
+    /// the image's tokens first (`prompt_ids` checks the ids it makes); Gemma 3's runs of image
+    /// tokens are checked when they are filled.
     fn ids_of(&self, prompt: Prompt) -> Result<Vec<u32>> {
         match prompt {
             Prompt::Text(text) => self.prompt_ids(&text),
+            Prompt::Ids(ids) if self.config.image_tokens.is_some() => Ok(ids),
             Prompt::Ids(ids) => {
                 let (n, image_id) = (self.num_image_tokens(), self.config.image_token_index);
                 check_image_prefix(&ids, n, image_id)?;
@@ -221,7 +231,11 @@ impl PaliGemma {
         let (s, c) = (self.image_size(), self.config.vision.num_channels);
         match image {
             ImageInput::Image(image) => {
-                let pixels = crate::preprocess::preprocess(&image, s as u32);
+                let filter = match self.config.image_tokens {
+                    None => Resample::Bicubic,
+                    Some(_) => Resample::Bilinear,
+                };
+                let pixels = preprocess_with(&image, s as u32, filter);
                 self.gpu.upload_f32("pixels", &pixels)
             }
             ImageInput::Pixels(pixels) if pixels.len() != c * s * s => {
@@ -416,7 +430,7 @@ impl PaliGemma {
         Ok(Chooser {
             gpu: &self.gpu,
             tokenizer: self.tokenizer()?,
-            eos: self.config.eos_token_id,
+            stops: &self.config.stop_token_ids,
         })
     }
 

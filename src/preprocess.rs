@@ -49,7 +49,30 @@ pub fn load_image(path: &Path) -> Result<DynamicImage> {
 /// high byte of 16-bit RGB (at most 1 level apart) and saturates 16-bit grayscale at 255, a quirk
 /// not worth copying.
 pub fn preprocess(img: &DynamicImage, size: u32) -> Vec<f32> {
-    let rgb = resize_bicubic_pil(&img.to_rgb8(), size, size);
+    preprocess_with(img, size, Resample::Bicubic)
+}
+
+/// Pillow's resampling filters that the processors use: PaliGemma's `SiglipImageProcessor`
+/// resizes bicubic, Gemma 3's `Gemma3ImageProcessor` bilinear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    Bicubic,
+    Bilinear,
+}
+
+impl Resample {
+    /// The kernel and its support.
+    fn kernel(self) -> (fn(f64) -> f64, f64) {
+        match self {
+            Resample::Bicubic => (bicubic, 2.0),
+            Resample::Bilinear => (bilinear, 1.0),
+        }
+    }
+}
+
+/// [`preprocess`] with the resize done by `filter`.
+pub fn preprocess_with(img: &DynamicImage, size: u32, filter: Resample) -> Vec<f32> {
+    let rgb = resize_pil(&img.to_rgb8(), size, size, filter);
     let plane = (size as usize) * (size as usize);
     let mut out = vec![0.0f32; 3 * plane];
     for (i, px) in rgb.pixels().enumerate() {
@@ -154,8 +177,15 @@ fn clip8(v: i64) -> u8 {
 
 /// One separable pass over an interleaved RGB buffer of `dims = (width, height)`, resampling the
 /// horizontal or vertical axis to `out` samples (Pillow's `ImagingResample{Horizontal,Vertical}_8bpc`).
-fn resample_axis(src: &[u8], (w, h): (usize, usize), out: usize, horizontal: bool) -> Vec<u8> {
-    let c = precompute_coeffs(if horizontal { w } else { h }, out, bicubic, 2.0);
+fn resample_axis(
+    src: &[u8],
+    (w, h): (usize, usize),
+    out: usize,
+    horizontal: bool,
+    filter: Resample,
+) -> Vec<u8> {
+    let (kernel, support) = filter.kernel();
+    let c = precompute_coeffs(if horizontal { w } else { h }, out, kernel, support);
     let (ow, oh) = if horizontal { (out, h) } else { (w, out) };
     // Byte distance between neighbouring samples along the resampled axis.
     let step = if horizontal { 3 } else { w * 3 };
@@ -190,6 +220,11 @@ fn resample_axis(src: &[u8], (w, h): (usize, usize), out: usize, horizontal: boo
 /// orders differ by a few levels at most, and only for such tall inputs). Zero-sized input or
 /// output gives a black (or empty) image rather than a panic.
 pub fn resize_bicubic_pil(src: &RgbImage, width: u32, height: u32) -> RgbImage {
+    resize_pil(src, width, height, Resample::Bicubic)
+}
+
+/// [`resize_bicubic_pil`] with any of Pillow's filters (`Image.resize(.., filter)`).
+pub fn resize_pil(src: &RgbImage, width: u32, height: u32, filter: Resample) -> RgbImage {
     let (sw, sh) = (src.width() as usize, src.height() as usize);
     let (w, h) = (width as usize, height as usize);
     if sw == 0 || sh == 0 || w == 0 || h == 0 {
@@ -200,10 +235,10 @@ pub fn resize_bicubic_pil(src: &RgbImage, width: u32, height: u32) -> RgbImage {
     let mut dims = (sw, sh);
     for horizontal in [!vf, vf] {
         if horizontal && dims.0 != w {
-            buf = resample_axis(&buf, dims, w, true);
+            buf = resample_axis(&buf, dims, w, true, filter);
             dims.0 = w;
         } else if !horizontal && dims.1 != h {
-            buf = resample_axis(&buf, dims, h, false);
+            buf = resample_axis(&buf, dims, h, false, filter);
             dims.1 = h;
         }
     }

@@ -18,7 +18,8 @@ use crate::tokenizer::PromptTokenizer;
 pub(crate) struct Chooser<'a> {
     pub gpu: &'a Gpu,
     pub tokenizer: &'a PromptTokenizer,
-    pub eos: u32,
+    /// The ids that end an answer (`<eos>`, and Gemma 3's `<end_of_turn>`).
+    pub stops: &'a [u32],
 }
 
 /// One generation in progress.
@@ -193,7 +194,7 @@ impl Sequence {
             .unwrap_or("")
             .to_string();
         self.text = now;
-        if self.opts.stop_at_eos && id == c.eos {
+        if self.opts.stop_at_eos && c.stops.contains(&id) {
             self.finished = Some(FinishReason::Stop);
         } else if self.generated.len() >= self.opts.max_new_tokens {
             self.finished = Some(FinishReason::Length);

@@ -85,12 +85,7 @@ impl PromptTokenizer {
     /// tokenizer really produced that prefix, i.e. that `<image>` and `<bos>` are registered as
     /// added tokens and are not split into pieces. An empty (or blank) prompt is refused.
     pub fn prompt_ids(&self, prompt: &str, num_image_tokens: usize) -> Result<Vec<u32>> {
-        // One rule for every front end (the server, the command line, Python, the web).
-        if prompt.trim().is_empty() {
-            return Err(Error::Invalid(
-                "the prompt is empty: give a task such as \"caption en\" or \"detect cat\"".into(),
-            ));
-        }
+        check_not_blank(prompt)?;
         let text = format!(
             "{}{BOS_TOKEN}{prompt}\n",
             IMAGE_TOKEN.repeat(num_image_tokens)
@@ -115,6 +110,14 @@ impl PromptTokenizer {
         // And no `<image>` in the prompt's own text.
         check_image_prefix(&ids, num_image_tokens, self.image_id)?;
         Ok(ids)
+    }
+
+    /// The ids of `text` as it is, special tokens written in it included and none added (what
+    /// a chat template's output is tokenized with).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.tokenizer.encode(text, false);
+        let enc = enc.map_err(|e| Error::Invalid(format!("cannot tokenize {text:?}: {e}")))?;
+        Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`. PaliGemma's `<loc>`/`<seg>` tokens are ordinary added tokens, so they stay
@@ -180,6 +183,17 @@ pub fn extend_gemma_vocabulary(tokenizer: &mut Tokenizer) -> Result<()> {
                 base + want
             )));
         }
+    }
+    Ok(())
+}
+
+/// One rule for every front end (the server, the command line, Python, the web): a blank
+/// prompt is refused.
+pub(crate) fn check_not_blank(prompt: &str) -> Result<()> {
+    if prompt.trim().is_empty() {
+        return Err(Error::Invalid(
+            "the prompt is empty: give a task such as \"caption en\" or \"detect cat\"".into(),
+        ));
     }
     Ok(())
 }

@@ -261,3 +261,96 @@ fn image_tokens_must_match_the_images() {
         .unwrap_err();
     assert!(e.to_string().contains("image 0's run"), "{e}");
 }
+
+/// A conversation as the fixture's expected.json gives it (transformers' message format).
+fn messages(v: &serde_json::Value) -> Vec<paligemma::chat::Message> {
+    use paligemma::chat::{Message, Part};
+    let parts = |c: &serde_json::Value| match c {
+        serde_json::Value::String(text) => vec![Part::Text { text: text.clone() }],
+        list => (list.as_array().unwrap().iter())
+            .map(|p| match p["type"].as_str().unwrap() {
+                "image" => Part::Image,
+                _ => Part::Text {
+                    text: p["text"].as_str().unwrap().into(),
+                },
+            })
+            .collect(),
+    };
+    let turns = v.as_array().unwrap().iter();
+    turns
+        .map(|m| Message {
+            role: m["role"].as_str().unwrap().into(),
+            content: parts(&m["content"]),
+        })
+        .collect()
+}
+
+#[test]
+fn the_chat_template_lays_out_prompts_as_the_processor_does() {
+    for name in CASES {
+        let case = Case::open(name);
+        let model = case.model();
+        let ids = model
+            .chat_ids(&messages(&case.expected["messages"]))
+            .unwrap();
+        assert_eq!(ids, case.ids("input_ids"), "{name}: prompt with images");
+        let text = model
+            .chat_ids(&messages(&case.expected["text_messages"]))
+            .unwrap();
+        assert_eq!(text, case.ids("text_input_ids"), "{name}: conversation");
+    }
+    // One image and a prompt, as the command line asks.
+    let case = Case::open("gemma3");
+    let model = case.model();
+    let ids = model.prompt_ids("What is in this picture?").unwrap();
+    assert_eq!(ids, case.ids("input_ids"));
+    assert!(
+        model
+            .prompt_ids(" ")
+            .unwrap_err()
+            .to_string()
+            .contains("empty")
+    );
+}
+
+#[test]
+fn images_are_resized_bilinear_as_gemma3s_processor_does() {
+    use paligemma::preprocess::{Resample, load_image, preprocess_with};
+    for name in CASES {
+        let case = Case::open(name);
+        let size = case.model().image_size() as u32;
+        // A PNG: no JPEG decoder's rounding in the way, so to the bit.
+        let photo = load_image(&case.dir.join("photo.png")).unwrap();
+        let got = preprocess_with(&photo, size, Resample::Bilinear);
+        let want = case.tensor("photo_pixel_values");
+        assert_close(&format!("{name}: photo"), &got, &want, 1e-6);
+    }
+}
+
+#[test]
+fn the_command_line_answers_as_transformers() {
+    let case = Case::open("gemma3");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paligemma"))
+        .args(["--model", case.dir.join("model").to_str().unwrap()])
+        .args(["--image", case.dir.join("image.png").to_str().unwrap()])
+        .args([
+            "--prompt",
+            "What is in this picture?",
+            "--max-new-tokens",
+            "12",
+        ])
+        .args(["--precision", "f32", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The answer's text is streamed first; the JSON is the last line.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answer: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let ids: Vec<u32> = (answer["generated_ids"].as_array())
+        .unwrap_or_else(|| panic!("no generated_ids in {answer}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ids, case.ids("generated_ids"));
+}
