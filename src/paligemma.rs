@@ -9,7 +9,7 @@ use std::path::Path;
 
 use web_time::Instant;
 
-use crate::chat::ChatTemplate;
+use crate::chat::{ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::generation::{GenerateOptions, Generation, ImageInput, Prompt, Token, elapsed_ms};
 use crate::gpu::Gpu;
@@ -373,17 +373,41 @@ impl PaliGemma {
         prompt: impl Into<Prompt>,
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
+        self.start_with(vec![image.into()], prompt.into(), opts)
+            .await
+    }
+
+    /// [`start`](Self::start) with any number of images: Gemma 3's prompt ids (from
+    /// [`chat_ids`](Self::chat_ids)) hold a run of image tokens for each, in order, or none for
+    /// a text-only prompt; PaliGemma takes one.
+    pub async fn start_with(
+        &self,
+        images: Vec<ImageInput<'_>>,
+        prompt: Prompt,
+        opts: &GenerateOptions,
+    ) -> Result<(Sequence, Option<Token>)> {
         let t0 = Instant::now();
-        let ids = self.ids_of(prompt.into())?;
-        let pixels = self.pixels(image.into())?;
+        let ids = match prompt {
+            // One image's prompt text: the model's own layout.
+            Prompt::Text(text) if images.len() != 1 => {
+                self.chat_ids(&[Message::user(images.len(), &text)])?
+            }
+            prompt => self.ids_of(prompt)?,
+        };
+        let pixels = images.into_iter().map(|i| self.pixels(i));
+        let pixels = pixels.collect::<Result<Vec<_>>>()?;
         let preprocess_ms = elapsed_ms(t0);
         let t1 = Instant::now();
-        let features = self.encode_pixels(&pixels).await?;
+        let mut features = Vec::with_capacity(pixels.len());
+        for p in &pixels {
+            features.push(self.encode_pixels(p).await?);
+        }
         self.gpu.wait_async().await?;
         let vision_ms = elapsed_ms(t1);
         let t2 = Instant::now();
         let mut state = self.new_state(ids.len(), opts.max_new_tokens)?;
-        let greedy = self.prefill(&mut state, &ids, &features).await?;
+        let images: Vec<_> = features.iter().collect();
+        let greedy = self.prefill_images(&mut state, &ids, &images).await?;
         let mut seq = Sequence::new(&self.gpu, state, ids, greedy, opts)?;
         seq.timings.preprocess_ms = preprocess_ms;
         seq.timings.vision_ms = vision_ms;
@@ -441,9 +465,23 @@ impl PaliGemma {
         image: impl Into<ImageInput<'_>>,
         prompt: impl Into<Prompt>,
         opts: &GenerateOptions,
+        on_token: impl FnMut(u32, &str) -> bool,
+    ) -> Result<Generation> {
+        let images = vec![image.into()];
+        self.generate_with(images, prompt.into(), opts, on_token)
+            .await
+    }
+
+    /// [`generate`](Self::generate) with any number of images, as
+    /// [`start_with`](Self::start_with) takes them.
+    pub async fn generate_with(
+        &self,
+        images: Vec<ImageInput<'_>>,
+        prompt: Prompt,
+        opts: &GenerateOptions,
         mut on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<Generation> {
-        let (mut seq, first) = self.start(image, prompt, opts).await?;
+        let (mut seq, first) = self.start_with(images, prompt, opts).await?;
         let mut scratch = self.decode_scratch()?;
         let t = Instant::now();
         let mut token = first;

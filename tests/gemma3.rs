@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::{assert_close, gpu};
 use paligemma::Reference;
@@ -327,30 +327,52 @@ fn images_are_resized_bilinear_as_gemma3s_processor_does() {
     }
 }
 
-#[test]
-fn the_command_line_answers_as_transformers() {
-    let case = Case::open("gemma3");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paligemma"))
-        .args(["--model", case.dir.join("model").to_str().unwrap()])
-        .args(["--image", case.dir.join("image.png").to_str().unwrap()])
-        .args([
-            "--prompt",
-            "What is in this picture?",
-            "--max-new-tokens",
-            "12",
-        ])
-        .args(["--precision", "f32", "--json"])
+/// `paligemma --model DIR [--image F]... --prompt P --json`: (success, the answer's JSON or
+/// the error's text).
+fn cli(model: &Path, images: &[PathBuf], prompt: &str) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_paligemma"));
+    cmd.args(["--model", model.to_str().unwrap(), "--prompt", prompt]);
+    for image in images {
+        cmd.args(["--image", image.to_str().unwrap()]);
+    }
+    let out = cmd
+        .args(["--max-new-tokens", "12", "--precision", "f32", "--json"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     // The answer's text is streamed first; the JSON is the last line.
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let answer: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    let ids: Vec<u32> = (answer["generated_ids"].as_array())
-        .unwrap_or_else(|| panic!("no generated_ids in {answer}"))
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    assert_eq!(ids, case.ids("generated_ids"));
+    match out.status.success() {
+        true => (true, stdout.lines().last().unwrap_or_default().to_string()),
+        false => (false, String::from_utf8_lossy(&out.stderr).to_string()),
+    }
+}
+
+fn answer_ids(json: &str) -> Vec<u32> {
+    let answer: serde_json::Value = serde_json::from_str(json).unwrap();
+    let ids = answer["generated_ids"].as_array();
+    let ids = ids.unwrap_or_else(|| panic!("no generated_ids in {answer}"));
+    ids.iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn the_command_line_answers_as_transformers() {
+    // One image, two images, none.
+    let case = Case::open("gemma3");
+    let (model, image) = (case.dir.join("model"), case.dir.join("image.png"));
+    let (ok, out) = cli(&model, &[image], "What is in this picture?");
+    assert!(ok, "{out}");
+    assert_eq!(answer_ids(&out), case.ids("generated_ids"));
+    let case = Case::open("gemma3_two");
+    let images = [case.dir.join("image.png"), case.dir.join("image2.png")];
+    let model = case.dir.join("model");
+    let (ok, out) = cli(&model, &images, "  Compare the two pictures.  ");
+    assert!(ok, "{out}");
+    assert_eq!(answer_ids(&out), case.ids("generated_ids"));
+    let (ok, out) = cli(&model, &[], "Say something.");
+    assert!(ok, "{out}");
+    assert_eq!(answer_ids(&out), case.ids("text_generated_ids"));
+    // PaliGemma takes one image.
+    let mqa = common::fixture_path("mqa");
+    let (ok, out) = cli(&mqa.join("model"), &[], "caption en");
+    assert!(!ok && out.contains("one image, got 0"), "{out}");
 }

@@ -29,7 +29,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use paligemma::sampling::SamplingOptions;
 use paligemma::segmentation::SegDecoder;
-use paligemma::{GenerateOptions, GpuOptions, LoadOptions, PaliGemma, Precision};
+use paligemma::{
+    GenerateOptions, GpuOptions, ImageInput, LoadOptions, PaliGemma, Precision, Prompt,
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum PrecisionArg {
@@ -249,9 +251,10 @@ struct Args {
     /// downloaded into it.
     #[arg(long, required = true)]
     model: Option<PathBuf>,
-    /// The image (any format the `image` crate reads).
-    #[arg(long, required = true)]
-    image: Option<PathBuf>,
+    /// The image (any format the `image` crate reads). Gemma 3 takes it repeated (the images go
+    /// before the prompt, in order) or not at all (a text-only prompt); PaliGemma takes one.
+    #[arg(long)]
+    image: Vec<PathBuf>,
     /// The task prompt, e.g. "caption en", "detect cat", "answer en what is this?".
     #[arg(long, required = true)]
     prompt: Option<String>,
@@ -378,11 +381,21 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
     line.replace('\n', " ")
 }
 
+/// PaliGemma answers about one image; Gemma 3 about any number (none: a text-only prompt).
+/// `--draw` draws on one.
+fn check_image_count(model: &PaliGemma, images: usize, draw: bool) -> anyhow::Result<()> {
+    if model.config().image_tokens.is_none() && images != 1 {
+        bail!("--image: PaliGemma answers about one image, got {images}");
+    }
+    if draw && images != 1 {
+        bail!("--draw draws on one image, got {images}");
+    }
+    Ok(())
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
-    let (Some(model_dir), Some(image_path), Some(prompt)) =
-        (&args.model, &args.image, &args.prompt)
-    else {
-        bail!("--model, --image and --prompt are required");
+    let (Some(model_dir), Some(prompt)) = (&args.model, &args.prompt) else {
+        bail!("--model and --prompt are required");
     };
     let gen_opts = GenerateOptions {
         keep_logits: args.dump_logits.is_some(),
@@ -394,22 +407,34 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     let model_dir = &model_folder(model_dir)?;
-    let image = paligemma::preprocess::load_image(image_path)?;
+    let images = args
+        .image
+        .iter()
+        .map(|p| paligemma::preprocess::load_image(p));
+    let images = images.collect::<Result<Vec<_>, _>>()?;
     let model = load_model(model_dir, args.precision, args.adapter.as_deref())?;
+    check_image_count(&model, images.len(), args.draw.is_some())?;
     // Loaded before generating, so a bad file fails fast.
     let decoder = seg_decoder(&model, args.seg_decoder.as_deref())?;
     let mut stdout = std::io::stdout();
-    let out = model.block_on(
-        model.generate(&image, prompt.as_str(), &gen_opts, |_, piece| {
+    let inputs = images.iter().map(ImageInput::from).collect();
+    let out = model.block_on(model.generate_with(
+        inputs,
+        Prompt::Text(prompt.clone()),
+        &gen_opts,
+        |_, piece| {
             let _ = write!(stdout, "{piece}");
             let _ = stdout.flush();
             true
-        }),
-    )?;
+        },
+    ))?;
     println!();
-    let (answer, masks) = draw::objects(&out.text, &image, decoder.as_ref())?;
-    if let Some(path) = &args.draw {
-        draw::save_drawing(&image, &answer, &masks, path)?;
+    let (answer, masks) = match &images[..] {
+        [image] => draw::objects(&out.text, image, decoder.as_ref())?,
+        _ => Default::default(),
+    };
+    if let (Some(path), [image]) = (&args.draw, &images[..]) {
+        draw::save_drawing(image, &answer, &masks, path)?;
     }
     if let Some(path) = &args.dump_logits {
         let logits = out.step_logits.as_deref().unwrap_or_default();
