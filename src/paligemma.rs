@@ -20,20 +20,12 @@ use crate::model::projector::{Projector, place_images};
 use crate::model::siglip::VisionTower;
 use crate::model::state::{DecodeScratch, DecoderState};
 use crate::model::{Loader, Precision, WeightSource};
-use crate::ops::{View, WeightFormat};
-use crate::preprocess::{Resample, preprocess_with};
+use crate::ops::WeightFormat;
 use crate::sequence::{Chooser, Sequence};
 use crate::tokenizer::{PromptTokenizer, check_image_prefix};
 
-/// An image encoded and projected: the rows that replace the `<image>` tokens, on the GPU.
-pub struct ImageFeatures {
-    /// `[n, text hidden]` f32.
-    pub buffer: wgpu::Buffer,
-    pub n: usize,
-    /// SigLIP's output before the projector, `[n, vision hidden]` f32 (transformers'
-    /// `vision_out`, for comparisons).
-    pub vision: wgpu::Buffer,
-}
+mod images;
+pub use images::ImageFeatures;
 
 /// A loaded PaliGemma. `Send + Sync`: load it on one thread, use it from others (each call
 /// records and submits its own command buffers on the shared queue).
@@ -204,76 +196,6 @@ impl PaliGemma {
                 Ok(ids)
             }
         }
-    }
-
-    /// Runs the vision tower and the projector on an image. Long work is submitted a layer at
-    /// a time, returning to a frame loop between layers (see [`Gpu::set_polled_by_caller`]);
-    /// nothing is awaited.
-    ///
-    /// A texture (rgba8 or bgra8, unorm or srgb, `COPY_SRC` usage, any size whose bytes fit one
-    /// storage binding: 8K frames fit the 128 MiB default) is read as its stored bytes,
-    /// resized as Pillow's bicubic in the same integer arithmetic and normalised through the
-    /// same table as [`preprocess`](crate::preprocess::preprocess) on the same bytes: the
-    /// pixels are identical (integer math and a lookup, so on any driver), and so is the
-    /// answer. Alpha is dropped, as Pillow's `convert("RGB")` drops it. On a shared device the
-    /// work goes to the queue after whatever the caller has submitted so far, so a frame
-    /// rendered and submitted before this call is what is read. The texture must belong to
-    /// the model's device: wgpu panics on another device's texture, and offers no way to check
-    /// beforehand.
-    pub async fn encode(&self, image: impl Into<ImageInput<'_>>) -> Result<ImageFeatures> {
-        let pixels = self.pixels(image.into())?;
-        self.encode_pixels(&pixels).await
-    }
-
-    /// The image as preprocessed pixels `[3, S, S]` on the GPU: resized and normalised on the
-    /// CPU for an image, on the GPU for a texture.
-    fn pixels(&self, image: ImageInput) -> Result<wgpu::Buffer> {
-        let (s, c) = (self.image_size(), self.config.vision.num_channels);
-        match image {
-            ImageInput::Image(image) => {
-                let filter = match self.config.image_tokens {
-                    None => Resample::Bicubic,
-                    Some(_) => Resample::Bilinear,
-                };
-                let pixels = preprocess_with(&image, s as u32, filter);
-                self.gpu.upload_f32("pixels", &pixels)
-            }
-            ImageInput::Pixels(pixels) if pixels.len() != c * s * s => {
-                Err(Error::invalid(format!(
-                    "pixel buffer holds {} values, the vision tower wants {c} x {s} x {s}",
-                    pixels.len()
-                )))
-            }
-            ImageInput::Pixels(pixels) => self.gpu.upload_f32("pixels", &pixels),
-            ImageInput::Texture(texture) => {
-                let pixels = self.gpu.storage("pixels", (3 * s * s * 4) as u64)?;
-                let mut rec = self.gpu.recorder();
-                let out = View::new(&pixels, 3, s * s);
-                crate::ops::resize::preprocess_texture(&mut rec, &texture, s, out)?;
-                rec.submit("preprocessing a texture")?;
-                Ok(pixels)
-            }
-        }
-    }
-
-    /// SigLIP, then the projector, on pixels on the GPU.
-    async fn encode_pixels(&self, pixels: &wgpu::Buffer) -> Result<ImageFeatures> {
-        let (patches, n, dv, dt) = (
-            self.config.vision.num_patches(),
-            self.num_image_tokens(),
-            self.config.vision.hidden_size,
-            self.config.text.hidden_size,
-        );
-        let vision = self.gpu.storage("vision out", (patches * dv * 4) as u64)?;
-        self.vision
-            .encode_buffer(&self.gpu, pixels, &vision)
-            .await?;
-        let buffer = self.gpu.storage("image features", (n * dt * 4) as u64)?;
-        let mut rec = self.gpu.recorder();
-        let (x, y) = (View::new(&vision, patches, dv), View::new(&buffer, n, dt));
-        self.projector.forward(&mut rec, x, y)?;
-        rec.submit("the projector")?;
-        Ok(ImageFeatures { buffer, n, vision })
     }
 
     /// An empty decoder state for a prompt of `prompt_len` tokens and up to `max_new_tokens`
