@@ -23,7 +23,9 @@ pub type RequestId = u64;
 /// One generation to run.
 #[derive(Debug)]
 pub struct Request {
-    pub image: ImageInput<'static>,
+    /// PaliGemma's one image; Gemma 3's any number (each a run of image tokens in the prompt's
+    /// ids, in order, or the prompt text after them).
+    pub images: Vec<ImageInput<'static>>,
     pub prompt: Prompt,
     pub opts: GenerateOptions,
 }
@@ -180,7 +182,7 @@ impl Scheduler {
             let Some((id, r)) = self.waiting.pop_front() else {
                 return;
             };
-            match model.start(r.image, r.prompt, &r.opts).await {
+            match model.start_with(r.images, r.prompt, &r.opts).await {
                 Ok((seq, first)) => {
                     let decoding_since = Instant::now();
                     self.report(

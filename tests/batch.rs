@@ -265,7 +265,7 @@ fn the_scheduler_answers_each_request_as_alone() {
         starts_per_step: 2,
     });
     let request = |j: &Job| Request {
-        image: j.image.clone().into(),
+        images: vec![j.image.clone().into()],
         prompt: j.prompt.as_str().into(),
         opts: j.opts.clone(),
     };
@@ -276,7 +276,7 @@ fn the_scheduler_answers_each_request_as_alone() {
         .collect();
     let bad = s
         .submit(Request {
-            image: ImageInput::Pixels(vec![0.0; 10].into()),
+            images: vec![ImageInput::Pixels(vec![0.0; 10].into())],
             ..request(&jobs[0])
         })
         .unwrap();

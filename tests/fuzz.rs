@@ -125,7 +125,9 @@ proptest! {
                 prop_assert!((0.0..=2.0).contains(&r.sampling.temperature));
                 prop_assert!(r.sampling.top_p > 0.0 && r.sampling.top_p <= 1.0);
                 prop_assert!(r.max_tokens != Some(0));
-                prop_assert!(!r.prompt.is_empty());
+                if let Ok((prompt, _)) = r.paligemma_input() {
+                    prop_assert!(!prompt.is_empty());
+                }
                 if let Ok(o) = generate_options(&r, prompt_len, context, default_max) {
                     prop_assert!(o.max_new_tokens >= 1);
                     prop_assert!(prompt_len + o.max_new_tokens <= context);

@@ -376,3 +376,101 @@ fn the_command_line_answers_as_transformers() {
     let (ok, out) = cli(&mqa.join("model"), &[], "caption en");
     assert!(!ok && out.contains("one image, got 0"), "{out}");
 }
+
+/// `paligemma serve` on `model` (a free port), killed when dropped.
+struct Server(std::process::Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(model: &Path) -> Server {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paligemma"))
+        .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
+        .args(["--precision", "f32"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://"));
+    let addr = url.unwrap_or_else(|| panic!("no address in {line:?}"));
+    Server(
+        child,
+        addr.trim_start_matches("http://")
+            .trim_end_matches('/')
+            .into(),
+    )
+}
+
+/// POSTs a chat completion of `messages` (OpenAI's format); the answer's ids.
+fn chat(server: &Server, messages: serde_json::Value) -> Vec<u32> {
+    use std::io::{Read, Write};
+    let body = serde_json::json!({"messages": messages, "max_tokens": 12}).to_string();
+    let mut s = std::net::TcpStream::connect(&server.1).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let json = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let ids = json["paligemma"]["generated_ids"].as_array();
+    let ids = ids.unwrap_or_else(|| panic!("no ids in {out}"));
+    ids.iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+/// The fixture's messages in OpenAI's format, each image part an image_url of `images` in turn.
+fn openai_messages(v: &serde_json::Value, images: &[PathBuf]) -> serde_json::Value {
+    use base64::Engine as _;
+    let mut next = images.iter().map(|p| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(p).unwrap());
+        serde_json::json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{b64}")}})
+    });
+    let mut out = v.clone();
+    for m in out.as_array_mut().unwrap() {
+        if let Some(parts) = m["content"].as_array_mut() {
+            for p in parts.iter_mut().filter(|p| p["type"] == "image") {
+                *p = next.next().unwrap();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_server_answers_conversations_as_transformers() {
+    for name in CASES {
+        let case = Case::open(name);
+        let server = serve(&case.dir.join("model"));
+        let n = case.expected["images"].as_array().unwrap().len();
+        let images: Vec<_> = ["image.png", "image2.png"][..n]
+            .iter()
+            .map(|f| case.dir.join(f))
+            .collect();
+        let messages = openai_messages(&case.expected["messages"], &images);
+        assert_eq!(
+            chat(&server, messages),
+            case.ids("generated_ids"),
+            "{name}: with images"
+        );
+        let text = openai_messages(&case.expected["text_messages"], &[]);
+        assert_eq!(
+            chat(&server, text),
+            case.ids("text_generated_ids"),
+            "{name}: text only"
+        );
+    }
+}

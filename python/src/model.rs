@@ -133,7 +133,7 @@ impl Model {
         // Bad input now, as `generate` reports it, rather than at the first piece.
         self.model.prompt_ids(&prompt).map_err(crate::py_error)?;
         let request = Request {
-            image: ImageInput::Image(Cow::Owned((*image.image).clone())),
+            images: vec![ImageInput::Image(Cow::Owned((*image.image).clone()))],
             prompt: prompt.as_str().into(),
             opts: options.opts.clone(),
         };
@@ -210,7 +210,7 @@ impl Model {
                     break;
                 };
                 let id = scheduler.submit(Request {
-                    image: ImageInput::Image(Cow::Owned((**image).clone())),
+                    images: vec![ImageInput::Image(Cow::Owned((**image).clone()))],
                     prompt: prompt.as_str().into(),
                     opts: opts.clone(),
                 })?;

@@ -18,6 +18,16 @@ pub struct ImageFeatures {
 }
 
 impl PaliGemma {
+    /// `image` as the model's processor prepares it: `[3, S, S]` f32, resized as Pillow
+    /// resizes (bicubic for PaliGemma, bilinear for Gemma 3), normalised to [-1, 1].
+    pub fn preprocess(&self, image: &image::DynamicImage) -> Vec<f32> {
+        let filter = match self.config.image_tokens {
+            None => Resample::Bicubic,
+            Some(_) => Resample::Bilinear,
+        };
+        preprocess_with(image, self.image_size() as u32, filter)
+    }
+
     /// Runs the vision tower and the projector on an image. Long work is submitted a layer at
     /// a time, returning to a frame loop between layers (see [`Gpu::set_polled_by_caller`]);
     /// nothing is awaited.
@@ -43,11 +53,7 @@ impl PaliGemma {
         let (s, c) = (self.image_size(), self.config.vision.num_channels);
         match image {
             ImageInput::Image(image) => {
-                let filter = match self.config.image_tokens {
-                    None => Resample::Bicubic,
-                    Some(_) => Resample::Bilinear,
-                };
-                let pixels = preprocess_with(&image, s as u32, filter);
+                let pixels = self.preprocess(&image);
                 self.gpu.upload_f32("pixels", &pixels)
             }
             ImageInput::Pixels(pixels) if pixels.len() != c * s * s => {

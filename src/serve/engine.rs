@@ -53,8 +53,9 @@ pub struct Outcome {
 
 /// One request for the engine.
 pub struct Job {
-    /// The preprocessed image, `[3, S, S]` (see [`crate::preprocess::preprocess`]).
-    pub pixels: Vec<f32>,
+    /// The preprocessed images, `[3, S, S]` each ([`PaliGemma::preprocess`]): PaliGemma's
+    /// one, Gemma 3's any number.
+    pub pixels: Vec<Vec<f32>>,
     /// The prompt, tokenized ([`PaliGemma::prompt_ids`]).
     pub prompt_ids: Vec<u32>,
     pub opts: GenerateOptions,
@@ -357,7 +358,11 @@ fn admit(
             prompt_tokens: job.prompt_ids.len(),
         };
         let request = Request {
-            image: ImageInput::Pixels(job.pixels.into()),
+            images: job
+                .pixels
+                .into_iter()
+                .map(|p| ImageInput::Pixels(p.into()))
+                .collect(),
             prompt: job.prompt_ids.into(),
             opts: job.opts,
         };

@@ -262,9 +262,39 @@ async fn accept(
 }
 
 /// The engine's job for a checked request (its event channel still to be set), and the
-/// image's size when the answer will hold boxes.
+/// image's size when the answer will hold boxes. PaliGemma answers the last user message
+/// about its image; Gemma 3 the whole conversation by its chat template.
 fn prepare(s: &AppState, chat: &ChatRequest) -> Result<(Job, Option<(u32, u32)>), ApiError> {
-    let bytes = match &chat.image {
+    let current = s.engine.current();
+    let model = &current.model;
+    let bad = |e: crate::Error| ApiError::bad(Some("messages"), e.to_string());
+    let (prompt_ids, images, detect) = if model.config().image_tokens.is_some() {
+        let ids = model.chat_ids(&chat.conversation).map_err(bad)?;
+        let images = chat.images.iter().map(|src| read_image(s, src));
+        (ids, images.collect::<Result<Vec<_>, _>>()?, None)
+    } else {
+        let (prompt, src) = chat.paligemma_input()?;
+        let image = read_image(s, src)?;
+        let size = (image.width(), image.height());
+        let detect = answers_with_boxes(&prompt).then_some(size);
+        (model.prompt_ids(&prompt).map_err(bad)?, vec![image], detect)
+    };
+    let context = model.config().text.max_position_embeddings;
+    let opts = generate_options(chat, prompt_ids.len(), context, s.opts.default_max_tokens)?;
+    let (events, _) = unbounded_channel();
+    let job = Job {
+        pixels: images.iter().map(|i| model.preprocess(i)).collect(),
+        prompt_ids,
+        opts,
+        stop: chat.stop.clone(),
+        events,
+    };
+    Ok((job, detect))
+}
+
+/// A request's image, decoded: a data: URI's bytes, or a local file where the server allows.
+fn read_image(s: &AppState, src: &ImageSource) -> Result<image::DynamicImage, ApiError> {
+    let bytes = match src {
         ImageSource::Bytes(b) => b.clone(),
         ImageSource::Path(p) if s.opts.allow_local_images => {
             let too_big =
@@ -289,26 +319,7 @@ fn prepare(s: &AppState, chat: &ChatRequest) -> Result<(Job, Option<(u32, u32)>)
             ));
         }
     };
-    let image = decode_image(&bytes, s.opts.max_image_side)?;
-    let current = s.engine.current();
-    let model = &current.model;
-    let prompt_ids = model
-        .prompt_ids(&chat.prompt)
-        .map_err(|e| ApiError::bad(Some("messages"), e.to_string()))?;
-    let prompt_len = prompt_ids.len();
-    let context = model.config().text.max_position_embeddings;
-    let opts = generate_options(chat, prompt_len, context, s.opts.default_max_tokens)?;
-    let detect = answers_with_boxes(&chat.prompt).then_some((image.width(), image.height()));
-    let pixels = crate::preprocess::preprocess(&image, model.image_size() as u32);
-    let (events, _) = unbounded_channel();
-    let job = Job {
-        pixels,
-        prompt_ids,
-        opts,
-        stop: chat.stop.clone(),
-        events,
-    };
-    Ok((job, detect))
+    decode_image(&bytes, s.opts.max_image_side)
 }
 
 /// Serves `app` on `listener` within `limits` until Ctrl-C.

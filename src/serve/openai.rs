@@ -6,6 +6,8 @@
 use base64::Engine as _;
 use serde::Deserialize;
 
+use crate::chat::{Message, Part as ChatPart};
+
 use crate::generation::GenerateOptions;
 use crate::sampling::SamplingOptions;
 
@@ -140,8 +142,10 @@ pub enum ImageSource {
 #[derive(Clone, Debug)]
 pub struct ChatRequest {
     pub model: Option<String>,
-    pub prompt: String,
-    pub image: ImageSource,
+    /// Every message, each image a part (Gemma 3's chat template takes them all).
+    pub conversation: Vec<Message>,
+    /// The images of the conversation, in order.
+    pub images: Vec<ImageSource>,
     /// `None`: up to the server's default or the context's end.
     pub max_tokens: Option<usize>,
     pub sampling: SamplingOptions,
@@ -185,10 +189,10 @@ impl RawRequest {
                 "max_tokens must be at least 1",
             ));
         }
-        let (prompt, url) = self.prompt_and_image()?;
+        let (conversation, images) = self.conversation()?;
         Ok(ChatRequest {
-            prompt,
-            image: image_source(&url)?,
+            conversation,
+            images,
             max_tokens: max_tokens.map(|n| n.min(usize::MAX as u64) as usize),
             sampling,
             stream: self.stream.unwrap_or(false),
@@ -262,52 +266,64 @@ impl RawRequest {
         }
     }
 
-    /// The last user message's text (trimmed, not empty) and its one image's URL.
-    fn prompt_and_image(&self) -> Result<(String, String), ApiError> {
-        let user = self
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == "user")
-            .ok_or_else(|| ApiError::bad(Some("messages"), "no user message"))?;
-        let mut prompt = String::new();
+    /// The messages as the chat template takes them, and their images in order.
+    fn conversation(&self) -> Result<(Vec<Message>, Vec<ImageSource>), ApiError> {
         let mut images = Vec::new();
-        match &user.content {
-            None => {}
-            Some(Content::Text(t)) => prompt.push_str(t),
-            Some(Content::Parts(parts)) => {
-                for part in parts {
-                    match part {
-                        Part::Text { text } => prompt.push_str(text),
-                        Part::ImageUrl { image_url } => images.push(image_url.url()),
-                    }
-                }
-            }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for m in &self.messages {
+            let content = match &m.content {
+                None => Vec::new(),
+                Some(Content::Text(text)) => vec![ChatPart::Text { text: text.clone() }],
+                Some(Content::Parts(parts)) => (parts.iter())
+                    .map(|part| match part {
+                        Part::Text { text } => Ok(ChatPart::Text { text: text.clone() }),
+                        Part::ImageUrl { image_url } => {
+                            images.push(image_source(image_url.url())?);
+                            Ok(ChatPart::Image)
+                        }
+                    })
+                    .collect::<Result<_, ApiError>>()?,
+            };
+            let role = m.role.clone();
+            messages.push(Message { role, content });
         }
-        let url = match images[..] {
-            [url] => url.to_string(),
-            [] => {
-                return Err(ApiError::bad(
-                    Some("messages"),
-                    "the user message has no image: PaliGemma answers about one image \
-                     (an image_url part with a data: URI)",
-                ));
-            }
-            _ => {
-                return Err(ApiError::bad(
-                    Some("messages"),
-                    format!(
-                        "{} images in one message; PaliGemma takes one",
-                        images.len()
-                    ),
-                ));
-            }
+        Ok((messages, images))
+    }
+}
+
+impl ChatRequest {
+    /// PaliGemma's input: the last user message's text (trimmed, not empty) and its one image.
+    pub fn paligemma_input(&self) -> Result<(String, &ImageSource), ApiError> {
+        let bad = |m: String| Err(ApiError::bad(Some("messages"), m));
+        let Some(last) = self.conversation.iter().rposition(|m| m.role == "user") else {
+            return bad("no user message".into());
         };
-        let prompt = prompt.trim().to_string();
-        if prompt.is_empty() {
-            return Err(ApiError::bad(Some("messages"), "the prompt text is empty"));
+        let is_image = |p: &&ChatPart| matches!(p, ChatPart::Image);
+        let parts = |m: &Message| m.content.iter().filter(is_image).count();
+        let before: usize = self.conversation[..last].iter().map(parts).sum();
+        let user = &self.conversation[last];
+        let text: String = (user.content.iter())
+            .filter_map(|p| match p {
+                ChatPart::Text { text } => Some(text.as_str()),
+                ChatPart::Image => None,
+            })
+            .collect();
+        match parts(user) {
+            1 => {}
+            0 => {
+                return bad(
+                    "the user message has no image: PaliGemma answers about one image \
+                     (an image_url part with a data: URI)"
+                        .into(),
+                );
+            }
+            n => return bad(format!("{n} images in one message; PaliGemma takes one")),
         }
-        Ok((prompt, url))
+        let prompt = text.trim().to_string();
+        if prompt.is_empty() {
+            return bad("the prompt text is empty".into());
+        }
+        Ok((prompt, &self.images[before]))
     }
 }
 
@@ -400,8 +416,11 @@ pub fn generate_options(
 mod tests {
     use super::*;
 
+    /// A request parsed and checked as PaliGemma's.
     fn req(json: &str) -> Result<ChatRequest, ApiError> {
-        ChatRequest::parse(json.as_bytes())
+        let r = ChatRequest::parse(json.as_bytes())?;
+        r.paligemma_input()?;
+        Ok(r)
     }
 
     const PNG_1X1: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg==";
@@ -412,11 +431,12 @@ mod tests {
             r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"text","text":"caption en"}},{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{PNG_1X1}"}}}}]}}],"max_tokens":5,"temperature":0.5,"seed":3,"stream":true,"frequency_penalty":0}}"#
         ))
         .unwrap();
-        assert_eq!(r.prompt, "caption en");
+        let (prompt, image) = r.paligemma_input().unwrap();
+        assert_eq!(prompt, "caption en");
         assert_eq!(r.max_tokens, Some(5));
         assert!(r.stream);
         assert_eq!(r.sampling.seed, 3);
-        let ImageSource::Bytes(b) = &r.image else {
+        let ImageSource::Bytes(b) = image else {
             panic!()
         };
         let img = decode_image(b, 16384).unwrap();

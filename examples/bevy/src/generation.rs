@@ -135,7 +135,7 @@ pub fn drive_generations(
     for r in pending.0.drain(..) {
         let frame = copy_frame(&r, &images, &device, &queue);
         let request = paligemma::Request {
-            image: ImageInput::Texture(frame),
+            images: vec![ImageInput::Texture(frame)],
             prompt: r.prompt.into(),
             opts: r.opts,
         };

@@ -359,7 +359,7 @@ fn submit(
     let image = paligemma::preprocess::load_image(path)?;
     let size = (image.width(), image.height());
     let id = scheduler.submit(Request {
-        image: image.into(),
+        images: vec![image.into()],
         prompt: prompt.into(),
         opts: opts.clone(),
     })?;
