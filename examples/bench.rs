@@ -3,6 +3,7 @@
 //!
 //!   cargo run --release --example bench                      # paligemma-3b at 224, 448, 896
 //!   cargo run --release --example bench -- --decoder gemma2  # paligemma2-3b (also gemma2-10b, gemma2-28b)
+//!   cargo run --release --example bench -- --decoder gemma3-4b  # Gemma 3 4B at 896 (also 12b, 27b)
 //!   cargo run --release --example bench -- --small           # a small shape (lavapipe, CI)
 //!   cargo run --release --example bench -- --kernels         # each kernel at the model's sizes
 //!   cargo run --release --example bench -- --sizes           # GPU memory of every checkpoint
@@ -24,7 +25,8 @@ struct Args {
     /// Resolutions to run (224, 448, 896).
     #[arg(long, value_delimiter = ',', default_value = "224,448,896")]
     res: Vec<usize>,
-    /// gemma (PaliGemma 3B), gemma2 (PaliGemma 2 3B), gemma2-10b or gemma2-28b.
+    /// gemma (PaliGemma 3B), gemma2 (PaliGemma 2 3B), gemma2-10b, gemma2-28b, or Gemma 3's
+    /// gemma3-4b, gemma3-12b, gemma3-27b (at 896 px whatever --res says).
     #[arg(long, default_value = "gemma")]
     decoder: String,
     /// Decode steps to time.
@@ -82,16 +84,32 @@ fn print_sizes() {
         ("paligemma2-10b", PaliGemmaConfig::paligemma2_10b),
         ("paligemma2-28b", PaliGemmaConfig::paligemma2_28b),
     ];
-    for (name, config) in families {
-        for res in [224, 448, 896] {
-            let cfg = config(res);
+    type Preset = fn() -> PaliGemmaConfig;
+    let gemma3: [(&str, Preset); 3] = [
+        ("gemma-3-4b", PaliGemmaConfig::gemma3_4b),
+        ("gemma-3-12b", PaliGemmaConfig::gemma3_12b),
+        ("gemma-3-27b", PaliGemmaConfig::gemma3_27b),
+    ];
+    let rows = families
+        .iter()
+        .flat_map(|&(name, config)| [224, 448, 896].map(|r| (format!("{name}-{r}"), config(r))))
+        .chain(
+            gemma3
+                .iter()
+                .map(|&(name, config)| (name.to_string(), config())),
+        );
+    for (name, cfg) in rows {
+        {
             let [f16, q8, q4] = [Precision::F16, Precision::Q8, Precision::Q4]
                 .map(|p| cfg.footprint(p, WeightFormat::Bf16));
-            let tokens = cfg.vision.num_patches() + 32 + 256;
+            let image_tokens = cfg
+                .image_tokens
+                .as_ref()
+                .map_or(cfg.vision.num_patches(), |t| t.tokens_per_image);
+            let tokens = image_tokens + 32 + 256;
             let kv = q4.kv_per_token * tokens as u64;
             println!(
-                "| {name}-{res} | {} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {:.0} | {:.1} / {:.1} |",
-                cfg.vision.num_patches(),
+                "| {name} | {image_tokens} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {:.0} | {:.1} / {:.1} |",
                 gib(f16.weights()),
                 gib(q8.weights()),
                 gib(q4.weights()),
@@ -105,6 +123,35 @@ fn print_sizes() {
             );
         }
     }
+}
+
+/// The published shape `--decoder` names, at `r` px (Gemma 3: 896 px whatever `r`).
+fn shape(decoder: &str, r: usize) -> anyhow::Result<(String, PaliGemmaConfig)> {
+    Ok(match decoder {
+        "gemma" => (
+            format!("paligemma-3b-{r}"),
+            PaliGemmaConfig::paligemma_3b(r),
+        ),
+        "gemma2" => (
+            format!("paligemma2-3b-{r}"),
+            PaliGemmaConfig::paligemma2_3b(r),
+        ),
+        "gemma2-10b" => (
+            format!("paligemma2-10b-{r}"),
+            PaliGemmaConfig::paligemma2_10b(r),
+        ),
+        "gemma2-28b" => (
+            format!("paligemma2-28b-{r}"),
+            PaliGemmaConfig::paligemma2_28b(r),
+        ),
+        "gemma3-4b" => ("gemma-3-4b".into(), PaliGemmaConfig::gemma3_4b()),
+        "gemma3-12b" => ("gemma-3-12b".into(), PaliGemmaConfig::gemma3_12b()),
+        "gemma3-27b" => ("gemma-3-27b".into(), PaliGemmaConfig::gemma3_27b()),
+        d => anyhow::bail!(
+            "--decoder {d}: expected gemma, gemma2, gemma2-10b, gemma2-28b, gemma3-4b, \
+             gemma3-12b or gemma3-27b"
+        ),
+    })
 }
 
 /// The kernel table's real-size cases: time per run and the bandwidth their bytes imply.
@@ -198,30 +245,15 @@ fn main() -> anyhow::Result<()> {
     let shapes: Vec<(String, PaliGemmaConfig)> = if args.small {
         vec![("small-112".into(), small_config())]
     } else {
-        args.res
-            .iter()
-            .map(|&r| match args.decoder.as_str() {
-                "gemma2" => Ok((
-                    format!("paligemma2-3b-{r}"),
-                    PaliGemmaConfig::paligemma2_3b(r),
-                )),
-                "gemma2-10b" => Ok((
-                    format!("paligemma2-10b-{r}"),
-                    PaliGemmaConfig::paligemma2_10b(r),
-                )),
-                "gemma2-28b" => Ok((
-                    format!("paligemma2-28b-{r}"),
-                    PaliGemmaConfig::paligemma2_28b(r),
-                )),
-                "gemma" => Ok((
-                    format!("paligemma-3b-{r}"),
-                    PaliGemmaConfig::paligemma_3b(r),
-                )),
-                d => {
-                    anyhow::bail!("--decoder {d}: expected gemma, gemma2, gemma2-10b or gemma2-28b")
-                }
-            })
-            .collect::<anyhow::Result<_>>()?
+        let mut shapes = Vec::new();
+        for &r in &args.res {
+            match shape(&args.decoder, r)? {
+                // Gemma 3 has one resolution: bench it once.
+                s if shapes.contains(&s) => {}
+                s => shapes.push(s),
+            }
+        }
+        shapes
     };
     let (format, precision) = match args.precision.as_str() {
         "f32" => (WeightFormat::F32, Precision::F32),

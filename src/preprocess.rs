@@ -62,7 +62,7 @@ pub enum Resample {
 
 impl Resample {
     /// The kernel and its support.
-    fn kernel(self) -> (fn(f64) -> f64, f64) {
+    pub(crate) fn kernel(self) -> (fn(f64) -> f64, f64) {
         match self {
             Resample::Bicubic => (bicubic, 2.0),
             Resample::Bilinear => (bilinear, 1.0),

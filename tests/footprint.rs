@@ -11,7 +11,15 @@ use paligemma::{PaliGemma, Precision, WeightFormat};
 #[test]
 fn the_footprint_is_what_a_built_model_allocates() {
     let precisions = [Precision::F32, Precision::F16, Precision::Q8, Precision::Q4];
-    for case in ["mqa", "gqa", "gemma2", "untied", "realdims"] {
+    for case in [
+        "mqa",
+        "gqa",
+        "gemma2",
+        "untied",
+        "realdims",
+        "gemma3",
+        "gemma3_two",
+    ] {
         let cfg =
             PaliGemmaConfig::from_file(&fixture_path(case).join("model/config.json")).unwrap();
         for stored in [WeightFormat::Bf16, WeightFormat::F32] {

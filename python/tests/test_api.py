@@ -35,6 +35,17 @@ def test_fixture_ids_equal_the_cli_and_transformers(case):
     assert out.finish_reason in ("stop", "length")
 
 
+def test_a_gemma3_folder_answers_as_the_cli_and_transformers():
+    # Gemma 3: the prompt is the user's message, laid out by the checkpoint's chat template.
+    case = MQA.parent / "gemma3"
+    expected = json.loads((case / "expected.json").read_text())
+    model = pg.PaliGemma(case / "model", precision="f32")
+    prompt = "What is in this picture?"
+    out = model.generate(case / "image.png", prompt, max_new_tokens=12)
+    assert out.prompt_ids == expected["input_ids"]
+    assert out.generated_ids == expected["generated_ids"]
+
+
 def test_every_image_input_answers_alike(mqa):
     path = MQA / "image.png"
     pil = Image.open(path)

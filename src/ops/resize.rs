@@ -8,7 +8,7 @@ use super::{View, grid_for, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::Recorder;
 use crate::preprocess::{
-    PRECISION_BITS, bicubic, fixed_point, normalize_level, precompute_coeffs, vertical_first,
+    PRECISION_BITS, Resample, fixed_point, normalize_level, precompute_coeffs, vertical_first,
 };
 use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
@@ -106,12 +106,14 @@ fn normalized_levels() -> [f32; 256] {
     std::array::from_fn(|v| normalize_level(v as u8))
 }
 
-/// Records the preprocessing of `texture` into `out` (`[3, size * size]`): copy, bicubic
-/// passes (skipped where a side already has the size), normalisation.
+/// Records the preprocessing of `texture` into `out` (`[3, size * size]`): copy, resize passes
+/// by `filter` (PaliGemma's bicubic, Gemma 3's bilinear; skipped where a side already has the
+/// size), normalisation.
 pub fn preprocess_texture(
     rec: &mut Recorder,
     texture: &wgpu::Texture,
     size: usize,
+    filter: Resample,
     out: View,
 ) -> Result<()> {
     let shifts = check_texture(texture)?;
@@ -139,7 +141,8 @@ pub fn preprocess_texture(
         if n_in == n_out {
             continue;
         }
-        let c = precompute_coeffs(n_in, n_out, bicubic, 2.0);
+        let (kernel, support) = filter.kernel();
+        let c = precompute_coeffs(n_in, n_out, kernel, support);
         let mut table: Vec<i32> = c
             .bounds
             .iter()

@@ -21,11 +21,15 @@ impl PaliGemma {
     /// `image` as the model's processor prepares it: `[3, S, S]` f32, resized as Pillow
     /// resizes (bicubic for PaliGemma, bilinear for Gemma 3), normalised to [-1, 1].
     pub fn preprocess(&self, image: &image::DynamicImage) -> Vec<f32> {
-        let filter = match self.config.image_tokens {
+        preprocess_with(image, self.image_size() as u32, self.resample())
+    }
+
+    /// The processor's resize filter.
+    fn resample(&self) -> Resample {
+        match self.config.image_tokens {
             None => Resample::Bicubic,
             Some(_) => Resample::Bilinear,
-        };
-        preprocess_with(image, self.image_size() as u32, filter)
+        }
     }
 
     /// Runs the vision tower and the projector on an image. Long work is submitted a layer at
@@ -67,7 +71,8 @@ impl PaliGemma {
                 let pixels = self.gpu.storage("pixels", (3 * s * s * 4) as u64)?;
                 let mut rec = self.gpu.recorder();
                 let out = View::new(&pixels, 3, s * s);
-                crate::ops::resize::preprocess_texture(&mut rec, &texture, s, out)?;
+                let filter = self.resample();
+                crate::ops::resize::preprocess_texture(&mut rec, &texture, s, filter, out)?;
                 rec.submit("preprocessing a texture")?;
                 Ok(pixels)
             }

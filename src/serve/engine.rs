@@ -262,6 +262,10 @@ fn run(shared: &Shared, jobs: Receiver<Job>, opts: EngineOptions, reload: Option
             recover(shared, reload.as_ref(), &lost.to_string());
             continue;
         }
+        // The gauges first: a client told its answer is done then sees it gone from them.
+        m.running.set(scheduler.running() as i64);
+        m.gpu_memory
+            .set((model.weight_memory() + scheduler.gpu_bytes()) as i64);
         match stepped {
             Ok(events) => {
                 for event in events {
@@ -275,9 +279,6 @@ fn run(shared: &Shared, jobs: Receiver<Job>, opts: EngineOptions, reload: Option
                 fail_all(&mut clients, 500, &e.to_string());
             }
         }
-        m.running.set(scheduler.running() as i64);
-        m.gpu_memory
-            .set((model.weight_memory() + scheduler.gpu_bytes()) as i64);
     }
 }
 

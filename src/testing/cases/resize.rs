@@ -4,7 +4,7 @@
 use super::prepared;
 use crate::ops::View;
 use crate::ops::resize::preprocess_texture;
-use crate::preprocess::preprocess;
+use crate::preprocess::{Resample, preprocess_with};
 use crate::testing::KernelCase;
 
 /// A texture of `format` holding `rgba` (w x h x 4 bytes in RGBA order; BGRA formats get them
@@ -57,26 +57,37 @@ pub fn texture_with(
 
 pub(super) fn resize_cases(v: &mut Vec<KernelCase>) {
     use wgpu::TextureFormat as F;
-    for (w, h, size, format, real) in [
-        (1, 1, 8, F::Rgba8Unorm, false),
-        (5, 7, 32, F::Rgba8Unorm, false),
-        (97, 61, 32, F::Bgra8Unorm, false),
-        (33, 130, 16, F::Rgba8UnormSrgb, false), // tall: Pillow 13 resamples vertically first
-        (32, 32, 32, F::Bgra8UnormSrgb, false),  // already the size: normalisation only
-        (65, 32, 32, F::Rgba8Unorm, false),      // one axis already the size
-        (1920, 1080, 224, F::Bgra8UnormSrgb, true),
-        (1280, 720, 448, F::Rgba8UnormSrgb, true),
-        (800, 600, 896, F::Rgba8Unorm, true),
+    let (cubic, linear) = (Resample::Bicubic, Resample::Bilinear);
+    for (w, h, size, format, filter, real) in [
+        (1, 1, 8, F::Rgba8Unorm, cubic, false),
+        (5, 7, 32, F::Rgba8Unorm, cubic, false),
+        (97, 61, 32, F::Bgra8Unorm, cubic, false),
+        (97, 61, 32, F::Bgra8Unorm, linear, false),
+        (33, 130, 16, F::Rgba8UnormSrgb, cubic, false), // tall: Pillow 13 resamples vertically first
+        (33, 130, 16, F::Rgba8UnormSrgb, linear, false),
+        (32, 32, 32, F::Bgra8UnormSrgb, cubic, false), // already the size: normalisation only
+        (65, 32, 32, F::Rgba8Unorm, cubic, false),     // one axis already the size
+        (1920, 1080, 224, F::Bgra8UnormSrgb, cubic, true),
+        (1280, 720, 448, F::Rgba8UnormSrgb, cubic, true),
+        (800, 600, 896, F::Rgba8Unorm, cubic, true),
+        (1920, 1080, 896, F::Bgra8UnormSrgb, linear, true), // Gemma 3
     ] {
-        let case = preprocess_texture_case(w, h, size, format);
+        let case = preprocess_texture_case(w, h, size, format, filter);
         v.push(if real { case.real() } else { case });
     }
     refused_texture_cases(v);
 }
 
-/// A random `w` x `h` texture of `format` preprocessed to `size`: the CPU preprocessor's bits.
-fn preprocess_texture_case(w: u32, h: u32, size: u32, format: wgpu::TextureFormat) -> KernelCase {
-    let name = format!("preprocess_texture {w}x{h} {format:?} -> {size}");
+/// A random `w` x `h` texture of `format` preprocessed to `size` by `filter`: the CPU
+/// preprocessor's bits.
+fn preprocess_texture_case(
+    w: u32,
+    h: u32,
+    size: u32,
+    format: wgpu::TextureFormat,
+    filter: Resample,
+) -> KernelCase {
+    let name = format!("preprocess_texture {w}x{h} {format:?} -> {size} {filter:?}");
     KernelCase::new("resize", name, 0.0, move |io| {
         let rgba: Vec<u8> = io
             .rand((w * h * 4) as usize, 1.0)
@@ -91,11 +102,14 @@ fn preprocess_texture_case(w: u32, h: u32, size: u32, format: wgpu::TextureForma
         prepared(
             out,
             init.len(),
-            move |rec| preprocess_texture(rec, &texture, size as usize, placed_pixels(&o, size)),
+            move |rec| {
+                let out = placed_pixels(&o, size);
+                preprocess_texture(rec, &texture, size as usize, filter, out)
+            },
             move || {
                 let rgb: Vec<u8> = rgba.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
                 let img = image::RgbImage::from_raw(w, h, rgb).expect("w * h pixels");
-                let px = preprocess(&image::DynamicImage::ImageRgb8(img), size);
+                let px = preprocess_with(&image::DynamicImage::ImageRgb8(img), size, filter);
                 let mut want = init;
                 want[2..2 + n].copy_from_slice(&px);
                 want
@@ -143,7 +157,10 @@ fn refused_texture_cases(v: &mut Vec<KernelCase>) {
                     prepared(
                         out,
                         3 * 64,
-                        move |rec| preprocess_texture(rec, &texture, 8, View::new(&o, 3, 64)),
+                        move |rec| {
+                            let out = View::new(&o, 3, 64);
+                            preprocess_texture(rec, &texture, 8, Resample::Bicubic, out)
+                        },
                         Vec::new,
                     )
                 },
