@@ -265,9 +265,9 @@ fn main() -> anyhow::Result<()> {
     if !args.json {
         println!("adapter: {}", gpu.adapter_name());
         println!(
-            "| model | precision | upload s | vision ms | prefill ms (tokens) | TTFT ms | decode tok/s | decode GB/token | decode GB/s | GPU vision / prefill / step ms | weights MiB | state MiB | dispatches per token |"
+            "| model | precision | upload s | vision ms | prefill ms (tokens) | TTFT ms | decode tok/s | decode GB/token | decode GB/s | GPU vision / prefill / step ms | weights MiB | state MiB | dispatches per token | host us per step |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
     for (name, cfg) in shapes {
         let before = gpu.allocated_bytes();
@@ -310,15 +310,20 @@ fn main() -> anyhow::Result<()> {
         let mut tok = model.block_on(model.prefill(&mut session, &ids, &feats))?;
         let mut scratch = model.decode_scratch()?;
         tok = model.block_on(model.step(&mut scratch, &mut [&mut session], &[tok]))?[0]; // warm-up step
-        let t = Instant::now();
+        let (t, dispatched) = (Instant::now(), gpu.dispatch_count());
+        let mut host_us = Vec::with_capacity(args.new);
         for _ in 0..args.new {
             tok = model.block_on(model.step(
                 &mut scratch,
                 &mut [&mut session],
                 &[tok.min(cfg.text.vocab_size as u32 - 1)],
             ))?[0];
+            host_us.push(scratch.last_host_us());
         }
         let decode_s = t.elapsed().as_secs_f64();
+        // Counted as recorded: no timestamp queries needed.
+        let dispatches = (gpu.dispatch_count() - dispatched) as usize / args.new.max(1);
+        let host_us = median(host_us);
         // The same work timed by GPU timestamps.
         gpu.set_profiling(true, false);
         model.block_on(model.encode(paligemma::ImageInput::pixels(&pixels)))?;
@@ -348,11 +353,6 @@ fn main() -> anyhow::Result<()> {
             t3 = model.block_on(model.step(&mut scratch, &mut [&mut s3], &[t]))?[0];
         }
         let decode_kernels = gpu.take_kernel_times();
-        // None without timestamp queries (the profile counts nothing then).
-        let dispatches = match decode_kernels.iter().map(|k| k.1).sum::<usize>() {
-            0 => None,
-            n => Some(n / 8),
-        };
         if args.profile {
             print_kernels(&format!("{name} prefill"), prefill_kernels);
             print_kernels(&format!("{name} 8 decode steps"), decode_kernels);
@@ -380,11 +380,12 @@ fn main() -> anyhow::Result<()> {
                     "weights_mib": weights_mib, "session_mib": session_mib,
                     "gpu_vision_ms": gpu_vision, "gpu_prefill_ms": gpu_prefill,
                     "gpu_decode_step_ms": gpu_step, "decode_dispatches_per_token": dispatches,
+                    "decode_host_us_per_step": host_us,
                 })
             );
         } else {
             println!(
-                "| {name} | {} | {upload_s:.2} | {v:.1} | {p:.1} ({}) | {:.1} | {tps:.1} | {:.3} | {gbs:.1} | {} / {} / {} | {weights_mib:.0} | {session_mib:.0} | {} |",
+                "| {name} | {} | {upload_s:.2} | {v:.1} | {p:.1} ({}) | {:.1} | {tps:.1} | {:.3} | {gbs:.1} | {} / {} / {} | {weights_mib:.0} | {session_mib:.0} | {dispatches} | {host_us:.0} |",
                 args.precision,
                 ids.len(),
                 v + p,
@@ -392,7 +393,6 @@ fn main() -> anyhow::Result<()> {
                 fmt(gpu_vision),
                 fmt(gpu_prefill),
                 fmt(gpu_step),
-                dispatches.map_or("-".to_string(), |n| n.to_string()),
             );
         }
         if !args.json && !batch_rows.is_empty() {

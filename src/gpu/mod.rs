@@ -90,6 +90,8 @@ struct Inner {
     cooperative_matrix: std::sync::atomic::AtomicBool,
     /// Bytes uploaded since the queue was last flushed (see `buffers::FLUSH_BYTES`).
     unflushed: AtomicU64,
+    /// Compute dispatches recorded so far (a cumulative counter, for `bench`).
+    dispatched: AtomicU64,
     /// A 16-byte buffer bound where a kernel's optional input (e.g. a bias) is absent.
     dummy: wgpu::Buffer,
     pipelines: RwLock<pipelines::Cache>,
@@ -243,6 +245,7 @@ impl Gpu {
                 reported,
                 allocated: AtomicU64::new(0),
                 unflushed: AtomicU64::new(0),
+                dispatched: AtomicU64::new(0),
                 polled_by_caller: Default::default(),
                 cooperative_matrix: Default::default(),
                 dummy,
@@ -288,6 +291,16 @@ impl Gpu {
     /// requirement).
     pub(crate) fn store_cooperative_matrix(&self, on: bool) {
         self.inner.cooperative_matrix.store(on, Ordering::Relaxed);
+    }
+
+    /// Compute dispatches recorded through this `Gpu` so far (a cumulative counter: a decode
+    /// step's count is a difference of it).
+    pub fn dispatch_count(&self) -> u64 {
+        self.inner.dispatched.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_dispatch(&self) {
+        self.inner.dispatched.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Bytes allocated through this `Gpu` so far (a cumulative counter).

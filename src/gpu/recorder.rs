@@ -71,6 +71,7 @@ impl Recorder<'_> {
     ) -> Result<()> {
         let kernel = kernel.into();
         kernel.entry.check(size_of::<P>(), buffers.len())?;
+        self.gpu.count_dispatch();
         let pipeline = self.gpu.pipeline(kernel)?;
         let align = self.gpu.limits().min_uniform_buffer_offset_alignment as usize;
         let offset = self.params.len().div_ceil(align) * align;

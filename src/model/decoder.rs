@@ -197,6 +197,7 @@ impl TextModel {
             return Ok(Vec::new());
         }
         self.check_step(states, tokens)?;
+        let recording = web_time::Instant::now();
         let n = states.len();
         b.reserve(gpu, &self.cfg, n)?;
         for (g, (group, ids)) in states
@@ -206,6 +207,7 @@ impl TextModel {
         {
             self.step_group(gpu, b, g, group, ids).await?;
         }
+        b.host_us = recording.elapsed().as_secs_f64() * 1e6;
         let next = gpu.read_mapped(&b.readback, n).await?;
         for s in states.iter_mut() {
             s.len += 1;

@@ -159,7 +159,7 @@ impl Activations {
 /// (`PaliGemma::decode_scratch`), grown to the rows asked for.
 pub struct DecodeScratch {
     pub(crate) activations: Option<Activations>,
-    /// `u32 [rows]`: each row's token id, then its RoPE position (1-based).
+    /// `u32 [rows]`: each row's token id, then its RoPE position.
     pub(crate) ids: wgpu::Buffer,
     pub(crate) positions: wgpu::Buffer,
     /// `[rows, kv_heads * hd]`: the new keys and values of rows of several sequences.
@@ -174,9 +174,18 @@ pub struct DecodeScratch {
     pub(crate) readback: wgpu::Buffer,
     /// Per group of GEMV_BATCH states: its cached bind groups, and whose they are.
     groups: Vec<(Vec<u64>, DispatchCache)>,
+    /// Microseconds the last step spent recording and submitting (its wait for the GPU
+    /// excluded).
+    pub(crate) host_us: f64,
 }
 
 impl DecodeScratch {
+    /// Microseconds the last [`step`](crate::PaliGemma::step) spent on the host recording and
+    /// submitting its work, the wait for the GPU excluded: the part a faster GPU cannot hide.
+    pub fn last_host_us(&self) -> f64 {
+        self.host_us
+    }
+
     pub(crate) fn new(gpu: &Gpu, c: &TextConfig) -> Result<DecodeScratch> {
         let kv = (GEMV_BATCH * c.num_key_value_heads * c.head_dim * 4) as u64;
         let u32s = |label: &str| gpu.storage(label, (GEMV_BATCH * 4) as u64);
@@ -190,6 +199,7 @@ impl DecodeScratch {
             tokens: u32s("step tokens")?,
             readback: gpu.read_back_buffer("step tokens read-back", (GEMV_BATCH * 4) as u64)?,
             groups: Vec::new(),
+            host_us: 0.0,
         })
     }
 
