@@ -474,3 +474,54 @@ fn the_server_answers_conversations_as_transformers() {
         );
     }
 }
+
+#[test]
+fn batch_answers_each_image_as_transformers() {
+    // A folder holding the fixture's image twice, decoded together in one batch: each answer
+    // as transformers gives it alone.
+    let case = Case::open("gemma3");
+    let dir = std::env::temp_dir().join(format!("paligemma-g3-batch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["a.png", "b.png"] {
+        std::fs::copy(case.dir.join("image.png"), dir.join(name)).unwrap();
+    }
+    let out = dir.join("answers.jsonl");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_paligemma"))
+        .args(["batch", "--model", case.dir.join("model").to_str().unwrap()])
+        .args([
+            "--prompt",
+            "What is in this picture?",
+            "--max-new-tokens",
+            "12",
+        ])
+        .args([
+            "--precision",
+            "f32",
+            "--max-batch",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let answers: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 2, "{lines}");
+    for a in &answers {
+        let ids: Vec<u32> = (a["generated_ids"].as_array().unwrap().iter())
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, case.ids("generated_ids"), "{a}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
