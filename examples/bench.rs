@@ -107,7 +107,7 @@ fn print_sizes() {
                 .as_ref()
                 .map_or(cfg.vision.num_patches(), |t| t.tokens_per_image);
             let tokens = image_tokens + 32 + 256;
-            let kv = q4.kv_per_token * tokens as u64;
+            let kv = q4.kv_bytes(tokens);
             println!(
                 "| {name} | {image_tokens} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {:.0} | {:.1} / {:.1} |",
                 gib(f16.weights()),

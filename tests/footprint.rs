@@ -34,8 +34,8 @@ fn the_footprint_is_what_a_built_model_allocates() {
                 assert_eq!(model.weight_memory(), want.weights(), "{what}: weights");
                 assert_eq!(model.decode_weight_bytes(), want.decode_reads, "{what}");
                 let state = model.new_state(64, 0).unwrap();
-                assert!(state.gpu_bytes() >= 64 * want.kv_per_token, "{what}");
-                let beyond_kv = state.gpu_bytes() - 64 * want.kv_per_token;
+                assert!(state.gpu_bytes() >= want.kv_bytes(64), "{what}");
+                let beyond_kv = state.gpu_bytes() - want.kv_bytes(64);
                 assert!(
                     beyond_kv <= (cfg.text.vocab_size * 4 + (1 << 20)) as u64,
                     "{what}"

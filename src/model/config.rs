@@ -107,6 +107,18 @@ impl TextConfig {
         }
     }
 
+    /// Gemma 3: the slots of layer `li`'s KV cache when it is a ring of the window's last
+    /// keys (a sliding layer of a state longer than the window); None when it holds every
+    /// position. A key the window has left is never seen again by a later query: Gemma 3's
+    /// mask is AND(window, ..), so only its last `window` positions matter after a prompt.
+    /// (PaliGemma 2's prefix sees its whole self whatever the window, so it keeps them all.)
+    pub fn ring_slots(&self, li: usize, capacity: usize) -> Option<usize> {
+        match (self.decoder, self.sliding_window) {
+            (Decoder::Gemma3, Some(w)) if self.sliding_layers[li] && w < capacity => Some(w),
+            _ => None,
+        }
+    }
+
     /// The RoPE of a sliding (`true`) or full-attention layer.
     pub fn rope_of(&self, sliding: bool) -> Rope {
         match (sliding, self.sliding_rope) {

@@ -19,14 +19,26 @@ pub struct Footprint {
     /// What a decode step reads of it: every layer's matrices and the logits table. With the
     /// bandwidth, the floor of the time per token.
     pub decode_reads: u64,
-    /// Keys and values of every layer for one token (f32).
+    /// Keys and values for one token (f32) of the layers that keep every position.
     pub kv_per_token: u64,
+    /// The same for Gemma 3's sliding layers, whose caches stop growing at `window` rows.
+    pub kv_sliding_per_token: u64,
+    pub window: usize,
 }
 
 impl Footprint {
     /// All weights.
     pub fn weights(&self) -> u64 {
         self.vision + self.projector + self.decoder
+    }
+
+    /// The KV cache of a sequence of `tokens` positions.
+    pub fn kv_bytes(&self, tokens: usize) -> u64 {
+        let ring = match self.window {
+            0 => tokens,
+            w => tokens.min(w),
+        };
+        self.kv_per_token * tokens as u64 + self.kv_sliding_per_token * ring as u64
     }
 }
 
@@ -70,12 +82,21 @@ impl PaliGemmaConfig {
         let rope = tables * f32s(2 * (t.max_position_embeddings + 1) * hd / 2);
         let norm_bytes = layers * (f32s(norms * h) + qk_norms);
         let decoder = decode_reads + untied + norm_bytes + f32s(h) + rope;
+        // Gemma 3's sliding layers keep a ring of the window's rows (see `ring_slots`).
+        let ring_window = match t.decoder {
+            super::config::Decoder::Gemma3 => t.sliding_window.unwrap_or(0),
+            _ => 0,
+        };
+        let sliding = t.sliding_layers.iter().filter(|&&s| s).count();
+        let growing = t.num_hidden_layers - if ring_window > 0 { sliding } else { 0 };
         Footprint {
             vision,
             projector,
             decoder,
             decode_reads,
-            kv_per_token: f32s(t.num_hidden_layers * 2 * kvd),
+            kv_per_token: f32s(growing * 2 * kvd),
+            kv_sliding_per_token: f32s((t.num_hidden_layers - growing) * 2 * kvd),
+            window: ring_window,
         }
     }
 }

@@ -11,7 +11,7 @@ use super::state::{Activations, LayerCache, rows_of};
 use crate::error::Result;
 use crate::gpu::Recorder;
 use crate::ops::View;
-use crate::ops::attention::{AttentionKernel, Blocks, attention};
+use crate::ops::attention::{AttentionKernel, AttentionParams, Blocks, attention};
 use crate::ops::rope::{RopeTables, rope_at, rope_qk};
 
 /// Consecutive rows of a pass that belong to one sequence.
@@ -99,17 +99,35 @@ impl<'a> Pass<'a> {
     }
 
     /// Where layer `li`'s projections write the new keys and values: straight into the cache
-    /// rows of a single span, or gathered for several.
+    /// rows of a single span (a ring layer's rows for their positions), gathered for several,
+    /// or, for a prompt longer than a ring layer's window, a scratch of the whole prompt.
     pub fn new_keys_values(&self, li: usize) -> (View<'a>, View<'a>) {
         let w = self.kv_width();
         match (&self.gathered, &self.spans[..]) {
             (Some(g), _) => (self.packed(g.keys, w), self.packed(g.values, w)),
-            (None, [s]) => (
-                rows_of(&s.cache[li].keys, s.start, s.rows, w),
-                rows_of(&s.cache[li].values, s.start, s.rows, w),
-            ),
+            (None, [s]) => match self.overflow(s, li) {
+                Some((k, v)) => (self.packed(k, w), self.packed(v, w)),
+                None => {
+                    let (c, row) = (&s.cache[li], s.cache[li].row_of(s.start));
+                    (
+                        rows_of(&c.keys, row, s.rows, w),
+                        rows_of(&c.values, row, s.rows, w),
+                    )
+                }
+            },
             (None, _) => unreachable!("a pass of several spans gathers its keys"),
         }
+    }
+
+    /// The scratch holding a span's keys and values when they overflow layer `li`'s ring (a
+    /// prompt longer than the window).
+    fn overflow(&self, s: &Span<'a>, li: usize) -> Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)> {
+        let ring = s.cache[li].ring?;
+        if s.rows == 1 || s.start + s.rows <= ring {
+            return None;
+        }
+        let (k, v) = self.acts.overflow.as_ref()?;
+        Some((k, v))
     }
 
     /// RoPE on the queries and the new keys, at each row's position (a sliding layer's own
@@ -133,39 +151,67 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// Copies gathered keys and values into each span's cache (nothing for a single span,
-    /// whose projections wrote them in place).
+    /// Copies gathered keys and values into each span's cache, and an overflowed prompt's last
+    /// window of them into the ring (nothing for a single span written in place).
     pub fn store_keys_values(&self, rec: &mut Recorder, li: usize, keys: View, values: View) {
-        if self.gathered.is_none() {
-            return;
-        }
         let row_bytes = (self.kv_width() * 4) as u64;
         for s in &self.spans {
-            let (at, dst) = (s.first_row as u64 * row_bytes, s.start as u64 * row_bytes);
-            let bytes = s.rows as u64 * row_bytes;
-            rec.copy(keys.buffer, at, &s.cache[li].keys, dst, bytes);
-            rec.copy(values.buffer, at, &s.cache[li].values, dst, bytes);
+            let c = &s.cache[li];
+            // (first row of the span to copy, rows)
+            let copy = match (&self.gathered, self.overflow(s, li)) {
+                (Some(_), _) => (0, s.rows),
+                (None, Some(_)) => {
+                    let kept = c.ring.unwrap_or(s.rows).min(s.rows);
+                    (s.rows - kept, kept)
+                }
+                (None, None) => continue,
+            };
+            // Position by position run, split where the ring wraps.
+            let (mut r, end) = (copy.0, copy.0 + copy.1);
+            while r < end {
+                let slot = c.row_of(s.start + r);
+                let n = (end - r).min(c.ring.map_or(usize::MAX, |w| w - slot));
+                let at = (s.first_row + r) as u64 * row_bytes;
+                let (dst, bytes) = (slot as u64 * row_bytes, n as u64 * row_bytes);
+                rec.copy(keys.buffer, at, &c.keys, dst, bytes);
+                rec.copy(values.buffer, at, &c.values, dst, bytes);
+                r += n;
+            }
         }
     }
 
-    /// Each span's queries attend over its own cache (`sliding`: the windowed layers):
-    /// the blocked kernel for many rows, the split one for a single row.
+    /// Each span's queries attend over its own cache (`sliding`: the windowed layers): the
+    /// blocked kernel for many rows, the split one for a single row. A ring layer's row past
+    /// the window attends to the whole ring: it holds exactly the window's keys.
     pub fn attend(&self, rec: &mut Recorder, li: usize, sliding: bool) -> Result<()> {
         let w = self.kv_width();
         for s in &self.spans {
-            let params = self
+            let c = &s.cache[li];
+            let mut params = self
                 .cfg
                 .attention(sliding, s.rows, s.start, s.prefix_len, s.blocks);
+            let (keys, values) = match (self.overflow(s, li), c.ring) {
+                (Some((k, v)), _) if s.start == 0 => (k, v),
+                (Some(_), _) => {
+                    return Err(crate::Error::invalid(
+                        "rows past a ring cache's window come one at a time after a prompt",
+                    ));
+                }
+                (None, Some(ring)) if s.start + s.rows > ring => {
+                    params = AttentionParams {
+                        kv_len: ring as u32,
+                        ..self.cfg.attention(false, 1, s.start, 0, Blocks::default())
+                    };
+                    (&c.keys, &c.values)
+                }
+                _ => (&c.keys, &c.values),
+            };
             let kernel = AttentionKernel::for_rows(params.q_rows, s.partial);
             // The span's queries and output rows, over its cache up to its last new row.
             let rows = |v: View<'a>| v.rows(s.first_row, s.rows);
             let (q, out) = (rows(self.queries()), rows(self.attended()));
-            let keys = s.start + s.rows;
-            let cache = &s.cache[li];
-            let (k, v) = (
-                rows_of(&cache.keys, 0, keys, w),
-                rows_of(&cache.values, 0, keys, w),
-            );
+            let n = params.kv_len as usize;
+            let (k, v) = (rows_of(keys, 0, n, w), rows_of(values, 0, n, w));
             attention(rec, kernel, q, k, v, out, &params)?;
         }
         Ok(())

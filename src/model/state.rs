@@ -9,10 +9,20 @@ use crate::ops::View;
 use crate::ops::attention::{Blocks, partial_len};
 use crate::ops::linear::GEMV_BATCH;
 
-/// One layer's KV cache: `[capacity, kv_heads * hd]` each, row t written at position t.
+/// One layer's KV cache: `[capacity, kv_heads * hd]` each, row t written at position t; or,
+/// for Gemma 3's sliding layers, a ring of `window` rows, position t in row t % window.
 pub(crate) struct LayerCache {
     pub keys: wgpu::Buffer,
     pub values: wgpu::Buffer,
+    /// The ring's rows (None: one row per position).
+    pub ring: Option<usize>,
+}
+
+impl LayerCache {
+    /// The row position `pos` is kept in.
+    pub fn row_of(&self, pos: usize) -> usize {
+        self.ring.map_or(pos, |w| pos % w)
+    }
 }
 
 /// One sequence's decoder state on the GPU: the KV cache, how much of it is filled, and the
@@ -44,12 +54,15 @@ impl DecoderState {
                 c.max_position_embeddings
             )));
         }
-        let bytes = (capacity * c.num_key_value_heads * c.head_dim * 4) as u64;
+        let row = (c.num_key_value_heads * c.head_dim * 4) as u64;
         let cache = (0..c.num_hidden_layers)
             .map(|li| {
+                let ring = c.ring_slots(li, capacity);
+                let bytes = ring.unwrap_or(capacity) as u64 * row;
                 Ok(LayerCache {
                     keys: gpu.storage(&format!("k cache {li}"), bytes)?,
                     values: gpu.storage(&format!("v cache {li}"), bytes)?,
+                    ring,
                 })
             })
             .collect::<Result<_>>()?;
@@ -118,6 +131,10 @@ pub(crate) struct Activations {
     /// `[mlp_rows, I]` the MLP's gate and up activations.
     pub gate: wgpu::Buffer,
     pub up: wgpu::Buffer,
+    /// `[rows, kv_heads * hd]` each: a prompt's keys and values for a ring layer it
+    /// overflows (Gemma 3, prompts longer than the window), attended over before the window's
+    /// last rows go to the ring.
+    pub overflow: Option<(wgpu::Buffer, wgpu::Buffer)>,
 }
 
 impl Activations {
@@ -136,6 +153,16 @@ impl Activations {
             branch: f("branch", rows * h)?,
             gate: f("gate", mlp_rows * i)?,
             up: f("up", mlp_rows * i)?,
+            overflow: match (0..c.num_hidden_layers).any(|li| c.ring_slots(li, rows).is_some()) {
+                true => {
+                    let kvd = c.num_key_value_heads * c.head_dim;
+                    Some((
+                        f("prompt keys", rows * kvd)?,
+                        f("prompt values", rows * kvd)?,
+                    ))
+                }
+                false => None,
+            },
         })
     }
 
