@@ -382,9 +382,10 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
 }
 
 /// PaliGemma answers about one image; Gemma 3 about any number (none: a text-only prompt).
-/// `--draw` draws on one.
-fn check_image_count(model: &PaliGemma, images: usize, draw: bool) -> anyhow::Result<()> {
-    if model.config().image_tokens.is_none() && images != 1 {
+/// `--draw` draws on one. Read from the folder's config.json, before the weights load.
+fn check_image_count(model_dir: &Path, images: usize, draw: bool) -> anyhow::Result<()> {
+    let config = paligemma::config::PaliGemmaConfig::from_file(&model_dir.join("config.json"))?;
+    if config.image_tokens.is_none() && images != 1 {
         bail!("--image: PaliGemma answers about one image, got {images}");
     }
     if draw && images != 1 {
@@ -412,8 +413,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .iter()
         .map(|p| paligemma::preprocess::load_image(p));
     let images = images.collect::<Result<Vec<_>, _>>()?;
+    check_image_count(model_dir, images.len(), args.draw.is_some())?;
     let model = load_model(model_dir, args.precision, args.adapter.as_deref())?;
-    check_image_count(&model, images.len(), args.draw.is_some())?;
     // Loaded before generating, so a bad file fails fast.
     let decoder = seg_decoder(&model, args.seg_decoder.as_deref())?;
     let mut stdout = std::io::stdout();
