@@ -33,7 +33,7 @@ impl PaliGemma {
     }
 
     /// Runs the vision tower and the projector on an image. Long work is submitted a layer at
-    /// a time, returning to a frame loop between layers (see [`Gpu::set_polled_by_caller`]);
+    /// a time, returning to a frame loop between layers (see [`Gpu::set_polled_by_caller`](crate::Gpu::set_polled_by_caller));
     /// nothing is awaited.
     ///
     /// A texture (rgba8 or bgra8, unorm or srgb, `COPY_SRC` usage, any size whose bytes fit one
