@@ -14,16 +14,18 @@ WASM_PROFILE="${WASM_PROFILE:-wasm-test}" bash scripts/wasm-build.sh
 
 # fixture | precision ("" = the default: 16-bit, or what a quantized checkpoint holds) | the
 # model folder when not the fixture's own | sampling "temperature,top_p,seed" (greedy when
-# empty). Each is asked its fixture's prompt about image.png.
+# empty). Each is asked its fixture's prompt about image.png (Gemma 3: its conversation's text,
+# laid out by the chat template, which the page has built in).
 # The CLI as the tests build it (with the dev-dependencies' features, so after `cargo test` this
 # builds nothing; `cargo build --bin` would rebuild wgpu and naga with other features).
 cargo test --quiet --no-run --test cli
 target/debug/paligemma quantize --model tests/fixtures/gqa/model --precision q4 \
-  --out "$out/gqa-q4" >/dev/null
+  --out "$out/gqa-q4" --force >/dev/null
 cases=(
   "mqa|f32" "gqa|f32"
   "mqa|" "gqa|" "bf16|"
   "mqa|q8" "gqa||$out/gqa-q4" "gqa|f32||1.0,0.9,42"
+  "gemma3|f32" "gemma3|"
 )
 python3 - "$out/cases.json" "${cases[@]}" <<'PY'
 import json, subprocess, sys
@@ -33,7 +35,10 @@ for spec in specs:
     name, precision, model, sampling = (spec.split("|") + ["", ""])[:4]
     d = f"tests/fixtures/{name}"
     model = model or f"{d}/model"
-    prompt = json.load(open(f"{d}/expected.json"))["prompt"]
+    e = json.load(open(f"{d}/expected.json"))
+    # PaliGemma's fixtures hold a prompt; Gemma 3's a conversation: its last turn's text.
+    prompt = e.get("prompt") or next(
+        p["text"] for p in e["messages"][-1]["content"] if p["type"] == "text")
     cmd = ["target/debug/paligemma", "--model", model, "--image", f"{d}/image.png",
            "--prompt", prompt, "--max-new-tokens", "12", "--json"]
     if precision:
