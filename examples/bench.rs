@@ -99,29 +99,24 @@ fn print_sizes() {
                 .map(|&(name, config)| (name.to_string(), config())),
         );
     for (name, cfg) in rows {
-        {
-            let [f16, q8, q4] = [Precision::F16, Precision::Q8, Precision::Q4]
-                .map(|p| cfg.footprint(p, WeightFormat::Bf16));
-            let image_tokens = cfg
-                .image_tokens
-                .as_ref()
-                .map_or(cfg.vision.num_patches(), |t| t.tokens_per_image);
-            let tokens = image_tokens + 32 + 256;
-            let kv = q4.kv_bytes(tokens);
-            println!(
-                "| {name} | {image_tokens} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {:.0} | {:.1} / {:.1} |",
-                gib(f16.weights()),
-                gib(q8.weights()),
-                gib(q4.weights()),
-                f16.decode_reads as f64 / 1e9,
-                q8.decode_reads as f64 / 1e9,
-                q4.decode_reads as f64 / 1e9,
-                q4.kv_per_token / 1024,
-                kv as f64 / (1 << 20) as f64,
-                gib(q4.weights() + kv),
-                gib(f16.weights() + kv),
-            );
-        }
+        let [f16, q8, q4] = [Precision::F16, Precision::Q8, Precision::Q4]
+            .map(|p| cfg.footprint(p, WeightFormat::Bf16));
+        let image_tokens = cfg.tokens_per_image();
+        let tokens = image_tokens + 32 + 256;
+        let kv = q4.kv_bytes(tokens);
+        println!(
+            "| {name} | {image_tokens} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {} | {:.0} | {:.1} / {:.1} |",
+            gib(f16.weights()),
+            gib(q8.weights()),
+            gib(q4.weights()),
+            f16.decode_reads as f64 / 1e9,
+            q8.decode_reads as f64 / 1e9,
+            q4.decode_reads as f64 / 1e9,
+            q4.kv_per_token / 1024,
+            kv as f64 / (1 << 20) as f64,
+            gib(q4.weights() + kv),
+            gib(f16.weights() + kv),
+        );
     }
 }
 

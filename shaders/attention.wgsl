@@ -79,11 +79,16 @@ const NEG_BIG: f32 = -1.0e30;
 var<workgroup> qs: array<f32, MAX_HEAD_DIM>;
 var<workgroup> probs: array<f32, WG>;
 
+/// Image block `b`'s [start, end) (two blocks per vec4 of the uniform).
+fn block(b: u32) -> vec2<u32> {
+    let pair = p.blocks[b / 2u];
+    return select(pair.xy, pair.zw, b % 2u == 1u);
+}
+
 /// The [start, end) of the image block holding position `pos`; (0, 0) when none does.
 fn block_of(pos: u32) -> vec2<u32> {
     for (var b = 0u; b < p.n_blocks; b++) {
-        let pair = p.blocks[b / 2u];
-        let r = select(pair.xy, pair.zw, b % 2u == 1u);
+        let r = block(b);
         if (pos >= r.x && pos < r.y) {
             return r;
         }
@@ -289,8 +294,7 @@ fn attention_blocked(@builtin(workgroup_id) wid: vec3<u32>,
     let last_row = min(blk * BQ + BQ, p.q_rows) - 1u;
     var horizon = max(p.prefix_len, p.q_pos0 + last_row + 1u);
     for (var b = 0u; b < p.n_blocks; b++) {
-        let pair = p.blocks[b / 2u];
-        let r = select(pair.xy, pair.zw, b % 2u == 1u);
+        let r = block(b);
         if (r.x <= p.q_pos0 + last_row && r.y > p.q_pos0 + blk * BQ) {
             horizon = max(horizon, r.y);
         }

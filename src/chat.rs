@@ -129,24 +129,37 @@ impl PaliGemma {
     /// The ids of `prompt` about one image: PaliGemma's `<image>` * N + `<bos>` + prompt +
     /// "\n"; for Gemma 3 the chat template's user turn of the image and the prompt.
     pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.text_ids(prompt, 1)
+    }
+
+    /// The ids of `prompt` about `images` images: PaliGemma's layout (one image), or Gemma 3's
+    /// user turn of the images, then the text. A blank prompt is refused either way.
+    pub(crate) fn text_ids(&self, prompt: &str, images: usize) -> Result<Vec<u32>> {
         if self.config().image_tokens.is_none() {
+            if images != 1 {
+                return Err(Error::invalid(format!(
+                    "PaliGemma takes one image per prompt, not {images}"
+                )));
+            }
             return self
                 .tokenizer()?
                 .prompt_ids(prompt, self.num_image_tokens());
         }
         crate::tokenizer::check_not_blank(prompt)?;
-        self.chat_ids(&[Message::user(1, prompt)])
+        self.chat_ids(&[Message::user(images, prompt)])
     }
 
     /// Gemma 3: the ids of a conversation, by the checkpoint's chat template, each image part
     /// expanded into its block of image tokens, ending with the model's turn to answer.
     pub fn chat_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        let (Some(chat), Some(it)) = (self.chat_template(), &self.config().image_tokens) else {
+        let Some(it) = &self.config().image_tokens else {
             return Err(Error::invalid(
                 "PaliGemma takes a prompt about an image, not a conversation",
             ));
         };
         let tok = self.tokenizer()?;
+        let chat = (self.chat_template())
+            .ok_or_else(|| Error::invalid("the model was loaded without a chat template"))?;
         let text = chat.render(messages, crate::tokenizer::BOS_TOKEN)?;
         let markers = ImageMarkers::of(tok, it, self.config().image_token_index)?;
         let images = messages.iter().flat_map(|m| &m.content);

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use web_time::Instant;
 
-use crate::chat::{ChatTemplate, Message};
+use crate::chat::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::generation::{GenerateOptions, Generation, ImageInput, Prompt, Token, elapsed_ms};
 use crate::gpu::Gpu;
@@ -83,7 +83,7 @@ impl PaliGemma {
             o.precision,
             progress,
         )?;
-        if model.chat.is_some() {
+        if model.config.image_tokens.is_some() {
             model.chat = Some(ChatTemplate::for_folder(dir)?);
         }
         log::info!(
@@ -119,7 +119,6 @@ impl PaliGemma {
         progress: Option<&LoadProgress>,
     ) -> Result<PaliGemma> {
         config.check("the model config")?;
-        let config_is_gemma3 = config.image_tokens.is_some();
         let precision = precision.unwrap_or(Precision::F16);
         let before = gpu.allocated_bytes();
         let l = Loader::new(&gpu, source, precision, progress);
@@ -136,7 +135,8 @@ impl PaliGemma {
             projector,
             text,
             tokenizer,
-            chat: config_is_gemma3.then(ChatTemplate::gemma3),
+            // Set by `upload` from the model's folder (a random model has no tokenizer).
+            chat: None,
         })
     }
 
@@ -183,12 +183,12 @@ impl PaliGemma {
         self.chat.as_ref()
     }
 
-    /// The ids of `prompt`, checked before the image is encoded: PaliGemma's must hold exactly
-    /// the image's tokens first (`prompt_ids` checks the ids it makes); Gemma 3's runs of image
-    /// tokens are checked when they are filled.
-    fn ids_of(&self, prompt: Prompt) -> Result<Vec<u32>> {
+    /// The ids of `prompt` about `images` images, checked before they are encoded: PaliGemma's
+    /// must hold exactly the image's tokens first (`prompt_ids` checks the ids it makes);
+    /// Gemma 3's runs of image tokens are checked when they are filled.
+    fn ids_of(&self, prompt: Prompt, images: usize) -> Result<Vec<u32>> {
         match prompt {
-            Prompt::Text(text) => self.prompt_ids(&text),
+            Prompt::Text(text) => self.text_ids(&text, images),
             Prompt::Ids(ids) if self.config.image_tokens.is_some() => Ok(ids),
             Prompt::Ids(ids) => {
                 let (n, image_id) = (self.num_image_tokens(), self.config.image_token_index);
@@ -309,13 +309,7 @@ impl PaliGemma {
         opts: &GenerateOptions,
     ) -> Result<(Sequence, Option<Token>)> {
         let t0 = Instant::now();
-        let ids = match prompt {
-            // One image's prompt text: the model's own layout.
-            Prompt::Text(text) if images.len() != 1 => {
-                self.chat_ids(&[Message::user(images.len(), &text)])?
-            }
-            prompt => self.ids_of(prompt)?,
-        };
+        let ids = self.ids_of(prompt, images.len())?;
         let pixels = images.into_iter().map(|i| self.pixels(i));
         let pixels = pixels.collect::<Result<Vec<_>>>()?;
         let preprocess_ms = elapsed_ms(t0);

@@ -113,8 +113,15 @@ impl TextConfig {
     /// mask is AND(window, ..), so only its last `window` positions matter after a prompt.
     /// (PaliGemma 2's prefix sees its whole self whatever the window, so it keeps them all.)
     pub fn ring_slots(&self, li: usize, capacity: usize) -> Option<usize> {
-        match (self.decoder, self.sliding_window) {
-            (Decoder::Gemma3, Some(w)) if self.sliding_layers[li] && w < capacity => Some(w),
+        self.ring_window()
+            .filter(|&w| self.sliding_layers[li] && w < capacity)
+    }
+
+    /// Gemma 3's window, the most rows a sliding layer's cache keeps (see
+    /// [`ring_slots`](Self::ring_slots)); None for the decoders that keep every position.
+    pub fn ring_window(&self) -> Option<usize> {
+        match self.decoder {
+            Decoder::Gemma3 => self.sliding_window,
             _ => None,
         }
     }
@@ -152,6 +159,23 @@ pub struct PaliGemmaConfig {
 }
 
 impl PaliGemmaConfig {
+    /// Gemma 3: the side of SigLIP's patch grid and the tile its average pool takes (64 and 4
+    /// for the published models); `check` refuses a config whose pool is not exact.
+    pub fn pooling(&self) -> Option<(usize, usize)> {
+        let it = self.image_tokens.as_ref()?;
+        let side = self.vision.image_size / self.vision.patch_size.max(1);
+        let out_side = (it.tokens_per_image as f64).sqrt() as usize;
+        Some((side, side.checked_div(out_side).unwrap_or(0)))
+    }
+
+    /// Rows an image takes in the prompt: one per patch (PaliGemma), or Gemma 3's pooled
+    /// `mm_tokens_per_image`.
+    pub fn tokens_per_image(&self) -> usize {
+        self.image_tokens
+            .as_ref()
+            .map_or(self.vision.num_patches(), |t| t.tokens_per_image)
+    }
+
     /// Reads and resolves `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {

@@ -83,10 +83,7 @@ impl PaliGemmaConfig {
         let norm_bytes = layers * (f32s(norms * h) + qk_norms);
         let decoder = decode_reads + untied + norm_bytes + f32s(h) + rope;
         // Gemma 3's sliding layers keep a ring of the window's rows (see `ring_slots`).
-        let ring_window = match t.decoder {
-            super::config::Decoder::Gemma3 => t.sliding_window.unwrap_or(0),
-            _ => 0,
-        };
+        let ring_window = t.ring_window().unwrap_or(0);
         let sliding = t.sliding_layers.iter().filter(|&&s| s).count();
         let growing = t.num_hidden_layers - if ring_window > 0 { sliding } else { 0 };
         Footprint {

@@ -9,7 +9,8 @@
 //!
 //! The bracketed norms are Gemma 2's and Gemma 3's; Gemma adds each branch straight into x
 //! inside its last projection. Gemma 3 also RMS-norms each head of q and k before RoPE
-//! (`q_norm`, `k_norm`), and its sliding layers have a RoPE of their own. The pass these layers run in (its rows, activations and caches) is `pass.rs`; the layer loop, `decoder.rs`.
+//! (`q_norm`, `k_norm`), and its sliding layers have a RoPE of their own. The pass these
+//! layers run in (its rows, activations and caches) is `pass.rs`; the layer loop, `decoder.rs`.
 
 use super::Loader;
 use super::config::{Decoder, TextConfig};
@@ -173,9 +174,7 @@ impl TextConfig {
             ..AttentionParams::new(nh, nkv, hd, rows, start, start + rows)
         }
     }
-}
 
-impl TextConfig {
     /// The mask of a prompt of `t` rows holding images at `images` (row ranges): PaliGemma's
     /// whole prompt is one bidirectional prefix (`prefix_len` t); Gemma 3's text is causal and
     /// each image a bidirectional block.
@@ -273,7 +272,8 @@ impl TextModel {
             lm_head,
             layers,
             norm: l.rms_norm("text.norm", h, eps)?,
-            // Positions are 1-based, so the tables have one row more than the maximum.
+            // PaliGemma's positions are 1-based, so the tables have one row more than the
+            // maximum.
             rope: RopeTables::new(l.gpu, hd, cfg.rope, cfg.max_position_embeddings + 1)?,
             sliding_rope: cfg
                 .sliding_rope

@@ -236,6 +236,17 @@ impl Loader<'_> {
     }
 }
 
+/// `[rows, cols]` transposed to `[cols, rows]`.
+pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            y[c * rows + r] = x[r * cols + c];
+        }
+    }
+    y
+}
+
 /// `n` values uniform in [-0.03, 0.03), from a generator seeded by `seed` and `name`.
 fn random_values(seed: u64, name: &str, n: usize) -> Vec<f32> {
     use rand::{Rng, SeedableRng};

@@ -11,7 +11,7 @@
 use super::Loader;
 use super::config::PaliGemmaConfig;
 use super::decoder::ImageRows;
-use super::reference::transpose;
+use super::transpose;
 use crate::error::{Error, Result};
 use crate::gpu::Recorder;
 use crate::ops::avg_pool::avg_pool;
@@ -38,7 +38,7 @@ impl Projector {
     pub(crate) fn load(l: &Loader, cfg: &PaliGemmaConfig) -> Result<Projector> {
         let (v, dt) = (&cfg.vision, cfg.text.hidden_size);
         let dv = v.hidden_size;
-        let Some(it) = &cfg.image_tokens else {
+        let Some((side, kernel)) = cfg.pooling() else {
             return Ok(Projector::Linear(l.linear(
                 "projector.linear",
                 dt,
@@ -46,11 +46,9 @@ impl Projector {
                 true,
             )?));
         };
-        let side = v.image_size / v.patch_size;
-        let out_side = (it.tokens_per_image as f64).sqrt() as usize;
         Ok(Projector::Pooled {
             side,
-            kernel: side / out_side,
+            kernel,
             norm: l.rms_norm("projector.mm_soft_emb_norm", dv, v.layer_norm_eps)?,
             // Stored [vision hidden, text hidden] (transformers computes x @ W).
             proj: Linear {

@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use super::Precision;
 use super::checkpoint::Checkpoint;
 use super::config::PaliGemmaConfig;
+use super::{Precision, transpose};
 use crate::error::Result;
 use crate::ops::activation::{gelu_tanh_gated_ref, gelu_tanh_ref, softcap_ref};
 use crate::ops::add::add_ref;
@@ -131,13 +131,11 @@ impl Reference {
     pub fn project(&self, vision_out: &[f32]) -> Result<Vec<f32>> {
         let v = &self.cfg.vision;
         let (n, dv, h) = (v.num_patches(), v.hidden_size, self.cfg.text.hidden_size);
-        let Some(it) = &self.cfg.image_tokens else {
+        let Some((side, k)) = self.cfg.pooling() else {
             return self.linear("projector.linear", vision_out, n, h, dv, true);
         };
-        let side = v.image_size / v.patch_size;
-        let k = side / (it.tokens_per_image as f64).sqrt() as usize;
         let pooled = avg_pool_ref(vision_out, side, k, dv);
-        let m = it.tokens_per_image;
+        let m = self.cfg.tokens_per_image();
         let w = self.t("projector.mm_soft_emb_norm.weight", &[dv])?;
         let normed = rms_norm_ref(&pooled, &w, m, dv, v.layer_norm_eps);
         let proj = self.t("projector.mm_input_projection_weight", &[dv, h])?;
@@ -260,15 +258,4 @@ impl Reference {
             add_ref(x, branch)
         })
     }
-}
-
-/// `[rows, cols]` transposed to `[cols, rows]`.
-pub(crate) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            y[c * rows + r] = x[r * cols + c];
-        }
-    }
-    y
 }

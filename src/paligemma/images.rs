@@ -12,7 +12,7 @@ pub struct ImageFeatures {
     /// `[n, text hidden]` f32.
     pub buffer: wgpu::Buffer,
     pub n: usize,
-    /// SigLIP's output before the projector, `[n, vision hidden]` f32 (transformers'
+    /// SigLIP's output before the projector, `[patches, vision hidden]` f32 (transformers'
     /// `vision_out`, for comparisons).
     pub vision: wgpu::Buffer,
 }
