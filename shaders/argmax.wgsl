@@ -1,9 +1,15 @@
 // argmax: the index of the largest logit (greedy decoding), so the CPU reads back one u32 per
 // token instead of the whole vocabulary. Ties go to the lowest index, as torch.argmax does.
 //
-// Bindings: 0 params, 1 x (n values from offset), 2 out (u32, written at out_index).
-// One workgroup of WG invocations strides over the row, then reduces (value, index) pairs in
-// workgroup memory. Dispatch 1 workgroup.
+// Bindings: 0 params, 1 x (n values from offset), 2 out (u32, written at out_index), 3 parts
+// ([PARTS] (value bits, index) pairs).
+// Two passes, since one workgroup cannot pull a 257216-logit row from memory fast (one
+// multiprocessor's bandwidth: hundreds of microseconds on an H200):
+// - `argmax_parts`: PARTS workgroups, each the best of its contiguous slice of the row into
+//   parts[g] (index NONE for an empty slice). Dispatch PARTS workgroups.
+// - `argmax`: one workgroup, the best of the PARTS pairs into out[out_index]. Dispatch 1.
+// Each reduces (value, index) pairs in workgroup memory, keeping the lower index on ties, so
+// the two passes choose what one pass over the row would.
 
 struct Params {
     n: u32,
@@ -15,37 +21,66 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
+@group(0) @binding(3) var<storage, read_write> parts: array<u32>;
 
 var<workgroup> best_v: array<f32, WG>;
 var<workgroup> best_i: array<u32, WG>;
 
-@compute @workgroup_size(WG)
-fn argmax(@builtin(local_invocation_index) li: u32) {
-    var bv = -3.4e38;
-    var bi = 0xffffffffu;
-    for (var i = li; i < p.n; i += WG) {
-        let v = x[p.offset + i];
-        if (v > bv || bi == 0xffffffffu) {
-            bv = v;
-            bi = i;
-        }
-    }
+const NONE: u32 = 0xffffffffu;
+
+/// Whether (v, i) beats the pair (bv, bi): greater, or equal at a lower index; NONE loses.
+fn beats(v: f32, i: u32, bv: f32, bi: u32) -> bool {
+    return i != NONE && (bi == NONE || v > bv || (v == bv && i < bi));
+}
+
+/// The workgroup's best of each invocation's (bv, bi), left in best_v[0], best_i[0].
+fn reduce_best(li: u32, bv: f32, bi: u32) {
     best_v[li] = bv;
     best_i[li] = bi;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s) {
-            let ov = best_v[li + s];
-            let oi = best_i[li + s];
-            let mine = best_i[li];
-            if (oi != 0xffffffffu &&
-                (mine == 0xffffffffu || ov > best_v[li] || (ov == best_v[li] && oi < mine))) {
-                best_v[li] = ov;
-                best_i[li] = oi;
-            }
+        if (li < s && beats(best_v[li + s], best_i[li + s], best_v[li], best_i[li])) {
+            best_v[li] = best_v[li + s];
+            best_i[li] = best_i[li + s];
         }
         workgroupBarrier();
     }
+}
+
+@compute @workgroup_size(WG)
+fn argmax_parts(@builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(local_invocation_index) li: u32) {
+    let slice = (p.n + PARTS - 1u) / PARTS;
+    let end = min(p.n, (wid.x + 1u) * slice);
+    var bv = -3.4e38;
+    var bi = NONE;
+    for (var i = wid.x * slice + li; i < end; i += WG) {
+        let v = x[p.offset + i];
+        if (v > bv || bi == NONE) {
+            bv = v;
+            bi = i;
+        }
+    }
+    reduce_best(li, bv, bi);
+    if (li == 0u) {
+        parts[2u * wid.x] = bitcast<u32>(best_v[0]);
+        parts[2u * wid.x + 1u] = best_i[0];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn argmax(@builtin(local_invocation_index) li: u32) {
+    var bv = -3.4e38;
+    var bi = NONE;
+    for (var g = li; g < PARTS; g += WG) {
+        let v = bitcast<f32>(parts[2u * g]);
+        let i = parts[2u * g + 1u];
+        if (beats(v, i, bv, bi)) {
+            bv = v;
+            bi = i;
+        }
+    }
+    reduce_best(li, bv, bi);
     if (li == 0u) {
         out[p.out_index] = best_i[0];
     }

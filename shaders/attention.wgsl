@@ -123,6 +123,56 @@ fn load_query(li: u32, row: u32, h: u32) {
     workgroupBarrier();
 }
 
+// The two loops below read memory with no branch between the loads and their use, several
+// loads ahead: a loop that waits for each load in turn (a branch per key, or a dependent chain
+// the compiler does not unroll) leaves a GPU idle for a memory latency per element.
+
+/// q . k for the staged query and the key at `k_base`, summed in d's order, 8 loads at a time.
+fn dot_query(k_base: u32) -> f32 {
+    var dot = 0.0;
+    var d = 0u;
+    for (; d + 8u <= p.head_dim; d += 8u) {
+        let k0 = vec4<f32>(k[k_base + d], k[k_base + d + 1u], k[k_base + d + 2u], k[k_base + d + 3u]);
+        let k1 = vec4<f32>(k[k_base + d + 4u], k[k_base + d + 5u], k[k_base + d + 6u],
+                           k[k_base + d + 7u]);
+        dot = fma(qs[d], k0.x, dot);
+        dot = fma(qs[d + 1u], k0.y, dot);
+        dot = fma(qs[d + 2u], k0.z, dot);
+        dot = fma(qs[d + 3u], k0.w, dot);
+        dot = fma(qs[d + 4u], k1.x, dot);
+        dot = fma(qs[d + 5u], k1.y, dot);
+        dot = fma(qs[d + 6u], k1.z, dot);
+        dot = fma(qs[d + 7u], k1.w, dot);
+    }
+    for (; d < p.head_dim; d++) {
+        dot = fma(qs[d], k[k_base + d], dot);
+    }
+    return dot;
+}
+
+/// a + sum over the tile's first n_keys keys jj of probs[jj] * v[at + jj * kv_stride], in jj's
+/// order, 4 loads at a time. A hidden key (probability 0) adds exactly 0 whatever its value.
+fn weigh_values(a0: f32, at: u32, n_keys: u32) -> f32 {
+    var a = a0;
+    var jj = 0u;
+    for (; jj + 4u <= n_keys; jj += 4u) {
+        let o = at + jj * p.kv_stride;
+        let vs = vec4<f32>(v[o], v[o + p.kv_stride], v[o + 2u * p.kv_stride],
+                           v[o + 3u * p.kv_stride]);
+        let ps = vec4<f32>(probs[jj], probs[jj + 1u], probs[jj + 2u], probs[jj + 3u]);
+        let vk = select(vec4<f32>(0.0), vs, ps != vec4<f32>(0.0));
+        a = fma(ps.x, vk.x, a);
+        a = fma(ps.y, vk.y, a);
+        a = fma(ps.z, vk.z, a);
+        a = fma(ps.w, vk.w, a);
+    }
+    for (; jj < n_keys; jj++) {
+        let pj = probs[jj];
+        a = fma(pj, select(0.0, v[at + jj * p.kv_stride], pj != 0.0), a);
+    }
+    return a;
+}
+
 /// Folds keys [t_begin, t_end) into the softmax state, a tile of WG keys at a time.
 fn attend(li: u32, qpos: u32, kv_base: u32, t_begin: u32, t_end: u32) {
     let blk = block_of(qpos);
@@ -131,11 +181,7 @@ fn attend(li: u32, qpos: u32, kv_base: u32, t_begin: u32, t_end: u32) {
         let ok = j < t_end && visible(j, qpos, blk);
         var s = NEG_BIG;
         if (ok) {
-            let k_base = j * p.kv_stride + kv_base;
-            var dot = 0.0;
-            for (var d = 0u; d < p.head_dim; d++) {
-                dot = fma(qs[d], k[k_base + d], dot);
-            }
+            let dot = dot_query(j * p.kv_stride + kv_base);
             s = dot * p.scale;
             if (p.softcap > 0.0) {
                 s = p.softcap * tanh_stable(s / p.softcap);
@@ -154,14 +200,7 @@ fn attend(li: u32, qpos: u32, kv_base: u32, t_begin: u32, t_end: u32) {
         for (var i = 0u; i < DIMS_PER_INVOCATION; i++) {
             let d = li + i * WG;
             if (d < p.head_dim) {
-                var a = acc[i] * correction;
-                for (var jj = 0u; jj < n_keys; jj++) {
-                    let pj = probs[jj];
-                    if (pj != 0.0) {
-                        a = fma(pj, v[(t0 + jj) * p.kv_stride + kv_base + d], a);
-                    }
-                }
-                acc[i] = a;
+                acc[i] = weigh_values(acc[i] * correction, t0 * p.kv_stride + kv_base + d, n_keys);
             }
         }
         m_run = m_new;
@@ -352,9 +391,9 @@ fn attention_blocked(@builtin(workgroup_id) wid: vec3<u32>,
             if (d < p.head_dim) {
                 var a = acc_b[i] * correction;
                 for (var jj = 0u; jj < BK; jj++) {
-                    if (pj[jj] != 0.0) {
-                        a = fma(pj[jj], v[(t0 + jj) * p.kv_stride + kv_base + d], a);
-                    }
+                    // No branch: the BK loads can all be in flight (see weigh_values).
+                    let vj = v[(t0 + jj) * p.kv_stride + kv_base + d];
+                    a = fma(pj[jj], select(0.0, vj, pj[jj] != 0.0), a);
                 }
                 acc_b[i] = a;
             }

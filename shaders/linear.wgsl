@@ -22,8 +22,15 @@
 // - `gemv_gated`: Gemma's MLP input side in one pass, y = gelu_tanh(x W^T) * (x W2^T) with
 //   W2 (the up projection) at binding 5; no bias, no accumulate. Same dispatch as `gemv_vec`.
 
-var<workgroup> xs: array<f32, TILE * TILE_K>; // [TILE rows of x][TILE_K]
-var<workgroup> ws: array<f32, TILE * TILE_K>; // [TILE rows of W][TILE_K]
+// Both tiles are stored k-major ([TILE_K][TILE / 4 + 1] vec4s), so an invocation reads its 4
+// rows of x and its 4 columns of W at depth kk as one 16-byte load each, and the 16 invocations
+// of a row of the workgroup read 16 consecutive vec4s; the one vec4 of padding per depth keeps
+// the staging stores, 16 depths by consecutive invocations, off a single bank. The 4x4 block
+// lives in four vec4 accumulators: no array indexed at run time, which a GPU compiler may move
+// out of registers into (slow) local memory.
+const TILE_PITCH: u32 = TILE / 4u + 1u;
+var<workgroup> xs: array<vec4<f32>, TILE_K * TILE_PITCH>; // [TILE_K][TILE rows of x / 4]
+var<workgroup> ws: array<vec4<f32>, TILE_K * TILE_PITCH>; // [TILE_K][TILE rows of W / 4]
 
 @compute @workgroup_size(TILE / 4u, TILE / 4u)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
@@ -31,45 +38,51 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
-    var acc: array<f32, 16>;
+    var acc0 = vec4<f32>(0.0); // rows lid.y * 4 + 0..3, columns lid.x * 4 + 0..3
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
-        for (var e = li; e < TILE * TILE_K; e += WG) {
-            let r = e / TILE_K;
-            let c = k0 + e % TILE_K;
-            var xv = 0.0;
-            if (row0 + r < p.m && c < p.k) {
-                xv = x[p.x_offset + (row0 + r) * p.x_stride + c];
-            }
-            xs[e] = xv;
-            var wv = 0.0;
-            if (col0 + r < p.n && c < p.k) {
-                wv = w_at((col0 + r) * p.k + c);
-            }
-            ws[e] = wv;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            var a: array<f32, 4>;
-            var bw: array<f32, 4>;
+        // Each invocation stages 4 consecutive rows at one depth c (TILE_K * TILE / 4 = WG
+        // vec4s per tile): the 16 invocations of a depth read 64 rows' c-th elements.
+        let c = k0 + li % TILE_K;
+        let r = (li / TILE_K) * 4u;
+        var xv = vec4<f32>(0.0);
+        var wv = vec4<f32>(0.0);
+        if (c < p.k) {
             for (var i = 0u; i < 4u; i++) {
-                a[i] = xs[(lid.y * 4u + i) * TILE_K + kk];
-                bw[i] = ws[(lid.x * 4u + i) * TILE_K + kk];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(a[i], bw[j], acc[i * 4u + j]);
+                if (row0 + r + i < p.m) {
+                    xv[i] = x[p.x_offset + (row0 + r + i) * p.x_stride + c];
+                }
+                if (col0 + r + i < p.n) {
+                    wv[i] = w_at((col0 + r + i) * p.k + c);
                 }
             }
         }
+        xs[(li % TILE_K) * TILE_PITCH + r / 4u] = xv;
+        ws[(li % TILE_K) * TILE_PITCH + r / 4u] = wv;
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE_K; kk++) {
+            let a = xs[kk * TILE_PITCH + lid.y];
+            let bw = ws[kk * TILE_PITCH + lid.x];
+            acc0 = fma(vec4<f32>(a.x), bw, acc0);
+            acc1 = fma(vec4<f32>(a.y), bw, acc1);
+            acc2 = fma(vec4<f32>(a.z), bw, acc2);
+            acc3 = fma(vec4<f32>(a.w), bw, acc3);
+        }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let r = row0 + lid.y * 4u + i;
-        for (var j = 0u; j < 4u; j++) {
-            let c = col0 + lid.x * 4u + j;
-            if (r < p.m && c < p.n) {
-                store(c, p.y_offset + r * p.y_stride + c, acc[i * 4u + j]);
-            }
+    store_block_row(row0 + lid.y * 4u, col0 + lid.x * 4u, acc0);
+    store_block_row(row0 + lid.y * 4u + 1u, col0 + lid.x * 4u, acc1);
+    store_block_row(row0 + lid.y * 4u + 2u, col0 + lid.x * 4u, acc2);
+    store_block_row(row0 + lid.y * 4u + 3u, col0 + lid.x * 4u, acc3);
+}
+
+/// Stores 4 consecutive outputs of row `r` from column `c`, those inside y.
+fn store_block_row(r: u32, c: u32, v: vec4<f32>) {
+    for (var j = 0u; j < 4u; j++) {
+        if (r < p.m && c + j < p.n) {
+            store(c + j, p.y_offset + r * p.y_stride + c + j, v[j]);
         }
     }
 }
@@ -176,7 +189,33 @@ fn gemv_vec(@builtin(workgroup_id) wid: vec3<u32>,
     if (row < p.n) {
         let n_vec = p.k / per_vec();
         let base = row * n_vec;
-        for (var j = lane; j < n_vec; j += LANES) {
+        // Four loads in flight per lane before the first is used: at 8 or 16 workgroups per
+        // multiprocessor, one 16-byte load per lane is too few bytes in flight to reach HBM's
+        // bandwidth. Each row still adds its terms in j's order, so the sums are the
+        // one-load-at-a-time loop's, bit for bit.
+        var j = lane;
+        for (; j + 3u * LANES < n_vec; j += 4u * LANES) {
+            let js = vec4<u32>(j, j + LANES, j + 2u * LANES, j + 3u * LANES);
+            let q0 = w[base + js.x];
+            let q1 = w[base + js.y];
+            let q2 = w[base + js.z];
+            let q3 = w[base + js.w];
+            let s = vec4<u32>(w_word_at(p.w_scales + block_of(row, js.x)),
+                              w_word_at(p.w_scales + block_of(row, js.y)),
+                              w_word_at(p.w_scales + block_of(row, js.z)),
+                              w_word_at(p.w_scales + block_of(row, js.w)));
+            let xo = js * per_vec();
+            for (var r = 0u; r < ROWS; r++) {
+                if (r < p.m) {
+                    let xr = p.x_offset + r * p.x_stride;
+                    acc[r] += row_step(q0, s.x, xr + xo.x);
+                    acc[r] += row_step(q1, s.y, xr + xo.y);
+                    acc[r] += row_step(q2, s.z, xr + xo.z);
+                    acc[r] += row_step(q3, s.w, xr + xo.w);
+                }
+            }
+        }
+        for (; j < n_vec; j += LANES) {
             let q = w[base + j];
             let scales = w_word_at(p.w_scales + block_of(row, j));
             for (var r = 0u; r < ROWS; r++) {
@@ -200,7 +239,31 @@ fn gemv_gated(@builtin(workgroup_id) wid: vec3<u32>,
     if (row < p.n) {
         let n_vec = p.k / per_vec();
         let base = row * n_vec;
-        for (var j = lane; j < n_vec; j += LANES) {
+        // Two steps per iteration, four 16-byte loads in flight (see gemv_vec), the terms
+        // added in j's order.
+        var j = lane;
+        for (; j + LANES < n_vec; j += 2u * LANES) {
+            let j1 = j + LANES;
+            let q = w[base + j];
+            let q2 = w2[base + j];
+            let q_1 = w[base + j1];
+            let q2_1 = w2[base + j1];
+            let blk = vec2<u32>(block_of(row, j), block_of(row, j1));
+            let s = vec2<u32>(w_word_at(p.w_scales + blk.x), w_word_at(p.w_scales + blk.y));
+            let s2i = p.w2_scales + blk;
+            let s2 = vec2<u32>(w2[s2i.x >> 2u][s2i.x & 3u], w2[s2i.y >> 2u][s2i.y & 3u]);
+            for (var r = 0u; r < ROWS; r++) {
+                if (r < p.m) {
+                    let xo = p.x_offset + r * p.x_stride + j * per_vec();
+                    let xo1 = p.x_offset + r * p.x_stride + j1 * per_vec();
+                    gate[r] += row_step(q, s.x, xo);
+                    up[r] += row_step(q2, s2.x, xo);
+                    gate[r] += row_step(q_1, s.y, xo1);
+                    up[r] += row_step(q2_1, s2.y, xo1);
+                }
+            }
+        }
+        for (; j < n_vec; j += LANES) {
             let blk = block_of(row, j);
             let q = w[base + j];
             let q2 = w2[base + j];

@@ -53,6 +53,43 @@ fn write_tile(acc: coop_mat16x16<f32, C>, slot: u32, lane: u32, r0: u32, c0: u32
     workgroupBarrier();
 }
 
+/// W's rows col0.. at depths k0.. into ws (zero past the edges). 16-bit weights whose rows
+/// start on 16 bytes (k a multiple of 8) come 8 to a 16-byte load, the rest one element at a
+/// time through `w_at`.
+fn stage_w(li: u32, col0: u32, k0: u32) {
+    if ((W_DTYPE == 1u || W_DTYPE == 2u) && p.k % 8u == 0u && k0 + BK <= p.k) {
+        for (var e = li; e < BN * BK / 8u; e += COOP_WG) {
+            let r = col0 + e / (BK / 8u);
+            let c = k0 + (e % (BK / 8u)) * 8u;
+            var q = vec4<u32>(0u);
+            if (r < p.n) {
+                q = w[(r * p.k + c) / 8u];
+            }
+            let at = e * 8u;
+            let ws0 = clamp(vec4<f32>(w_pair(q.x), w_pair(q.y)), vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX));
+            let ws1 = clamp(vec4<f32>(w_pair(q.z), w_pair(q.w)), vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX));
+            ws[at] = f16(ws0.x);
+            ws[at + 1u] = f16(ws0.y);
+            ws[at + 2u] = f16(ws0.z);
+            ws[at + 3u] = f16(ws0.w);
+            ws[at + 4u] = f16(ws1.x);
+            ws[at + 5u] = f16(ws1.y);
+            ws[at + 6u] = f16(ws1.z);
+            ws[at + 7u] = f16(ws1.w);
+        }
+        return;
+    }
+    for (var e = li; e < BN * BK; e += COOP_WG) {
+        let r = col0 + e / BK;
+        let c = k0 + e % BK;
+        var v = 0.0;
+        if (r < p.n && c < p.k) {
+            v = clamp(w_at(r * p.k + c), -F16_MAX, F16_MAX);
+        }
+        ws[e] = f16(v);
+    }
+}
+
 @compute @workgroup_size(COOP_WG)
 fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>,
                @builtin(local_invocation_index) li: u32) {
@@ -77,15 +114,7 @@ fn matmul_coop(@builtin(workgroup_id) wid: vec3<u32>,
             }
             xs[e] = f16(v);
         }
-        for (var e = li; e < BN * BK; e += COOP_WG) {
-            let r = col0 + e / BK;
-            let c = k0 + e % BK;
-            var v = 0.0;
-            if (r < p.n && c < p.k) {
-                v = clamp(w_at(r * p.k + c), -F16_MAX, F16_MAX);
-            }
-            ws[e] = f16(v);
-        }
+        stage_w(li, col0, k0);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk += 16u) {
             // A: x rows, row-major with stride BK. B[k][n] = W[n][k]: ws read column-major.

@@ -59,6 +59,7 @@ pub use gpu::{Gpu, GpuOptions};
 pub use model::Precision;
 pub use model::checkpoint::ShardBytes;
 pub use model::config;
+pub use model::decoder::StepInput;
 pub use model::load::{LoadOptions, LoadProgress, ModelFiles};
 pub use model::quantize::{QuantizeReport, quantize_checkpoint};
 pub use model::reference::Reference;

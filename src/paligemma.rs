@@ -24,6 +24,7 @@ use crate::ops::WeightFormat;
 use crate::sequence::{Chooser, Sequence};
 use crate::tokenizer::{PromptTokenizer, check_image_prefix};
 
+mod ahead;
 mod images;
 pub use images::ImageFeatures;
 
@@ -398,14 +399,18 @@ impl PaliGemma {
         mut on_token: impl FnMut(u32, &str) -> bool,
     ) -> Result<Generation> {
         let (mut seq, first) = self.start_with(images, prompt, opts).await?;
-        let mut scratch = self.decode_scratch()?;
         let t = Instant::now();
-        let mut token = first;
-        while let Some(Token { id, piece, .. }) = token.take() {
-            if !on_token(id, &piece) {
-                seq.cancel();
+        if seq.may_run_ahead() {
+            self.decode_ahead(&mut seq, first, on_token).await?;
+        } else {
+            let mut scratch = self.decode_scratch()?;
+            let mut token = first;
+            while let Some(Token { id, piece, .. }) = token.take() {
+                if !on_token(id, &piece) {
+                    seq.cancel();
+                }
+                token = self.advance(&mut scratch, &mut [&mut seq]).await?.remove(0);
             }
-            token = self.advance(&mut scratch, &mut [&mut seq]).await?.remove(0);
         }
         if let Some(e) = seq.error() {
             return Err(Error::invalid(e.to_string()));

@@ -219,6 +219,21 @@ impl Sequence {
         &mut self.state
     }
 
+    /// Whether the GPU may choose this sequence's tokens ahead of the host: greedy, with no
+    /// logits to read at each step (`keep_logits`, `logprobs`), so the step's argmax is all
+    /// the host needs ([`PaliGemma::decode_ahead`](crate::PaliGemma)).
+    pub(crate) fn may_run_ahead(&self) -> bool {
+        self.sampler.is_none() && self.step_logits.is_none() && self.logprobs.is_none()
+    }
+
+    /// Whether a step past the one submitted may be useful: unfinished, below its length, and
+    /// the state has room for it.
+    pub(crate) fn wants_two_more(&self) -> bool {
+        self.finished.is_none()
+            && self.generated.len() + 1 < self.opts.max_new_tokens
+            && self.state.len < self.state.capacity
+    }
+
     /// Takes the step's greedy choice for the next token.
     pub(crate) fn set_greedy(&mut self, id: u32) {
         self.greedy = id;

@@ -19,6 +19,18 @@ use crate::ops::attention::Blocks;
 use crate::ops::gather::gather;
 use crate::ops::linear::{GEMV_BATCH, logits};
 
+/// What a decode step's rows read as their input token.
+#[derive(Clone, Copy, Debug)]
+pub enum StepInput<'a> {
+    /// One token per state, from the host.
+    Tokens(&'a [u32]),
+    /// The greedy choices of the previous step over the same states, read on the GPU: the
+    /// step can be submitted before that one is read back, so the GPU never waits for the host
+    /// between greedy steps (the host learns of an `<eos>` a step late and discards that
+    /// step).
+    Chosen,
+}
+
 /// An image's rows entering the decoder: `rows` rows of `features` (`[rows, H]`) replace the
 /// embeddings of the prompt from row `at` on.
 #[derive(Clone, Copy, Debug)]
@@ -196,23 +208,70 @@ impl TextModel {
         if states.is_empty() && tokens.is_empty() {
             return Ok(Vec::new());
         }
-        self.check_step(states, tokens)?;
+        if !b.pending.is_empty() {
+            return Err(Error::invalid(
+                "a step while others are in flight: read them first (finish_step)",
+            ));
+        }
+        self.submit_step(gpu, b, states, StepInput::Tokens(tokens))
+            .await?;
+        self.finish_step(gpu, b).await
+    }
+
+    /// Records and submits a decode step without waiting for it (see [`StepInput`]); at most
+    /// two may be in flight. On an error no state's length has advanced.
+    pub(crate) async fn submit_step(
+        &self,
+        gpu: &Gpu,
+        b: &mut DecodeScratch,
+        states: &mut [&mut DecoderState],
+        input: StepInput<'_>,
+    ) -> Result<()> {
+        let members: Vec<u64> = states.iter().map(|s| s.id).collect();
+        match input {
+            StepInput::Tokens(tokens) => self.check_step(states, tokens)?,
+            StepInput::Chosen => {
+                if members.is_empty() || members != b.last_members {
+                    return Err(Error::invalid(
+                        "a chained step continues the last step's states, in its order",
+                    ));
+                }
+                self.check_room(states)?;
+            }
+        }
+        if b.pending.len() >= b.readback.len() {
+            return Err(Error::invalid(
+                "two decode steps are in flight already: read one first (finish_step)",
+            ));
+        }
         let recording = web_time::Instant::now();
         let n = states.len();
         b.reserve(gpu, &self.cfg, n)?;
-        for (g, (group, ids)) in states
-            .chunks(GEMV_BATCH)
-            .zip(tokens.chunks(GEMV_BATCH))
-            .enumerate()
-        {
-            self.step_group(gpu, b, g, group, ids).await?;
+        let slot = b.next_slot;
+        for (g, group) in states.chunks(GEMV_BATCH).enumerate() {
+            let ids = match input {
+                StepInput::Tokens(tokens) => Some(&tokens[g * GEMV_BATCH..][..group.len()]),
+                StepInput::Chosen => None,
+            };
+            self.step_group(gpu, b, g, group, ids, slot).await?;
         }
         b.host_us = recording.elapsed().as_secs_f64() * 1e6;
-        let next = gpu.read_mapped(&b.readback, n).await?;
+        b.pending.push_back((slot, n));
+        b.next_slot = (slot + 1) % b.readback.len();
+        b.last_members = members;
         for s in states.iter_mut() {
             s.len += 1;
         }
-        Ok(next)
+        Ok(())
+    }
+
+    /// Waits for the oldest step in flight and returns its greedy choices, one per state.
+    pub(crate) async fn finish_step(&self, gpu: &Gpu, b: &mut DecodeScratch) -> Result<Vec<u32>> {
+        let (slot, n) = b
+            .pending
+            .pop_front()
+            .ok_or_else(|| Error::invalid("no decode step is in flight"))?;
+        gpu.read_mapped(&b.readback[slot], n).await
     }
 
     fn check_step(&self, states: &[&mut DecoderState], tokens: &[u32]) -> Result<()> {
@@ -224,6 +283,10 @@ impl TextModel {
             )));
         }
         self.check_ids(tokens)?;
+        self.check_room(states)
+    }
+
+    fn check_room(&self, states: &[&mut DecoderState]) -> Result<()> {
         for s in states {
             if s.len == 0 || s.len >= s.capacity {
                 return Err(Error::invalid(format!(
@@ -236,22 +299,29 @@ impl TextModel {
         Ok(())
     }
 
-    /// Records and submits the step of group `g` (at most GEMV_BATCH states), its greedy
-    /// choices into `b.tokens[g * GEMV_BATCH..]` and their read-back copy.
+    /// Records and submits the step of group `g` (at most GEMV_BATCH states) on `ids`, or on
+    /// the group's last greedy choices (`None`), its greedy choices into
+    /// `b.tokens[g * GEMV_BATCH..]` and their copy into read-back slot `slot`.
     async fn step_group(
         &self,
         gpu: &Gpu,
         b: &mut DecodeScratch,
         g: usize,
         group: &[&mut DecoderState],
-        ids: &[u32],
+        ids: Option<&[u32]>,
+        slot: usize,
     ) -> Result<()> {
         let (rows, vocab) = (group.len(), self.cfg.vocab_size);
         let base = self.cfg.first_position();
+        let first = g * GEMV_BATCH;
         let positions: Vec<u32> = group.iter().map(|s| (s.len + base) as u32).collect();
-        gpu.write(&b.ids, 0, bytemuck::cast_slice(ids))?;
         gpu.write(&b.positions, 0, bytemuck::cast_slice(&positions))?;
         let mut rec = gpu.recorder();
+        match ids {
+            Some(ids) => gpu.write(&b.ids, 0, bytemuck::cast_slice(ids))?,
+            // The GPU's own choices, never seen by the host: the step can run ahead.
+            None => rec.copy(&b.tokens, (first * 4) as u64, &b.ids, 0, (rows * 4) as u64),
+        }
         let acts = b.activations.as_ref().expect("reserved");
         let spans = group.iter().enumerate().map(|(i, s)| Span {
             first_row: i,
@@ -277,7 +347,6 @@ impl TextModel {
         };
         self.forward(&mut rec, &p, &b.ids, &[], BetweenLayers::Nothing)
             .await?;
-        let first = g * GEMV_BATCH;
         if let [s] = group {
             // One row: its logits straight into the state.
             let out = View::new(&s.logits, 1, vocab);
@@ -293,7 +362,7 @@ impl TextModel {
             }
         }
         let at = (first * 4) as u64;
-        rec.copy(&b.tokens, at, &b.readback, at, (rows * 4) as u64);
+        rec.copy(&b.tokens, at, &b.readback[slot], at, (rows * 4) as u64);
         let members = group.iter().map(|s| s.id).collect();
         rec.submit_cached("a decode step", b.group(g, members))
     }

@@ -197,8 +197,14 @@ pub struct DecodeScratch {
     pub(crate) logits: Option<wgpu::Buffer>,
     /// `u32`: the greedy choices of every group of a step; regrown with the batch.
     pub(crate) tokens: wgpu::Buffer,
-    /// MAP_READ copy of `tokens`.
-    pub(crate) readback: wgpu::Buffer,
+    /// MAP_READ copies of `tokens`, used in turn: a step may be read while the next runs.
+    pub(crate) readback: [wgpu::Buffer; 2],
+    /// Submitted steps not yet read, oldest first: (read-back slot, states).
+    pub(crate) pending: std::collections::VecDeque<(usize, usize)>,
+    /// The read-back slot of the next step.
+    pub(crate) next_slot: usize,
+    /// The states of the last submitted step, in order: the ones a chained step must name.
+    pub(crate) last_members: Vec<u64>,
     /// Per group of GEMV_BATCH states: its cached bind groups, and whose they are.
     groups: Vec<(Vec<u64>, DispatchCache)>,
     /// Microseconds the last step spent recording and submitting (its wait for the GPU
@@ -224,7 +230,10 @@ impl DecodeScratch {
             new_values: gpu.storage("new values", kv)?,
             logits: None,
             tokens: u32s("step tokens")?,
-            readback: gpu.read_back_buffer("step tokens read-back", (GEMV_BATCH * 4) as u64)?,
+            readback: read_backs(gpu, (GEMV_BATCH * 4) as u64)?,
+            pending: Default::default(),
+            next_slot: 0,
+            last_members: Vec::new(),
             groups: Vec::new(),
             host_us: 0.0,
         })
@@ -265,9 +274,15 @@ impl DecodeScratch {
             self.logits = Some(gpu.storage("step logits", bytes)?);
         }
         if self.tokens.size() < (n * 4) as u64 {
+            if !self.pending.is_empty() {
+                return Err(Error::invalid(
+                    "a step of more states than the one in flight: read that one first",
+                ));
+            }
             let bytes = (n.next_power_of_two() * 4) as u64;
             self.tokens = gpu.storage("step tokens", bytes)?;
-            self.readback = gpu.read_back_buffer("step tokens read-back", bytes)?;
+            self.readback = read_backs(gpu, bytes)?;
+            self.last_members.clear(); // the old choices are gone
             self.release();
         }
         // Groups past this step's last one would keep their states alive.
@@ -287,6 +302,14 @@ impl DecodeScratch {
         }
         cache
     }
+}
+
+/// The two read-back buffers of a [`DecodeScratch`].
+fn read_backs(gpu: &Gpu, bytes: u64) -> Result<[wgpu::Buffer; 2]> {
+    Ok([
+        gpu.read_back_buffer("step tokens read-back", bytes)?,
+        gpu.read_back_buffer("step tokens read-back", bytes)?,
+    ])
 }
 
 /// A view of rows `start..start + rows` of a `[.., width]` buffer.

@@ -5,10 +5,15 @@ use crate::error::Result;
 use crate::gpu::Recorder;
 use crate::shaders::{Binding, Elem, Entry, Shader, shader};
 
-/// Invocations of the one workgroup.
+/// Invocations per workgroup.
 pub const WG: u32 = 256;
+/// Workgroups of the first pass: enough to spread a vocabulary row over a large GPU (1005
+/// logits each at 257216), few enough that the second pass is one workgroup's loop.
+pub const PARTS: u32 = 256;
+/// Bytes of the scratch between the passes ([`Gpu`](crate::Gpu) holds one).
+pub(crate) const PARTS_BYTES: u64 = PARTS as u64 * 8;
 
-pub(crate) const SHADER: Shader = shader!("argmax", [], &[("WG", WG)]);
+pub(crate) const SHADER: Shader = shader!("argmax", [], &[("WG", WG), ("PARTS", PARTS)]);
 
 /// Mirrors `Params` in argmax.wgsl (the size is checked against it by `tests/interfaces.rs`).
 #[repr(C)]
@@ -20,18 +25,27 @@ struct Params {
     _pad: u32,
 }
 
-/// The index of one row's maximum, as a u32 in `out`.
+const X: Binding = Binding::read(1, "x", Elem::F32);
+const OUT: Binding = Binding::read_write(2, "out", Elem::U32);
+const PARTS_BINDING: Binding = Binding::read_write(3, "parts", Elem::U32);
+
+/// The best (value, index) of each slice of the row, into the parts.
+pub(crate) const ARGMAX_PARTS: Entry = Entry {
+    shader: &SHADER,
+    name: "argmax_parts",
+    params: size_of::<Params>(),
+    bindings: &[X, PARTS_BINDING],
+};
+
+/// The index of the row's maximum from the parts, as a u32 in `out`.
 pub(crate) const ARGMAX: Entry = Entry {
     shader: &SHADER,
     name: "argmax",
     params: size_of::<Params>(),
-    bindings: &[
-        Binding::read(1, "x", Elem::F32),
-        Binding::read_write(2, "out", Elem::U32),
-    ],
+    bindings: &[OUT, PARTS_BINDING],
 };
 
-pub(crate) const ENTRIES: &[&Entry] = &[&ARGMAX];
+pub(crate) const ENTRIES: &[&Entry] = &[&ARGMAX_PARTS, &ARGMAX];
 
 /// `out[out_index]` = argmax of the one row `x` (u32); ties go to the lowest index.
 pub fn argmax(rec: &mut Recorder, x: View, out: &wgpu::Buffer, out_index: usize) -> Result<()> {
@@ -42,7 +56,9 @@ pub fn argmax(rec: &mut Recorder, x: View, out: &wgpu::Buffer, out_index: usize)
         out_index: u32_of("out index", out_index)?,
         _pad: 0,
     };
-    rec.dispatch(&ARGMAX, &params, &[x.buffer, out], [1, 1, 1])
+    let parts = rec.gpu().argmax_parts().clone();
+    rec.dispatch(&ARGMAX_PARTS, &params, &[x.buffer, &parts], [PARTS, 1, 1])?;
+    rec.dispatch(&ARGMAX, &params, &[out, &parts], [1, 1, 1])
 }
 
 /// CPU reference for [`argmax`] (first index of the maximum, like `torch.argmax`).

@@ -20,6 +20,8 @@ pub const GEMV_ROWS: u32 = 8;
 /// read once for all of them. More rows go to `matmul`.
 pub const GEMV_BATCH: usize = 16;
 const _: () = assert!((TILE / 4) * (TILE / 4) == WG);
+// matmul stages one vec4 of x and one of W per invocation per depth step.
+const _: () = assert!(TILE_K * TILE / 4 == WG);
 
 pub(crate) const SHADER: Shader = shader!(
     "linear",

@@ -1,6 +1,6 @@
 //! The kernel case table and the harness that runs it, in the manner of llama.cpp's
 //! `test-backend-ops`: each case is a shape, the GPU op, its CPU reference and a tolerance.
-//! `tests/kernels.rs` checks every case; `examples/bench.rs --kernels` times the cases at the
+//! `tests/kernels.rs` checks every case; `examples/bench --kernels` times the cases at the
 //! real model's sizes. Not a stable API: it exists so the tests and the bench share one table.
 //!
 //! Tolerances are relative to max |reference|. The GPU computes in f32 and the references in
