@@ -142,7 +142,7 @@ impl Gpu {
             self.inner.queue.submit([enc.finish()]);
         })
         .await?;
-        let mut out = self.read_mapped_bytes(&staging).await?;
+        let mut out = self.read_mapped_bytes(&staging, None).await?;
         out.truncate(size as usize);
         Ok(out)
     }
@@ -162,18 +162,25 @@ impl Gpu {
     }
 
     /// The first `count` u32 values of a [`read_back_buffer`](Self::read_back_buffer) once the
-    /// submitted work that fills it is done.
+    /// submitted work that fills it is done: the submission `after` (natively, waiting for it
+    /// alone, so later submissions run on: a decode step read while the next one runs), or all
+    /// of them.
     pub(crate) async fn read_mapped(
         &self,
         staging: &wgpu::Buffer,
         count: usize,
+        after: Option<wgpu::SubmissionIndex>,
     ) -> Result<Vec<u32>> {
-        let bytes = self.read_mapped_bytes(staging).await?;
+        let bytes = self.read_mapped_bytes(staging, after).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes[..count * 4]))
     }
 
     /// Maps `staging` (MAP_READ), copies it out and unmaps it.
-    async fn read_mapped_bytes(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+    async fn read_mapped_bytes(
+        &self,
+        staging: &wgpu::Buffer,
+        after: Option<wgpu::SubmissionIndex>,
+    ) -> Result<Vec<u8>> {
         let (tx, rx) = futures_channel::oneshot::channel();
         self.scoped_async("mapping a read-back buffer", || {
             staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -181,7 +188,7 @@ impl Gpu {
             })
         })
         .await?;
-        self.poll_native()?;
+        self.poll_until(after)?;
         let map_err = |message: String| Error::Gpu {
             op: "mapping a read-back buffer".into(),
             message,
@@ -245,18 +252,31 @@ impl Gpu {
     /// ([`set_polled_by_caller`](Self::set_polled_by_caller)). In a browser the event loop
     /// runs them and this does nothing.
     fn poll_native(&self) -> Result<()> {
+        self.poll_until(None)
+    }
+
+    /// [`poll_native`](Self::poll_native) until submission `index` is done, not the queue.
+    #[cfg_attr(target_arch = "wasm32", allow(unused_variables))]
+    fn poll_until(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
-        self.poll_device(!self.inner.polled_by_caller.load(Ordering::Relaxed))?;
+        if !self.inner.polled_by_caller.load(Ordering::Relaxed) {
+            return self.poll_device(Some(index));
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        self.poll_device(None)?;
         Ok(())
     }
 
-    /// `device.poll`: until the queue is idle (`wait`), or once.
+    /// `device.poll`: until `wait`'s submission is done (the queue's last one for `Some(None)`),
+    /// or once (`None`).
     #[cfg(not(target_arch = "wasm32"))]
-    pub(super) fn poll_device(&self, wait: bool) -> Result<()> {
-        let how = if wait {
-            wgpu::PollType::wait_indefinitely()
-        } else {
-            wgpu::PollType::Poll
+    pub(super) fn poll_device(&self, wait: Option<Option<wgpu::SubmissionIndex>>) -> Result<()> {
+        let how = match wait {
+            Some(submission_index) => wgpu::PollType::Wait {
+                submission_index,
+                timeout: None,
+            },
+            None => wgpu::PollType::Poll,
         };
         self.inner.device.poll(how).map_err(|e| Error::Gpu {
             op: "waiting for the GPU".into(),

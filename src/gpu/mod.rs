@@ -421,7 +421,7 @@ impl Gpu {
             #[cfg(not(target_arch = "wasm32"))]
             {
                 let _ = what;
-                self.poll_device(true)?;
+                self.poll_device(Some(None))?;
             }
         }
     }

@@ -127,19 +127,24 @@ impl Recorder<'_> {
     pub fn flush(&mut self, op: &str) -> Result<()> {
         let cmds = std::mem::take(&mut self.cmds);
         let params = std::mem::take(&mut self.params);
-        submit(self.gpu, op, &cmds, &params, None)
+        submit(self.gpu, op, &cmds, &params, None).map(drop)
     }
 
     /// Builds bind groups, encodes everything and submits it. `op` names the work in errors.
     pub fn submit(self, op: &str) -> Result<()> {
-        submit(self.gpu, op, &self.cmds, &self.params, None)
+        submit(self.gpu, op, &self.cmds, &self.params, None).map(drop)
     }
 
     /// Like [`submit`](Self::submit), but the parameters go to the cache's persistent uniform
     /// buffer and bind groups are reused when a dispatch repeats (same pipeline, parameter slot
     /// and buffers), as it does at every decode step: steady-state decoding then creates no
-    /// GPU objects at all.
-    pub fn submit_cached(self, op: &str, cache: &mut DispatchCache) -> Result<()> {
+    /// GPU objects at all. Returns the submission's index (to wait for it alone); `None` when
+    /// nothing was recorded.
+    pub fn submit_cached(
+        self,
+        op: &str,
+        cache: &mut DispatchCache,
+    ) -> Result<Option<wgpu::SubmissionIndex>> {
         submit(self.gpu, op, &self.cmds, &self.params, Some(cache))
     }
 }
@@ -150,9 +155,9 @@ fn submit(
     cmds: &[Cmd],
     params: &[u8],
     mut cache: Option<&mut DispatchCache>,
-) -> Result<()> {
+) -> Result<Option<wgpu::SubmissionIndex>> {
     if cmds.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let uniform = match cache.as_deref_mut() {
         Some(c) => c.uniform(gpu, params)?,
@@ -169,7 +174,7 @@ fn submit(
         })
         .collect();
     let timer = Timer::new(gpu, kernels.len())?;
-    gpu.scoped(op, || {
+    let index = gpu.scoped(op, || {
         let mut enc = gpu
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
@@ -177,12 +182,12 @@ fn submit(
         if let Some(t) = &timer {
             t.resolve(&mut enc);
         }
-        gpu.queue().submit([enc.finish()]);
+        gpu.queue().submit([enc.finish()])
     })?;
-    match timer {
-        Some(t) => t.finish(gpu, &kernels),
-        None => Ok(()),
+    if let Some(t) = timer {
+        t.finish(gpu, &kernels)?;
     }
+    Ok(Some(index))
 }
 
 /// Encodes the commands: one compute pass for each run of dispatches between copies (wgpu

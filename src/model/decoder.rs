@@ -185,7 +185,7 @@ impl TextModel {
             return Err(e);
         }
         s.len = t;
-        Ok(gpu.read_mapped(&readback, 1).await?[0])
+        Ok(gpu.read_mapped(&readback, 1, None).await?[0])
     }
 
     /// One decode step for any number of states: `tokens[i]` is appended to `states[i]`;
@@ -248,15 +248,17 @@ impl TextModel {
         let n = states.len();
         b.reserve(gpu, &self.cfg, n)?;
         let slot = b.next_slot;
+        let mut last = None;
         for (g, group) in states.chunks(GEMV_BATCH).enumerate() {
             let ids = match input {
                 StepInput::Tokens(tokens) => Some(&tokens[g * GEMV_BATCH..][..group.len()]),
                 StepInput::Chosen => None,
             };
-            self.step_group(gpu, b, g, group, ids, slot).await?;
+            last = self.step_group(gpu, b, g, group, ids, slot).await?;
         }
         b.host_us = recording.elapsed().as_secs_f64() * 1e6;
-        b.pending.push_back((slot, n));
+        // Its read waits for its last submission alone, not for a step submitted after it.
+        b.pending.push_back((slot, n, last));
         b.next_slot = (slot + 1) % b.readback.len();
         b.last_members = members;
         for s in states.iter_mut() {
@@ -267,11 +269,11 @@ impl TextModel {
 
     /// Waits for the oldest step in flight and returns its greedy choices, one per state.
     pub(crate) async fn finish_step(&self, gpu: &Gpu, b: &mut DecodeScratch) -> Result<Vec<u32>> {
-        let (slot, n) = b
+        let (slot, n, index) = b
             .pending
             .pop_front()
             .ok_or_else(|| Error::invalid("no decode step is in flight"))?;
-        gpu.read_mapped(&b.readback[slot], n).await
+        gpu.read_mapped(&b.readback[slot], n, index).await
     }
 
     fn check_step(&self, states: &[&mut DecoderState], tokens: &[u32]) -> Result<()> {
@@ -310,7 +312,7 @@ impl TextModel {
         group: &[&mut DecoderState],
         ids: Option<&[u32]>,
         slot: usize,
-    ) -> Result<()> {
+    ) -> Result<Option<wgpu::SubmissionIndex>> {
         let (rows, vocab) = (group.len(), self.cfg.vocab_size);
         let base = self.cfg.first_position();
         let first = g * GEMV_BATCH;

@@ -199,8 +199,8 @@ pub struct DecodeScratch {
     pub(crate) tokens: wgpu::Buffer,
     /// MAP_READ copies of `tokens`, used in turn: a step may be read while the next runs.
     pub(crate) readback: [wgpu::Buffer; 2],
-    /// Submitted steps not yet read, oldest first: (read-back slot, states).
-    pub(crate) pending: std::collections::VecDeque<(usize, usize)>,
+    /// Submitted steps not yet read, oldest first: (read-back slot, states, last submission).
+    pub(crate) pending: std::collections::VecDeque<(usize, usize, Option<wgpu::SubmissionIndex>)>,
     /// The read-back slot of the next step.
     pub(crate) next_slot: usize,
     /// The states of the last submitted step, in order: the ones a chained step must name.
