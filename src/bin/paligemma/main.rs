@@ -19,6 +19,7 @@
 
 mod batch;
 mod draw;
+mod selftest;
 mod serve;
 
 use std::io::Write;
@@ -109,6 +110,10 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Check this library on an adapter: every kernel against its CPU reference, the shipped
+    /// tiny model against transformers, the driver, limits and features, and the GEMV
+    /// bandwidth and matmul FLOP/s measured there (`--json` for a bug report).
+    Selftest(selftest::SelftestArgs),
     /// Draw an answer (boxes, labels, masks) on an image without running the model, e.g. a
     /// saved `detect` or `segment` answer.
     Draw {
@@ -304,6 +309,7 @@ fn main() -> ExitCode {
         }) => draw::draw_answer(image, answer, seg_decoder.as_deref(), out, *json),
         Some(Command::Serve(args)) => serve::serve(args),
         Some(Command::Batch(args)) => batch::batch(args),
+        Some(Command::Selftest(args)) => selftest::selftest(args),
         None if cli.run.list_adapters => list_adapters(),
         None => run(&cli.run),
     };

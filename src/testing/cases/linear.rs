@@ -68,7 +68,9 @@ fn linear_case(
             },
         )
     });
-    if real { case.real() } else { case }
+    let mut case = if real { case.real() } else { case };
+    case.flops = (2 * m * n * k) as u64;
+    case
 }
 
 pub(super) fn linear_cases(v: &mut Vec<KernelCase>) {
