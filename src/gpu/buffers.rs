@@ -271,17 +271,25 @@ impl Gpu {
     /// or once (`None`).
     #[cfg(not(target_arch = "wasm32"))]
     pub(super) fn poll_device(&self, wait: Option<Option<wgpu::SubmissionIndex>>) -> Result<()> {
-        let how = match wait {
+        let how = match wait.clone() {
             Some(submission_index) => wgpu::PollType::Wait {
                 submission_index,
                 timeout: None,
             },
             None => wgpu::PollType::Poll,
         };
-        self.inner.device.poll(how).map_err(|e| Error::Gpu {
-            op: "waiting for the GPU".into(),
-            message: e.to_string(),
-        })?;
-        Ok(())
+        match self.inner.device.poll(how) {
+            // A submission that failed (as every one does on a lost device) has no index to
+            // wait for: wait for the queue, as then the map callback and the device-lost
+            // check say what happened.
+            Err(wgpu::PollError::WrongSubmissionIndex(..)) if matches!(wait, Some(Some(_))) => {
+                self.poll_device(Some(None))
+            }
+            Err(e) => Err(Error::Gpu {
+                op: "waiting for the GPU".into(),
+                message: e.to_string(),
+            }),
+            Ok(_) => Ok(()),
+        }
     }
 }
