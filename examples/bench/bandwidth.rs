@@ -148,6 +148,5 @@ fn timed(gpu: &Gpu, record: impl Fn(&mut wgpu::CommandEncoder)) -> anyhow::Resul
             times.push(t.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(super::median(times))
 }

@@ -159,7 +159,7 @@ fn bench_kernels(gpu: &Gpu) -> anyhow::Result<()> {
         if !case.real_size || case.refuses.is_some() {
             continue;
         }
-        if case.family == "matmul_coop" && !gpu.cooperative_matrix() {
+        if !case.runs_on(gpu) {
             println!("| {} | not run: no cooperative matrices | |", case.name);
             continue;
         }

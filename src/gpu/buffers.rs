@@ -259,31 +259,26 @@ impl Gpu {
     #[cfg_attr(target_arch = "wasm32", allow(unused_variables))]
     fn poll_until(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
-        if !self.inner.polled_by_caller.load(Ordering::Relaxed) {
-            return self.poll_device(Some(index));
-        }
-        #[cfg(not(target_arch = "wasm32"))]
-        self.poll_device(None)?;
+        self.poll_device(if self.inner.polled_by_caller.load(Ordering::Relaxed) {
+            wgpu::PollType::Poll
+        } else {
+            wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            }
+        })?;
         Ok(())
     }
 
-    /// `device.poll`: until `wait`'s submission is done (the queue's last one for `Some(None)`),
-    /// or once (`None`).
+    /// `device.poll(how)`, its error named.
     #[cfg(not(target_arch = "wasm32"))]
-    pub(super) fn poll_device(&self, wait: Option<Option<wgpu::SubmissionIndex>>) -> Result<()> {
-        let how = match wait.clone() {
-            Some(submission_index) => wgpu::PollType::Wait {
-                submission_index,
-                timeout: None,
-            },
-            None => wgpu::PollType::Poll,
-        };
+    pub(super) fn poll_device(&self, how: wgpu::PollType) -> Result<()> {
         match self.inner.device.poll(how) {
             // A submission that failed (as every one does on a lost device) has no index to
             // wait for: wait for the queue, as then the map callback and the device-lost
             // check say what happened.
-            Err(wgpu::PollError::WrongSubmissionIndex(..)) if matches!(wait, Some(Some(_))) => {
-                self.poll_device(Some(None))
+            Err(wgpu::PollError::WrongSubmissionIndex(..)) => {
+                self.poll_device(wgpu::PollType::wait_indefinitely())
             }
             Err(e) => Err(Error::Gpu {
                 op: "waiting for the GPU".into(),

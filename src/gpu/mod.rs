@@ -421,7 +421,7 @@ impl Gpu {
             #[cfg(not(target_arch = "wasm32"))]
             {
                 let _ = what;
-                self.poll_device(Some(None))?;
+                self.poll_device(wgpu::PollType::wait_indefinitely())?;
             }
         }
     }

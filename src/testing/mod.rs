@@ -133,6 +133,12 @@ impl KernelCase {
         Ok((p, io.bytes))
     }
 
+    /// Whether `gpu` can run the case: the tensor-core matmul's only where it has cooperative
+    /// matrices (elsewhere the case checks that the kernel is refused).
+    pub fn runs_on(&self, gpu: &Gpu) -> bool {
+        self.family != "matmul_coop" || gpu.cooperative_matrix()
+    }
+
     /// Runs the case and compares with the reference: the relative error, or why it failed.
     pub fn check(&self, gpu: &Gpu) -> std::result::Result<f64, String> {
         let fail = |e: crate::Error| format!("{}: {e}", self.name);

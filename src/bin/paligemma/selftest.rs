@@ -67,7 +67,7 @@ fn check_kernels(gpu: &Gpu, cases: &[KernelCase]) -> BTreeMap<&'static str, Fami
     let mut families: BTreeMap<&'static str, Family> = BTreeMap::new();
     for case in cases {
         let f = families.entry(case.family).or_default();
-        if case.family == "matmul_coop" && !gpu.cooperative_matrix() {
+        if !case.runs_on(gpu) {
             f.not_run = Some("no cooperative matrices (the tiled matmul serves)".into());
             continue;
         }
@@ -120,19 +120,18 @@ fn check_model(gpu: &Gpu, args: &SelftestArgs) -> anyhow::Result<String> {
     ))
 }
 
-/// GB/s of the real-size GEMVs and FLOP/s of the real-size products, the best of each kind.
+/// Each real-size product's rate in bytes (what bounds a one-row GEMV) and in arithmetic
+/// (what bounds a product of many rows).
 fn measure(gpu: &Gpu, cases: &[KernelCase]) -> serde_json::Value {
     let mut out = serde_json::Map::new();
-    for case in cases.iter().filter(|c| c.real_size && c.refuses.is_none()) {
-        let gemv = case.name.starts_with("linear GemvVec") && case.name.contains(" m=1 ");
-        if !(gemv || case.flops > 0) || (case.family == "matmul_coop" && !gpu.cooperative_matrix())
-        {
-            continue;
-        }
-        // A one-row GEMV is bound by its bytes, a product of many rows by its arithmetic.
+    let products = cases.iter().filter(|c| c.real_size && c.refuses.is_none());
+    for case in products.filter(|c| c.flops > 0 && c.runs_on(gpu)) {
         let figure = match case.time(gpu, 20) {
-            Ok((ms, bytes)) if gemv => format!("{:.1} GB/s", bytes as f64 / ms / 1e6),
-            Ok((ms, _)) => format!("{:.1} GFLOP/s", case.flops as f64 / ms / 1e6),
+            Ok((ms, bytes)) => format!(
+                "{:.1} GB/s, {:.1} GFLOP/s",
+                bytes as f64 / ms / 1e6,
+                case.flops as f64 / ms / 1e6
+            ),
             Err(e) => format!("not measured: {e}"),
         };
         out.insert(case.name.clone(), figure.into());
