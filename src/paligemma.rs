@@ -52,7 +52,8 @@ impl PaliGemma {
 
     /// Loads `dir` on `gpu`, which may wrap the caller's own device (`opts.gpu` is not used).
     pub fn load_on(gpu: Gpu, dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
-        Self::upload(gpu, Opened::folder(dir, opts.precision)?, dir, opts)
+        let opened = Opened::folder(dir, opts.precision)?;
+        pollster::block_on(Self::upload(gpu, opened, dir, opts))
     }
 
     /// Loads a model from its files' bytes rather than a folder: what a web page fetched
@@ -64,16 +65,23 @@ impl PaliGemma {
         origin: &str,
         opts: &LoadOptions,
     ) -> Result<PaliGemma> {
-        let origin = Path::new(origin);
-        Self::upload(
-            gpu,
-            Opened::files(files, origin, opts.precision)?,
-            origin,
-            opts,
-        )
+        pollster::block_on(Self::load_files_async(gpu, files, origin, opts))
     }
 
-    fn upload(gpu: Gpu, o: Opened, dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
+    /// [`load_files`](Self::load_files) for shards that are read as they are uploaded: a web
+    /// page's remote files, whose tensors arrive while this awaits.
+    pub async fn load_files_async(
+        gpu: Gpu,
+        files: ModelFiles,
+        origin: &str,
+        opts: &LoadOptions,
+    ) -> Result<PaliGemma> {
+        let origin = Path::new(origin);
+        let opened = Opened::files(files, origin, opts.precision)?;
+        Self::upload(gpu, opened, origin, opts).await
+    }
+
+    async fn upload(gpu: Gpu, o: Opened, dir: &Path, opts: &LoadOptions) -> Result<PaliGemma> {
         let source = WeightSource::Checkpoint(&o.checkpoint);
         let progress = opts.progress.as_ref();
         let mut model = Self::build(
@@ -83,7 +91,8 @@ impl PaliGemma {
             Some(o.tokenizer),
             o.precision,
             progress,
-        )?;
+        )
+        .await?;
         if model.config.image_tokens.is_some() {
             model.chat = Some(ChatTemplate::for_folder(dir)?);
         }
@@ -107,14 +116,14 @@ impl PaliGemma {
         precision: Option<Precision>,
     ) -> Result<PaliGemma> {
         let source = WeightSource::Random { seed, format };
-        Self::build(gpu, config, source, None, precision, None)
+        pollster::block_on(Self::build(gpu, config, source, None, precision, None))
     }
 
     /// Uploads every part from a weight source.
-    fn build(
+    async fn build(
         gpu: Gpu,
         config: PaliGemmaConfig,
-        source: WeightSource,
+        source: WeightSource<'_>,
         tokenizer: Option<PromptTokenizer>,
         precision: Option<Precision>,
         progress: Option<&LoadProgress>,
@@ -123,9 +132,9 @@ impl PaliGemma {
         let precision = precision.unwrap_or(Precision::F16);
         let before = gpu.allocated_bytes();
         let l = Loader::new(&gpu, source, precision, progress);
-        let vision = VisionTower::load(&l, &config.vision)?;
-        let projector = Projector::load(&l, &config)?;
-        let text = TextModel::load(&l, &config.text)?;
+        let vision = VisionTower::load(&l, &config.vision).await?;
+        let projector = Projector::load(&l, &config).await?;
+        let text = TextModel::load(&l, &config.text).await?;
         gpu.flush()?;
         Ok(PaliGemma {
             weight_bytes: gpu.allocated_bytes() - before,

@@ -1,8 +1,18 @@
-// The demo page (web/index.html) end to end in headless Chromium (its SwiftShader WebGPU):
-// each case of `cases.json` is loaded by URL, answered with `run=1`, and must give the native
-// ids; the page's answer must show the text. A screenshot of each run goes to SHOTS_DIR.
-// Usage: node web/test-chromium.mjs CASES.json SHOTS_DIR   (the page is served by the caller
-// at $PAGE_ORIGIN, the repository root)
+// The demo page (web/index.html) end to end in headless Chromium (its SwiftShader WebGPU),
+// served by web/range-server.py (byte ranges, every request logged):
+// 1. With the weights cache failing as a full quota does, the page says it is not caching and
+//    still answers as native.
+// 2. Each case of `cases.json` is loaded by URL, answered with `run=1`, and must give the
+//    native ids; the page's answer must show the text. A screenshot of each goes to SHOTS_DIR.
+//    With $NO_RANGE_ORIGIN (a server ignoring Range), the page must say so and still answer.
+// 3. The large case (`big` in cases.json, a sharded bf16 model of 300+ MB): JS heap (with
+//    array buffers) and wasm memory are sampled through the load; their peak must stay under
+//    1.5x the largest tensor + 64 MiB (HEAP_TRACE=1 prints each sample). A reload must read
+//    every weight from the cache: the server's log shows no request for its safetensors.
+//    "Remove cached model" must then empty the cache of it, and "Cancel loading" must stop a
+//    load midway with a message.
+// Usage: node web/test-chromium.mjs CASES.json SHOTS_DIR   (the caller serves the repository
+// root at $PAGE_ORIGIN and logs requests to $SERVER_LOG)
 import fs from "node:fs";
 import path from "node:path";
 import puppeteer from "puppeteer-core";
@@ -10,7 +20,10 @@ import puppeteer from "puppeteer-core";
 const cases = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const shots = process.argv[3];
 const origin = process.env.PAGE_ORIGIN ?? "http://127.0.0.1:8765";
+const serverLog = process.env.SERVER_LOG;
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
+const rel = (p) => "/" + path.relative(root, path.resolve(p));
+const MiB = 2 ** 20;
 fs.mkdirSync(shots, { recursive: true });
 
 const browser = await puppeteer.launch({
@@ -19,50 +32,173 @@ const browser = await puppeteer.launch({
   args: ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan"],
 });
 let failed = 0;
+const check = (ok, what) => {
+  if (!ok) failed++;
+  console.log(`${ok ? "ok  " : "FAIL"} ${what}`);
+  return ok;
+};
+
+/** Opens the page on case `c` and waits for its answer. `sampleMemory`: sample the JS heap
+ * every 10 ms meanwhile. `before(page)`: runs before the page loads. */
+async function run(c, { sampleMemory = false, before = async () => {}, extra = {}, at = origin } = {}) {
+  const page = await browser.newPage();
+  await page.setViewport({ width: 900, height: 900 });
+  const logs = [];
+  page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => logs.push(`page error: ${e.message}`));
+  await before(page);
+  const query = new URLSearchParams({
+    model: rel(c.model) + "/",
+    image: rel(c.image),
+    prompt: c.prompt,
+    max: String(c.max_new_tokens),
+    run: "1",
+    ...extra,
+  });
+  if (c.precision) query.set("precision", c.precision);
+  for (const [k, v] of Object.entries(c.sampling ?? {})) query.set(k, String(v));
+  const cdp = await page.createCDPSession();
+  let peakHeap = 0;
+  let sampling = sampleMemory;
+  const sampler = (async () => {
+    while (sampling) {
+      const h = await cdp.send("Runtime.getHeapUsage").catch(() => null);
+      if (h) peakHeap = Math.max(peakHeap, h.usedSize + (h.backingStorageSize ?? 0));
+      if (h && process.env.HEAP_TRACE) console.log(`heap ${(h.usedSize / MiB).toFixed(1)} + buffers ${(h.backingStorageSize / MiB).toFixed(1)}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  })();
+  await page.goto(`${at}/web/index.html?${query}`);
+  await page.waitForSelector("body[data-done]", { timeout: 600_000 });
+  sampling = false;
+  await sampler;
+  const got = await page.evaluate(() => ({
+    out: window.paligemmaResult,
+    load: window.paligemmaLoad,
+    wasmBytes: window.paligemmaWasmBytes?.() ?? 0,
+    shown: document.querySelector("#answer").textContent,
+    status: document.querySelector("#status").textContent,
+    notes: document.querySelector("#notes").textContent,
+    timings: document.querySelector("#timings").textContent,
+  }));
+  const shot = path.join(shots, `${c.name}-${c.precision ?? "default"}${extra.tag ?? ""}.png`);
+  await page.screenshot({ path: shot });
+  const { out, shown } = got;
+  const ok =
+    !out.error &&
+    JSON.stringify(out.generatedIds) === JSON.stringify(c.native_ids) &&
+    JSON.stringify(out.streamed) === JSON.stringify(out.generatedIds) &&
+    out.text === c.native_text &&
+    shown === c.native_text;
+  const answer = out.error
+    ? `error ${out.error}`
+    : `${JSON.stringify(out.generatedIds)} shown ${JSON.stringify(shown)}` +
+      (ok ? "" : `, native ${JSON.stringify(c.native_ids)} ${JSON.stringify(c.native_text)}`);
+  check(ok, `${c.name} (${c.precision ?? "default"}): ${answer}\n     ${got.status}\n     ${got.timings}; screenshot ${shot}`);
+  if (!ok) console.log(logs.map((l) => `     ${l}`).join("\n"));
+  return { page, ...got, peakHeap };
+}
+
+/** Requests the server logged from line `from` on for a safetensors file under `folder` (the
+ * index, which names the shards, is fetched on every load). */
+function weightRequests(from, folder) {
+  const lines = fs.readFileSync(serverLog, "utf8").split("\n").slice(from);
+  return lines.filter((l) => {
+    const file = l.split(" ")[1]?.split("?")[0] ?? "";
+    return file.startsWith(rel(folder) + "/") && file.endsWith(".safetensors");
+  });
+}
+const logLines = () => fs.readFileSync(serverLog, "utf8").split("\n").length - 1;
+
+/** The largest tensor of the safetensors files in `dir`, in bytes. */
+function largestTensor(dir) {
+  let largest = 0;
+  for (const f of fs.readdirSync(dir).filter((f) => f.endsWith(".safetensors"))) {
+    const fd = fs.openSync(path.join(dir, f), "r");
+    const len = Buffer.alloc(8);
+    fs.readSync(fd, len, 0, 8, 0);
+    const header = Buffer.alloc(Number(len.readBigUInt64LE()));
+    fs.readSync(fd, header, 0, header.length, 8);
+    fs.closeSync(fd);
+    for (const [k, t] of Object.entries(JSON.parse(header.toString()))) {
+      if (k !== "__metadata__") largest = Math.max(largest, t.data_offsets[1] - t.data_offsets[0]);
+    }
+  }
+  return largest;
+}
+
 try {
+  // 1. A cache that refuses every write, as a full quota does (before anything is cached).
+  const first = cases.find((c) => !c.big);
+  const refused = await run(first, {
+    extra: { tag: "-quota" },
+    before: (page) =>
+      page.evaluateOnNewDocument(() => {
+        Cache.prototype.put = () => Promise.reject(new DOMException("the quota is full (test)", "QuotaExceededError"));
+      }),
+  });
+  check(refused.notes.includes("not caching the weights: QuotaExceededError"), `a full quota is reported: "${refused.notes}"`);
+  await refused.page.close();
+
+  // A server that ignores Range: one whole-file request per shard, said on the page.
+  if (process.env.NO_RANGE_ORIGIN) {
+    const whole = await run(first, { at: process.env.NO_RANGE_ORIGIN, extra: { tag: "-noranges" } });
+    check(whole.notes.includes("ignores Range"), `a server ignoring Range is reported: "${whole.notes}"`);
+    await whole.page.close();
+  }
+
+  // 2. Every case, the large one with the memory sampled.
+  const big = [];
   for (const c of cases) {
-    const page = await browser.newPage();
-    await page.setViewport({ width: 900, height: 900 });
-    const logs = [];
-    page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
-    page.on("pageerror", (e) => logs.push(`page error: ${e.message}`));
-    const rel = (p) => "/" + path.relative(root, p);
-    const query = new URLSearchParams({
-      model: rel(c.model) + "/",
-      image: rel(c.image),
-      prompt: c.prompt,
-      max: String(c.max_new_tokens),
-      run: "1",
-    });
-    if (c.precision) query.set("precision", c.precision);
-    for (const [k, v] of Object.entries(c.sampling ?? {})) query.set(k, String(v));
-    await page.goto(`${origin}/web/index.html?${query}`);
-    await page.waitForSelector("body[data-done]", { timeout: 240_000 });
-    const out = await page.evaluate(() => window.paligemmaResult);
-    const shown = await page.$eval("#answer", (e) => e.textContent);
-    const status = await page.$eval("#status", (e) => e.textContent);
-    const shot = path.join(shots, `${c.name}-${c.precision ?? "default"}.png`);
-    await page.screenshot({ path: shot });
-    const ok =
-      !out.error &&
-      JSON.stringify(out.generatedIds) === JSON.stringify(c.native_ids) &&
-      JSON.stringify(out.streamed) === JSON.stringify(out.generatedIds) &&
-      out.text === c.native_text &&
-      shown === c.native_text;
-    if (!ok) failed++;
-    console.log(
-      `${ok ? "ok  " : "FAIL"} ${c.name} (${c.precision ?? "default"}): ` +
-        (out.error
-          ? `error ${out.error}`
-          : `${JSON.stringify(out.generatedIds)} shown ${JSON.stringify(shown)}` +
-            (ok ? "" : `, native ${JSON.stringify(c.native_ids)} ${JSON.stringify(c.native_text)}`)) +
-        `\n     ${status}; screenshot ${shot}`,
+    const r = await run(c, { sampleMemory: !!c.big });
+    if (c.big) big.push([c, r]);
+    else await r.page.close();
+  }
+
+  // 3. The large model: memory, then a reload from the cache, then removing it.
+  for (const [c, r] of big) {
+    const largest = largestTensor(c.model);
+    const peak = r.peakHeap + r.wasmBytes;
+    const bound = 1.5 * largest + 64 * MiB;
+    check(
+      peak < bound,
+      `${c.name}: peak JS heap ${(r.peakHeap / MiB).toFixed(1)} MiB + wasm memory ${(r.wasmBytes / MiB).toFixed(1)} MiB = ` +
+        `${(peak / MiB).toFixed(1)} MiB, under 1.5 x the largest tensor (${(largest / MiB).toFixed(1)} MiB) + 64 MiB = ` +
+        `${(bound / MiB).toFixed(1)} MiB; loaded ${JSON.stringify(r.load)}`,
     );
-    if (!ok) console.log(logs.map((l) => `     ${l}`).join("\n"));
+    await r.page.close();
+    const mark = logLines();
+    const again = await run(c, { extra: { tag: "-reload" } });
+    const requests = weightRequests(mark, c.model);
+    check(
+      requests.length === 0 && again.load?.download === 0 && again.load?.cache > 0,
+      `${c.name} reloaded from the cache: ${requests.length} weight requests in the server's log ` +
+        `(${requests.slice(0, 3).join("; ")}), ${JSON.stringify(again.load)}`,
+    );
+    await again.page.click("#uncache");
+    await again.page.waitForFunction(() => document.querySelector("#notes").textContent.includes("removed"));
+    const left = await again.page.evaluate(async (prefix) => {
+      const cache = await caches.open("paligemma-weights-v1");
+      return (await cache.keys()).filter((r) => new URL(r.url).pathname.startsWith(prefix)).length;
+    }, rel(c.model) + "/");
+    const notes = await again.page.$eval("#notes", (e) => e.textContent);
+    check(left === 0, `"Remove cached model": ${notes}; ${left} pieces left`);
+    await again.page.close();
+
+    // Cancelling mid-download: the load's promise rejects, the page says so and stays alive.
+    const page = await browser.newPage();
+    const query = new URLSearchParams({ model: rel(c.model) + "/", image: rel(c.image), run: "1" });
+    await page.goto(`${origin}/web/index.html?${query}`);
+    await page.waitForFunction(() => document.querySelector("#progress").value > 0.1, { timeout: 120_000 });
+    await page.click("#cancel");
+    await page.waitForSelector("body[data-done]", { timeout: 120_000 });
+    const status = await page.$eval("#status", (e) => e.textContent);
+    const alive = await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => r(true))));
+    check(status.includes("cancelled") && alive, `cancelling the load: "${status}"`);
     await page.close();
   }
 } finally {
   await browser.close();
 }
-console.log(failed ? `${failed} of ${cases.length} cases differ from native` : `all ${cases.length} cases match native`);
+console.log(failed ? `${failed} checks failed` : `all ${cases.length} cases match native, and every check passed`);
 process.exit(failed ? 1 : 0);

@@ -1,5 +1,7 @@
 // The wasm build end to end in Node on Dawn (npm `webgpu`, on lavapipe here): every case of
-// `cases.json` (made by scripts/web-tests.sh from the native CLI) must generate the native ids.
+// `cases.json` (made by scripts/web-tests.sh from the native CLI), its shards read range by
+// range as a page reads them and the device asked for WebGPU's default limits, must generate
+// the native ids.
 // Usage: node web/test-node.mjs CASES.json
 import fs from "node:fs";
 import { createRequire } from "node:module";
@@ -15,6 +17,37 @@ globalThis.navigator = { gpu: create([]) };
 const require = createRequire(import.meta.url);
 const { Model } = require("./pkg-node/paligemma.js");
 
+// WebGPU's default limits, which every browser grants and the test requests explicitly.
+const DEFAULT_LIMITS = {
+  maxBufferSize: 256 * 2 ** 20,
+  maxStorageBufferBindingSize: 128 * 2 ** 20,
+  maxComputeWorkgroupStorageSize: 16384,
+  maxStorageBuffersPerShaderStage: 8,
+};
+
+/** File `file` as the library's remote shard (src/web/remote.rs): its header, and a reader of
+ * byte ranges that hands them over in 64 KiB chunks, as a streamed HTTP body would. `cut`
+ * bytes go missing from the end of every range (a broken server). */
+function remoteShard(file, cut = 0) {
+  const fd = fs.openSync(file, "r");
+  const size = fs.fstatSync(fd).size;
+  const readAt = (start, end) => {
+    const b = Buffer.alloc(end - start);
+    fs.readSync(fd, b, 0, b.length, start);
+    return new Uint8Array(b.buffer, b.byteOffset, b.length);
+  };
+  const n = Number(readAt(0, 8).reduce((v, x, i) => v + BigInt(x) * 256n ** BigInt(i), 0n));
+  return {
+    header: readAt(0, 8 + n),
+    size,
+    read: async (start, end) => {
+      let at = start;
+      end -= cut;
+      return { next: async () => (at < end ? readAt(at, (at = Math.min(end, at + 65536))) : null) };
+    },
+  };
+}
+
 const cases = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 let failed = 0;
 for (const c of cases) {
@@ -27,11 +60,17 @@ for (const c of cases) {
     dir,
     fs.readFileSync(path.join(dir, "config.json"), "utf8"),
     read("tokenizer.json"),
-    shards.map(read),
+    shards.map((f) => remoteShard(path.join(dir, f))),
     shards,
     c.precision,
     (done) => (uploaded = done),
+    { defaultLimits: true },
   );
+  const limits = model.limits();
+  if (Object.entries(DEFAULT_LIMITS).some(([k, v]) => limits[k] !== v)) {
+    console.log(`FAIL the device's limits ${JSON.stringify(limits)} are not the defaults asked for`);
+    failed++;
+  }
   const loadMs = performance.now() - t0;
   const streamed = [];
   const image = new Uint8Array(fs.readFileSync(c.image));
@@ -66,6 +105,8 @@ const refusals = [
   ["a truncated shard", () => load([shard.subarray(0, shard.length - 10)]), "model.safetensors"],
   ["a config that is not JSON", () => Model.load(c.model, "{", read("tokenizer.json"), [shard], ["model.safetensors"], null, null), "config.json"],
   ["an unknown precision", () => Model.load(c.model, config, read("tokenizer.json"), [shard], ["model.safetensors"], "q3", null), "precision"],
+  ["a remote shard whose ranges arrive short", () => load([remoteShard(path.join(c.model, "model.safetensors"), 1)]), "model.safetensors"],
+  ["a remote shard without a reader", () => load([{ header: shard.subarray(0, 8), size: shard.length }]), "read"],
 ];
 const model = await load([shard]);
 const image = new Uint8Array(fs.readFileSync(c.image));

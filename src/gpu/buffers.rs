@@ -63,7 +63,32 @@ impl Gpu {
     /// Creates a buffer mapped at creation and copies `bytes` in: one copy in this process (a
     /// 1 GiB embedding chunk is not duplicated on the heap). Unlike
     /// `DeviceExt::create_buffer_init`, which panics when the mapping fails (a lost device),
-    /// this returns `Err`.
+    /// this returns `Err`. On the web a mapped range is a copy in wasm memory (wgpu's web
+    /// backend writes it back on unmap), which would double the memory a load peaks at; there
+    /// the bytes go through `queue.write_buffer`, which the browser reads from wasm memory.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn buffer_with(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        let op = format!("uploading `{label}` ({} bytes)", bytes.len());
+        let buffer = self.scoped(&op, || {
+            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: usage | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        self.write(&buffer, 0, bytes)?;
+        Ok(buffer)
+    }
+
+    /// See the web version above.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn buffer_with(
         &self,
         label: &str,
@@ -105,12 +130,17 @@ impl Gpu {
     /// Writes `data` into `buf` at byte `offset` (queued; ordered before the next submission).
     pub fn write(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) -> Result<()> {
         self.scoped("writing a buffer", || {
-            if data.len().is_multiple_of(4) {
-                self.inner.queue.write_buffer(buf, offset, data);
-            } else {
-                let mut v = data.to_vec();
-                v.resize(data.len().div_ceil(4) * 4, 0);
-                self.inner.queue.write_buffer(buf, offset, &v);
+            // Whole words as they are; a ragged tail padded to one (writes are in words).
+            let whole = data.len() / 4 * 4;
+            if whole > 0 {
+                self.inner.queue.write_buffer(buf, offset, &data[..whole]);
+            }
+            if whole < data.len() {
+                let mut tail = [0u8; 4];
+                tail[..data.len() - whole].copy_from_slice(&data[whole..]);
+                self.inner
+                    .queue
+                    .write_buffer(buf, offset + whole as u64, &tail);
             }
         })
     }

@@ -55,6 +55,11 @@ pub struct GpuOptions {
     /// the feature experimental, and the kernel has not yet been measured on a GPU that has it
     /// (lavapipe lacks it); `bench --coop` and `tests/kernels.rs` exercise it.
     pub cooperative_matrix: bool,
+    /// Request WebGPU's default limits ([`wgpu::Limits::default`]: 128 MiB per storage
+    /// binding, 256 MiB per buffer, 16 KiB of workgroup memory, 8 storage buffers per stage)
+    /// instead of the adapter's: what any browser grants, so a model that loads and answers
+    /// so runs on every browser's WebGPU, as far as limits go.
+    pub default_limits: bool,
 }
 
 /// Optional features some path uses when present; each has a fallback that needs none.
@@ -146,7 +151,10 @@ impl Gpu {
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("paligemma"),
                 required_features: features,
-                required_limits: adapter.limits(),
+                required_limits: match opts.default_limits {
+                    true => wgpu::Limits::default(),
+                    false => adapter.limits(),
+                },
                 experimental_features: experimental,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,

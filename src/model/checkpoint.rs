@@ -1,7 +1,8 @@
 //! A PaliGemma checkpoint folder: `model.safetensors`, or the shards listed in
 //! `model.safetensors.index.json`, memory-mapped; tensors found under either naming scheme.
-//! The shards may also be bytes the caller holds ([`Checkpoint::from_shards`]): in a browser,
-//! JS arrays outside wasm memory, of which only the tensor being uploaded is copied in.
+//! The shards may also be bytes the caller holds ([`Checkpoint::from_shards`]), or, in a
+//! browser, files of which only the header is held and each tensor is read (HTTP range
+//! requests, the page's cache) while it is uploaded: [`Checkpoint::read`] is async for them.
 //!
 //! Published checkpoints name tensors `vision_tower.vision_model.*`,
 //! `multi_modal_projector.linear.*`, `language_model.model.*`; newer transformers writes
@@ -14,9 +15,10 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use safetensors::Dtype;
-use safetensors::tensor::Metadata;
 
 use std::borrow::Cow;
+
+pub use super::shard_bytes::ShardBytes;
 
 use crate::error::{Error, Result};
 use crate::ops::{HostWeight, WeightFormat};
@@ -29,78 +31,26 @@ struct Shard {
 }
 
 impl Shard {
-    /// A tensor's bytes, from its offsets in the data section.
-    fn data(&self, (start, end): (usize, usize)) -> Cow<'_, [u8]> {
+    /// A tensor's bytes, from its offsets in the data section, where they are at hand.
+    fn data(&self, (start, end): (usize, usize)) -> Result<Cow<'_, [u8]>> {
         self.bytes
             .range(self.data_start + start, self.data_start + end)
-    }
-}
-
-/// The largest header accepted: safetensors' own bound (`MAX_HEADER_SIZE`, private to it).
-const MAX_HEADER_BYTES: u64 = 100_000_000;
-
-/// The bytes of one safetensors file.
-pub enum ShardBytes {
-    /// A file, memory-mapped.
-    Mapped(Mmap),
-    /// Bytes in memory.
-    Owned(Vec<u8>),
-    /// A JS array (a fetched file) outside wasm memory: each tensor is copied in only while
-    /// it is uploaded, so wasm's 4 GiB never holds the checkpoint.
-    #[cfg(all(target_arch = "wasm32", feature = "web"))]
-    Js(js_sys::Uint8Array),
-}
-
-impl ShardBytes {
-    fn len(&self) -> usize {
-        match self {
-            ShardBytes::Mapped(m) => m.len(),
-            ShardBytes::Owned(v) => v.len(),
-            #[cfg(all(target_arch = "wasm32", feature = "web"))]
-            ShardBytes::Js(a) => a.length() as usize,
-        }
+            .map_err(|message| self.error(message))
     }
 
-    /// Bytes `start..end` (in range: the header was checked against the length).
-    fn range(&self, start: usize, end: usize) -> Cow<'_, [u8]> {
-        match self {
-            ShardBytes::Mapped(m) => Cow::Borrowed(&m[start..end]),
-            ShardBytes::Owned(v) => Cow::Borrowed(&v[start..end]),
-            #[cfg(all(target_arch = "wasm32", feature = "web"))]
-            ShardBytes::Js(a) => Cow::Owned(a.subarray(start as u32, end as u32).to_vec()),
-        }
+    /// A tensor's bytes, read from wherever the shard is.
+    async fn read(&self, (start, end): (usize, usize)) -> Result<Cow<'_, [u8]>> {
+        self.bytes
+            .read(self.data_start + start, self.data_start + end)
+            .await
+            .map_err(|message| self.error(message))
     }
 
-    /// The header's length and metadata, checked as `SafeTensors::read_metadata` checks them
-    /// (the tensors tile the data exactly to the end of the file) without needing every byte in
-    /// one slice.
-    fn metadata(&self) -> std::result::Result<(usize, Metadata), String> {
-        let len = self.len();
-        if len < 8 {
-            return Err("shorter than a safetensors header".into());
+    fn error(&self, message: String) -> Error {
+        Error::Safetensors {
+            path: self.path.clone(),
+            message,
         }
-        let n = u64::from_le_bytes(self.range(0, 8).as_ref().try_into().expect("8 bytes"));
-        if n > MAX_HEADER_BYTES || 8 + n as usize > len {
-            return Err(format!(
-                "header length {n} does not fit the file's {len} bytes"
-            ));
-        }
-        let n = n as usize;
-        let metadata: Metadata =
-            serde_json::from_slice(&self.range(8, 8 + n)).map_err(|e| format!("header: {e}"))?;
-        let end = metadata
-            .tensors()
-            .values()
-            .map(|t| t.data_offsets.1)
-            .max()
-            .unwrap_or(0);
-        if 8 + n + end != len {
-            return Err(format!(
-                "the header describes {} bytes, the file holds {len}",
-                8 + n + end
-            ));
-        }
-        Ok((n, metadata))
     }
 }
 
@@ -332,7 +282,7 @@ impl Checkpoint {
     /// The pre-quantized form of matrix `canon` `[rows, cols]` (written by `paligemma
     /// quantize`: `{name}.q8` or `{name}.q4` codes and `{name}.q8_scales` / `.q4_scales`), if
     /// the checkpoint holds one.
-    pub fn quantized(
+    pub async fn quantized(
         &self,
         canon: &str,
         rows: usize,
@@ -347,12 +297,14 @@ impl Checkpoint {
                 continue;
             }
             let code_cols = format.row_bytes(cols) * 8 / dtype.bitsize();
-            let data = self.raw(&codes, dtype, &[rows, code_cols])?;
-            let scales = self.raw(
-                &format!("{codes}_scales"),
-                Dtype::F16,
-                &[rows, cols / crate::ops::weights::BLOCK, 2],
-            )?;
+            let data = self.raw(&codes, dtype, &[rows, code_cols]).await?;
+            let scales = self
+                .raw(
+                    &format!("{codes}_scales"),
+                    Dtype::F16,
+                    &[rows, cols / crate::ops::weights::BLOCK, 2],
+                )
+                .await?;
             let host = HostWeight {
                 format,
                 rows,
@@ -378,29 +330,34 @@ impl Checkpoint {
         }
     }
 
-    /// Every tensor, ordered by its name in the file.
-    pub fn tensors(&self) -> Vec<StoredTensor<'_>> {
-        let mut v: Vec<_> = self
-            .entries
-            .iter()
-            .map(|(canon, e)| StoredTensor {
+    /// Every tensor, ordered by its name in the file (a checkpoint whose bytes are at hand:
+    /// not a web page's remote files).
+    pub fn tensors(&self) -> Result<Vec<StoredTensor<'_>>> {
+        let mut v = Vec::with_capacity(self.entries.len());
+        for (canon, e) in &self.entries {
+            v.push(StoredTensor {
                 name: &e.name,
                 canon,
                 dtype: e.dtype,
                 shape: &e.shape,
-                bytes: self.shards[e.shard].data(e.range),
-            })
-            .collect();
+                bytes: self.shards[e.shard].data(e.range)?,
+            });
+        }
         v.sort_by_key(|t| t.name);
-        v
+        Ok(v)
+    }
+
+    /// The entry of tensor `canon`; errors name the checkpoint's folder.
+    fn entry(&self, canon: &str) -> Result<&Entry> {
+        self.entries.get(canon).ok_or_else(|| Error::Tensor {
+            name: canon.to_string(),
+            message: format!("missing from the checkpoint in {}", self.dir.display()),
+        })
     }
 
     /// The bytes of tensor `canon`, checked to have `dtype` and `shape`.
-    fn raw(&self, canon: &str, dtype: Dtype, shape: &[usize]) -> Result<Cow<'_, [u8]>> {
-        let e = self.entries.get(canon).ok_or_else(|| Error::Tensor {
-            name: canon.to_string(),
-            message: format!("missing from the checkpoint in {}", self.dir.display()),
-        })?;
+    async fn raw(&self, canon: &str, dtype: Dtype, shape: &[usize]) -> Result<Cow<'_, [u8]>> {
+        let e = self.entry(canon)?;
         if e.dtype != dtype || e.shape != shape {
             return Err(Error::Tensor {
                 name: e.name.clone(),
@@ -410,9 +367,9 @@ impl Checkpoint {
                 ),
             });
         }
-        self.read
-            .set(self.read.get() + (e.range.1 - e.range.0) as u64);
-        Ok(self.shards[e.shard].data(e.range))
+        let bytes = self.shards[e.shard].read(e.range).await?;
+        self.read.set(self.read.get() + bytes.len() as u64);
+        Ok(bytes)
     }
 
     /// Bytes of tensor data read so far, and in all.
@@ -429,32 +386,55 @@ impl Checkpoint {
         self.entries.contains_key(canon)
     }
 
-    /// The tensor with canonical name `canon`, checked to have `shape`. Errors name the
-    /// checkpoint's own tensor name and file.
-    pub fn get(&self, canon: &str, shape: &[usize]) -> Result<TensorData<'_>> {
-        let e = self.entries.get(canon).ok_or_else(|| Error::Tensor {
-            name: canon.to_string(),
-            message: format!("missing from the checkpoint in {}", self.dir.display()),
-        })?;
-        let shard = &self.shards[e.shard];
+    /// Tensor `canon`'s entry, checked to have `shape` and a dtype the kernels read. Errors
+    /// name the checkpoint's own tensor name and file.
+    fn lookup(&self, canon: &str, shape: &[usize]) -> Result<&Entry> {
+        let e = self.entry(canon)?;
         if e.shape != shape {
             return Err(Error::Tensor {
                 name: e.name.clone(),
                 message: format!(
                     "shape {:?} in {} does not match the config's {:?}",
                     e.shape,
-                    shard.path.display(),
+                    self.shards[e.shard].path.display(),
                     shape
                 ),
             });
         }
-        let t = TensorData {
+        self.tensor(e, Cow::Borrowed(&[])).format()?;
+        Ok(e)
+    }
+
+    fn tensor<'a>(&self, e: &'a Entry, bytes: Cow<'a, [u8]>) -> TensorData<'a> {
+        TensorData {
             name: &e.name,
             dtype: e.dtype,
-            bytes: shard.data(e.range),
-        };
-        t.format()?;
-        self.read.set(self.read.get() + t.bytes.len() as u64);
-        Ok(t)
+            bytes,
+        }
+    }
+
+    /// How tensor `canon` of `shape` is stored, from the header alone.
+    pub fn stored_format(&self, canon: &str, shape: &[usize]) -> Result<WeightFormat> {
+        let e = self.lookup(canon, shape)?;
+        self.tensor(e, Cow::Borrowed(&[])).format()
+    }
+
+    /// The tensor with canonical name `canon`, checked to have `shape`, from a checkpoint
+    /// whose bytes are at hand ([`read`](Self::read) reads any).
+    pub fn get(&self, canon: &str, shape: &[usize]) -> Result<TensorData<'_>> {
+        let e = self.lookup(canon, shape)?;
+        let bytes = self.shards[e.shard].data(e.range)?;
+        self.read.set(self.read.get() + bytes.len() as u64);
+        Ok(self.tensor(e, bytes))
+    }
+
+    /// The tensor with canonical name `canon`, checked to have `shape`, read from wherever
+    /// its shard is (at once for a file or bytes in memory; a web page's remote file only
+    /// while this awaits).
+    pub async fn read(&self, canon: &str, shape: &[usize]) -> Result<TensorData<'_>> {
+        let e = self.lookup(canon, shape)?;
+        let bytes = self.shards[e.shard].read(e.range).await?;
+        self.read.set(self.read.get() + bytes.len() as u64);
+        Ok(self.tensor(e, bytes))
     }
 }

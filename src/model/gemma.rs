@@ -215,7 +215,7 @@ pub struct TextModel {
 
 impl TextModel {
     /// Loads the decoder, the checkpoint's norms given the roles of Gemma or Gemma 2.
-    pub fn load(l: &Loader, cfg: &TextConfig) -> Result<Self> {
+    pub async fn load(l: &Loader<'_>, cfg: &TextConfig) -> Result<Self> {
         let (h, i, hd, eps) = (
             cfg.hidden_size,
             cfg.intermediate_size,
@@ -227,23 +227,27 @@ impl TextModel {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for li in 0..cfg.num_hidden_layers {
             let p = format!("text.layers.{li}");
-            let lin = |name: &str, r, c| l.linear(&format!("{p}.{name}"), r, c, false);
-            let norm = |name: &str| l.rms_norm(&format!("{p}.{name}"), h, eps);
-            let gemma2_norm = |name: &str| g2.then(|| norm(name)).transpose();
-            let head_norm = |name: &str| l.rms_norm(&format!("{p}.self_attn.{name}"), hd, eps);
-            let qk_norm = cfg
-                .qk_norm
-                .then(|| Ok::<_, crate::Error>((head_norm("q_norm")?, head_norm("k_norm")?)))
-                .transpose()?;
+            let lin = async |name: &str, r, c| l.linear(&format!("{p}.{name}"), r, c, false).await;
+            let norm = async |name: &str| l.rms_norm(&format!("{p}.{name}"), h, eps).await;
+            let gemma2_norm = async |name: &str| match g2 {
+                true => norm(name).await.map(Some),
+                false => Ok(None),
+            };
+            let head_norm =
+                async |name: &str| l.rms_norm(&format!("{p}.self_attn.{name}"), hd, eps).await;
+            let qk_norm = match cfg.qk_norm {
+                true => Some((head_norm("q_norm").await?, head_norm("k_norm").await?)),
+                false => None,
+            };
             layers.push(TextLayer {
                 attention: SelfAttention {
-                    norm: norm("input_layernorm")?,
-                    q_proj: lin("self_attn.q_proj", qd, h)?,
-                    k_proj: lin("self_attn.k_proj", kvd, h)?,
-                    v_proj: lin("self_attn.v_proj", kvd, h)?,
-                    o_proj: lin("self_attn.o_proj", h, qd)?,
+                    norm: norm("input_layernorm").await?,
+                    q_proj: lin("self_attn.q_proj", qd, h).await?,
+                    k_proj: lin("self_attn.k_proj", kvd, h).await?,
+                    v_proj: lin("self_attn.v_proj", kvd, h).await?,
+                    o_proj: lin("self_attn.o_proj", h, qd).await?,
                     qk_norm,
-                    post_norm: gemma2_norm("post_attention_layernorm")?,
+                    post_norm: gemma2_norm("post_attention_layernorm").await?,
                     sliding: cfg.sliding_layers[li],
                 },
                 mlp: Mlp {
@@ -251,11 +255,12 @@ impl TextModel {
                         "pre_feedforward_layernorm"
                     } else {
                         "post_attention_layernorm"
-                    })?,
-                    gate_proj: lin("mlp.gate_proj", i, h)?,
-                    up_proj: lin("mlp.up_proj", i, h)?,
-                    down_proj: lin("mlp.down_proj", h, i)?,
-                    post_norm: gemma2_norm("post_feedforward_layernorm")?,
+                    })
+                    .await?,
+                    gate_proj: lin("mlp.gate_proj", i, h).await?,
+                    up_proj: lin("mlp.up_proj", i, h).await?,
+                    down_proj: lin("mlp.down_proj", h, i).await?,
+                    post_norm: gemma2_norm("post_feedforward_layernorm").await?,
                 },
             });
         }
@@ -265,13 +270,15 @@ impl TextModel {
             }
             None
         } else {
-            Some(l.table("text.lm_head.weight", cfg.vocab_size, h)?)
+            Some(l.table("text.lm_head.weight", cfg.vocab_size, h).await?)
         };
         Ok(TextModel {
-            embed_tokens: l.table("text.embed_tokens.weight", cfg.vocab_size, h)?,
+            embed_tokens: l
+                .table("text.embed_tokens.weight", cfg.vocab_size, h)
+                .await?,
             lm_head,
             layers,
-            norm: l.rms_norm("text.norm", h, eps)?,
+            norm: l.rms_norm("text.norm", h, eps).await?,
             // PaliGemma's positions are 1-based, so the tables have one row more than the
             // maximum.
             rope: RopeTables::new(l.gpu, hd, cfg.rope, cfg.max_position_embeddings + 1)?,

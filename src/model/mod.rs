@@ -13,6 +13,7 @@ mod presets;
 pub(crate) mod projector;
 pub mod quantize;
 pub mod reference;
+mod shard_bytes;
 pub(crate) mod siglip;
 pub mod state;
 
@@ -102,7 +103,9 @@ pub(crate) enum WeightSource<'a> {
     Random { seed: u64, format: WeightFormat },
 }
 
-/// Uploads tensors in the layout the kernels want.
+/// Uploads tensors in the layout the kernels want. Its methods are async because a web page's
+/// checkpoint is read tensor by tensor as they are uploaded; every other source's reads are
+/// ready at once, and native loading drives them with `pollster::block_on`.
 pub(crate) struct Loader<'a> {
     pub gpu: &'a Gpu,
     pub source: WeightSource<'a>,
@@ -146,15 +149,17 @@ impl Loader<'_> {
     }
 
     /// A small tensor (norm, bias, embedding of positions), always f32.
-    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<wgpu::Buffer> {
-        let b = self.gpu.upload_f32(name, &self.values(name, shape)?)?;
+    pub async fn f32(&self, name: &str, shape: &[usize]) -> Result<wgpu::Buffer> {
+        let b = self
+            .gpu
+            .upload_f32(name, &self.values(name, shape).await?)?;
         Ok(self.loaded(b))
     }
 
     /// The values of tensor `name`, widened to f32.
-    pub fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    pub async fn values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         match &self.source {
-            WeightSource::Checkpoint(c) => c.get(name, shape)?.to_f32(),
+            WeightSource::Checkpoint(c) => c.read(name, shape).await?.to_f32(),
             WeightSource::Random { seed, .. } => {
                 Ok(random_values(*seed, name, shape.iter().product()))
             }
@@ -164,21 +169,21 @@ impl Loader<'_> {
     /// How the source stores tensor `name` of `shape`.
     fn stored_format(&self, name: &str, shape: &[usize]) -> Result<WeightFormat> {
         match &self.source {
-            WeightSource::Checkpoint(c) => c.get(name, shape)?.format(),
+            WeightSource::Checkpoint(c) => c.stored_format(name, shape),
             WeightSource::Random { format, .. } => Ok(*format),
         }
     }
 
     /// Matrix `name` [rows, cols] in the format the precision gives it, or as the checkpoint
     /// holds it when `paligemma quantize` wrote it quantized.
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight<'_>> {
+    async fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight<'_>> {
         let quantizable = quantizable(name);
         match &self.source {
             WeightSource::Checkpoint(c) => {
-                if let Some(q) = c.quantized(name, rows, cols)? {
+                if let Some(q) = c.quantized(name, rows, cols).await? {
                     return Ok(q);
                 }
-                let t = c.get(name, &[rows, cols])?;
+                let t = c.read(name, &[rows, cols]).await?;
                 let format = self.precision.format_for(t.format()?, cols, quantizable);
                 t.into_host(format, rows, cols)
             }
@@ -191,17 +196,17 @@ impl Loader<'_> {
     }
 
     /// A matrix [rows, cols] in the precision's format.
-    pub fn weight(&self, name: &str, rows: usize, cols: usize) -> Result<Weight> {
-        let w = Weight::upload(self.gpu, name, &self.matrix(name, rows, cols)?)?;
+    pub async fn weight(&self, name: &str, rows: usize, cols: usize) -> Result<Weight> {
+        let w = Weight::upload(self.gpu, name, &self.matrix(name, rows, cols).await?)?;
         Ok(self.loaded(w))
     }
 
     /// The linear layer `{name}.weight` `[rows, cols]` with `{name}.bias` `[rows]` when `bias`.
-    pub fn linear(&self, name: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear> {
+    pub async fn linear(&self, name: &str, rows: usize, cols: usize, bias: bool) -> Result<Linear> {
         Ok(Linear {
-            weight: self.weight(&format!("{name}.weight"), rows, cols)?,
+            weight: self.weight(&format!("{name}.weight"), rows, cols).await?,
             bias: if bias {
-                Some(self.f32(&format!("{name}.bias"), &[rows])?)
+                Some(self.f32(&format!("{name}.bias"), &[rows]).await?)
             } else {
                 None
             },
@@ -209,27 +214,27 @@ impl Loader<'_> {
     }
 
     /// The LayerNorm `{name}.weight`, `{name}.bias` `[n]`.
-    pub fn layer_norm(&self, name: &str, n: usize, eps: f32) -> Result<LayerNorm> {
+    pub async fn layer_norm(&self, name: &str, n: usize, eps: f32) -> Result<LayerNorm> {
         Ok(LayerNorm {
-            weight: self.f32(&format!("{name}.weight"), &[n])?,
-            bias: self.f32(&format!("{name}.bias"), &[n])?,
+            weight: self.f32(&format!("{name}.weight"), &[n]).await?,
+            bias: self.f32(&format!("{name}.bias"), &[n]).await?,
             n,
             eps,
         })
     }
 
     /// The RMSNorm `{name}.weight` `[n]`.
-    pub fn rms_norm(&self, name: &str, n: usize, eps: f32) -> Result<RmsNorm> {
+    pub async fn rms_norm(&self, name: &str, n: usize, eps: f32) -> Result<RmsNorm> {
         Ok(RmsNorm {
-            weight: self.f32(&format!("{name}.weight"), &[n])?,
+            weight: self.f32(&format!("{name}.weight"), &[n]).await?,
             n,
             eps,
         })
     }
 
     /// A large [rows, cols] table split into chunks that fit one binding.
-    pub fn table(&self, name: &str, rows: usize, cols: usize) -> Result<ChunkedTable> {
-        let host = self.matrix(name, rows, cols)?;
+    pub async fn table(&self, name: &str, rows: usize, cols: usize) -> Result<ChunkedTable> {
+        let host = self.matrix(name, rows, cols).await?;
         let chunk_rows = ChunkedTable::max_chunk_rows(self.gpu, cols, host.format);
         let t = ChunkedTable::upload(self.gpu, name, &host, chunk_rows)?;
         Ok(self.loaded(t))

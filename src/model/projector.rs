@@ -35,24 +35,25 @@ pub enum Projector {
 }
 
 impl Projector {
-    pub(crate) fn load(l: &Loader, cfg: &PaliGemmaConfig) -> Result<Projector> {
+    pub(crate) async fn load(l: &Loader<'_>, cfg: &PaliGemmaConfig) -> Result<Projector> {
         let (v, dt) = (&cfg.vision, cfg.text.hidden_size);
         let dv = v.hidden_size;
         let Some((side, kernel)) = cfg.pooling() else {
-            return Ok(Projector::Linear(l.linear(
-                "projector.linear",
-                dt,
-                dv,
-                true,
-            )?));
+            return Ok(Projector::Linear(
+                l.linear("projector.linear", dt, dv, true).await?,
+            ));
         };
         Ok(Projector::Pooled {
             side,
             kernel,
-            norm: l.rms_norm("projector.mm_soft_emb_norm", dv, v.layer_norm_eps)?,
+            norm: l
+                .rms_norm("projector.mm_soft_emb_norm", dv, v.layer_norm_eps)
+                .await?,
             // Stored [vision hidden, text hidden] (transformers computes x @ W).
             proj: Linear {
-                weight: l.weight_transposed("projector.mm_input_projection_weight", dt, dv)?,
+                weight: l
+                    .weight_transposed("projector.mm_input_projection_weight", dt, dv)
+                    .await?,
                 bias: None,
             },
         })
@@ -160,9 +161,9 @@ fn image_runs(ids: &[u32], image_id: u32) -> Vec<std::ops::Range<usize>> {
 impl Loader<'_> {
     /// The matrix `name` stored `[cols, rows]` (as `x @ W` uses it), uploaded transposed as
     /// the `[rows, cols]` the linear kernels take, in the precision's 16-bit or f32 format.
-    pub fn weight_transposed(&self, name: &str, rows: usize, cols: usize) -> Result<Weight> {
+    pub async fn weight_transposed(&self, name: &str, rows: usize, cols: usize) -> Result<Weight> {
         let stored = self.stored_format(name, &[cols, rows])?;
-        let values = transpose(&self.values(name, &[cols, rows])?, cols, rows);
+        let values = transpose(&self.values(name, &[cols, rows]).await?, cols, rows);
         let format = self.precision.format_for(stored, cols, false);
         let host = HostWeight::encode(&values, format, rows, cols);
         let w = Weight::upload(self.gpu, name, &host)?;

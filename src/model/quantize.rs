@@ -57,7 +57,7 @@ fn quantized_tensors<'c>(
     report: &mut QuantizeReport,
 ) -> Result<Vec<OutTensor<'c>>> {
     let mut tensors = Vec::new();
-    for t in ckpt.tensors() {
+    for t in ckpt.tensors()? {
         report.bytes_in += t.bytes.len() as u64;
         let (name, shape) = (t.name, t.shape);
         let matrix =

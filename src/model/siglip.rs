@@ -85,36 +85,41 @@ impl VisionLayer {
 }
 
 impl VisionTower {
-    pub fn load(l: &Loader, cfg: &VisionConfig) -> Result<Self> {
+    pub async fn load(l: &Loader<'_>, cfg: &VisionConfig) -> Result<Self> {
         let (d, i, n) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_patches());
         let (c, p, eps) = (cfg.num_channels, cfg.patch_size, cfg.layer_norm_eps);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for li in 0..cfg.num_hidden_layers {
             let pre = format!("vision.encoder.layers.{li}");
-            let attn = |name: &str| l.linear(&format!("{pre}.self_attn.{name}"), d, d, true);
+            let attn = async |name: &str| {
+                l.linear(&format!("{pre}.self_attn.{name}"), d, d, true)
+                    .await
+            };
             layers.push(VisionLayer {
-                layer_norm1: l.layer_norm(&format!("{pre}.layer_norm1"), d, eps)?,
-                q_proj: attn("q_proj")?,
-                k_proj: attn("k_proj")?,
-                v_proj: attn("v_proj")?,
-                out_proj: attn("out_proj")?,
-                layer_norm2: l.layer_norm(&format!("{pre}.layer_norm2"), d, eps)?,
-                fc1: l.linear(&format!("{pre}.mlp.fc1"), i, d, true)?,
-                fc2: l.linear(&format!("{pre}.mlp.fc2"), d, i, true)?,
+                layer_norm1: l.layer_norm(&format!("{pre}.layer_norm1"), d, eps).await?,
+                q_proj: attn("q_proj").await?,
+                k_proj: attn("k_proj").await?,
+                v_proj: attn("v_proj").await?,
+                out_proj: attn("out_proj").await?,
+                layer_norm2: l.layer_norm(&format!("{pre}.layer_norm2"), d, eps).await?,
+                fc1: l.linear(&format!("{pre}.mlp.fc1"), i, d, true).await?,
+                fc2: l.linear(&format!("{pre}.mlp.fc2"), d, i, true).await?,
             });
         }
         let emb = "vision.embeddings";
+        let values =
+            async |name: &str, shape: &[usize]| l.values(&format!("{emb}.{name}"), shape).await;
         Ok(VisionTower {
             cfg: cfg.clone(),
             embeddings: PatchEmbedding::new(
                 l.gpu,
                 cfg.patch_geometry(),
-                &l.values(&format!("{emb}.patch_embedding.weight"), &[d, c, p, p])?,
-                &l.values(&format!("{emb}.patch_embedding.bias"), &[d])?,
-                &l.values(&format!("{emb}.position_embedding.weight"), &[n, d])?,
+                &values("patch_embedding.weight", &[d, c, p, p]).await?,
+                &values("patch_embedding.bias", &[d]).await?,
+                &values("position_embedding.weight", &[n, d]).await?,
             )?,
             layers,
-            post_layernorm: l.layer_norm("vision.post_layernorm", d, eps)?,
+            post_layernorm: l.layer_norm("vision.post_layernorm", d, eps).await?,
         })
     }
 

@@ -4,22 +4,29 @@
 //! ```js
 //! import init, { Model } from "./pkg/paligemma.js";
 //! await init();
-//! const model = await Model.load(origin, configText, tokenizerBytes, [shardBytes], ["model.safetensors"],
+//! const model = await Model.load(origin, configText, tokenizerBytes, [shard], ["model.safetensors"],
 //!                                null, (done, total) => bar.value = done / total);
+//! // shard: the file's bytes (a Uint8Array), or { header, size, read } read tensor by tensor
 //! const out = await model.generate(imageFileBytes, "detect cat", 32, (id, piece) => { text += piece; },
 //!                                  { temperature: 0.7, topP: 0.9, seed: 1 }); // sampling: optional
 //! // out = { promptIds, generatedIds, text, detections: [{label, x_min, ...}], timings }
 //! ```
 //!
-//! `web/paligemma.js` fetches a model folder by URL and calls [`Model::load`]. The shards stay
-//! JS arrays: wasm memory (4 GiB at most) holds one tensor at a time while it is uploaded.
-//! Every GPU wait is awaited (the browser's event loop delivers the GPU's answers); the page
-//! stays responsive between tokens, not during the (synchronous) upload of the weights.
+//! `web/paligemma.js` fetches a model folder by URL and calls [`Model::load`] with each shard
+//! as a [`RemoteShard`]: its header, and a function that reads bytes by HTTP range requests or
+//! from the page's cache. Each tensor is copied into wasm memory as it arrives and dropped once
+//! uploaded, so JS and wasm memory peak near the largest tensor. Every wait is awaited (the
+//! browser's event loop delivers the GPU's answers and the network's bytes): the page repaints
+//! while weights load and between tokens.
 
 use std::path::PathBuf;
 
 use js_sys::{Function, Uint8Array};
 use wasm_bindgen::prelude::*;
+
+mod remote;
+
+pub use remote::RemoteShard;
 
 use crate::{
     GenerateOptions, Gpu, GpuOptions, LoadOptions, LoadProgress, ModelFiles, PaliGemma, Precision,
@@ -66,17 +73,20 @@ fn number(o: &js_sys::Object, key: &str) -> Result<Option<f64>, JsError> {
 impl Model {
     /// Creates a WebGPU device and loads a model from its files: `config` (config.json's
     /// text), `tokenizer` (tokenizer.json's bytes), the safetensors `shards` with their
-    /// `names`, and an optional `precision` ("f32", "f16", "q8", "q4"; by default 16-bit, or
+    /// `names` (each shard a file's bytes, a `Uint8Array`, or a remote file
+    /// `{header, size, read}`, see [`RemoteShard`]), and an optional `precision` ("f32", "f16", "q8", "q4"; by default 16-bit, or
     /// what a quantized checkpoint holds). `on_progress(done, total)` is called with bytes of
-    /// tensors uploaded. `origin` (the folder's URL) names the files in errors.
+    /// tensors uploaded. `options` (optional): `{defaultLimits: true}` requests WebGPU's
+    /// default limits rather than the adapter's (what every browser grants; the tests use it). `origin` (the folder's URL) names the files in errors.
     pub async fn load(
         origin: String,
         config: String,
         tokenizer: Vec<u8>,
-        shards: Vec<Uint8Array>,
+        shards: Vec<JsValue>,
         names: Vec<String>,
         precision: Option<String>,
         on_progress: Option<Function>,
+        options: Option<js_sys::Object>,
     ) -> Result<Model, JsError> {
         console_error_panic_hook::set_once();
         if shards.len() != names.len() {
@@ -104,24 +114,38 @@ impl Model {
                 let _ = f.0.call2(&JsValue::NULL, &done.into(), &total.into());
             }))
         });
-        let files = ModelFiles {
+        let mut files = ModelFiles {
             config,
             tokenizer,
-            shards: names
-                .into_iter()
-                .map(PathBuf::from)
-                .zip(shards.into_iter().map(ShardBytes::Js))
-                .collect(),
+            shards: Vec::with_capacity(shards.len()),
         };
+        for (name, shard) in names.into_iter().zip(shards) {
+            let bytes = match shard.dyn_into::<Uint8Array>() {
+                Ok(bytes) => ShardBytes::Js(bytes),
+                Err(o) => ShardBytes::Remote(
+                    RemoteShard::from_js(&o).map_err(|e| JsError::new(&format!("{name}: {e}")))?,
+                ),
+            };
+            files.shards.push((PathBuf::from(name), bytes));
+        }
         let opts = LoadOptions {
             precision,
             progress,
             ..Default::default()
         };
-        let gpu = Gpu::new_async(&GpuOptions::default())
+        let flag = |key: &str| {
+            options
+                .as_ref()
+                .is_some_and(|o| js_sys::Reflect::get(o, &key.into()).is_ok_and(|v| v.is_truthy()))
+        };
+        let gpu_options = GpuOptions {
+            default_limits: flag("defaultLimits"),
+            ..Default::default()
+        };
+        let gpu = Gpu::new_async(&gpu_options).await.map_err(js_error)?;
+        let model = PaliGemma::load_files_async(gpu, files, &origin, &opts)
             .await
             .map_err(js_error)?;
-        let model = PaliGemma::load_files(gpu, files, &origin, &opts).map_err(js_error)?;
         // The uploads were submitted as they went; wait for the last so the first image's
         // timings do not include them.
         model.gpu().wait_async().await.map_err(js_error)?;
@@ -134,6 +158,20 @@ impl Model {
     pub fn adapter(&self) -> String {
         let info = self.model.gpu().info();
         info.map(|i| i.name.clone()).unwrap_or_default()
+    }
+
+    /// The device's limits that decide how the model is split across buffers and bindings:
+    /// `{maxBufferSize, maxStorageBufferBindingSize, maxComputeWorkgroupStorageSize,
+    /// maxStorageBuffersPerShaderStage}`.
+    pub fn limits(&self) -> Result<JsValue, JsError> {
+        let l = self.model.gpu().limits();
+        let out = serde_json::json!({
+            "maxBufferSize": l.max_buffer_size,
+            "maxStorageBufferBindingSize": l.max_storage_buffer_binding_size,
+            "maxComputeWorkgroupStorageSize": l.max_compute_workgroup_storage_size,
+            "maxStorageBuffersPerShaderStage": l.max_storage_buffers_per_shader_stage,
+        });
+        js_sys::JSON::parse(&out.to_string()).map_err(|_| JsError::new("serialising the limits"))
     }
 
     /// Whether the adapter is a CPU fallback (SwiftShader, lavapipe).
