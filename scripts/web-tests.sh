@@ -68,6 +68,17 @@ for spec in specs:
 json.dump(cases, open(out, "w"), indent=1)
 PY
 
+# A `segment` answer drawn by the CLI (`paligemma draw`, with the test mask decoder): the page
+# must draw the same pixels. Two objects, one with mask codes.
+seg_answer="<loc0100><loc0150><loc0900><loc0850>"
+for i in $(seq 0 15); do seg_answer+=$(printf '<seg%03d>' $(((i * 37 + 5) % 128))); done
+seg_answer+=" cat ; <loc0400><loc0050><loc0700><loc0500> dog"
+target/debug/paligemma draw --image tests/fixtures/bf16/photo.jpg --answer "$seg_answer" \
+  --seg-decoder tests/fixtures/seg/vae.npz --out "$out/segment-cli.png" >/dev/null
+python3 -c 'import json, sys; json.dump(dict(zip(["answer", "image", "decoder", "cli_png"], sys.argv[1:])), sys.stdout)' \
+  "$seg_answer" tests/fixtures/bf16/photo.jpg tests/fixtures/seg/vae.npz "$out/segment-cli.png" \
+  >"$out/segment.json"
+
 (cd web && npm install --silent --no-audit --no-fund)
 if ! command -v chromium >/dev/null; then
   apt-get update -qq
@@ -107,5 +118,5 @@ if [ -z "${SKIP_CHROMIUM:-}" ]; then
   done
   echo "== Chromium (headless)"
   PAGE_ORIGIN="http://127.0.0.1:$port" NO_RANGE_ORIGIN="http://127.0.0.1:$whole" \
-    SERVER_LOG="$out/server.log" node web/test-chromium.mjs "$out/cases.json" "$out/shots"
+    SERVER_LOG="$out/server.log" SEGMENT_CASE="$out/segment.json" node web/test-chromium.mjs "$out/cases.json" "$out/shots"
 fi

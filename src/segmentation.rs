@@ -82,14 +82,32 @@ pub struct SegWeights {
 impl SegWeights {
     /// Reads a `vae-oid.npz` (big_vision's PyTorch state dict of the VQ-VAE).
     pub fn open(path: &Path) -> Result<SegWeights> {
+        let npz = npyz::npz::NpzArchive::open(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
+        Self::read(npz, path)
+    }
+
+    /// The same from the file's bytes (a web page's download), named `name` in errors.
+    pub fn from_bytes(bytes: Vec<u8>, name: &Path) -> Result<SegWeights> {
+        let npz = npyz::npz::NpzArchive::new(std::io::Cursor::new(bytes)).map_err(|source| {
+            Error::Io {
+                path: name.into(),
+                source,
+            }
+        })?;
+        Self::read(npz, name)
+    }
+
+    fn read<R: std::io::Read + std::io::Seek>(
+        mut npz: npyz::npz::NpzArchive<R>,
+        path: &Path,
+    ) -> Result<SegWeights> {
         let err = |message: String| Error::Safetensors {
             path: path.into(),
             message,
         };
-        let mut npz = npyz::npz::NpzArchive::open(path).map_err(|source| Error::Io {
-            path: path.into(),
-            source,
-        })?;
         let names: Vec<String> = npz.array_names().map(str::to_string).collect();
         let mut arrays = HashMap::new();
         for name in names {
@@ -222,6 +240,11 @@ impl SegDecoder {
 
     /// The 64 x 64 mask (row-major, > 0 inside) of 16 codes.
     pub fn decode(&self, codes: &[u32; CODES]) -> Result<Vec<f32>> {
+        self.gpu.block_on("decode", self.decode_async(codes))
+    }
+
+    /// [`decode`](Self::decode), awaitable (how a web page reads the mask back).
+    pub async fn decode_async(&self, codes: &[u32; CODES]) -> Result<Vec<f32>> {
         check_codes(codes)?;
         let gpu = &self.gpu;
         let d = self.codebook.cols;
@@ -290,7 +313,7 @@ impl SegDecoder {
             Then::Nothing,
         )?;
         rec.submit("the segmentation decoder")?;
-        gpu.read_f32(&out, 0, MASK_SIZE * MASK_SIZE)
+        gpu.read_f32_async(&out, 0, MASK_SIZE * MASK_SIZE).await
     }
 }
 
@@ -351,6 +374,23 @@ pub fn masks(detections: &[Detection], decoder: Option<&SegDecoder>) -> Result<V
             _ => Ok(None),
         })
         .collect()
+}
+
+/// [`masks`], awaitable.
+pub async fn masks_async(
+    detections: &[Detection],
+    decoder: Option<&SegDecoder>,
+) -> Result<Vec<Option<Mask>>> {
+    let mut masks = Vec::with_capacity(detections.len());
+    for d in detections {
+        masks.push(match (d.codes, decoder) {
+            (Some(codes), Some(decoder)) => {
+                Mask::in_box(&decoder.decode_async(&codes).await?, d.bounds())
+            }
+            _ => None,
+        });
+    }
+    Ok(masks)
 }
 
 /// Objects as JSON, one shape for every front end (the command line's `--json`, the Python

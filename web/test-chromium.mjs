@@ -5,6 +5,8 @@
 // 2. Each case of `cases.json` is loaded by URL, answered with `run=1`, and must give the
 //    native ids; the page's answer must show the text. A screenshot of each goes to SHOTS_DIR.
 //    With $NO_RANGE_ORIGIN (a server ignoring Range), the page must say so and still answer.
+//    With $SEGMENT_CASE, a `segment` answer drawn by the page (with the mask decoder) must be
+//    the PNG the CLI's `paligemma draw` wrote.
 // 3. The large case (`big` in cases.json, a sharded bf16 model of 300+ MB): JS heap (with
 //    array buffers) and wasm memory are sampled through the load; their peak must stay under
 //    1.5x the largest tensor + 64 MiB (HEAP_TRACE=1 prints each sample). A reload must read
@@ -145,6 +147,33 @@ try {
     const whole = await run(first, { at: process.env.NO_RANGE_ORIGIN, extra: { tag: "-noranges" } });
     check(whole.notes.includes("ignores Range"), `a server ignoring Range is reported: "${whole.notes}"`);
     await whole.page.close();
+  }
+
+  // A `segment` answer drawn on the page (with the mask decoder): the same PNG, byte for byte,
+  // as the command line's `paligemma draw --seg-decoder` wrote.
+  if (process.env.SEGMENT_CASE) {
+    const seg = JSON.parse(fs.readFileSync(process.env.SEGMENT_CASE, "utf8"));
+    const page = await browser.newPage();
+    const query = new URLSearchParams({
+      model: rel(first.model) + "/",
+      image: rel(seg.image),
+      segDecoder: rel(seg.decoder),
+      answer: seg.answer,
+      run: "1",
+    });
+    await page.goto(`${origin}/web/index.html?${query}`);
+    await page.waitForSelector("body[data-done]", { timeout: 240_000 });
+    const drawn = await page.evaluate(() => window.paligemmaDrawing ?? { error: window.paligemmaResult?.error });
+    await page.screenshot({ path: path.join(shots, "segment.png") });
+    const png = drawn.png ? Buffer.from(drawn.png, "base64") : Buffer.alloc(0);
+    const cli = fs.readFileSync(seg.cli_png);
+    const masks = (drawn.objects ?? []).map((o) => (o.mask ? "mask" : "no mask")).join(", ");
+    check(
+      png.equals(cli) && masks === "mask, no mask",
+      `a segment answer drawn on the page equals the CLI's --draw (${png.length} and ${cli.length} bytes; ` +
+        `objects: ${masks || drawn.error})`,
+    );
+    await page.close();
   }
 
   // 2. Every case, the large one with the memory sampled.

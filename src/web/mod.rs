@@ -28,6 +28,7 @@ mod remote;
 
 pub use remote::RemoteShard;
 
+use crate::segmentation::{SegDecoder, SegWeights};
 use crate::{
     GenerateOptions, Gpu, GpuOptions, LoadOptions, LoadProgress, ModelFiles, PaliGemma, Precision,
     ShardBytes, detection,
@@ -48,6 +49,8 @@ compile_error!("the web API assumes single-threaded wasm (no `atomics` target fe
 #[wasm_bindgen]
 pub struct Model {
     model: PaliGemma,
+    /// big_vision's mask decoder, once the page gave one: `segment` answers then get masks.
+    seg: Option<SegDecoder>,
 }
 
 fn js_error(e: crate::Error) -> JsError {
@@ -149,7 +152,7 @@ impl Model {
         // The uploads were submitted as they went; wait for the last so the first image's
         // timings do not include them.
         model.gpu().wait_async().await.map_err(js_error)?;
-        Ok(Model { model })
+        Ok(Model { model, seg: None })
     }
 
     /// The adapter's name as the runtime reports it: Dawn in Node names it ("SwiftShader
@@ -256,5 +259,42 @@ impl Model {
             "timings": g.timings,
         });
         js_sys::JSON::parse(&out.to_string()).map_err(|_| JsError::new("serialising the answer"))
+    }
+
+    /// Uploads big_vision's mask decoder (`vae-oid.npz`'s bytes; `name` names it in errors),
+    /// as the command line's `--seg-decoder`: [`draw_answer`](Self::draw_answer) then gives
+    /// `segment` answers their masks.
+    #[wasm_bindgen(js_name = setSegDecoder)]
+    pub fn set_seg_decoder(&mut self, npz: Vec<u8>, name: String) -> Result<(), JsError> {
+        let weights = SegWeights::from_bytes(npz, name.as_ref()).map_err(js_error)?;
+        self.seg = Some(SegDecoder::upload(self.model.gpu(), &weights).map_err(js_error)?);
+        Ok(())
+    }
+
+    /// The picture the command line's `--draw` writes for answer `text` about `image` (a
+    /// file's bytes): boxes, labels and, with a mask decoder, masks, as a PNG file's bytes.
+    /// Resolves to `{png, objects}`, `objects` as the command line's `--json` gives them (each
+    /// mask as its box and run lengths).
+    #[wasm_bindgen(js_name = drawAnswer)]
+    pub async fn draw_answer(&self, image: Vec<u8>, text: String) -> Result<JsValue, JsError> {
+        let image = image::load_from_memory(&image)
+            .map_err(|e| JsError::new(&format!("the image: {e}")))?;
+        let answer = detection::parse_answer(&text, image.width(), image.height());
+        let masks = crate::segmentation::masks_async(&answer.detections, self.seg.as_ref())
+            .await
+            .map_err(js_error)?;
+        let mut picture = image.to_rgb8();
+        crate::draw::draw(&mut picture, &answer.detections, &masks);
+        let mut png = Vec::new();
+        picture
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| JsError::new(&format!("encoding the drawing: {e}")))?;
+        let objects = crate::segmentation::objects_json(&answer.detections, &masks);
+        let out = js_sys::Object::new();
+        let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&out, &k.into(), v);
+        set("png", &Uint8Array::from(&png[..]).into())
+            .and_then(|_| set("objects", &js_sys::JSON::parse(&objects.to_string())?))
+            .map_err(|_| JsError::new("building the drawing's result"))?;
+        Ok(out.into())
     }
 }
