@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The browser build tested end to end (issue #13): builds the wasm package
+# The browser build tested end to end (issue #13, #23): builds the wasm package
 # (scripts/wasm-build.sh), answers each case below with the native CLI, then with the wasm in
-# Node on Dawn (npm `webgpu`, on Mesa 25's lavapipe) and in the demo page in headless Chromium
-# (its SwiftShader), served by web/range-server.py; both must give the native ids and text. The
-# page streams a 318 MB sharded model within its memory bound and reloads it from its cache
-# (web/test-chromium.mjs says what it checks). Screenshots of the page go to
-# target/web-tests/shots/. Needs Debian's rustc-web, node/npm and chromium (installed when
-# missing). `SKIP_CHROMIUM=1` runs Node only. docs/BROWSER.md describes each step.
+# Node on Dawn (npm `webgpu`, on Mesa 25's lavapipe, WebGPU's default limits), in the demo page
+# in headless Chromium (its SwiftShader) and in headless Firefox (firefox-esr's own WebGPU, on
+# lavapipe), served by web/range-server.py; each must give the native ids and text. In
+# Chromium the page also streams a 318 MB sharded model within its memory bound, reloads it
+# from its cache and draws a segment answer as the CLI does (web/test-chromium.mjs says what it
+# checks). Screenshots of the page go to target/web-tests/shots/. Needs Debian's rustc-web,
+# node/npm, chromium and firefox-esr (installed when missing). `SKIP_CHROMIUM=1` and
+# `SKIP_FIREFOX=1` leave those browsers out. docs/BROWSER.md describes each step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/web-tests
@@ -103,20 +105,30 @@ fi
 echo "== Node + Dawn"
 VK_ICD_FILENAMES="$mesa/lvp.json" node web/test-node.mjs "$out/cases.json"
 
+# The pages' server (byte ranges, a request log), and the same files from one that ignores Range.
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+whole=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+: >"$out/server.log"
+python3 web/range-server.py "$port" . "$out/server.log" &
+server=$!
+python3 web/range-server.py "$whole" . "$out/server-no-ranges.log" --no-ranges &
+server_whole=$!
+trap 'kill $server $server_whole 2>/dev/null || true' EXIT
+for p in "$port" "$whole"; do
+  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+done
+
 if [ -z "${SKIP_CHROMIUM:-}" ]; then
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  whole=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  : >"$out/server.log"
-  python3 web/range-server.py "$port" . "$out/server.log" &
-  server=$!
-  # The same files from a server that ignores Range (on another port).
-  python3 web/range-server.py "$whole" . "$out/server-no-ranges.log" --no-ranges &
-  server_whole=$!
-  trap 'kill $server $server_whole 2>/dev/null || true' EXIT
-  for p in "$port" "$whole"; do
-    for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
-  done
   echo "== Chromium (headless)"
   PAGE_ORIGIN="http://127.0.0.1:$port" NO_RANGE_ORIGIN="http://127.0.0.1:$whole" \
     SERVER_LOG="$out/server.log" SEGMENT_CASE="$out/segment.json" node web/test-chromium.mjs "$out/cases.json" "$out/shots"
+fi
+
+if [ -z "${SKIP_FIREFOX:-}" ]; then
+  if ! command -v firefox-esr >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq firefox-esr >/dev/null
+  fi
+  echo "== Firefox (headless, $(firefox-esr --version 2>/dev/null))"
+  PAGE_ORIGIN="http://127.0.0.1:$port" node web/test-firefox.mjs "$out/cases.json"
 fi

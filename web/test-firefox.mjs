@@ -1,0 +1,63 @@
+// The demo page in headless Firefox (Debian's firefox-esr, 153 at the time of writing), whose
+// WebGPU is its own (built on wgpu) and off by default on Linux: the test turns it on with the
+// `dom.webgpu.enabled` pref (and `gfx.webgpu.ignore-blocklist`, since the only Vulkan here is
+// lavapipe, a CPU driver). Each fixture case of `cases.json` (the large one is left to
+// Chromium) must give the native ids and show the text.
+// Usage: node web/test-firefox.mjs CASES.json   (the caller serves the repository root at
+// $PAGE_ORIGIN)
+import fs from "node:fs";
+import path from "node:path";
+import puppeteer from "puppeteer-core";
+
+const cases = JSON.parse(fs.readFileSync(process.argv[2], "utf8")).filter((c) => !c.big);
+const origin = process.env.PAGE_ORIGIN ?? "http://127.0.0.1:8765";
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
+const rel = (p) => "/" + path.relative(root, path.resolve(p));
+
+const browser = await puppeteer.launch({
+  browser: "firefox",
+  executablePath: process.env.FIREFOX ?? "/usr/bin/firefox-esr",
+  headless: true,
+  extraPrefsFirefox: { "dom.webgpu.enabled": true, "gfx.webgpu.ignore-blocklist": true },
+});
+let failed = 0;
+try {
+  for (const c of cases) {
+    const page = await browser.newPage();
+    const logs = [];
+    page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+    const query = new URLSearchParams({
+      model: rel(c.model) + "/",
+      image: rel(c.image),
+      prompt: c.prompt,
+      max: String(c.max_new_tokens),
+      run: "1",
+    });
+    if (c.precision) query.set("precision", c.precision);
+    for (const [k, v] of Object.entries(c.sampling ?? {})) query.set(k, String(v));
+    await page.goto(`${origin}/web/index.html?${query}`);
+    await page.waitForSelector("body[data-done]", { timeout: 240_000 });
+    const out = await page.evaluate(() => window.paligemmaResult);
+    const shown = await page.$eval("#answer", (e) => e.textContent);
+    const timings = await page.$eval("#timings", (e) => e.textContent);
+    const ok =
+      !out.error &&
+      JSON.stringify(out.generatedIds) === JSON.stringify(c.native_ids) &&
+      JSON.stringify(out.streamed) === JSON.stringify(out.generatedIds) &&
+      out.text === c.native_text &&
+      shown === c.native_text;
+    if (!ok) failed++;
+    console.log(
+      `${ok ? "ok  " : "FAIL"} ${c.name} (${c.precision ?? "default"}): ` +
+        (out.error ? `error ${out.error}` : JSON.stringify(out.generatedIds)) +
+        (ok ? "" : `, native ${JSON.stringify(c.native_ids)} ${JSON.stringify(c.native_text)}`) +
+        `\n     ${timings}`,
+    );
+    if (!ok) console.log(logs.map((l) => `     ${l}`).join("\n"));
+    await page.close();
+  }
+} finally {
+  await browser.close();
+}
+console.log(failed ? `${failed} of ${cases.length} cases differ from native` : `all ${cases.length} cases match native`);
+process.exit(failed ? 1 : 0);
