@@ -6,7 +6,8 @@
 //    native ids; the page's answer must show the text. A screenshot of each goes to SHOTS_DIR.
 //    With $NO_RANGE_ORIGIN (a server ignoring Range), the page must say so and still answer.
 //    With $SEGMENT_CASE, a `segment` answer drawn by the page (with the mask decoder) must be
-//    the PNG the CLI's `paligemma draw` wrote.
+//    the PNG the CLI's `paligemma draw` wrote. A device lost (destroyed, as a driver reset
+//    would) must be reported on the page, and a call after it must reject naming the loss.
 // 3. The large case (`big` in cases.json, a sharded bf16 model of 300+ MB): JS heap (with
 //    array buffers) and wasm memory are sampled through the load; their peak must stay under
 //    1.5x the largest tensor + 64 MiB (HEAP_TRACE=1 prints each sample). A reload must read
@@ -173,6 +174,28 @@ try {
       `a segment answer drawn on the page equals the CLI's --draw (${png.length} and ${cli.length} bytes; ` +
         `objects: ${masks || drawn.error})`,
     );
+    await page.close();
+  }
+
+  // A lost device is reported on the page, and a call after it rejects with the reason.
+  {
+    const page = await browser.newPage();
+    const query = new URLSearchParams({ model: rel(first.model) + "/", image: rel(first.image), prompt: first.prompt });
+    await page.goto(`${origin}/web/index.html?${query}`);
+    await page.waitForFunction(() => window.paligemmaModel && !document.querySelector("#go").disabled, { timeout: 120_000 });
+    await page.evaluate(() => window.paligemmaModel.loseDevice());
+    await page.waitForFunction(() => document.querySelector("#status").textContent.includes("lost"), { timeout: 30_000 });
+    const status = await page.$eval("#status", (e) => e.textContent);
+    const rejected = await page.evaluate(async () => {
+      const image = new Uint8Array(await (await fetch(new URLSearchParams(location.search).get("image"))).arrayBuffer());
+      try {
+        await window.paligemmaModel.generate(image, "caption en", 4, null);
+        return "accepted";
+      } catch (e) {
+        return String(e.message ?? e);
+      }
+    });
+    check(status.includes("lost") && rejected.includes("lost"), `a lost device: page "${status}", a call after it "${rejected}"`);
     await page.close();
   }
 

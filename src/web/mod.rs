@@ -177,6 +177,21 @@ impl Model {
         js_sys::JSON::parse(&out.to_string()).map_err(|_| JsError::new("serialising the limits"))
     }
 
+    /// Why the GPU device was lost (a driver reset, the browser reclaiming it, ...), or
+    /// `undefined` while it works. Once lost, every call rejects with this reason; the page has
+    /// to load the model again.
+    #[wasm_bindgen(js_name = deviceLost)]
+    pub fn device_lost(&self) -> Option<String> {
+        self.model.gpu().check_lost().err().map(|e| e.to_string())
+    }
+
+    /// Destroys the GPU device, as a driver reset would: how the tests check that a lost
+    /// device is reported and rejects calls (browsers offer no other way to lose one).
+    #[wasm_bindgen(js_name = loseDevice)]
+    pub fn lose_device(&self) {
+        self.model.gpu().device().destroy();
+    }
+
     /// Whether the adapter is a CPU fallback (SwiftShader, lavapipe).
     #[wasm_bindgen(js_name = isFallback)]
     pub fn is_fallback(&self) -> bool {
