@@ -8,6 +8,7 @@
 //    With $SEGMENT_CASE, a `segment` answer drawn by the page (with the mask decoder) must be
 //    the PNG the CLI's `paligemma draw` wrote. A device lost (destroyed, as a driver reset
 //    would) must be reported on the page, and a call after it must reject naming the loss.
+//    Loading a second model on the page must free the first and answer as native.
 // 3. The large case (`big` in cases.json, a sharded bf16 model of 300+ MB): JS heap (with
 //    array buffers) and wasm memory are sampled through the load; their peak must stay under
 //    1.5x the largest tensor + 64 MiB (HEAP_TRACE=1 prints each sample). A reload must read
@@ -196,6 +197,32 @@ try {
       }
     });
     check(status.includes("lost") && rejected.includes("lost"), `a lost device: page "${status}", a call after it "${rejected}"`);
+    await page.close();
+  }
+
+  // Loading a second model frees the first (wasm-bindgen's free(): its GPU buffers go with
+  // it), and the second answers as native.
+  const second = cases.find((c) => !c.big && c.model !== first.model && c.precision === first.precision);
+  if (second) {
+    const page = await browser.newPage();
+    const query = new URLSearchParams({ model: rel(first.model) + "/", image: rel(first.image) });
+    if (first.precision) query.set("precision", first.precision);
+    await page.goto(`${origin}/web/index.html?${query}`);
+    const ready = () => window.paligemmaModel && !document.querySelector("#load").disabled && document.querySelector("#status").textContent.includes(" on ");
+    await page.waitForFunction(ready, { timeout: 120_000 });
+    await page.evaluate(() => (window.firstModel = window.paligemmaModel));
+    await page.$eval("#modelUrl", (e, url) => (e.value = url), rel(second.model) + "/");
+    await page.click("#load");
+    await page.waitForFunction((url) => window.paligemmaModel && document.querySelector("#status").textContent.startsWith(url + " on "), { timeout: 120_000 }, rel(second.model) + "/");
+    const got = await page.evaluate(async (c) => {
+      const image = new Uint8Array(await (await fetch(c.image)).arrayBuffer());
+      const out = await window.paligemmaModel.generate(image, c.prompt, c.max_new_tokens, null, c.sampling);
+      return { freed: window.firstModel.__wbg_ptr === 0, ids: out.generatedIds };
+    }, { ...second, image: rel(second.image) });
+    check(
+      got.freed && JSON.stringify(got.ids) === JSON.stringify(second.native_ids),
+      `a second model (${second.name}) frees the first (${got.freed}) and answers ${JSON.stringify(got.ids)}`,
+    );
     await page.close();
   }
 
