@@ -1,5 +1,6 @@
-//! The published shapes fit every browser's WebGPU: paligemma-3b at 224, 448 and 896 px and
-//! PaliGemma 2 10B at 224 and 896 px, built and run (encode, prefill of the image and a short
+//! The published shapes fit every browser's WebGPU: paligemma-3b at 224 and 896 px and
+//! PaliGemma 2 10B at 896 px (448 px and the 10B at 224 px have the same buffers, smaller), built
+//! and run (encode, prefill of the image and a short
 //! prompt, two decode steps) on a device that asked for WebGPU's default limits (128 MiB per
 //! storage binding, 256 MiB per buffer, 16 KiB of workgroup memory, 8 storage buffers per
 //! stage). wgpu's noop backend runs no shader but allocates every buffer and validates every
@@ -134,7 +135,7 @@ fn what_does_not_fit_is_named() {
 
 #[test]
 fn paligemma_3b_fits_the_default_limits() {
-    for res in [224, 448, 896] {
+    for res in [224, 896] {
         runs_within_default_limits(
             &format!("paligemma-3b-{res}"),
             PaliGemmaConfig::paligemma_3b(res),
@@ -144,10 +145,5 @@ fn paligemma_3b_fits_the_default_limits() {
 
 #[test]
 fn paligemma2_10b_fits_the_default_limits() {
-    for res in [224, 896] {
-        runs_within_default_limits(
-            &format!("paligemma2-10b-{res}"),
-            PaliGemmaConfig::paligemma2_10b(res),
-        );
-    }
+    runs_within_default_limits("paligemma2-10b-896", PaliGemmaConfig::paligemma2_10b(896));
 }

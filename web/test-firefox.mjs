@@ -1,15 +1,19 @@
 // The demo page in headless Firefox (Debian's firefox-esr, 153 at the time of writing), whose
 // WebGPU is its own (built on wgpu) and off by default on Linux: the test turns it on with the
 // `dom.webgpu.enabled` pref (and `gfx.webgpu.ignore-blocklist`, since the only Vulkan here is
-// lavapipe, a CPU driver). Each fixture case of `cases.json` (the large one is left to
-// Chromium) must give the native ids and show the text.
+// lavapipe, a CPU driver). The first case of each fixture model in `cases.json` (the others
+// and the large model are left to Chromium and Node) must give the native ids and show the
+// text.
 // Usage: node web/test-firefox.mjs CASES.json   (the caller serves the repository root at
 // $PAGE_ORIGIN)
 import fs from "node:fs";
 import path from "node:path";
 import puppeteer from "puppeteer-core";
 
-const cases = JSON.parse(fs.readFileSync(process.argv[2], "utf8")).filter((c) => !c.big);
+// One case per model folder (the first: Chromium and Node run them all), not the large one.
+const cases = JSON.parse(fs.readFileSync(process.argv[2], "utf8")).filter(
+  (c, i, all) => !c.big && all.findIndex((d) => d.model === c.model) === i,
+);
 const origin = process.env.PAGE_ORIGIN ?? "http://127.0.0.1:8765";
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
 const rel = (p) => "/" + path.relative(root, path.resolve(p));

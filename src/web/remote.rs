@@ -95,7 +95,7 @@ impl RemoteShard {
             }
         };
         let reader = call(&self.read, &self.reader, &[start.into(), end.into()]).await?;
-        let next: Function = field(&reader, "the reader read() gave", "next", "a function")?;
+        let next: Function = field(&reader, "read()'s reader", "next", "a function")?;
         let mut at = 0;
         loop {
             let chunk = call(&next, &reader, &[]).await?;
