@@ -20,13 +20,12 @@
 import fs from "node:fs";
 import path from "node:path";
 import puppeteer from "puppeteer-core";
+import { answersAsNative, caseQuery, rel } from "./page-cases.mjs";
 
 const cases = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const shots = process.argv[3];
 const origin = process.env.PAGE_ORIGIN ?? "http://127.0.0.1:8765";
 const serverLog = process.env.SERVER_LOG;
-const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
-const rel = (p) => "/" + path.relative(root, path.resolve(p));
 const MiB = 2 ** 20;
 fs.mkdirSync(shots, { recursive: true });
 
@@ -51,16 +50,7 @@ async function run(c, { sampleMemory = false, before = async () => {}, extra = {
   page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => logs.push(`page error: ${e.message}`));
   await before(page);
-  const query = new URLSearchParams({
-    model: rel(c.model) + "/",
-    image: rel(c.image),
-    prompt: c.prompt,
-    max: String(c.max_new_tokens),
-    run: "1",
-    ...extra,
-  });
-  if (c.precision) query.set("precision", c.precision);
-  for (const [k, v] of Object.entries(c.sampling ?? {})) query.set(k, String(v));
+  const query = caseQuery(c, extra);
   const cdp = await page.createCDPSession();
   let peakHeap = 0;
   let sampling = sampleMemory;
@@ -88,12 +78,7 @@ async function run(c, { sampleMemory = false, before = async () => {}, extra = {
   const shot = path.join(shots, `${c.name}-${c.precision ?? "default"}${extra.tag ?? ""}.png`);
   await page.screenshot({ path: shot });
   const { out, shown } = got;
-  const ok =
-    !out.error &&
-    JSON.stringify(out.generatedIds) === JSON.stringify(c.native_ids) &&
-    JSON.stringify(out.streamed) === JSON.stringify(out.generatedIds) &&
-    out.text === c.native_text &&
-    shown === c.native_text;
+  const ok = answersAsNative(c, out, shown);
   const answer = out.error
     ? `error ${out.error}`
     : `${JSON.stringify(out.generatedIds)} shown ${JSON.stringify(shown)}` +

@@ -7,16 +7,14 @@
 // Usage: node web/test-firefox.mjs CASES.json   (the caller serves the repository root at
 // $PAGE_ORIGIN)
 import fs from "node:fs";
-import path from "node:path";
 import puppeteer from "puppeteer-core";
+import { answersAsNative, caseQuery } from "./page-cases.mjs";
 
 // One case per model folder (the first: Chromium and Node run them all), not the large one.
 const cases = JSON.parse(fs.readFileSync(process.argv[2], "utf8")).filter(
   (c, i, all) => !c.big && all.findIndex((d) => d.model === c.model) === i,
 );
 const origin = process.env.PAGE_ORIGIN ?? "http://127.0.0.1:8765";
-const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
-const rel = (p) => "/" + path.relative(root, path.resolve(p));
 
 const browser = await puppeteer.launch({
   browser: "firefox",
@@ -30,26 +28,12 @@ try {
     const page = await browser.newPage();
     const logs = [];
     page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
-    const query = new URLSearchParams({
-      model: rel(c.model) + "/",
-      image: rel(c.image),
-      prompt: c.prompt,
-      max: String(c.max_new_tokens),
-      run: "1",
-    });
-    if (c.precision) query.set("precision", c.precision);
-    for (const [k, v] of Object.entries(c.sampling ?? {})) query.set(k, String(v));
-    await page.goto(`${origin}/web/index.html?${query}`);
+    await page.goto(`${origin}/web/index.html?${caseQuery(c)}`);
     await page.waitForSelector("body[data-done]", { timeout: 240_000 });
     const out = await page.evaluate(() => window.paligemmaResult);
     const shown = await page.$eval("#answer", (e) => e.textContent);
     const timings = await page.$eval("#timings", (e) => e.textContent);
-    const ok =
-      !out.error &&
-      JSON.stringify(out.generatedIds) === JSON.stringify(c.native_ids) &&
-      JSON.stringify(out.streamed) === JSON.stringify(out.generatedIds) &&
-      out.text === c.native_text &&
-      shown === c.native_text;
+    const ok = answersAsNative(c, out, shown);
     if (!ok) failed++;
     console.log(
       `${ok ? "ok  " : "FAIL"} ${c.name} (${c.precision ?? "default"}): ` +

@@ -66,7 +66,6 @@ impl Gpu {
     /// this returns `Err`. On the web a mapped range is a copy in wasm memory (wgpu's web
     /// backend writes it back on unmap), which would double the memory a load peaks at; there
     /// the bytes go through `queue.write_buffer`, which the browser reads from wasm memory.
-    #[cfg(target_arch = "wasm32")]
     pub(crate) fn buffer_with(
         &self,
         label: &str,
@@ -74,37 +73,23 @@ impl Gpu {
         size: u64,
         usage: wgpu::BufferUsages,
     ) -> Result<wgpu::Buffer> {
+        let web = cfg!(target_arch = "wasm32");
         let op = format!("uploading `{label}` ({} bytes)", bytes.len());
         let buffer = self.scoped(&op, || {
             self.inner.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size,
-                usage: usage | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
+                usage: match web {
+                    true => usage | wgpu::BufferUsages::COPY_DST,
+                    false => usage,
+                },
+                mapped_at_creation: !web,
             })
         })?;
-        self.write(&buffer, 0, bytes)?;
-        Ok(buffer)
-    }
-
-    /// See the web version above.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub(crate) fn buffer_with(
-        &self,
-        label: &str,
-        bytes: &[u8],
-        size: u64,
-        usage: wgpu::BufferUsages,
-    ) -> Result<wgpu::Buffer> {
-        let op = format!("uploading `{label}` ({} bytes)", bytes.len());
-        let buffer = self.scoped(&op, || {
-            self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage,
-                mapped_at_creation: true,
-            })
-        })?;
+        if web {
+            self.write(&buffer, 0, bytes)?;
+            return Ok(buffer);
+        }
         {
             let mut view = buffer.get_mapped_range_mut(..).map_err(|e| Error::Gpu {
                 op: op.clone(),

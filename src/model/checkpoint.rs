@@ -64,6 +64,17 @@ struct Entry {
     range: (usize, usize),
 }
 
+impl Entry {
+    /// The tensor with `bytes` as its data.
+    fn tensor<'a>(&'a self, bytes: Cow<'a, [u8]>) -> TensorData<'a> {
+        TensorData {
+            name: &self.name,
+            dtype: self.dtype,
+            bytes,
+        }
+    }
+}
+
 /// A tensor's bytes as stored, with its dtype and shape.
 pub struct TensorData<'a> {
     pub name: &'a str,
@@ -386,9 +397,9 @@ impl Checkpoint {
         self.entries.contains_key(canon)
     }
 
-    /// Tensor `canon`'s entry, checked to have `shape` and a dtype the kernels read. Errors
-    /// name the checkpoint's own tensor name and file.
-    fn lookup(&self, canon: &str, shape: &[usize]) -> Result<&Entry> {
+    /// Tensor `canon`'s entry, checked to have `shape` and a dtype the kernels read, with that
+    /// format. Errors name the checkpoint's own tensor name and file.
+    fn lookup(&self, canon: &str, shape: &[usize]) -> Result<(&Entry, WeightFormat)> {
         let e = self.entry(canon)?;
         if e.shape != shape {
             return Err(Error::Tensor {
@@ -401,40 +412,31 @@ impl Checkpoint {
                 ),
             });
         }
-        self.tensor(e, Cow::Borrowed(&[])).format()?;
-        Ok(e)
-    }
-
-    fn tensor<'a>(&self, e: &'a Entry, bytes: Cow<'a, [u8]>) -> TensorData<'a> {
-        TensorData {
-            name: &e.name,
-            dtype: e.dtype,
-            bytes,
-        }
+        let format = e.tensor(Cow::Borrowed(&[])).format()?;
+        Ok((e, format))
     }
 
     /// How tensor `canon` of `shape` is stored, from the header alone.
     pub fn stored_format(&self, canon: &str, shape: &[usize]) -> Result<WeightFormat> {
-        let e = self.lookup(canon, shape)?;
-        self.tensor(e, Cow::Borrowed(&[])).format()
+        Ok(self.lookup(canon, shape)?.1)
     }
 
     /// The tensor with canonical name `canon`, checked to have `shape`, from a checkpoint
     /// whose bytes are at hand ([`read`](Self::read) reads any).
     pub fn get(&self, canon: &str, shape: &[usize]) -> Result<TensorData<'_>> {
-        let e = self.lookup(canon, shape)?;
+        let (e, _) = self.lookup(canon, shape)?;
         let bytes = self.shards[e.shard].data(e.range)?;
         self.read.set(self.read.get() + bytes.len() as u64);
-        Ok(self.tensor(e, bytes))
+        Ok(e.tensor(bytes))
     }
 
     /// The tensor with canonical name `canon`, checked to have `shape`, read from wherever
     /// its shard is (at once for a file or bytes in memory; a web page's remote file only
     /// while this awaits).
     pub async fn read(&self, canon: &str, shape: &[usize]) -> Result<TensorData<'_>> {
-        let e = self.lookup(canon, shape)?;
+        let (e, _) = self.lookup(canon, shape)?;
         let bytes = self.shards[e.shard].read(e.range).await?;
         self.read.set(self.read.get() + bytes.len() as u64);
-        Ok(self.tensor(e, bytes))
+        Ok(e.tensor(bytes))
     }
 }
