@@ -5,11 +5,14 @@
 // ([PARTS] (value bits, index) pairs).
 // Two passes, since one workgroup cannot pull a 257216-logit row from memory fast (one
 // multiprocessor's bandwidth: hundreds of microseconds on an H200):
-// - `argmax_parts`: PARTS workgroups, each the best of its contiguous slice of the row into
-//   parts[g] (index NONE for an empty slice). Dispatch PARTS workgroups.
-// - `argmax`: one workgroup, the best of the PARTS pairs into out[out_index]. Dispatch 1.
+// - `argmax_parts`: parts_of(n) workgroups (one per WG values, at most PARTS), each the best
+//   of its contiguous slice of the row into parts[g] (index NONE for an empty slice).
+//   Dispatch parts_of(n) workgroups.
+// - `argmax`: one workgroup, the best of the parts_of(n) pairs into out[out_index]. Dispatch
+//   1.
 // Each reduces (value, index) pairs in workgroup memory, keeping the lower index on ties, so
-// the two passes choose what one pass over the row would.
+// the two passes choose what one pass over the row would (`best.wgsl`, shared with sampling,
+// whose perturbed argmax ends with this file's second pass).
 
 struct Params {
     n: u32,
@@ -23,34 +26,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
 @group(0) @binding(3) var<storage, read_write> parts: array<u32>;
 
-var<workgroup> best_v: array<f32, WG>;
-var<workgroup> best_i: array<u32, WG>;
-
-const NONE: u32 = 0xffffffffu;
-
-/// Whether (v, i) beats the pair (bv, bi): greater, or equal at a lower index; NONE loses.
-fn beats(v: f32, i: u32, bv: f32, bi: u32) -> bool {
-    return i != NONE && (bi == NONE || v > bv || (v == bv && i < bi));
-}
-
-/// The workgroup's best of each invocation's (bv, bi), left in best_v[0], best_i[0].
-fn reduce_best(li: u32, bv: f32, bi: u32) {
-    best_v[li] = bv;
-    best_i[li] = bi;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (li < s && beats(best_v[li + s], best_i[li + s], best_v[li], best_i[li])) {
-            best_v[li] = best_v[li + s];
-            best_i[li] = best_i[li + s];
-        }
-        workgroupBarrier();
-    }
-}
-
 @compute @workgroup_size(WG)
 fn argmax_parts(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(local_invocation_index) li: u32) {
-    let slice = (p.n + PARTS - 1u) / PARTS;
+    let slice = (p.n + parts_of(p.n) - 1u) / parts_of(p.n);
     let end = min(p.n, (wid.x + 1u) * slice);
     var bv = -3.4e38;
     var bi = NONE;
@@ -61,18 +40,14 @@ fn argmax_parts(@builtin(workgroup_id) wid: vec3<u32>,
             bi = i;
         }
     }
-    reduce_best(li, bv, bi);
-    if (li == 0u) {
-        parts[2u * wid.x] = bitcast<u32>(best_v[0]);
-        parts[2u * wid.x + 1u] = best_i[0];
-    }
+    store_part(li, wid.x, bv, bi);
 }
 
 @compute @workgroup_size(WG)
 fn argmax(@builtin(local_invocation_index) li: u32) {
     var bv = -3.4e38;
     var bi = NONE;
-    for (var g = li; g < PARTS; g += WG) {
+    for (var g = li; g < parts_of(p.n); g += WG) {
         let v = bitcast<f32>(parts[2u * g]);
         let i = parts[2u * g + 1u];
         if (beats(v, i, bv, bi)) {

@@ -218,7 +218,8 @@ impl PaliGemma {
     }
 
     /// Runs the prompt `ids` (the image rows replace its `<image>` tokens) into the empty
-    /// state `s`; returns the greedy next token.
+    /// state `s`; returns the next token (greedy, or as
+    /// [`set_sampling`](DecoderState::set_sampling) says).
     pub async fn prefill(
         &self,
         s: &mut DecoderState,
@@ -248,8 +249,8 @@ impl PaliGemma {
     }
 
     /// One decode step for any number of states (one is a batch of one): `tokens[i]` is
-    /// appended to `states[i]`; returns each one's greedy next token and leaves its logits in
-    /// it. Each weight is read once per 16 states; a state's logits are the same alone or in a
+    /// appended to `states[i]`; returns each one's next token (greedy, or as its
+    /// [`set_sampling`](DecoderState::set_sampling) says) and leaves its logits in it. Each weight is read once per 16 states; a state's logits are the same alone or in a
     /// batch (to the bit on lavapipe).
     pub async fn step(
         &self,
@@ -332,9 +333,10 @@ impl PaliGemma {
         let vision_ms = elapsed_ms(t1);
         let t2 = Instant::now();
         let mut state = self.new_state(ids.len(), opts.max_new_tokens)?;
+        state.set_sampling(&opts.sampling)?;
         let images: Vec<_> = features.iter().collect();
-        let greedy = self.prefill_images(&mut state, &ids, &images).await?;
-        let mut seq = Sequence::new(&self.gpu, state, ids, greedy, opts)?;
+        let chosen = self.prefill_images(&mut state, &ids, &images).await?;
+        let mut seq = Sequence::new(state, ids, chosen, opts);
         seq.timings.preprocess_ms = preprocess_ms;
         seq.timings.vision_ms = vision_ms;
         seq.timings.prefill_ms = elapsed_ms(t2);
@@ -366,10 +368,10 @@ impl PaliGemma {
         }
         let tokens: Vec<u32> = live.iter().map(|l| l.2).collect();
         let mut states: Vec<_> = live.iter_mut().map(|l| l.1.state_mut()).collect();
-        let greedy = self.step(scratch, &mut states, &tokens).await?;
+        let chosen = self.step(scratch, &mut states, &tokens).await?;
         let chooser = self.chooser()?;
-        for ((i, s, _), g) in live.into_iter().zip(greedy) {
-            s.set_greedy(g);
+        for ((i, s, _), g) in live.into_iter().zip(chosen) {
+            s.set_chosen(g);
             out[i] = s.choose_or_fail(&chooser).await;
         }
         Ok(out)

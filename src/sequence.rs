@@ -1,5 +1,5 @@
 //! A generation in progress: a [`Sequence`] is one image and prompt being answered (its
-//! decoder state on the GPU, its sampler, the tokens so far).
+//! decoder state on the GPU, which chooses its tokens, and the tokens so far).
 //! [`PaliGemma::advance`](crate::PaliGemma::advance) moves any number of them forward by a
 //! token in one decode step; the [`Scheduler`](crate::Scheduler)
 //! keeps many in flight, starting new ones as others finish (continuous batching).
@@ -9,9 +9,6 @@ use crate::generation::{FinishReason, GenerateOptions, Generation, Timings, Toke
 use crate::gpu::Gpu;
 use crate::logprobs::{Logprobs, logprobs};
 use crate::model::state::DecoderState;
-use crate::ops::View;
-use crate::ops::softmax::softmax;
-use crate::sampling::Sampler;
 use crate::tokenizer::PromptTokenizer;
 
 /// What choosing a token needs of the model.
@@ -26,8 +23,6 @@ pub(crate) struct Chooser<'a> {
 pub struct Sequence {
     state: DecoderState,
     opts: GenerateOptions,
-    /// Sampling (not greedy): the sampler and a `[vocab]` buffer for the probabilities.
-    sampler: Option<(Sampler, wgpu::Buffer)>,
     prompt_ids: Vec<u32>,
     generated: Vec<u32>,
     text: String,
@@ -35,8 +30,8 @@ pub struct Sequence {
     step_logits: Option<Vec<f32>>,
     /// Each token's log-probabilities, when `logprobs`.
     logprobs: Option<Vec<Logprobs>>,
-    /// The greedy choice from the state's latest logits.
-    greedy: u32,
+    /// The GPU's choice from the state's latest logits (argmax or draw).
+    chosen: u32,
     finished: Option<FinishReason>,
     /// Why it failed, when it did.
     error: Option<String>,
@@ -44,34 +39,27 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    /// A sequence whose prompt `prompt_ids` has been run into `state`, `greedy` its argmax.
+    /// A sequence whose prompt `prompt_ids` has been run into `state` (which chose `chosen`
+    /// as `opts.sampling` says).
     pub(crate) fn new(
-        gpu: &Gpu,
         state: DecoderState,
         prompt_ids: Vec<u32>,
-        greedy: u32,
+        chosen: u32,
         opts: &GenerateOptions,
-    ) -> Result<Sequence> {
-        let sampler = if opts.sampling.is_greedy() {
-            None
-        } else {
-            let probs = gpu.storage("probabilities", state.logits.size())?;
-            Some((Sampler::new(&opts.sampling), probs))
-        };
-        Ok(Sequence {
+    ) -> Sequence {
+        Sequence {
             state,
             opts: opts.clone(),
-            sampler,
             prompt_ids,
             generated: Vec::new(),
             text: String::new(),
             step_logits: opts.keep_logits.then(Vec::new),
             logprobs: opts.logprobs.map(|_| Vec::new()),
-            greedy,
+            chosen,
             finished: None,
             error: None,
             timings: Timings::default(),
-        })
+        }
     }
 
     /// The full prompt, image placeholders included.
@@ -106,11 +94,9 @@ impl Sequence {
     pub fn cancel(&mut self) {
         self.finished.get_or_insert(FinishReason::Cancelled);
     }
-    /// The GPU memory the sequence holds (its KV cache, logits and, when sampling, a row of
-    /// probabilities), in bytes.
+    /// The GPU memory the sequence holds (its KV cache and logits), in bytes.
     pub fn gpu_bytes(&self) -> u64 {
-        let probs = self.sampler.as_ref().map_or(0, |(_, p)| p.size());
-        self.state.gpu_bytes() + probs
+        self.state.gpu_bytes()
     }
 
     /// The result, `decode_ms` having been spent decoding after the first token.
@@ -153,30 +139,20 @@ impl Sequence {
         }
     }
 
-    /// Picks the next token from the state's logits (the GPU's argmax, or a draw from the
-    /// softmax the GPU computed), appends it, and ends the sequence at `<eos>` or its length.
+    /// Takes the token the GPU chose from the state's logits (its argmax, or a draw),
+    /// appends it, and ends the sequence at `<eos>` or its length.
     async fn choose(&mut self, c: &Chooser<'_>) -> Result<Token> {
         let vocab = (self.state.logits.size() / 4) as usize;
         let logits = match self.step_logits.is_some() || self.logprobs.is_some() {
             true => Some(c.gpu.read_f32_async(&self.state.logits, 0, vocab).await?),
             false => None,
         };
-        let id = match self.sampler.as_mut() {
-            None => self.greedy,
-            Some((sampler, probs)) => {
-                let mut rec = c.gpu.recorder();
-                let (x, y) = (
-                    View::new(&self.state.logits, 1, vocab),
-                    View::new(probs, 1, vocab),
-                );
-                softmax(&mut rec, x, y, self.opts.sampling.temperature)?;
-                rec.submit("the sampling softmax")?;
-                let probs = c.gpu.read_f32_async(probs, 0, vocab).await?;
-                sampler.sample(&probs).ok_or_else(|| {
-                    Error::invalid("no token has a finite probability (are the logits NaN?)")
-                })?
-            }
-        };
+        let id = self.chosen;
+        if id == u32::MAX {
+            return Err(Error::invalid(
+                "no token has a finite logit to sample from (are the logits NaN?)",
+            ));
+        }
         let logprobs = match (&logits, self.opts.logprobs) {
             (Some(logits), Some(top)) => Some(logprobs(logits, id, top, c.tokenizer)),
             _ => None,
@@ -214,16 +190,16 @@ impl Sequence {
         }
     }
 
-    /// The decoder state and where the step's greedy choice goes.
+    /// The decoder state.
     pub(crate) fn state_mut(&mut self) -> &mut DecoderState {
         &mut self.state
     }
 
-    /// Whether the GPU may choose this sequence's tokens ahead of the host: greedy, with no
-    /// logits to read at each step (`keep_logits`, `logprobs`), so the step's argmax is all
-    /// the host needs ([`PaliGemma::decode_ahead`](crate::PaliGemma)).
+    /// Whether the GPU may choose this sequence's tokens ahead of the host: no logits to read
+    /// at each step (`keep_logits`, `logprobs`), so the step's choice (argmax or draw, both
+    /// on the GPU) is all the host needs ([`PaliGemma::decode_ahead`](crate::PaliGemma)).
     pub(crate) fn may_run_ahead(&self) -> bool {
-        self.sampler.is_none() && self.step_logits.is_none() && self.logprobs.is_none()
+        self.step_logits.is_none() && self.logprobs.is_none()
     }
 
     /// Whether a step past the one submitted may be useful: unfinished, below its length, and
@@ -234,8 +210,8 @@ impl Sequence {
             && self.state.len < self.state.capacity
     }
 
-    /// Takes the step's greedy choice for the next token.
-    pub(crate) fn set_greedy(&mut self, id: u32) {
-        self.greedy = id;
+    /// Takes the step's choice for the next token.
+    pub(crate) fn set_chosen(&mut self, id: u32) {
+        self.chosen = id;
     }
 }

@@ -14,8 +14,16 @@ use crate::error::{Error, Result};
 
 /// Preludes (no entry points of their own): `grid` (flat workgroup indices), `reduce` (tree
 /// reductions in workgroup memory), `weight_format` (f32/f16/bf16 weights from u32 words),
-/// `math` (stable tanh, GELU), `linear_io` (the linear layers' params, bindings and store).
-pub(crate) const PRELUDES: &[&str] = &["grid", "reduce", "weight_format", "math", "linear_io"];
+/// `math` (stable tanh, GELU), `linear_io` (the linear layers' params, bindings and store),
+/// `best` (a row's best (value, index) pair: argmax and sampling).
+pub(crate) const PRELUDES: &[&str] = &[
+    "grid",
+    "reduce",
+    "weight_format",
+    "math",
+    "linear_io",
+    "best",
+];
 
 /// One kernel family's WGSL and the host constants it is compiled with.
 #[derive(Debug)]

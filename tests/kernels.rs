@@ -93,8 +93,8 @@ fn add() {
 }
 
 #[test]
-fn softmax() {
-    check_family("softmax");
+fn sample() {
+    check_family("sample");
 }
 
 #[test]

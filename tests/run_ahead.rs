@@ -119,6 +119,52 @@ fn generate_runs_ahead_to_transformers_tokens() {
     }
 }
 
+/// A sampled sequence runs ahead too (each step's draw chained on the GPU): `generate` gives
+/// the tokens of the one-step-at-a-time path (logits kept) and of a batch of one beside
+/// others, for a seed; another seed gives other tokens.
+#[test]
+fn sampled_generation_runs_ahead_to_the_same_tokens() {
+    let (model, expected) = load("gqa");
+    let dir = common::fixture_path("gqa");
+    let image = paligemma::preprocess::load_image(&dir.join("image.png")).unwrap();
+    let prompt = expected["prompt"].as_str().unwrap();
+    let opts = |keep_logits, seed| GenerateOptions {
+        max_new_tokens: 12,
+        stop_at_eos: false,
+        keep_logits,
+        sampling: paligemma::sampling::SamplingOptions {
+            temperature: 1.5,
+            top_p: 0.95,
+            top_k: 0,
+            seed,
+        },
+        ..Default::default()
+    };
+    let run = |o: &GenerateOptions| {
+        let out = model.block_on(model.generate(&image, prompt, o, |_, _| true));
+        out.unwrap().generated_ids
+    };
+    let ahead = run(&opts(false, 7));
+    assert_eq!(ahead.len(), 12);
+    assert_eq!(run(&opts(true, 7)), ahead, "one step at a time");
+    assert_ne!(run(&opts(false, 8)), ahead, "another seed");
+    // Batched with a greedy sequence and another seed's, through `advance`.
+    let mut scratch = model.decode_scratch().unwrap();
+    let mut greedy = opts(false, 0);
+    greedy.sampling.temperature = 0.0;
+    let mut seqs: Vec<_> = [opts(false, 7), greedy, opts(false, 9)]
+        .iter()
+        .map(|o| model.block_on(model.start(&image, prompt, o)).unwrap().0)
+        .collect();
+    while seqs.iter().any(|s| s.finished().is_none()) {
+        let mut all: Vec<_> = seqs.iter_mut().collect();
+        model
+            .block_on(model.advance(&mut scratch, &mut all))
+            .unwrap();
+    }
+    assert_eq!(seqs[0].generated_ids(), ahead, "batched");
+}
+
 /// The error's message, or "" for a success.
 fn err<T>(r: paligemma::Result<T>) -> String {
     r.err().map(|e| e.to_string()).unwrap_or_default()

@@ -41,6 +41,28 @@ impl Gpu {
         })
     }
 
+    /// A storage buffer of at least `size` bytes shared by every user of `name` on this
+    /// device, replaced by a larger one when a user needs more: scratch that a kernel writes
+    /// and reads within one submission (argmax's parts between its passes, sampling's sorted
+    /// slices). Users never overlap: wgpu orders dispatches on a buffer within a submission,
+    /// and the queue runs submissions in order.
+    pub(crate) fn shared_scratch(&self, name: &'static str, size: u64) -> Result<wgpu::Buffer> {
+        let held = self
+            .inner
+            .scratch
+            .lock()
+            .ok()
+            .and_then(|s| s.get(name).cloned());
+        if let Some(b) = held.filter(|b| b.size() >= size) {
+            return Ok(b);
+        }
+        let b = self.storage(name, size)?;
+        if let Ok(mut s) = self.inner.scratch.lock() {
+            s.insert(name, b.clone());
+        }
+        Ok(b)
+    }
+
     /// A storage buffer holding `bytes` (padded with zeros to a multiple of 16).
     pub fn storage_init(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
         let size = self.check_size(label, bytes.len() as u64)?;

@@ -99,9 +99,8 @@ struct Inner {
     dispatched: AtomicU64,
     /// A 16-byte buffer bound where a kernel's optional input (e.g. a bias) is absent.
     dummy: wgpu::Buffer,
-    /// The (value, index) pairs between argmax's two passes. One for the device: each argmax
-    /// writes and reads it within one submission, and a queue runs submissions in order.
-    argmax_parts: wgpu::Buffer,
+    /// Kernels' scratch by name (see [`Gpu::shared_scratch`]).
+    scratch: Mutex<std::collections::HashMap<&'static str, wgpu::Buffer>>,
     pipelines: RwLock<pipelines::Cache>,
     profile: Mutex<Option<profile::Profile>>,
 }
@@ -245,12 +244,6 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        let argmax_parts = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("argmax parts"),
-            size: crate::ops::argmax::PARTS_BYTES,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
         Gpu {
             inner: Arc::new(Inner {
                 limits: device.limits(),
@@ -266,7 +259,7 @@ impl Gpu {
                 polled_by_caller: Default::default(),
                 cooperative_matrix: Default::default(),
                 dummy,
-                argmax_parts,
+                scratch: Mutex::default(),
                 pipelines: RwLock::default(),
                 profile: Mutex::new(None),
             }),
@@ -329,11 +322,6 @@ impl Gpu {
     /// A small buffer to bind where an optional input is absent.
     pub(crate) fn dummy(&self) -> &wgpu::Buffer {
         &self.inner.dummy
-    }
-
-    /// Scratch between argmax's two passes (see `ops::argmax`).
-    pub(crate) fn argmax_parts(&self) -> &wgpu::Buffer {
-        &self.inner.argmax_parts
     }
 
     /// The largest buffer one storage binding may cover: what a single weight chunk or

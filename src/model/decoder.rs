@@ -18,16 +18,18 @@ use crate::ops::argmax::argmax;
 use crate::ops::attention::Blocks;
 use crate::ops::gather::gather;
 use crate::ops::linear::{GEMV_BATCH, logits};
+use crate::ops::sample::sample;
+use crate::sampling::SamplingOptions;
 
 /// What a decode step's rows read as their input token.
 #[derive(Clone, Copy, Debug)]
 pub enum StepInput<'a> {
     /// One token per state, from the host.
     Tokens(&'a [u32]),
-    /// The greedy choices of the previous step over the same states, read on the GPU: the
-    /// step can be submitted before that one is read back, so the GPU never waits for the host
-    /// between greedy steps (the host learns of an `<eos>` a step late and discards that
-    /// step).
+    /// The choices of the previous step over the same states (argmax or draw, as each state's
+    /// sampling says), read on the GPU: the step can be submitted before that one is read
+    /// back, so the GPU never waits for the host between steps (the host learns of an `<eos>`
+    /// a step late and discards that step).
     Chosen,
 }
 
@@ -38,6 +40,23 @@ pub(crate) struct ImageRows<'a> {
     pub features: &'a wgpu::Buffer,
     pub rows: usize,
     pub at: usize,
+}
+
+/// How one row's next token is chosen: its state's sampling, and the position the token will
+/// hold (a draw's counter in the seed's stream).
+struct Choice<'a> {
+    sampling: Option<&'a SamplingOptions>,
+    position: u32,
+}
+
+impl Choice<'_> {
+    /// The choice of state `s`'s token after its first `len` positions.
+    fn of(s: &DecoderState, len: usize) -> Choice<'_> {
+        Choice {
+            sampling: s.sampling.as_ref(),
+            position: len as u32,
+        }
+    }
 }
 
 /// What happens between two layers of a pass: the caller's choice, not the math's.
@@ -80,13 +99,14 @@ impl TextModel {
         self.norm.forward(rec, p.residual(), p.normed())
     }
 
-    /// Records the logits of the rows `h` into `out` (soft-capped for Gemma 2) and their
-    /// argmax into `tokens[first..first + rows]`.
+    /// Records the logits of the rows `h` into `out` (soft-capped for Gemma 2) and each row's
+    /// next token, chosen as `choices[r]` says, into `tokens[first + r]`.
     fn record_logits(
         &self,
         rec: &mut Recorder,
         h: View,
         out: View,
+        choices: &[Choice],
         tokens: &wgpu::Buffer,
         first: usize,
     ) -> Result<()> {
@@ -94,8 +114,11 @@ impl TextModel {
         if let Some(cap) = self.cfg.final_logit_softcapping {
             softcap(rec, out, cap)?;
         }
-        for r in 0..h.rows {
-            argmax(rec, out.row(r), tokens, first + r)?;
+        for (r, c) in choices.iter().enumerate() {
+            match c.sampling {
+                None => argmax(rec, out.row(r), tokens, first + r)?,
+                Some(o) => sample(rec, out.row(r), o, c.position, tokens, first + r)?,
+            }
         }
         Ok(())
     }
@@ -142,8 +165,8 @@ impl TextModel {
     }
 
     /// Runs the prompt `ids` (its image placeholders replaced by the `images`' rows) into the
-    /// empty state `s`. Leaves the last position's logits in the state and returns the greedy
-    /// next token. The prompt's activations live for this call only.
+    /// empty state `s`. Leaves the last position's logits in the state and returns the next
+    /// token, chosen as the state's sampling says (greedy by default). The prompt's activations live for this call only.
     pub(crate) async fn prefill(
         &self,
         gpu: &Gpu,
@@ -176,7 +199,8 @@ impl TextModel {
         );
         let recorded = pass.await.and_then(|()| {
             let out = View::new(&s.logits, 1, self.cfg.vocab_size);
-            self.record_logits(&mut rec, p.normed().row(t - 1), out, &token, 0)?;
+            let choice = [Choice::of(s, t)];
+            self.record_logits(&mut rec, p.normed().row(t - 1), out, &choice, &token, 0)?;
             rec.copy(&token, 0, &readback, 0, 4);
             rec.submit("the prefill")
         });
@@ -189,7 +213,7 @@ impl TextModel {
     }
 
     /// One decode step for any number of states: `tokens[i]` is appended to `states[i]`;
-    /// returns each one's greedy next token and leaves its logits in it. Every
+    /// returns each one's next token (as its sampling says) and leaves its logits in it. Every
     /// [`GEMV_BATCH`] states read the weights once. A row's sums are formed the same way
     /// whatever the batch, so the logits are bit-identical alone or batched on lavapipe
     /// (tested); a driver that contracts multiply-adds differently in the one-row and many-row
@@ -267,7 +291,7 @@ impl TextModel {
         Ok(())
     }
 
-    /// Waits for the oldest step in flight and returns its greedy choices, one per state.
+    /// Waits for the oldest step in flight and returns its choices, one per state.
     pub(crate) async fn finish_step(&self, gpu: &Gpu, b: &mut DecodeScratch) -> Result<Vec<u32>> {
         let (slot, n, index) = b
             .pending
@@ -302,7 +326,7 @@ impl TextModel {
     }
 
     /// Records and submits the step of group `g` (at most GEMV_BATCH states) on `ids`, or on
-    /// the group's last greedy choices (`None`), its greedy choices into
+    /// the group's last choices (`None`), its choices into
     /// `b.tokens[g * GEMV_BATCH..]` and their copy into read-back slot `slot`.
     async fn step_group(
         &self,
@@ -349,14 +373,15 @@ impl TextModel {
         };
         self.forward(&mut rec, &p, &b.ids, &[], BetweenLayers::Nothing)
             .await?;
+        let choices: Vec<_> = group.iter().map(|s| Choice::of(s, s.len + 1)).collect();
         if let [s] = group {
             // One row: its logits straight into the state.
             let out = View::new(&s.logits, 1, vocab);
-            self.record_logits(&mut rec, p.normed(), out, &b.tokens, first)?;
+            self.record_logits(&mut rec, p.normed(), out, &choices, &b.tokens, first)?;
         } else {
             let logits = b.logits.as_ref().expect("reserved");
             let out = View::new(logits, rows, vocab);
-            self.record_logits(&mut rec, p.normed(), out, &b.tokens, first)?;
+            self.record_logits(&mut rec, p.normed(), out, &choices, &b.tokens, first)?;
             // Each state keeps the logits its token was chosen from, as alone.
             for (i, s) in group.iter().enumerate() {
                 let bytes = (vocab * 4) as u64;

@@ -8,6 +8,7 @@ use crate::gpu::{DispatchCache, Gpu};
 use crate::ops::View;
 use crate::ops::attention::{Blocks, partial_len};
 use crate::ops::linear::GEMV_BATCH;
+use crate::sampling::SamplingOptions;
 
 /// One layer's KV cache: `[capacity, kv_heads * hd]` each, row t written at position t; or,
 /// for Gemma 3's sliding layers, a ring of `window` rows, position t in row t % window.
@@ -41,6 +42,9 @@ pub struct DecoderState {
     pub(crate) logits: wgpu::Buffer,
     /// The split decode attention's per-chunk results (sized by the capacity).
     pub(crate) partial: wgpu::Buffer,
+    /// How the GPU chooses the next token from the logits: `None` greedy (argmax), else a
+    /// draw (`ops::sample`), each the draw of its position in the seed's stream.
+    pub(crate) sampling: Option<SamplingOptions>,
 }
 
 static NEXT_STATE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -76,6 +80,7 @@ impl DecoderState {
             blocks: Blocks::default(),
             logits: gpu.storage("logits", (c.vocab_size * 4) as u64)?,
             partial: gpu.storage("attention partials", (partial * 4) as u64)?,
+            sampling: None,
         })
     }
 
@@ -98,6 +103,18 @@ impl DecoderState {
             .map(|c| c.keys.size() + c.values.size())
             .sum();
         cache + self.logits.size() + self.partial.size()
+    }
+
+    /// How the next tokens are chosen on the GPU (greedy by default): the token
+    /// [`prefill`](crate::PaliGemma::prefill) and [`step`](crate::PaliGemma::step) return, and
+    /// what a chained step ([`StepInput::Chosen`](crate::StepInput)) reads, is the argmax of
+    /// the logits, or with a temperature above 0 a draw from softmax(logits / T) restricted to
+    /// top-k and top-p. A draw depends on the seed and the position alone, so a sequence
+    /// samples the same tokens alone, batched, or chained.
+    pub fn set_sampling(&mut self, opts: &SamplingOptions) -> Result<()> {
+        opts.check().map_err(|e| Error::invalid(e.to_string()))?;
+        self.sampling = (!opts.is_greedy()).then(|| opts.clone());
+        Ok(())
     }
 
     /// Checks that `rows` more positions fit.

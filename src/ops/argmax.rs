@@ -4,16 +4,24 @@ use super::{View, u32_of};
 use crate::error::Result;
 use crate::gpu::Recorder;
 use crate::shaders::{Binding, Elem, Entry, Shader, shader};
+use bytemuck::Zeroable;
 
 /// Invocations per workgroup.
 pub const WG: u32 = 256;
-/// Workgroups of the first pass: enough to spread a vocabulary row over a large GPU (1005
-/// logits each at 257216), few enough that the second pass is one workgroup's loop.
+/// The most workgroups of the first pass: enough to spread a vocabulary row over a large GPU
+/// (1005 logits each at 257216), few enough that the second pass is one workgroup's loop.
+/// A short row takes one per WG logits ([`parts_of`]).
 pub const PARTS: u32 = 256;
-/// Bytes of the scratch between the passes ([`Gpu`](crate::Gpu) holds one).
+
+/// Workgroups of the first pass over a row of `n` (`parts_of` in best.wgsl).
+pub(crate) fn parts_of(n: u32) -> u32 {
+    n.div_ceil(WG).clamp(1, PARTS)
+}
+/// Bytes of the scratch between the passes (one for the device:
+/// [`Gpu::shared_scratch`](crate::Gpu)).
 pub(crate) const PARTS_BYTES: u64 = PARTS as u64 * 8;
 
-pub(crate) const SHADER: Shader = shader!("argmax", [], &[("WG", WG), ("PARTS", PARTS)]);
+pub(crate) const SHADER: Shader = shader!("argmax", ["best"], &[("WG", WG), ("PARTS", PARTS)]);
 
 /// Mirrors `Params` in argmax.wgsl (the size is checked against it by `tests/interfaces.rs`).
 #[repr(C)]
@@ -56,9 +64,33 @@ pub fn argmax(rec: &mut Recorder, x: View, out: &wgpu::Buffer, out_index: usize)
         out_index: u32_of("out index", out_index)?,
         _pad: 0,
     };
-    let parts = rec.gpu().argmax_parts().clone();
-    rec.dispatch(&ARGMAX_PARTS, &params, &[x.buffer, &parts], [PARTS, 1, 1])?;
-    rec.dispatch(&ARGMAX, &params, &[out, &parts], [1, 1, 1])
+    let parts = parts(rec)?;
+    let groups = [parts_of(params.n), 1, 1];
+    rec.dispatch(&ARGMAX_PARTS, &params, &[x.buffer, &parts], groups)?;
+    best_of_parts(rec, &parts, params.n, out, params.out_index)
+}
+
+/// The device's scratch between the passes.
+pub(crate) fn parts(rec: &Recorder) -> Result<wgpu::Buffer> {
+    rec.gpu().shared_scratch("argmax parts", PARTS_BYTES)
+}
+
+/// The second pass alone: `out[out_index]` = the index of the best of the pairs in `parts`
+/// the first pass wrote for a row of `n` (NONE, `u32::MAX`, when every part is empty).
+/// Sampling ends with it too.
+pub(crate) fn best_of_parts(
+    rec: &mut Recorder,
+    parts: &wgpu::Buffer,
+    n: u32,
+    out: &wgpu::Buffer,
+    out_index: u32,
+) -> Result<()> {
+    let params = Params {
+        n,
+        out_index,
+        ..Params::zeroed()
+    };
+    rec.dispatch(&ARGMAX, &params, &[out, parts], [1, 1, 1])
 }
 
 /// CPU reference for [`argmax`] (first index of the maximum, like `torch.argmax`).

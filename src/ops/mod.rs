@@ -23,7 +23,7 @@ pub mod norm;
 pub mod patch_embed;
 pub mod resize;
 pub mod rope;
-pub mod softmax;
+pub mod sample;
 pub mod weights;
 
 pub use weights::{ChunkedTable, HostWeight, Weight, WeightFormat};
@@ -49,7 +49,7 @@ pub(crate) const KERNELS: &[(&Shader, &[&Entry])] = &[
     (&patch_embed::SHADER, patch_embed::ENTRIES),
     (&resize::SHADER, resize::ENTRIES),
     (&rope::SHADER, rope::ENTRIES),
-    (&softmax::SHADER, softmax::ENTRIES),
+    (&sample::SHADER, sample::ENTRIES),
 ];
 
 /// `rows` rows of `width` f32 values inside a buffer, row r starting at element
@@ -128,7 +128,7 @@ impl<'a> View<'a> {
     }
 
     /// Whether the rows are back to back from the buffer's start (what elementwise kernels,
-    /// norms and the softmax take).
+    /// norms take).
     pub fn is_packed(&self) -> bool {
         self.offset == 0 && (self.stride == self.width || self.rows <= 1)
     }

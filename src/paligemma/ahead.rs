@@ -1,7 +1,7 @@
-//! Decoding with the GPU running ahead of the host: a greedy step's input is the previous
-//! step's argmax, still on the GPU, so step n + 1 is submitted before step n is read back and
-//! the GPU never idles while the host maps a buffer, detokenises and records. The host learns
-//! of an `<eos>` one step late and discards that step.
+//! Decoding with the GPU running ahead of the host: a step's input is the previous step's
+//! choice (argmax or draw), still on the GPU, so step n + 1 is submitted before step n is read
+//! back and the GPU never idles while the host maps a buffer, detokenises and records. The
+//! host learns of an `<eos>` one step late and discards that step.
 
 use super::PaliGemma;
 use crate::error::Result;
@@ -12,7 +12,7 @@ use crate::sequence::Sequence;
 
 impl PaliGemma {
     /// Submits a decode step for `states` without waiting for it: on `input`'s tokens, or on
-    /// the last step's greedy choices for the same states ([`StepInput::Chosen`]). At most two
+    /// the last step's choices for the same states ([`StepInput::Chosen`]). At most two
     /// steps may be in flight; [`finish_step`](Self::finish_step) reads the oldest. On an error
     /// no state has advanced.
     pub async fn submit_step(
@@ -26,14 +26,14 @@ impl PaliGemma {
             .await
     }
 
-    /// The greedy choices of the oldest step in flight, one per state, once it has run.
+    /// The choices of the oldest step in flight, one per state, once it has run.
     pub async fn finish_step(&self, scratch: &mut DecodeScratch) -> Result<Vec<u32>> {
         self.text.finish_step(&self.gpu, scratch).await
     }
 
     /// Decodes `seq` to its end from `token` (its first), calling `on_token` for each, with
-    /// one step always in flight beyond the one being read: the greedy path of
-    /// [`generate_with`](Self::generate_with), the same tokens as [`advance`](Self::advance)
+    /// one step always in flight beyond the one being read: the path of
+    /// [`generate_with`](Self::generate_with) when no logits are read back, the same tokens as [`advance`](Self::advance)
     /// one step at a time.
     pub(crate) async fn decode_ahead(
         &self,
@@ -64,9 +64,9 @@ impl PaliGemma {
                     .await?;
                 in_flight += 1;
             }
-            let greedy = self.finish_step(&mut scratch).await?[0];
+            let chosen = self.finish_step(&mut scratch).await?[0];
             in_flight -= 1;
-            seq.set_greedy(greedy);
+            seq.set_chosen(chosen);
             token = seq.choose_or_fail(&chooser).await;
         }
         // The step past the end: run, but its token is not part of the answer.

@@ -1,4 +1,4 @@
-//! Norms, activations, the residual add, softmax, argmax and RoPE.
+//! Norms, activations, the residual add, argmax, sampling and RoPE.
 use super::{gather_rows, placed, prepared, scatter};
 use crate::ops::View;
 use crate::ops::activation::*;
@@ -6,7 +6,7 @@ use crate::ops::add::*;
 use crate::ops::argmax::*;
 use crate::ops::norm::*;
 use crate::ops::rope::*;
-use crate::ops::softmax::*;
+use crate::ops::sample::*;
 use crate::testing::{Io, KernelCase, TOL};
 
 pub(super) fn norm_cases(v: &mut Vec<KernelCase>) {
@@ -95,8 +95,8 @@ fn rms_norm_in_place_cases(v: &mut Vec<KernelCase>) {
 pub(super) fn elementwise_cases(v: &mut Vec<KernelCase>) {
     activation_cases(v);
     add_cases(v);
-    softmax_cases(v);
     argmax_cases(v);
+    sample_cases(v);
 }
 
 /// GELU, gated GELU and the soft-cap, from one element to SigLIP's fc1 output at 224px.
@@ -181,38 +181,6 @@ fn add_cases(v: &mut Vec<KernelCase>) {
     }
 }
 
-/// Awkward shapes, the vocabulary, and temperature 0 refused.
-fn softmax_cases(v: &mut Vec<KernelCase>) {
-    for (rows, n, t) in [
-        (1, 1, 1.0),
-        (3, 7, 0.7),
-        (2, 1000, 1.3),
-        (1, 257_216, 1.0),
-        (1, 5, 0.0),
-    ] {
-        let case = KernelCase::new(
-            "softmax",
-            format!("softmax {rows}x{n} T={t}"),
-            TOL,
-            move |io| {
-                let (x, y0) = (io.rand(rows * n, 20.0), io.rand(rows * n, 1.0));
-                let (xb, yb) = (io.upload(&x)?, io.upload(&y0)?);
-                prepared(
-                    yb.clone(),
-                    rows * n,
-                    move |rec| softmax(rec, View::new(&xb, rows, n), View::new(&yb, rows, n), t),
-                    move || softmax_ref(&x, rows, n, t),
-                )
-            },
-        );
-        v.push(match (n, t) {
-            (_, 0.0) => case.refused("temperature"),
-            (257_216, _) => case.real(),
-            _ => case,
-        });
-    }
-}
-
 /// One value, ties (the first wins), the vocabulary's last id, negatives.
 fn argmax_cases(v: &mut Vec<KernelCase>) {
     let argmax_cases: [(&str, usize); 5] = [
@@ -250,6 +218,63 @@ fn argmax_cases(v: &mut Vec<KernelCase>) {
             Ok(p)
         });
         v.push(if n == 257_216 { case.real() } else { case });
+    }
+}
+
+/// Sampling where the kept set is one token, so the draw is certain: top-k 1 and a tiny top-p
+/// (the sort and threshold passes run), a temperature so low that only the maximum survives
+/// the exponent (they do not), on awkward sizes and the vocabulary; logits that are NaN or
+/// infinite are never drawn (u32::MAX when none is finite); a temperature of 0 is refused.
+fn sample_cases(v: &mut Vec<KernelCase>) {
+    let cases: [(&str, usize, usize, f32, f32); 8] = [
+        ("one", 1, 0, 1.0, 1.0),
+        ("top-k 1", 1000, 1, 1.0, 1.0),
+        ("top-p tiny", 3001, 0, 0.8, 1e-6),
+        ("top-k 1 beside NaN and infinities", 777, 1, 1.0, 0.9),
+        ("all NaN", 300, 5, 1.0, 0.5),
+        ("cold", 1025, 0, 1e-3, 1.0),
+        ("vocabulary top-k 1", 257_216, 1, 1.0, 1.0),
+        ("temperature 0", 10, 0, 0.0, 1.0),
+    ];
+    for (what, n, top_k, temperature, top_p) in cases {
+        let name = format!("sample {what} n={n} k={top_k} T={temperature} p={top_p}");
+        let case = KernelCase::new("sample", name, 0.0, move |io| {
+            let mut x = io.rand(n, 10.0);
+            if what.contains("infinities") {
+                (x[3], x[400], x[776]) = (f32::NAN, f32::INFINITY, f32::NEG_INFINITY);
+            }
+            if what == "all NaN" {
+                x.fill(f32::NAN);
+            }
+            let opts = crate::sampling::SamplingOptions {
+                temperature,
+                top_p,
+                top_k,
+                seed: rand::Rng::random(&mut io.rng),
+            };
+            let mut padded = vec![100.0; 3];
+            padded.extend(&x);
+            let xb = io.upload(&padded)?;
+            let ob = io.upload_bytes(&[0xff; 8])?;
+            let o = opts.clone();
+            let mut p = prepared(
+                ob.clone(),
+                2,
+                move |rec| sample(rec, View::new(&xb, 1, n + 3).cols(3, n), &o, 7, &ob, 1),
+                move || {
+                    let kept = sample_ref(&x, &opts);
+                    let id = if kept.is_empty() { u32::MAX } else { kept[0].0 };
+                    vec![u32::MAX as f32, id as f32]
+                },
+            )?;
+            p.u32_out = true;
+            Ok(p)
+        });
+        v.push(match (n, temperature) {
+            (_, 0.0) => case.refused("temperature above 0"),
+            (257_216, _) => case.real(),
+            _ => case,
+        });
     }
 }
 
