@@ -270,9 +270,9 @@ fn main() -> anyhow::Result<()> {
             copy.engine / 1e9
         );
         println!(
-            "| model | precision | upload s | vision ms | prefill ms (tokens) | TTFT ms | decode tok/s | run-ahead tok/s | decode GB/token | decode GB/s | floor tok/s | of floor | GPU vision / prefill / step ms | weights MiB | state MiB | dispatches per token | host us per step |"
+            "| model | precision | upload s | vision ms | prefill ms (tokens) | TTFT ms | decode tok/s | run-ahead tok/s | sampled run-ahead tok/s | decode GB/token | decode GB/s | floor tok/s | of floor | GPU vision / prefill / step ms | weights MiB | state MiB | dispatches per token | host us per step |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
     for (name, cfg) in shapes {
         let before = gpu.allocated_bytes();
@@ -329,7 +329,14 @@ fn main() -> anyhow::Result<()> {
         // Counted as recorded: no timestamp queries needed.
         let dispatches = (gpu.dispatch_count() - dispatched) as usize / args.new.max(1);
         let host_us = median(host_us);
-        let ahead_tps = run_ahead(&model, &mut scratch, &ids, &feats, args.new)?;
+        let ahead_tps = run_ahead(&model, &mut scratch, &ids, &feats, args.new, None)?;
+        // Drawn on the GPU at T = 1, top-p 0.9: the difference is what sampling costs a token.
+        let top_p = paligemma::sampling::SamplingOptions {
+            temperature: 1.0,
+            top_p: 0.9,
+            ..Default::default()
+        };
+        let sampled_tps = run_ahead(&model, &mut scratch, &ids, &feats, args.new, Some(&top_p))?;
         // The same work timed by GPU timestamps.
         gpu.set_profiling(true, false);
         model.block_on(model.encode(paligemma::ImageInput::pixels(&pixels)))?;
@@ -385,6 +392,7 @@ fn main() -> anyhow::Result<()> {
                     "precision": args.precision, "decode_bytes_per_token": bytes,
                     "decode_tokens_per_s": tps, "decode_gb_per_s": gbs,
                     "decode_run_ahead_tokens_per_s": ahead_tps,
+                    "decode_sampled_run_ahead_tokens_per_s": sampled_tps,
                     "weights_mib": weights_mib, "session_mib": session_mib,
                     "gpu_vision_ms": gpu_vision, "gpu_prefill_ms": gpu_prefill,
                     "gpu_decode_step_ms": gpu_step, "decode_dispatches_per_token": dispatches,
@@ -394,7 +402,7 @@ fn main() -> anyhow::Result<()> {
             );
         } else {
             println!(
-                "| {name} | {} | {upload_s:.2} | {v:.1} | {p:.1} ({}) | {:.1} | {tps:.1} | {ahead_tps:.1} | {:.3} | {gbs:.1} | {floor_tps:.0} | {:.0}% | {} / {} / {} | {weights_mib:.0} | {session_mib:.0} | {dispatches} | {host_us:.0} |",
+                "| {name} | {} | {upload_s:.2} | {v:.1} | {p:.1} ({}) | {:.1} | {tps:.1} | {ahead_tps:.1} | {sampled_tps:.1} | {:.3} | {gbs:.1} | {floor_tps:.0} | {:.0}% | {} / {} / {} | {weights_mib:.0} | {session_mib:.0} | {dispatches} | {host_us:.0} |",
                 args.precision,
                 ids.len(),
                 v + p,
@@ -427,17 +435,21 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Decode tokens/s with the GPU running ahead of the host, as `generate` decodes a greedy
-/// answer: each step's input is the previous step's argmax on the GPU, submitted before that
-/// step is read back.
+/// Decode tokens/s with the GPU running ahead of the host, as `generate` decodes an answer:
+/// each step's input is the previous step's choice on the GPU (argmax, or a draw as
+/// `sampling` says), submitted before that step is read back.
 fn run_ahead(
     model: &PaliGemma,
     scratch: &mut paligemma::DecodeScratch,
     ids: &[u32],
     feats: &paligemma::ImageFeatures,
     new: usize,
+    sampling: Option<&paligemma::sampling::SamplingOptions>,
 ) -> anyhow::Result<f64> {
     let mut state = model.new_state(ids.len(), new + 2)?;
+    if let Some(s) = sampling {
+        state.set_sampling(s)?;
+    }
     let first = model.block_on(model.prefill(&mut state, ids, feats))?;
     let tokens = StepInput::Tokens(&[first]);
     model.block_on(model.submit_step(scratch, &mut [&mut state], tokens))?;
