@@ -1,10 +1,12 @@
 // sample: draws the next token from softmax(logits / T) restricted to top-k and top-p, on the
 // GPU, so the host reads back one u32 per token rather than a vocabulary of probabilities.
 //
-// The draw is the Gumbel-max trick: argmax_i (l_i - m) / T + G_i, the G_i independent
-// Gumbel(0, 1) variables, is distributed as softmax((l - m) / T) over the tokens i ranges over.
-// G_i = -log(-log u_i), u_i uniform from a counter-based hash of (seed, counter, i): no RNG state
-// lives on the GPU, and a sequence's draw depends only on its seed and the position it chooses.
+// The draw is the Gumbel-max trick: argmax_i l_i / T + G_i (here argmax_i l_i + T G_i, the
+// same token), the G_i independent Gumbel(0, 1) variables, is distributed as softmax(l / T)
+// over the tokens i ranges over.
+// G_i = -log(-log u_i), u_i uniform from a counter-based hash of (seed, counter, i): no RNG
+// state lives on the GPU, and a sequence's draw depends only on its seed and the position it
+// chooses.
 //
 // top-k and top-p keep the tokens whose logit is at least a threshold t: for top-k the k-th
 // largest logit, for top-p the largest t whose tokens' mass reaches top_p times the mass of
@@ -22,8 +24,8 @@
 //
 // Bindings: 0 params, 1 x (n logits from offset), 2 parts ([PARTS] (value bits, index) pairs),
 // 3 scratch (u32 words: the sorted keys [slices * SLICE], their running sums as f32 bits
-// [slices * SLICE], per slice (largest key, finite count) [slices * 2], then the threshold key
-// and the row's largest key).
+// [slices * SLICE], per slice (largest key, finite count) [slices * 2], then the threshold
+// key).
 
 struct Params {
     n: u32,
@@ -36,8 +38,8 @@ struct Params {
     seed_hi: u32,
     counter: u32,
     filtered: u32,
-    _pad0: u32,
-    _pad1: u32,
+    temperature: f32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -78,7 +80,7 @@ fn info_at(s: u32) -> u32 {
     return 2u * p.slices * SLICE + 2u * s;
 }
 
-/// Where the threshold key and the row's largest key are.
+/// Where the threshold key is.
 fn state_at() -> u32 {
     return info_at(p.slices);
 }
@@ -268,7 +270,6 @@ fn sample_threshold(@builtin(local_invocation_index) li: u32) {
     if (row.y == 0u) {
         if (li == 0u) {
             scratch[state_at()] = NONE;
-            scratch[state_at() + 1u] = 0u;
         }
         return;
     }
@@ -284,7 +285,6 @@ fn sample_threshold(@builtin(local_invocation_index) li: u32) {
     }
     if (li == 0u) {
         scratch[state_at()] = t;
-        scratch[state_at() + 1u] = row.x;
     }
 }
 
@@ -296,23 +296,27 @@ fn hash(v: u32) -> u32 {
     return (w >> 22u) ^ w;
 }
 
-/// Gumbel(0, 1) noise for token i of the draw `stream`.
+/// Gumbel(0, 1) noise for token i of the draw `stream`: -log E, E = -log(1 - x) an
+/// Exp(1) variable, x uniform in (0, 1). The tokens that win by a large G are those with a
+/// small E, so E is computed with relative precision there: from all 32 bits of the hash
+/// (x down to 2^-33), and by its series for small x, where 1 - x would lose x's digits and a
+/// fast log's absolute error (2^-21 near 1, as WGSL allows) would swamp E.
 fn gumbel(stream: u32, i: u32) -> f32 {
     let h = hash(hash(i ^ stream) + stream);
-    // u in [2^-24, 1 - 2^-24] (23 bits, so 1 - u is exact); -log u kept off 0, where a fast
-    // log's absolute error could make it vanish.
-    let u = (f32(h >> 9u) + 0.5) * (1.0 / 8388608.0);
-    return -log(max(-log(u), 1e-7));
+    let x = min((f32(h) + 0.5) * (1.0 / 4294967296.0), 1.0 - 1.0 / 16777216.0);
+    var e = -log(1.0 - x);
+    if (x < 0.0625) {
+        e = x * (1.0 + x * (0.5 + x * (1.0 / 3.0 + x * 0.25)));
+    }
+    return -log(e);
 }
 
 @compute @workgroup_size(WG)
 fn sample_parts(@builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(local_invocation_index) li: u32) {
     var t = 1u;
-    var m = 0.0;
     if (p.filtered != 0u) {
         t = scratch[state_at()];
-        m = value_of(scratch[state_at() + 1u]);
     }
     let stream = hash(p.counter ^ hash(p.seed_lo ^ hash(p.seed_hi)));
     let slice = (p.n + parts_of(p.n) - 1u) / parts_of(p.n);
@@ -322,7 +326,8 @@ fn sample_parts(@builtin(workgroup_id) wid: vec3<u32>,
     for (var i = wid.x * slice + li; i < end; i += WG) {
         let v = x[p.offset + i];
         if (finite(v) && key_of(v) >= t) {
-            let score = (v - m) * p.inv_t + gumbel(stream, i);
+            // argmax v / T + G, scaled by T: no overflow however small T is.
+            let score = v + p.temperature * gumbel(stream, i);
             if (score > bv || bi == NONE) {
                 bv = score;
                 bi = i;

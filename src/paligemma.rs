@@ -250,8 +250,9 @@ impl PaliGemma {
 
     /// One decode step for any number of states (one is a batch of one): `tokens[i]` is
     /// appended to `states[i]`; returns each one's next token (greedy, or as its
-    /// [`set_sampling`](DecoderState::set_sampling) says) and leaves its logits in it. Each weight is read once per 16 states; a state's logits are the same alone or in a
-    /// batch (to the bit on lavapipe).
+    /// [`set_sampling`](DecoderState::set_sampling) says) and leaves its logits in it. Each
+    /// weight is read once per 16 states; a state's logits are the same alone or in a batch
+    /// (to the bit on lavapipe).
     pub async fn step(
         &self,
         scratch: &mut DecodeScratch,

@@ -204,7 +204,7 @@ impl Gpu {
     ///   library's reads, and the caller's later submissions come after the library's.
     /// - **What waits for the GPU.** Loading (uploads), the end of the image encoding
     ///   (`start`, `generate` wait for the vision tower), the prefill and each decode step
-    ///   (one 4-byte read-back of the chosen token; sampling reads one row of probabilities).
+    ///   (one 4-byte read-back of the chosen token, greedy or sampled).
     ///   Nothing else does. Long work (vision, prefill) is cut into one submission per layer,
     ///   so no driver watchdog fires.
     /// - **Keeping frames smooth.** Call [`Gpu::set_polled_by_caller`] when the engine polls

@@ -123,7 +123,9 @@ impl Recorder<'_> {
 
     /// Submits what is recorded so far and goes on recording: long work (a vision tower, a
     /// prefill) is cut into submissions of one layer, so no single command buffer runs long
-    /// enough for a driver watchdog (Windows' 2 s TDR, macOS, amdgpu) to kill it.
+    /// enough for a driver watchdog (Windows' 2 s TDR, macOS, amdgpu) to kill it. Never
+    /// between the passes of one op that share a [`Gpu::shared_scratch`] (argmax's, a
+    /// sample's): another thread's submission could come between them and overwrite it.
     pub fn flush(&mut self, op: &str) -> Result<()> {
         let cmds = std::mem::take(&mut self.cmds);
         let params = std::mem::take(&mut self.params);

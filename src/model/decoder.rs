@@ -166,7 +166,8 @@ impl TextModel {
 
     /// Runs the prompt `ids` (its image placeholders replaced by the `images`' rows) into the
     /// empty state `s`. Leaves the last position's logits in the state and returns the next
-    /// token, chosen as the state's sampling says (greedy by default). The prompt's activations live for this call only.
+    /// token, chosen as the state's sampling says (greedy by default). The prompt's
+    /// activations live for this call only.
     pub(crate) async fn prefill(
         &self,
         gpu: &Gpu,

@@ -35,7 +35,8 @@ struct Params {
     seed_hi: u32,
     counter: u32,
     filtered: u32,
-    _pad: [u32; 2],
+    temperature: f32,
+    _pad: u32,
 }
 
 const X: Binding = Binding::read(1, "x", Elem::F32);
@@ -121,13 +122,15 @@ pub(crate) fn sample_threshold(
         seed_hi: (opts.seed >> 32) as u32,
         counter: 0,
         filtered: filtered as u32,
-        _pad: [0; 2],
+        temperature: opts.temperature,
+        _pad: 0,
     };
     if !filtered {
         let scratch = rec.gpu().dummy().clone();
         return Ok(Kept { params, scratch });
     }
-    let words = 2 * slices as u64 * SLICE as u64 + 2 * slices as u64 + 2;
+    // Sorted keys and running sums, a (largest key, count) pair per slice, the threshold.
+    let words = 2 * slices as u64 * SLICE as u64 + 2 * slices as u64 + 1;
     let scratch = rec.gpu().shared_scratch("sample scratch", words * 4)?;
     rec.dispatch(&SAMPLE_SORT, &params, &[x.buffer, &scratch], [slices, 1, 1])?;
     rec.dispatch(&SAMPLE_THRESHOLD, &params, &[&scratch], [1, 1, 1])?;
@@ -158,7 +161,8 @@ pub(crate) fn sample_draw(
 /// most probable first, in f64. The finite logits at or above a threshold are kept: the k-th
 /// largest logit for top-k, then the largest logit whose tokens' mass within the top-k set
 /// reaches top-p; tokens tied with a threshold are kept with it (as transformers' top-k keeps
-/// them).
+/// them). An infinite logit is never drawn (greedy's argmax would pick +inf; softmax is NaN
+/// there).
 pub fn sample_ref(logits: &[f32], opts: &SamplingOptions) -> Vec<(u32, f64)> {
     let mut order: Vec<(u32, f32)> = logits
         .iter()

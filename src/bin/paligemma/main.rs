@@ -215,13 +215,15 @@ struct SamplingArgs {
     /// 0 = greedy (default); above 0 samples from softmax(logits / T).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
-    /// Nucleus sampling: keep the most probable tokens up to this mass.
+    /// Nucleus sampling: keep the most probable tokens up to this mass (and any tied with the
+    /// last of them).
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
-    /// Keep at most this many most probable tokens (0 = no limit).
+    /// Keep this many most probable tokens, and any tied with the last (0 = no limit).
     #[arg(long, default_value_t = 0)]
     top_k: i64,
-    /// Seed of the sampling RNG, for reproducible runs (each image of a batch starts from it).
+    /// Seed of the sampling, for reproducible runs: a token is the seed's draw for its
+    /// position (each image of a batch samples with it).
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }

@@ -222,17 +222,18 @@ fn argmax_cases(v: &mut Vec<KernelCase>) {
 }
 
 /// Sampling where the kept set is one token, so the draw is certain: top-k 1 and a tiny top-p
-/// (the sort and threshold passes run), a temperature so low that only the maximum survives
-/// the exponent (they do not), on awkward sizes and the vocabulary; logits that are NaN or
+/// (the sort and threshold passes run), temperatures so low that only a clear maximum can be
+/// drawn (they do not; 1e-38, where logits / T would overflow), on awkward sizes and the vocabulary; logits that are NaN or
 /// infinite are never drawn (u32::MAX when none is finite); a temperature of 0 is refused.
 fn sample_cases(v: &mut Vec<KernelCase>) {
-    let cases: [(&str, usize, usize, f32, f32); 8] = [
+    let cases: [(&str, usize, usize, f32, f32); 9] = [
         ("one", 1, 0, 1.0, 1.0),
         ("top-k 1", 1000, 1, 1.0, 1.0),
         ("top-p tiny", 3001, 0, 0.8, 1e-6),
         ("top-k 1 beside NaN and infinities", 777, 1, 1.0, 0.9),
         ("all NaN", 300, 5, 1.0, 0.5),
         ("cold", 1025, 0, 1e-3, 1.0),
+        ("cold", 1025, 0, 1e-38, 1.0),
         ("vocabulary top-k 1", 257_216, 1, 1.0, 1.0),
         ("temperature 0", 10, 0, 0.0, 1.0),
     ];
@@ -242,6 +243,9 @@ fn sample_cases(v: &mut Vec<KernelCase>) {
             let mut x = io.rand(n, 10.0);
             if what.contains("infinities") {
                 (x[3], x[400], x[776]) = (f32::NAN, f32::INFINITY, f32::NEG_INFINITY);
+            }
+            if what == "cold" {
+                x[n / 3] = 11.0; // a clear maximum: a draw at T = 1e-3 cannot miss it
             }
             if what == "all NaN" {
                 x.fill(f32::NAN);
