@@ -33,8 +33,8 @@ impl PaliGemma {
 
     /// Decodes `seq` to its end from `token` (its first), calling `on_token` for each, with
     /// one step always in flight beyond the one being read: the path of
-    /// [`generate_with`](Self::generate_with) when no logits are read back, the same tokens as [`advance`](Self::advance)
-    /// one step at a time.
+    /// [`generate_with`](Self::generate_with) when no logits are read back, the same tokens
+    /// as [`advance`](Self::advance) one step at a time.
     pub(crate) async fn decode_ahead(
         &self,
         seq: &mut Sequence,

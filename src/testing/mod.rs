@@ -181,16 +181,17 @@ impl KernelCase {
             gpu.wait()?;
             Ok(t.elapsed().as_secs_f64() * 1e3 / n as f64)
         };
+        let moved = bytes + 4 * p.out_len as u64;
         let once = run(1)?;
         // A software adapter at the real sizes: three more runs would only make a slow
         // selftest slower.
         if once > 1000.0 {
-            return Ok((once, bytes + 4 * p.out_len as u64));
+            return Ok((once, moved));
         }
         let reps = ((10.0 / once) as usize).clamp(1, reps.max(1));
         let mut ms = (0..3).map(|_| run(reps)).collect::<Result<Vec<_>>>()?;
         ms.sort_by(f64::total_cmp);
-        Ok((ms[1], bytes + 4 * p.out_len as u64))
+        Ok((ms[1], moved))
     }
 }
 
@@ -267,9 +268,9 @@ pub fn sample_draws(
     first: u32,
     draws: usize,
 ) -> Result<Vec<u32>> {
+    use crate::ops::sample::{sample_draw, sample_threshold};
     let x = gpu.upload_f32("logits", logits)?;
     let out = gpu.storage("draws", draws as u64 * 4)?;
-    use crate::ops::sample::{sample_draw, sample_threshold};
     let view = crate::ops::View::new(&x, 1, logits.len());
     // One submission: the kept set lives in the device's shared scratch, which another
     // thread's sampling may overwrite between two submissions.

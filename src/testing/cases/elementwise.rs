@@ -1,5 +1,7 @@
 //! Norms, activations, the residual add, argmax, sampling and RoPE.
 use super::{gather_rows, placed, prepared, scatter};
+use crate::error::Result;
+use crate::gpu::Recorder;
 use crate::ops::View;
 use crate::ops::activation::*;
 use crate::ops::add::*;
@@ -7,7 +9,7 @@ use crate::ops::argmax::*;
 use crate::ops::norm::*;
 use crate::ops::rope::*;
 use crate::ops::sample::*;
-use crate::testing::{Io, KernelCase, TOL};
+use crate::testing::{Io, KernelCase, Prepared, TOL};
 
 pub(super) fn norm_cases(v: &mut Vec<KernelCase>) {
     for (rows, n) in [(1, 1), (3, 7), (5, 257), (13, 1000), (256, 1152)] {
@@ -204,27 +206,41 @@ fn argmax_cases(v: &mut Vec<KernelCase>) {
                 x.iter_mut().for_each(|v| *v = *v / 10.0 - 5.0);
                 (x[500], x[700]) = (-0.5, -0.5); // a tie: the first wins
             }
-            let mut padded = vec![100.0; 3];
-            padded.extend(&x);
-            let xb = io.upload(&padded)?;
-            let ob = io.upload_bytes(&[0xff; 8])?;
-            let mut p = prepared(
-                ob.clone(),
-                2,
-                move |rec| argmax(rec, View::new(&xb, 1, n + 3).cols(3, n), &ob, 1),
-                move || vec![u32::MAX as f32, argmax_ref(&x) as f32],
-            )?;
-            p.u32_out = true;
-            Ok(p)
+            let want = argmax_ref(&x) as u32;
+            chosen_id(io, &x, argmax, want)
         });
         v.push(if n == 257_216 { case.real() } else { case });
     }
 }
 
+/// A token choice's case (argmax, sample): the row `x` placed 3 values into its buffer, the
+/// id written at index 1 of a u32 buffer whose index 0 must stay untouched, `want` the id.
+fn chosen_id(
+    io: &mut Io,
+    x: &[f32],
+    choose: impl Fn(&mut Recorder, View, &wgpu::Buffer, usize) -> Result<()> + 'static,
+    want: u32,
+) -> Result<Prepared> {
+    let n = x.len();
+    let mut padded = vec![100.0; 3];
+    padded.extend(x);
+    let xb = io.upload(&padded)?;
+    let ob = io.upload_bytes(&[0xff; 8])?;
+    let mut p = prepared(
+        ob.clone(),
+        2,
+        move |rec| choose(rec, View::new(&xb, 1, n + 3).cols(3, n), &ob, 1),
+        move || vec![u32::MAX as f32, want as f32],
+    )?;
+    p.u32_out = true;
+    Ok(p)
+}
+
 /// Sampling where the kept set is one token, so the draw is certain: top-k 1 and a tiny top-p
 /// (the sort and threshold passes run), temperatures so low that only a clear maximum can be
-/// drawn (they do not; 1e-38, where logits / T would overflow), on awkward sizes and the vocabulary; logits that are NaN or
-/// infinite are never drawn (u32::MAX when none is finite); a temperature of 0 is refused.
+/// drawn (they do not; 1e-38, where logits / T would overflow), on awkward sizes and the
+/// vocabulary; logits that are NaN or infinite are never drawn (u32::MAX when none is
+/// finite); a temperature of 0 is refused.
 fn sample_cases(v: &mut Vec<KernelCase>) {
     let cases: [(&str, usize, usize, f32, f32); 9] = [
         ("one", 1, 0, 1.0, 1.0),
@@ -256,23 +272,11 @@ fn sample_cases(v: &mut Vec<KernelCase>) {
                 top_k,
                 seed: rand::Rng::random(&mut io.rng),
             };
-            let mut padded = vec![100.0; 3];
-            padded.extend(&x);
-            let xb = io.upload(&padded)?;
-            let ob = io.upload_bytes(&[0xff; 8])?;
-            let o = opts.clone();
-            let mut p = prepared(
-                ob.clone(),
-                2,
-                move |rec| sample(rec, View::new(&xb, 1, n + 3).cols(3, n), &o, 7, &ob, 1),
-                move || {
-                    let kept = sample_ref(&x, &opts);
-                    let id = if kept.is_empty() { u32::MAX } else { kept[0].0 };
-                    vec![u32::MAX as f32, id as f32]
-                },
-            )?;
-            p.u32_out = true;
-            Ok(p)
+            let want = sample_ref(&x, &opts).first().map_or(u32::MAX, |k| k.0);
+            let draw = move |rec: &mut Recorder, x: View, out: &wgpu::Buffer, at| {
+                sample(rec, x, &opts, 7, out, at)
+            };
+            chosen_id(io, &x, draw, want)
         });
         v.push(match (n, temperature) {
             (_, 0.0) => case.refused("temperature above 0"),
