@@ -1,12 +1,13 @@
-//! The published shapes fit every browser's WebGPU: paligemma-3b at 224 and 896 px and
-//! PaliGemma 2 10B at 896 px (448 px and the 10B at 224 px have the same buffers, smaller),
-//! built and run (encode, prefill of the image and a short prompt, two decode steps) on a
-//! device that asked for WebGPU's default limits (128 MiB per storage binding, 256 MiB per
-//! buffer, 16 KiB of workgroup memory, 8 storage buffers per stage). wgpu's noop backend runs no shader but allocates every buffer and validates every
-//! buffer, binding, bind group and pipeline against those limits, as a browser would; what does
-//! not fit one binding must be split (the embedding tables, the MLP's rows) for the run to
-//! pass. Each model keeps one layer of each tower (every layer has the same buffers as the
-//! first) and its full embedding table, so a 10B shape needs about 3 GB of host memory.
+//! The published shapes fit every browser's WebGPU: paligemma-3b at 224 and 896 px and PaliGemma 2
+//! 10B at 896 px (448 px and the 10B at 224 px have the same buffers, smaller), built and run
+//! (encode, prefill of the image and a short prompt, two decode steps) on a device that asked for
+//! WebGPU's default limits (128 MiB per storage binding, 256 MiB per buffer, 16 KiB of workgroup
+//! memory, 8 storage buffers per stage). wgpu's noop backend runs no shader but allocates every
+//! buffer and validates every buffer, binding, bind group and pipeline against those limits, as a
+//! browser would; what does not fit one binding must be split (the embedding tables, the MLP's
+//! rows) for the run to pass. Each model keeps one layer of each tower (every layer has the same
+//! buffers as the first) and its full embedding table, so a 10B shape needs about 3 GB of host
+//! memory.
 
 use paligemma::config::PaliGemmaConfig;
 use paligemma::{Gpu, ImageInput, PaliGemma, WeightFormat};
